@@ -1,0 +1,64 @@
+// `bayes`, the seed's optimizer (SPEC §2): EMA of g², variance update and mean update in one
+// pass. CPU twin: src/reference/bayes.rs.
+
+struct Scalars {
+    beta: f32,
+    one_minus_beta: f32,
+    c2: f32,              // 1/(1 - beta^t) with bias correction, else 1
+    weight_decay: f32,
+    beta1: f32,           // momentum; 0 turns it off
+    one_minus_beta1: f32,
+    c1: f32,              // 1/(1 - beta1^t)
+    eta: f32,
+    eta_sq: f32,
+    eps_sq: f32,
+    pad0: f32,
+    pad1: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Scalars;
+@group(0) @binding(1) var<storage, read_write> theta: array<f32>;
+@group(0) @binding(2) var<storage, read> grad: array<f32>;
+@group(0) @binding(3) var<storage, read_write> s: array<f32>;
+@group(0) @binding(4) var<storage, read_write> sigma: array<f32>;
+// Bound to a 16-byte placeholder when momentum is off; then never read or written.
+@group(0) @binding(5) var<storage, read_write> m: array<f32>;
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(num_workgroups) workgroups: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let i = element_index(workgroup, workgroups, local);
+    if i >= arrayLength(&theta) {
+        return;
+    }
+    let g = grad[i];
+    var th = theta[i];
+
+    let s_new = p.beta * s[i] + p.one_minus_beta * g * g;
+    let s_hat = s_new * p.c2;
+    let h = s_hat + p.weight_decay;
+    let g_tilde = g + p.weight_decay * th;
+    var d = g_tilde;
+    if p.beta1 > 0.0 {
+        let m_new = p.beta1 * m[i] + p.one_minus_beta1 * g_tilde;
+        m[i] = m_new;
+        d = m_new * p.c1;
+    }
+    var sig = sigma[i];
+    if sig == 0.0 && h > 0.0 {
+        // σ*(x) = η²/2 + η·sqrt(η²/4 + 1/x), at x = h + eps²
+        let x = h + p.eps_sq;
+        sig = p.eta_sq * 0.5 + p.eta * sqrt(p.eta_sq * 0.25 + 1.0 / x);
+    }
+    if sig > 0.0 {
+        // posterior variance σ/(1 + hσ), exact for h = 0, then diffusion by η²
+        sig = sig / (1.0 + h * sig) + p.eta_sq;
+        th = th - sig * d;
+    }
+    s[i] = s_new;
+    sigma[i] = sig;
+    theta[i] = th;
+}

@@ -1,0 +1,214 @@
+//! The command line: argument parsing and the subcommands.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use bayesprop::gpu::{enumerate_adapters, GpuOptions};
+use bayesprop::validate::{self, HARDWARE_ULP_BOUND, SOFTWARE_ULP_BOUND};
+use bayesprop::{
+    kernels, CpuOptimizer, Error, GpuContext, GpuOptimizer, OptimizerConfig, Result, Stepper,
+};
+use clap::{Parser, Subcommand, ValueEnum};
+use ndarray::{Array1, Array2};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "bayesprop",
+    version,
+    about = "Fused GPU optimizer steps, checked against an exact CPU reference"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List the adapters, the one chosen (WGPU_BACKEND, BAYESPROP_ADAPTER), and its key limits.
+    Info,
+    /// Run every kernel against the CPU reference over the standard battery; exit 1 if a case
+    /// exceeds its ULP bound, 2 if there is no adapter.
+    Validate,
+    /// Replay a gradient sequence: θ after every step, as a (T, N) f32 .npy.
+    Replay(ReplayArgs),
+}
+
+#[derive(Parser, Debug)]
+struct ReplayArgs {
+    /// Optimizer name (SPEC §2–§3).
+    #[arg(long)]
+    optimizer: String,
+    /// A hyperparameter by its SPEC name, e.g. `--set eta=1e-2 --set sigma_init=fixed_point`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    settings: Vec<String>,
+    /// θ₀: f32, shape (N,).
+    #[arg(long)]
+    params: PathBuf,
+    /// Gradients: f32, shape (T, N).
+    #[arg(long)]
+    grads: PathBuf,
+    /// Where to write θ after each step: f32, shape (T, N).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, value_enum, default_value_t = Device::Gpu)]
+    device: Device,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Device {
+    /// The single-threaded CPU reference.
+    Reference,
+    /// The parallel CPU path.
+    Cpu,
+    /// The chosen wgpu adapter.
+    Gpu,
+}
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Info => info(),
+        Command::Validate => validate(),
+        Command::Replay(args) => replay(&args),
+    }
+}
+
+fn info() -> Result<ExitCode> {
+    let options = GpuOptions::from_env();
+    println!("adapters found (best first):");
+    for a in enumerate_adapters(&options) {
+        println!(
+            "  {} | {:?} | {:?} | {} {}",
+            a.name, a.backend, a.device_type, a.driver, a.driver_info
+        );
+    }
+    let ctx = GpuContext::with_options(&options)?;
+    let (a, l) = (ctx.adapter_info(), ctx.limits());
+    println!("chosen: {} ({:?}, {:?})", a.name, a.backend, a.device_type);
+    println!(
+        "  max_storage_buffer_binding_size     {}",
+        l.max_storage_buffer_binding_size
+    );
+    println!(
+        "  max_buffer_size                     {}",
+        l.max_buffer_size
+    );
+    println!(
+        "  max_compute_workgroups_per_dimension {}",
+        l.max_compute_workgroups_per_dimension
+    );
+    println!(
+        "  max_compute_invocations_per_workgroup {}",
+        l.max_compute_invocations_per_workgroup
+    );
+    println!(
+        "  min_storage_buffer_offset_alignment {}",
+        l.min_storage_buffer_offset_alignment
+    );
+    println!(
+        "  max_storage_buffers_per_shader_stage {}",
+        l.max_storage_buffers_per_shader_stage
+    );
+    let names: Vec<_> = kernels::ALL.iter().map(|k| k.name).collect();
+    println!("kernels: {}", names.join(", "));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn validate() -> Result<ExitCode> {
+    for kernel in kernels::ALL {
+        let checked = kernel.validate().map_err(Error::Device)?;
+        println!(
+            "naga: {} ok (uniform block {} bytes, {} storage bindings)",
+            kernel.name, checked.uniform_size, checked.storage_bindings
+        );
+    }
+    let ctx = GpuContext::new()?;
+    let bound = if ctx.is_software() {
+        SOFTWARE_ULP_BOUND
+    } else {
+        HARDWARE_ULP_BOUND
+    };
+    println!(
+        "adapter: {} ({:?}, {:?}); bound {bound} ULP ({})",
+        ctx.adapter_info().name,
+        ctx.adapter_info().backend,
+        ctx.adapter_info().device_type,
+        if ctx.is_software() {
+            "software adapter: bit-identical"
+        } else {
+            "hardware adapter, provisional"
+        }
+    );
+    println!(
+        "{:<58} {:>9} {:>5} {:>8} {:>6}  {:<28} result",
+        "case", "n", "steps", "max ULP", "bound", "worst at"
+    );
+    let start = Instant::now();
+    let mut failed = 0;
+    for case in validate::standard_battery() {
+        let outcome = validate::run_case(&case, bound, &mut |config, theta0| {
+            Ok(Box::new(GpuOptimizer::new(&ctx, config.clone(), theta0)?))
+        })?;
+        let verdict = if outcome.passed() { "ok" } else { "FAIL" };
+        failed += usize::from(!outcome.passed());
+        println!(
+            "{:<58} {:>9} {:>5} {:>8} {:>6}  {:<28} {verdict}",
+            case.name, case.n, case.steps, outcome.max_ulp, outcome.bound, outcome.worst
+        );
+    }
+    println!(
+        "validate: {failed} case(s) over their bound, {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn read_npy<A: ndarray_npy::ReadableElement, D: ndarray::Dimension>(
+    path: &Path,
+) -> Result<ndarray::Array<A, D>> {
+    ndarray_npy::read_npy(path).map_err(|e| Error::file(path, e))
+}
+
+fn replay(args: &ReplayArgs) -> Result<ExitCode> {
+    let settings = args
+        .settings
+        .iter()
+        .map(|s| {
+            s.split_once('=').ok_or_else(|| Error::Unknown {
+                what: "setting (expected KEY=VALUE)",
+                name: s.clone(),
+                known: "KEY=VALUE".into(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let config = OptimizerConfig::from_settings(&args.optimizer, settings)?;
+    let theta0: Array1<f32> = read_npy(&args.params)?;
+    let grads: Array2<f32> = read_npy(&args.grads)?;
+    let n = theta0.len();
+    if grads.ncols() != n {
+        return Err(Error::file(
+            &args.grads,
+            format!(
+                "shape {:?} does not match θ₀ of {n} elements: expected (T, {n})",
+                grads.shape()
+            ),
+        ));
+    }
+    let theta0 = theta0.to_vec();
+    let mut optimizer: Box<dyn Stepper> = match args.device {
+        Device::Reference => Box::new(CpuOptimizer::reference(config, &theta0)?),
+        Device::Cpu => Box::new(CpuOptimizer::new(config, &theta0)?),
+        Device::Gpu => Box::new(GpuOptimizer::new(&GpuContext::new()?, config, &theta0)?),
+    };
+    let mut out = Array2::<f32>::zeros(grads.dim());
+    for (grad, mut row) in grads.rows().into_iter().zip(out.rows_mut()) {
+        optimizer.step(&grad.to_vec())?;
+        row.assign(&Array1::from(optimizer.theta()?));
+    }
+    ndarray_npy::write_npy(&args.out, &out).map_err(|e| Error::file(&args.out, e))?;
+    Ok(ExitCode::SUCCESS)
+}

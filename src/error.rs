@@ -1,0 +1,79 @@
+//! One error type for the crate, with variants a caller can match on.
+
+use std::path::PathBuf;
+
+/// Every fallible operation in bayesprop returns this.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A hyperparameter outside its allowed range (SPEC §2–§3).
+    #[error("invalid {optimizer} config: {field} = {value}, allowed: {allowed}")]
+    Config {
+        optimizer: &'static str,
+        field: &'static str,
+        value: String,
+        allowed: &'static str,
+    },
+
+    /// Two inputs that must have the same number of elements do not.
+    #[error("length mismatch: {what} has {got} elements, expected {expected}")]
+    LengthMismatch {
+        what: &'static str,
+        got: usize,
+        expected: usize,
+    },
+
+    /// An unknown optimizer, option key or state name.
+    #[error("unknown {what} `{name}`; known: {known}")]
+    Unknown {
+        what: &'static str,
+        name: String,
+        known: String,
+    },
+
+    /// No adapter could be found (or none matched the selection).
+    #[error("{0}")]
+    NoAdapter(String),
+
+    /// A vector or buffer larger than the device allows.
+    #[error("{what} needs {needed} bytes but the device allows at most {allowed} bytes ({limit})")]
+    TooLarge {
+        what: &'static str,
+        needed: u64,
+        allowed: u64,
+        limit: &'static str,
+    },
+
+    /// An error reported by the device: validation, out of memory, device lost, mapping.
+    #[error("device error: {0}")]
+    Device(String),
+
+    /// A file that could not be read or written, or whose contents are wrong.
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// A `Config` error; `value` is formatted with `Debug` so NaN and infinities read clearly.
+    pub fn config(
+        optimizer: &'static str,
+        field: &'static str,
+        value: impl std::fmt::Debug,
+        allowed: &'static str,
+    ) -> Self {
+        Error::Config {
+            optimizer,
+            field,
+            value: format!("{value:?}"),
+            allowed,
+        }
+    }
+
+    pub fn file(path: impl Into<PathBuf>, message: impl std::fmt::Display) -> Self {
+        Error::File {
+            path: path.into(),
+            message: message.to_string(),
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! Adapter selection, the device, and device errors as `Result`s.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::gpu::pipeline::FusedPipeline;
+use crate::kernels::Kernel;
+
+/// Environment variable: a case-insensitive substring of the adapter name to use.
+pub const ADAPTER_ENV: &str = "BAYESPROP_ADAPTER";
+/// Environment variable read by wgpu: a comma list of backends (`vulkan`, `gl`, `metal`, `dx12`).
+pub const BACKEND_ENV: &str = "WGPU_BACKEND";
+
+/// The fix printed whenever no adapter is found.
+pub const NO_ADAPTER_HELP: &str = "no GPU adapter found. On Debian/Ubuntu without a GPU, install \
+the software Vulkan driver (lavapipe): `apt-get install -y mesa-vulkan-drivers`";
+
+/// How to choose and open the device.
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    /// Backends to consider; `None` means all (or `WGPU_BACKEND` when read from the environment).
+    pub backends: Option<wgpu::Backends>,
+    /// Case-insensitive substring of the adapter name.
+    pub adapter_name: Option<String>,
+    /// Limits to request instead of the adapter's own (e.g. small binding sizes, for tests of
+    /// the chunking paths). Each must be within what the adapter supports.
+    pub limits: Option<wgpu::Limits>,
+}
+
+impl GpuOptions {
+    /// Options from `WGPU_BACKEND` and `BAYESPROP_ADAPTER`.
+    pub fn from_env() -> Self {
+        GpuOptions {
+            backends: wgpu::Backends::from_env(),
+            adapter_name: std::env::var(ADAPTER_ENV).ok().filter(|s| !s.is_empty()),
+            limits: None,
+        }
+    }
+}
+
+/// A device and queue, with errors captured instead of wgpu's default panicking handler.
+///
+/// Cheap to clone: clones share the device, its error sink and its pipeline cache.
+#[derive(Clone)]
+pub struct GpuContext {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    /// Errors that reached no error scope (on a device we created) and device loss.
+    sink: Arc<Mutex<Vec<String>>>,
+    pipelines: Mutex<HashMap<&'static str, Arc<FusedPipeline>>>,
+}
+
+impl std::fmt::Debug for GpuContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuContext")
+            .field("adapter", &self.inner.info.name)
+            .field("backend", &self.inner.info.backend)
+            .finish()
+    }
+}
+
+fn instance(backends: Option<wgpu::Backends>) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = backends.unwrap_or(wgpu::Backends::all());
+    wgpu::Instance::new(desc)
+}
+
+/// Hardware before software, native APIs before GL.
+fn preference(info: &wgpu::AdapterInfo) -> (u8, u8) {
+    let device = match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    };
+    let backend = match info.backend {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 0,
+        _ => 1,
+    };
+    (device, backend)
+}
+
+/// Every adapter the options' backends can see, best first.
+pub fn enumerate_adapters(options: &GpuOptions) -> Vec<wgpu::AdapterInfo> {
+    let instance = instance(options.backends);
+    let mut infos: Vec<_> = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+        .iter()
+        .map(|a| a.get_info())
+        .collect();
+    infos.sort_by_key(preference);
+    infos
+}
+
+impl GpuContext {
+    /// Opens the best adapter, as selected by `WGPU_BACKEND` and `BAYESPROP_ADAPTER`.
+    pub fn new() -> Result<Self> {
+        Self::with_options(&GpuOptions::from_env())
+    }
+
+    /// Opens the best adapter that the options allow, with its own limits unless overridden.
+    pub fn with_options(options: &GpuOptions) -> Result<Self> {
+        let instance = instance(options.backends);
+        let mut adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+        adapters.sort_by_key(|a| preference(&a.get_info()));
+        let found: Vec<String> = adapters
+            .iter()
+            .map(|a| {
+                let i = a.get_info();
+                format!("{} ({:?})", i.name, i.backend)
+            })
+            .collect();
+        let wanted = options.adapter_name.as_ref().map(|s| s.to_lowercase());
+        let adapter = adapters
+            .into_iter()
+            .find(|a| {
+                wanted
+                    .as_ref()
+                    .is_none_or(|w| a.get_info().name.to_lowercase().contains(w))
+            })
+            .ok_or_else(|| match (&wanted, found.is_empty()) {
+                (_, true) => Error::NoAdapter(NO_ADAPTER_HELP.to_string()),
+                (Some(w), false) => Error::NoAdapter(format!(
+                    "no adapter name contains `{w}` ({ADAPTER_ENV}); found: {}",
+                    found.join(", ")
+                )),
+                (None, false) => unreachable!("an adapter exists and no filter was set"),
+            })?;
+
+        let info = adapter.get_info();
+        let limits = options.limits.clone().unwrap_or_else(|| adapter.limits());
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("bayesprop"),
+            required_limits: limits,
+            ..Default::default()
+        }))
+        .map_err(|e| Error::Device(format!("request_device on {}: {e}", info.name)))?;
+
+        let sink = Arc::new(Mutex::new(Vec::new()));
+        // wgpu's default handler panics; ours records, and the next operation returns it.
+        let errors = sink.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            errors.lock().unwrap().push(e.to_string());
+        }));
+        let lost = sink.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            if reason != wgpu::DeviceLostReason::Destroyed {
+                lost.lock()
+                    .unwrap()
+                    .push(format!("device lost ({reason:?}): {message}"));
+            }
+        });
+        Ok(Self::assemble(device, queue, info, sink))
+    }
+
+    /// Wraps a device and queue the caller already has (a drop-in step). The caller's error
+    /// handlers are left alone: bayesprop catches its own errors with error scopes.
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo) -> Self {
+        Self::assemble(device, queue, info, Arc::new(Mutex::new(Vec::new())))
+    }
+
+    fn assemble(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        info: wgpu::AdapterInfo,
+        sink: Arc<Mutex<Vec<String>>>,
+    ) -> Self {
+        GpuContext {
+            inner: Arc::new(Inner {
+                device,
+                queue,
+                info,
+                sink,
+                pipelines: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub fn device(&self) -> &wgpu::Device {
+        &self.inner.device
+    }
+
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.inner.queue
+    }
+
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.inner.info
+    }
+
+    pub fn limits(&self) -> wgpu::Limits {
+        self.inner.device.limits()
+    }
+
+    /// True for adapters that run on the CPU (lavapipe, llvmpipe, WARP): IEEE f32 division
+    /// and square root, no contraction to FMA.
+    pub fn is_software(&self) -> bool {
+        self.inner.info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// Runs `f` inside error scopes for validation, out-of-memory and internal errors, and
+    /// returns the first error it raised (or one recorded earlier by the uncaptured handler).
+    /// On native wgpu, errors are raised synchronously, so this never waits for the device.
+    pub(crate) fn scoped<T>(&self, what: &str, f: impl FnOnce() -> T) -> Result<T> {
+        let device = &self.inner.device;
+        let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let memory = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let internal = device.push_error_scope(wgpu::ErrorFilter::Internal);
+        let value = f();
+        let errors = [internal.pop(), memory.pop(), validation.pop()]
+            .into_iter()
+            .filter_map(pollster::block_on)
+            .map(|e| e.to_string());
+        let mut errors: Vec<String> = errors.collect();
+        errors.append(&mut self.inner.sink.lock().unwrap());
+        match errors.is_empty() {
+            true => Ok(value),
+            false => Err(Error::Device(format!("{what}: {}", errors.join("; ")))),
+        }
+    }
+
+    /// The pipeline of `kernel`, compiled once per context.
+    pub(crate) fn pipeline(
+        &self,
+        kernel: &'static Kernel,
+        states: u32,
+    ) -> Result<Arc<FusedPipeline>> {
+        if let Some(p) = self.inner.pipelines.lock().unwrap().get(kernel.name) {
+            return Ok(p.clone());
+        }
+        let pipeline = Arc::new(self.scoped(kernel.name, || {
+            FusedPipeline::new(&self.inner.device, kernel, states)
+        })?);
+        self.inner
+            .pipelines
+            .lock()
+            .unwrap()
+            .insert(kernel.name, pipeline.clone());
+        Ok(pipeline)
+    }
+
+    /// Reads `len` f32 starting at byte `offset` of `buffer` (which needs COPY_SRC). Waits for
+    /// the device: this is the explicit synchronisation point, never called inside a step.
+    pub fn read_f32(&self, buffer: &wgpu::Buffer, offset: u64, len: usize) -> Result<Vec<f32>> {
+        let bytes = (len * 4) as u64;
+        if bytes == 0 {
+            return Ok(Vec::new());
+        }
+        let device = &self.inner.device;
+        let staging = self.scoped("readback", || {
+            // MAP_READ can only be combined with COPY_DST: copy, then map the copy.
+            let staging = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("bayesprop readback"),
+                size: bytes,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            let mut encoder = device.create_command_encoder(&Default::default());
+            encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, bytes);
+            self.inner.queue.submit([encoder.finish()]);
+            staging
+        })?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging
+            .slice(..)
+            .map_async(wgpu::MapMode::Read, move |r| drop(tx.send(r)));
+        device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Device(format!("readback: {e}")))?;
+        rx.recv()
+            .map_err(|_| Error::Device("readback: the map callback never ran".into()))?
+            .map_err(|e| Error::Device(format!("readback: {e}")))?;
+        let values = {
+            let view = staging
+                .slice(..)
+                .get_mapped_range()
+                .map_err(|e| Error::Device(format!("readback: {e}")))?;
+            bytemuck::cast_slice::<u8, f32>(&view).to_vec()
+        };
+        staging.unmap();
+        self.scoped("readback", || ())?;
+        Ok(values)
+    }
+}

@@ -1,0 +1,279 @@
+//! `bayes`, the seed's optimizer (SPEC §2): configuration, validation and per-step scalars.
+
+use crate::error::{Error, Result};
+use crate::kernels::{Kernel, BAYES};
+use crate::optim::{bias_correction, parse_bool, parse_f64, Optimizer, StateSlot};
+use crate::reference::bayes::{self as reference, BayesScalars};
+
+const NAME: &str = "bayes";
+
+/// How σ starts (SPEC §2).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum SigmaInit {
+    /// σ starts at 0 ("no belief yet") and each element is set to the fixed point σ*(h) of its
+    /// first curvature h > 0.
+    FixedPoint,
+    /// σ starts at this finite value > 0.
+    Value(f64),
+}
+
+/// Hyperparameters of `bayes`. Build with [`BayesConfig::builder`] or start from `default()`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BayesConfig {
+    /// EMA factor of g², in [0, 1).
+    pub beta: f64,
+    /// Diffusion standard deviation per step, ≥ 0.
+    pub eta: f64,
+    /// Floor used only in the fixed-point initialisation, > 0.
+    pub eps: f64,
+    /// Divide the EMA by (1 − beta^t), as Adam does.
+    pub bias_correction: bool,
+    pub sigma_init: SigmaInit,
+    /// λ ≥ 0: a Gaussian prior N(0, 1/λ) on θ.
+    pub weight_decay: f64,
+    /// β₁ in [0, 1): EMA of the prior-adjusted gradient; 0 turns it off.
+    pub momentum: f64,
+}
+
+impl Default for BayesConfig {
+    fn default() -> Self {
+        BayesConfig {
+            beta: 0.999,
+            eta: 1e-3,
+            eps: 1e-8,
+            bias_correction: true,
+            sigma_init: SigmaInit::FixedPoint,
+            weight_decay: 0.0,
+            momentum: 0.0,
+        }
+    }
+}
+
+impl BayesConfig {
+    pub fn builder() -> BayesConfigBuilder {
+        BayesConfigBuilder(BayesConfig::default())
+    }
+
+    /// The `bayes_adam` preset: `bayes` with β₁ = 0.9.
+    pub fn bayes_adam() -> Self {
+        BayesConfig {
+            momentum: 0.9,
+            ..BayesConfig::default()
+        }
+    }
+
+    /// The fixed point σ*(h) = η²/2 + η·sqrt(η²/4 + 1/h) of the variance update, in f64.
+    pub fn sigma_star(&self, h: f64) -> f64 {
+        let eta_sq = self.eta * self.eta;
+        eta_sq / 2.0 + self.eta * (eta_sq / 4.0 + 1.0 / h).sqrt()
+    }
+
+    /// Every scalar the kernel needs at step `t` (1-based), computed in f64. The reference
+    /// and the kernel get this rounded to f32; the oracle uses it as is.
+    pub fn scalars(&self, t: u64) -> BayesScalars<f64> {
+        let c2 = if self.bias_correction {
+            bias_correction(self.beta, t)
+        } else {
+            1.0
+        };
+        let c1 = if self.momentum > 0.0 {
+            bias_correction(self.momentum, t)
+        } else {
+            1.0
+        };
+        BayesScalars {
+            beta: self.beta,
+            one_minus_beta: 1.0 - self.beta,
+            c2,
+            weight_decay: self.weight_decay,
+            beta1: self.momentum,
+            one_minus_beta1: 1.0 - self.momentum,
+            c1,
+            eta: self.eta,
+            eta_sq: self.eta * self.eta,
+            eps_sq: self.eps * self.eps,
+            pad: [0.0; 2],
+        }
+    }
+
+    fn initial_sigma(&self) -> f64 {
+        match self.sigma_init {
+            SigmaInit::FixedPoint => 0.0,
+            SigmaInit::Value(v) => v,
+        }
+    }
+}
+
+/// Checks `value` is finite, within `[low, high)` (or `[low, high]`), and fits f32.
+fn check_range(field: &'static str, value: f64, ok: bool, allowed: &'static str) -> Result<()> {
+    if value.is_finite() && ok && (value as f32).is_finite() {
+        Ok(())
+    } else {
+        Err(Error::config(NAME, field, value, allowed))
+    }
+}
+
+impl Optimizer for BayesConfig {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn kernel(&self) -> &'static Kernel {
+        &BAYES
+    }
+
+    fn validate(&self) -> Result<()> {
+        check_range(
+            "beta",
+            self.beta,
+            (0.0..1.0).contains(&self.beta),
+            "0 <= beta < 1",
+        )?;
+        // η² is passed to the kernel as f32, so it must be finite there too.
+        check_range(
+            "eta",
+            self.eta,
+            self.eta >= 0.0 && ((self.eta * self.eta) as f32).is_finite(),
+            "eta >= 0 with eta² finite in f32 (eta < 1.8e19)",
+        )?;
+        check_range(
+            "eps",
+            self.eps,
+            self.eps > 0.0 && ((self.eps * self.eps) as f32) > 0.0,
+            "eps > 0 with eps² > 0 in f32 (eps >= 1e-22)",
+        )?;
+        check_range(
+            "weight_decay",
+            self.weight_decay,
+            self.weight_decay >= 0.0,
+            "weight_decay >= 0",
+        )?;
+        check_range(
+            "momentum",
+            self.momentum,
+            (0.0..1.0).contains(&self.momentum),
+            "0 <= momentum < 1",
+        )?;
+        match self.sigma_init {
+            SigmaInit::Value(v) => check_range(
+                "sigma_init",
+                v,
+                v > 0.0 && (v as f32) > 0.0,
+                "fixed_point, or a finite value > 0 in f32",
+            )?,
+            SigmaInit::FixedPoint if self.eta == 0.0 => {
+                return Err(Error::config(
+                    NAME,
+                    "sigma_init",
+                    "fixed_point",
+                    "a finite value > 0 when eta = 0 (the fixed point of eta = 0 is σ = 0)",
+                ))
+            }
+            SigmaInit::FixedPoint => {}
+        }
+        Ok(())
+    }
+
+    fn state_slots(&self) -> Vec<StateSlot> {
+        vec![
+            StateSlot {
+                name: "s",
+                init: 0.0,
+                used: true,
+            },
+            StateSlot {
+                name: "sigma",
+                init: self.initial_sigma() as f32,
+                used: true,
+            },
+            StateSlot {
+                name: "m",
+                init: 0.0,
+                used: self.momentum > 0.0,
+            },
+        ]
+    }
+
+    fn uniform_bytes(&self, t: u64) -> Vec<u8> {
+        bytemuck::bytes_of(&self.scalars(t).to_f32()).to_vec()
+    }
+
+    fn reference_step(&self, t: u64, theta: &mut [f32], grad: &[f32], state: &mut [&mut [f32]]) {
+        let [s, sigma, m] = state else {
+            panic!("bayes has 3 state slots, got {}", state.len())
+        };
+        reference::step(&self.scalars(t).to_f32(), theta, grad, s, sigma, m);
+    }
+
+    fn oracle_step(&self, t: u64, theta: &mut [f64], grad: &[f64], state: &mut [&mut [f64]]) {
+        let [s, sigma, m] = state else {
+            panic!("bayes has 3 state slots, got {}", state.len())
+        };
+        reference::step(&self.scalars(t), theta, grad, s, sigma, m);
+    }
+
+    fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        match key {
+            "beta" => self.beta = parse_f64(NAME, "beta", value)?,
+            "eta" => self.eta = parse_f64(NAME, "eta", value)?,
+            "eps" => self.eps = parse_f64(NAME, "eps", value)?,
+            "bias_correction" => self.bias_correction = parse_bool(NAME, "bias_correction", value)?,
+            "sigma_init" => {
+                self.sigma_init = match value.trim() {
+                    "fixed_point" | "FixedPoint" => SigmaInit::FixedPoint,
+                    v => SigmaInit::Value(parse_f64(NAME, "sigma_init", v)?),
+                }
+            }
+            "weight_decay" => self.weight_decay = parse_f64(NAME, "weight_decay", value)?,
+            "momentum" => self.momentum = parse_f64(NAME, "momentum", value)?,
+            _ => {
+                return Err(Error::Unknown {
+                    what: "bayes option",
+                    name: key.to_string(),
+                    known: "beta, eta, eps, bias_correction, sigma_init, weight_decay, momentum"
+                        .to_string(),
+                })
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Builder for [`BayesConfig`]; `build` validates.
+#[derive(Clone, Copy, Debug)]
+pub struct BayesConfigBuilder(BayesConfig);
+
+impl BayesConfigBuilder {
+    pub fn beta(mut self, beta: f64) -> Self {
+        self.0.beta = beta;
+        self
+    }
+    pub fn eta(mut self, eta: f64) -> Self {
+        self.0.eta = eta;
+        self
+    }
+    pub fn eps(mut self, eps: f64) -> Self {
+        self.0.eps = eps;
+        self
+    }
+    pub fn bias_correction(mut self, on: bool) -> Self {
+        self.0.bias_correction = on;
+        self
+    }
+    pub fn sigma_init(mut self, init: SigmaInit) -> Self {
+        self.0.sigma_init = init;
+        self
+    }
+    pub fn weight_decay(mut self, lambda: f64) -> Self {
+        self.0.weight_decay = lambda;
+        self
+    }
+    pub fn momentum(mut self, beta1: f64) -> Self {
+        self.0.momentum = beta1;
+        self
+    }
+    pub fn build(self) -> Result<BayesConfig> {
+        self.0.validate()?;
+        Ok(self.0)
+    }
+}

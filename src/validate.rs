@@ -1,0 +1,191 @@
+//! The agreement battery: every kernel against its CPU reference over standard cases. Shared by
+//! the integration tests and `bayesprop validate`, so both hold the kernels to the same bounds.
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use crate::error::Result;
+use crate::optim::{BayesConfig, OptimizerConfig, SigmaInit};
+use crate::ulp::max_ulp_distance;
+use crate::{CpuOptimizer, Stepper};
+
+/// Bound on adapters that run on the CPU (lavapipe, llvmpipe, WARP): they evaluate f32 `/` and
+/// `sqrt` correctly rounded and never contract to FMA, exactly as the reference does, so the
+/// results must be bit-identical. Measured: 0 ULP on lavapipe for every case of the battery.
+pub const SOFTWARE_ULP_BOUND: u64 = 0;
+
+/// Bound on hardware adapters, which may contract `a*b + c` to FMA and approximate `/` (WGSL
+/// allows 2.5 ULP). Provisional: not yet measured on hardware (see the README).
+pub const HARDWARE_ULP_BOUND: u64 = 4096;
+
+/// One battery case: an optimizer config, a size, a number of steps and an input seed.
+#[derive(Clone, Debug)]
+pub struct Case {
+    pub name: String,
+    pub config: OptimizerConfig,
+    pub n: usize,
+    pub steps: u64,
+    pub seed: u64,
+}
+
+/// The largest ULP distance of one case, over θ and every state vector, after step 1 and after
+/// the last step.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub case: Case,
+    pub max_ulp: u64,
+    /// Which vector and element, e.g. `theta[17] after step 100`.
+    pub worst: String,
+    pub bound: u64,
+}
+
+impl Outcome {
+    pub fn passed(&self) -> bool {
+        self.max_ulp <= self.bound
+    }
+}
+
+/// θ₀ with magnitudes spread log-uniformly over 1e-8 … 1e4 and random signs.
+pub fn initial_theta(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| {
+            let magnitude = 10f64.powf(rng.random_range(-8.0..4.0));
+            let sign = if rng.random_bool(0.5) { 1.0 } else { -1.0 };
+            (sign * magnitude) as f32
+        })
+        .collect()
+}
+
+/// The gradient of step `t`. Each element has its own scale, log-uniform over 1e-8 … 1e4 and
+/// fixed over steps, times a persistent bias plus noise. Every 7th element's gradient is always
+/// 0 (a sparse row: with FixedPoint it must keep σ = 0 and θ fixed).
+pub fn gradient(n: usize, seed: u64, t: u64) -> Vec<f32> {
+    let mut scales = SmallRng::seed_from_u64(seed ^ 0x5eed_5ca1e);
+    let mut noise = SmallRng::seed_from_u64(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ t);
+    (0..n)
+        .map(|i| {
+            let scale = 10f64.powf(scales.random_range(-8.0..4.0));
+            let bias: f64 = scales.random_range(-1.0..1.0);
+            let g = scale * (bias + noise.random_range(-1.0..1.0));
+            if i % 7 == 3 {
+                0.0
+            } else {
+                g as f32
+            }
+        })
+        .collect()
+}
+
+fn bayes_case(name: String, config: BayesConfig, n: usize) -> Case {
+    Case {
+        name,
+        config: config.into(),
+        n,
+        steps: 100,
+        seed: 2024,
+    }
+}
+
+/// The standard battery: the regimes of SPEC §5 at one size, then the sizes that exercise the
+/// dispatch edges (1, not a multiple of the workgroup, one past it, > 65,535 workgroups / 4).
+pub fn standard_battery() -> Vec<Case> {
+    let mut cases = Vec::new();
+    let betas = [0.0, 0.9, 0.999, 0.999999];
+    for eta in [0.0, 1e-6, 1e-3, 1.0, 1e3] {
+        for beta in betas {
+            for sigma_init in [SigmaInit::FixedPoint, SigmaInit::Value(1e-2)] {
+                if eta == 0.0 && sigma_init == SigmaInit::FixedPoint {
+                    continue; // a configuration error by SPEC §2
+                }
+                let config = BayesConfig {
+                    eta,
+                    beta,
+                    sigma_init,
+                    ..BayesConfig::default()
+                };
+                let init = match sigma_init {
+                    SigmaInit::FixedPoint => "fixed_point".to_string(),
+                    SigmaInit::Value(v) => format!("{v}"),
+                };
+                cases.push(bayes_case(
+                    format!("bayes eta={eta:e} beta={beta} sigma_init={init}"),
+                    config,
+                    4099,
+                ));
+            }
+        }
+    }
+    let options = [
+        (
+            "weight_decay=0.01",
+            BayesConfig {
+                weight_decay: 0.01,
+                ..Default::default()
+            },
+        ),
+        ("momentum=0.9 (bayes_adam)", BayesConfig::bayes_adam()),
+        (
+            "bias_correction=false",
+            BayesConfig {
+                bias_correction: false,
+                ..Default::default()
+            },
+        ),
+        (
+            "seed form: no bias correction, sigma_init=1e-3",
+            BayesConfig {
+                bias_correction: false,
+                sigma_init: SigmaInit::Value(1e-3),
+                ..Default::default()
+            },
+        ),
+    ];
+    for (name, config) in options {
+        cases.push(bayes_case(format!("bayes {name}"), config, 4099));
+    }
+    for n in [1, 3, 255, 256, 257, 1_000_003] {
+        cases.push(bayes_case(
+            format!("bayes n={n}"),
+            BayesConfig::default(),
+            n,
+        ));
+    }
+    cases
+}
+
+/// Runs `case` on `device` and on the single-threaded reference, and compares θ and every
+/// state vector after step 1 and after the last step.
+pub fn run_case(
+    case: &Case,
+    bound: u64,
+    device: &mut dyn FnMut(&OptimizerConfig, &[f32]) -> Result<Box<dyn Stepper>>,
+) -> Result<Outcome> {
+    let theta0 = initial_theta(case.n, case.seed);
+    let mut subject = device(&case.config, &theta0)?;
+    let mut reference = CpuOptimizer::reference(case.config.clone(), &theta0)?;
+    let mut worst = (0u64, String::from("-"));
+    for t in 1..=case.steps {
+        let grad = gradient(case.n, case.seed, t);
+        subject.step(&grad)?;
+        reference.step(&grad)?;
+        if t == 1 || t == case.steps {
+            let mut vectors = vec![("theta", subject.theta()?, reference.theta()?)];
+            for name in case.config.used_state_names() {
+                vectors.push((name, subject.state(name)?, reference.state(name)?));
+            }
+            for (name, got, want) in vectors {
+                let (ulp, at) = max_ulp_distance(&got, &want);
+                if ulp > worst.0 {
+                    worst = (ulp, format!("{name}[{at}] after step {t}"));
+                }
+            }
+        }
+    }
+    Ok(Outcome {
+        case: case.clone(),
+        max_ulp: worst.0,
+        worst: worst.1,
+        bound,
+    })
+}
