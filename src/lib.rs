@@ -21,6 +21,9 @@ pub mod reference;
 pub mod ulp;
 pub mod validate;
 
+/// The wgpu this crate is built against, for callers who bring their own device and buffers.
+pub use wgpu;
+
 pub use cpu::{CpuOptimizer, CpuPath};
 pub use error::{Error, Result};
 pub use gpu::{GpuContext, GpuOptimizer, GpuOptions};

@@ -1,0 +1,210 @@
+//! The GPU against the CPU reference: the standard battery (every regime of SPEC §5, sizes
+//! 1 … 1,000,003), the chunked and 2-D dispatch paths, and gradients already on the device.
+
+mod common;
+
+use bayesprop::gpu::GpuOptions;
+use bayesprop::ulp::max_ulp_distance;
+use bayesprop::validate::{self, HARDWARE_ULP_BOUND, SOFTWARE_ULP_BOUND};
+use bayesprop::{BayesConfig, CpuOptimizer, Error, GpuContext, GpuOptimizer, Stepper};
+
+fn bound(ctx: &GpuContext) -> u64 {
+    if ctx.is_software() {
+        SOFTWARE_ULP_BOUND
+    } else {
+        HARDWARE_ULP_BOUND
+    }
+}
+
+#[test]
+fn standard_battery_is_within_its_ulp_bound() {
+    let Some(ctx) = common::gpu("standard_battery_is_within_its_ulp_bound") else {
+        return;
+    };
+    let mut failures = Vec::new();
+    for case in validate::standard_battery() {
+        let outcome = validate::run_case(&case, bound(&ctx), &mut |config, theta0| {
+            Ok(Box::new(GpuOptimizer::new(&ctx, config.clone(), theta0)?))
+        })
+        .unwrap();
+        if !outcome.passed() {
+            failures.push(format!(
+                "{}: {} ULP at {}",
+                case.name, outcome.max_ulp, outcome.worst
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "over the bound of {} ULP:\n{}",
+        bound(&ctx),
+        failures.join("\n")
+    );
+}
+
+/// θ and every state after `steps` steps of the battery's inputs.
+fn run(optimizer: &mut dyn Stepper, n: usize, steps: u64) -> Vec<Vec<f32>> {
+    for t in 1..=steps {
+        optimizer.step(&validate::gradient(n, 7, t)).unwrap();
+    }
+    let mut out = vec![optimizer.theta().unwrap()];
+    for name in optimizer.config().used_state_names() {
+        out.push(optimizer.state(name).unwrap());
+    }
+    out
+}
+
+fn assert_identical(a: &[Vec<f32>], b: &[Vec<f32>], what: &str) {
+    for (k, (x, y)) in a.iter().zip(b).enumerate() {
+        let (ulp, at) = max_ulp_distance(x, y);
+        assert_eq!(ulp, 0, "{what}: vector {k} differs by {ulp} ULP at {at}");
+    }
+}
+
+#[test]
+fn chunked_bindings_and_2d_grid_equal_the_plain_run() {
+    let Some(ctx) = common::gpu("chunked_bindings_and_2d_grid_equal_the_plain_run") else {
+        return;
+    };
+    // Tiny limits force the paths that large vectors take: 1,024-element bindings and a
+    // grid of at most 4 workgroups per dimension.
+    let small = GpuContext::with_options(&GpuOptions {
+        limits: Some(wgpu::Limits {
+            max_storage_buffer_binding_size: 4096,
+            max_compute_workgroups_per_dimension: 4,
+            ..ctx.limits()
+        }),
+        ..GpuOptions::from_env()
+    })
+    .unwrap();
+    let n = 10_007;
+    let theta0 = validate::initial_theta(n, 7);
+    let config = BayesConfig::bayes_adam();
+    let mut chunked = GpuOptimizer::new(&small, config, &theta0).unwrap();
+    assert_eq!(chunked.chunk_count(), 10);
+    let mut plain = GpuOptimizer::new(&ctx, config, &theta0).unwrap();
+    assert_eq!(plain.chunk_count(), 1);
+    let mut reference = CpuOptimizer::reference(config, &theta0).unwrap();
+    let (a, b, c) = (
+        run(&mut chunked, n, 20),
+        run(&mut plain, n, 20),
+        run(&mut reference, n, 20),
+    );
+    assert_identical(&a, &b, "chunked vs plain");
+    if ctx.is_software() {
+        assert_identical(&a, &c, "chunked vs reference");
+    }
+    assert_ne!(a[0], theta0, "the run must move θ");
+}
+
+#[test]
+fn past_65535_workgroups_at_the_adapters_own_limits() {
+    let Some(ctx) = common::gpu("past_65535_workgroups_at_the_adapters_own_limits") else {
+        return;
+    };
+    let n = 65_535 * 256 + 257;
+    let theta0 = validate::initial_theta(n, 9);
+    let config = BayesConfig::default();
+    let mut gpu = GpuOptimizer::new(&ctx, config, &theta0).unwrap();
+    let mut reference = CpuOptimizer::new(config, &theta0).unwrap();
+    let (a, b) = (run(&mut gpu, n, 2), run(&mut reference, n, 2));
+    if ctx.is_software() {
+        assert_identical(&a, &b, "16.8M elements vs reference");
+    }
+    // The last element is past the first 65,535 workgroups: it must have moved.
+    assert_ne!(a[0][n - 2], theta0[n - 2]);
+}
+
+#[test]
+fn gradients_on_the_device_equal_host_gradients() {
+    let Some(ctx) = common::gpu("gradients_on_the_device_equal_host_gradients") else {
+        return;
+    };
+    let n = 3001;
+    let theta0 = validate::initial_theta(n, 3);
+    let config = BayesConfig::default();
+    let mut host = GpuOptimizer::new(&ctx, config, &theta0).unwrap();
+    let mut device = GpuOptimizer::new(&ctx, config, &theta0).unwrap();
+    // The caller's buffer holds the gradient after some unrelated data, at an aligned offset.
+    let offset = ctx.limits().min_storage_buffer_offset_alignment as u64 * 3;
+    let user = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("user gradients"),
+        size: offset + n as u64 * 4,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    for t in 1..=10 {
+        let grad = validate::gradient(n, 3, t);
+        host.step(&grad).unwrap();
+        ctx.queue()
+            .write_buffer(&user, offset, bytemuck::cast_slice(&grad));
+        device.step_with_grad_buffer(&user, offset).unwrap();
+    }
+    assert_identical(
+        &[device.theta().unwrap()],
+        &[host.theta().unwrap()],
+        "device vs host grads",
+    );
+
+    // Misuse is an error, and the optimizer is untouched by it.
+    let misaligned = device.step_with_grad_buffer(&user, offset + 4);
+    assert!(
+        matches!(misaligned, Err(Error::Device(_))),
+        "{misaligned:?}"
+    );
+    let short = device.step_with_grad_buffer(&user, offset + 256);
+    assert!(
+        matches!(short, Err(Error::LengthMismatch { .. })),
+        "{short:?}"
+    );
+    let not_storage = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: n as u64 * 4,
+        usage: wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    assert!(device.step_with_grad_buffer(&not_storage, 0).is_err());
+    assert_eq!(device.steps_taken(), 10);
+    assert_identical(
+        &[device.theta().unwrap()],
+        &[host.theta().unwrap()],
+        "after refused steps",
+    );
+}
+
+#[test]
+fn a_vector_larger_than_the_device_allows_is_an_error() {
+    let Some(ctx) = common::gpu("a_vector_larger_than_the_device_allows_is_an_error") else {
+        return;
+    };
+    let small = GpuContext::with_options(&GpuOptions {
+        limits: Some(wgpu::Limits {
+            max_buffer_size: 1 << 16,
+            ..ctx.limits()
+        }),
+        ..GpuOptions::from_env()
+    })
+    .unwrap();
+    let err =
+        GpuOptimizer::new(&small, BayesConfig::default(), &vec![0.0; (1 << 14) + 1]).unwrap_err();
+    match &err {
+        Error::TooLarge {
+            needed, allowed, ..
+        } => {
+            assert_eq!((*needed, *allowed), (65_540, 65_536));
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    assert!(err.to_string().contains("max_buffer_size"), "{err}");
+}
+
+#[test]
+fn an_empty_vector_steps_without_error() {
+    let Some(ctx) = common::gpu("an_empty_vector_steps_without_error") else {
+        return;
+    };
+    let mut gpu = GpuOptimizer::new(&ctx, BayesConfig::default(), &[]).unwrap();
+    gpu.step(&[]).unwrap();
+    assert_eq!(gpu.theta().unwrap(), Vec::<f32>::new());
+    assert_eq!(gpu.steps_taken(), 1);
+}

@@ -1,0 +1,43 @@
+//! Every shader parses and validates with naga, without any adapter, and its uniform block
+//! has exactly the size of the Rust struct the host uploads.
+
+use bayesprop::{kernels, OptimizerConfig};
+
+#[test]
+fn every_kernel_passes_naga_validation() {
+    for kernel in kernels::ALL {
+        if let Err(message) = kernel.validate() {
+            panic!("{message}");
+        }
+    }
+}
+
+#[test]
+fn uniform_blocks_and_state_bindings_match_the_host() {
+    for config in OptimizerConfig::all_defaults() {
+        let optimizer = config.as_dyn();
+        let checked = optimizer.kernel().validate().unwrap();
+        assert_eq!(
+            checked.uniform_size as usize,
+            optimizer.uniform_bytes(1).len(),
+            "{}: WGSL Scalars vs Rust scalars",
+            optimizer.name()
+        );
+        assert_eq!(
+            checked.storage_bindings as usize,
+            2 + optimizer.state_slots().len(),
+            "{}: storage bindings vs θ, g and the state slots",
+            optimizer.name()
+        );
+    }
+}
+
+#[test]
+fn a_broken_shader_is_reported_with_its_name() {
+    let broken = kernels::Kernel {
+        name: "broken",
+        body: "@compute @workgroup_size(1) fn main() { let x: f32 = 1u; }",
+    };
+    let message = broken.validate().unwrap_err();
+    assert!(message.starts_with("broken:"), "{message}");
+}
