@@ -16,13 +16,12 @@ struct Scalars {
     pad1: f32,
 }
 
-@group(0) @binding(0) var<uniform> p: Scalars;
-@group(0) @binding(1) var<storage, read_write> theta: array<f32>;
-@group(0) @binding(2) var<storage, read> grad: array<f32>;
-@group(0) @binding(3) var<storage, read_write> s: array<f32>;
-@group(0) @binding(4) var<storage, read_write> sigma: array<f32>;
+@group(0) @binding(2) var<storage, read_write> theta: array<f32>;
+@group(0) @binding(3) var<storage, read> grad: array<f32>;
+@group(0) @binding(4) var<storage, read_write> s: array<f32>;
+@group(0) @binding(5) var<storage, read_write> sigma: array<f32>;
 // Bound to a 16-byte placeholder when momentum is off; then never read or written.
-@group(0) @binding(5) var<storage, read_write> m: array<f32>;
+@group(0) @binding(6) var<storage, read_write> m: array<f32>;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(
@@ -35,6 +34,10 @@ fn main(
         return;
     }
     let g = grad[i];
+    if !admit(g) {
+        return;
+    }
+    let p = step_scalars();
     var th = theta[i];
 
     let s_new = p.beta * s[i] + p.one_minus_beta * g * g;

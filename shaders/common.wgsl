@@ -1,18 +1,27 @@
-// Prelude shared by every fused optimizer kernel; the host prepends it to each shader.
+// Shared by every module: element indexing, the non-finite test and the per-group status.
 //
-// Binding convention (the host builds every kernel's layout from it):
-//   @binding(0) uniform  Scalars  hyperparameters and per-step scalars (the host computes them
-//                                  in f64 each step, so changing them needs no new pipeline)
-//   @binding(1) storage  theta    read_write
-//   @binding(2) storage  grad     read
-//   @binding(3..) storage state   read_write, in the optimizer's state-slot order
-//
-// One invocation updates one element. The dispatch is 2-D so that N may exceed
-// 65,535 workgroups; the element count is the length of the bound `theta` range, so a chunk
-// of a larger vector is just a smaller binding.
+// One invocation handles one element. The dispatch is 2-D so that N may exceed 65,535
+// workgroups; the element count is the length of the bound `theta` (or `grad`) range, so a
+// chunk of a larger vector is just a smaller binding.
 
 override WORKGROUP_SIZE: u32 = 256u;
 
+// Non-finite gradient policies (SPEC §4); the host's NonFinitePolicy has the same values.
+const POLICY_SKIP_STEP: u32 = 0u;
+const POLICY_SKIP_ELEMENT: u32 = 1u;
+const POLICY_ERROR: u32 = 2u;
+
+// Per parameter group, on the device, so a skipped step needs no round trip to the host.
+struct Status {
+    t: u32,                  // steps applied so far
+    nonfinite: atomic<u32>,  // non-finite gradient elements seen in the current step
+}
+
 fn element_index(workgroup: vec3<u32>, workgroups: vec3<u32>, local: u32) -> u32 {
     return (workgroup.y * workgroups.x + workgroup.x) * WORKGROUP_SIZE + local;
+}
+
+// WGSL has no isnan/isinf: an all-ones exponent is NaN or ±Inf.
+fn is_finite_bits(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
 }

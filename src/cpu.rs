@@ -3,7 +3,7 @@
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::optim::OptimizerConfig;
+use crate::optim::{NonFinitePolicy, OptimizerConfig, StepReport};
 use crate::Stepper;
 
 /// Which CPU implementation steps.
@@ -24,7 +24,12 @@ const CHUNK: usize = 1 << 16;
 pub struct CpuOptimizer {
     config: OptimizerConfig,
     path: CpuPath,
+    policy: NonFinitePolicy,
+    /// Steps applied.
     t: u64,
+    /// Step calls made, applied or not.
+    calls: u64,
+    reports: Vec<StepReport>,
     theta: Vec<f32>,
     /// One vector per state slot; empty where the options do not need that state.
     state: Vec<Vec<f32>>,
@@ -64,7 +69,10 @@ impl CpuOptimizer {
         Ok(CpuOptimizer {
             config,
             path,
+            policy: NonFinitePolicy::default(),
             t: 0,
+            calls: 0,
+            reports: Vec::new(),
             theta: theta0.to_vec(),
             state,
         })
@@ -74,41 +82,14 @@ impl CpuOptimizer {
         self.path
     }
 
-    /// θ without a copy.
-    pub fn theta_slice(&self) -> &[f32] {
-        &self.theta
-    }
-}
-
-impl Stepper for CpuOptimizer {
-    fn len(&self) -> usize {
-        self.theta.len()
+    /// Sets the non-finite policy (builder style).
+    pub fn with_nonfinite_policy(mut self, policy: NonFinitePolicy) -> Self {
+        self.policy = policy;
+        self
     }
 
-    fn steps_taken(&self) -> u64 {
-        self.t
-    }
-
-    fn config(&self) -> &OptimizerConfig {
-        &self.config
-    }
-
-    fn set_config(&mut self, config: OptimizerConfig) -> Result<()> {
-        config.validate()?;
-        self.config.check_same_layout(&config)?;
-        self.config = config;
-        Ok(())
-    }
-
-    fn step(&mut self, grad: &[f32]) -> Result<()> {
-        if grad.len() != self.theta.len() {
-            return Err(Error::LengthMismatch {
-                what: "gradient",
-                got: grad.len(),
-                expected: self.theta.len(),
-            });
-        }
-        let t = self.t + 1;
+    /// The update itself, on every element.
+    fn update(&mut self, t: u64, grad: &[f32]) {
         let optimizer = self.config.as_dyn();
         match self.path {
             CpuPath::Reference => {
@@ -136,6 +117,101 @@ impl Stepper for CpuOptimizer {
                     optimizer.reference_step(t, theta, grad, &mut state)
                 });
             }
+        }
+    }
+
+    /// θ and every state value of element `i`.
+    fn element(&self, i: usize) -> (f32, Vec<f32>) {
+        let state = self
+            .state
+            .iter()
+            .filter(|v| !v.is_empty())
+            .map(|v| v[i])
+            .collect();
+        (self.theta[i], state)
+    }
+
+    fn restore_element(&mut self, i: usize, (theta, state): (f32, Vec<f32>)) {
+        self.theta[i] = theta;
+        for (v, value) in self.state.iter_mut().filter(|v| !v.is_empty()).zip(state) {
+            v[i] = value;
+        }
+    }
+
+    /// θ without a copy.
+    pub fn theta_slice(&self) -> &[f32] {
+        &self.theta
+    }
+}
+
+impl Stepper for CpuOptimizer {
+    fn len(&self) -> usize {
+        self.theta.len()
+    }
+
+    fn steps_taken(&self) -> u64 {
+        self.t
+    }
+
+    fn nonfinite_policy(&self) -> NonFinitePolicy {
+        self.policy
+    }
+
+    fn set_nonfinite_policy(&mut self, policy: NonFinitePolicy) {
+        self.policy = policy;
+    }
+
+    fn step_reports(&mut self) -> Result<Vec<StepReport>> {
+        Ok(std::mem::take(&mut self.reports))
+    }
+
+    fn config(&self) -> &OptimizerConfig {
+        &self.config
+    }
+
+    fn set_config(&mut self, config: OptimizerConfig) -> Result<()> {
+        config.validate()?;
+        self.config.check_same_layout(&config)?;
+        self.config = config;
+        Ok(())
+    }
+
+    fn step(&mut self, grad: &[f32]) -> Result<()> {
+        if grad.len() != self.theta.len() {
+            return Err(Error::LengthMismatch {
+                what: "gradient",
+                got: grad.len(),
+                expected: self.theta.len(),
+            });
+        }
+        self.calls += 1;
+        // The kernels' bit test (SPEC §4): an all-ones exponent is NaN or ±Inf.
+        let nonfinite: Vec<usize> = (0..grad.len()).filter(|&i| !grad[i].is_finite()).collect();
+        let count = nonfinite.len() as u64;
+        let applied = self.policy.applies(count);
+        if count > 0 {
+            self.reports.push(StepReport {
+                call: self.calls,
+                nonfinite: count,
+                applied,
+            });
+        }
+        if !applied {
+            return match self.policy {
+                NonFinitePolicy::Error => Err(Error::NonFinite {
+                    step: self.calls,
+                    count,
+                }),
+                _ => Ok(()),
+            };
+        }
+        // SkipElement: those elements keep their values; the update is element-wise, so
+        // putting them back afterwards equals never touching them.
+        let kept: Vec<_> = nonfinite.iter().map(|&i| (i, self.element(i))).collect();
+        let t = self.t + 1;
+        self.update(t, grad);
+        for (i, values) in kept {
+            self.restore_element(i, values);
         }
         self.t = t;
         Ok(())

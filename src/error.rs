@@ -43,6 +43,11 @@ pub enum Error {
         limit: &'static str,
     },
 
+    /// Under `NonFinitePolicy::Error`: a step saw NaN or ±Inf gradient elements, and changed
+    /// nothing (θ, the state and the step counter are as before it).
+    #[error("step {step} saw {count} non-finite gradient element(s) (NaN or ±Inf) and changed nothing (non-finite policy: error)")]
+    NonFinite { step: u64, count: u64 },
+
     /// An error reported by the device: validation, out of memory, device lost, mapping.
     #[error("device error: {0}")]
     Device(String),

@@ -2,36 +2,61 @@
 
 use wgpu::naga;
 
-/// Prepended to every kernel: the binding convention and the element index of a 2-D dispatch.
-const PRELUDE: &str = include_str!("../shaders/common.wgsl");
+/// Element indexing, the non-finite test and the per-group status: in every module.
+const COMMON: &str = include_str!("../shaders/common.wgsl");
+/// The binding convention of fused optimizer kernels: window of scalars, status, θ, g, state.
+const FUSED: &str = include_str!("../shaders/fused.wgsl");
 
-/// One fused optimizer kernel, `shaders/<name>.wgsl`, entry point `main`.
+/// Entries of per-step scalars in a group's uniform window (`WINDOW` in `shaders/fused.wgsl`).
+pub const WINDOW: usize = 8;
+/// Bytes of the window's header (base, policy, two pads) before the scalars.
+pub const WINDOW_HEADER_BYTES: usize = 16;
+
+/// One WGSL module: preludes, then `shaders/<name>.wgsl`.
 #[derive(Debug)]
 pub struct Kernel {
     pub name: &'static str,
-    /// The shader file alone, without the prelude.
+    /// Sources prepended to the body, in order.
+    pub preludes: &'static [&'static str],
+    /// The shader file alone.
     pub body: &'static str,
 }
 
-pub const BAYES: Kernel = Kernel {
-    name: "bayes",
-    body: include_str!("../shaders/bayes.wgsl"),
+/// A fused optimizer kernel: its entry point is `main`.
+const fn fused(name: &'static str, body: &'static str) -> Kernel {
+    Kernel {
+        name,
+        preludes: &[COMMON, FUSED],
+        body,
+    }
+}
+
+pub const BAYES: Kernel = fused("bayes", include_str!("../shaders/bayes.wgsl"));
+
+/// The per-group step control: entry points `scan` and `commit`.
+pub const CONTROL: Kernel = Kernel {
+    name: "control",
+    preludes: &[COMMON],
+    body: include_str!("../shaders/control.wgsl"),
 };
 
-/// Every kernel, for validation and `info`.
-pub const ALL: &[&Kernel] = &[&BAYES];
+/// Every module, for validation and `info`.
+pub const ALL: &[&Kernel] = &[&CONTROL, &BAYES];
 
-/// The entry point of every kernel.
+/// The entry point of every fused optimizer kernel.
 pub const ENTRY_POINT: &str = "main";
 
 impl Kernel {
-    /// The complete WGSL module: prelude, then the kernel.
+    /// The complete WGSL module: preludes, then the body.
     pub fn source(&self) -> String {
-        format!("{PRELUDE}\n{}", self.body)
+        let mut source = self.preludes.join("\n");
+        source.push('\n');
+        source.push_str(self.body);
+        source
     }
 
     /// Parses and validates the module with naga, as wgpu would, without any adapter.
-    /// Returns the module and the byte size of its uniform block (binding 0).
+    /// Returns what it learned of the module's interface.
     pub fn validate(&self) -> Result<ValidatedKernel, String> {
         let source = self.source();
         let module = naga::front::wgsl::parse_str(&source)
@@ -55,10 +80,6 @@ impl Kernel {
             binding(0).ok_or_else(|| format!("{}: no uniform at binding 0", self.name))?;
         let uniform_size = module.types[uniform.ty].inner.size(module.to_ctx());
         let storage_bindings = (1..).take_while(|&b| binding(b).is_some()).count() as u32;
-        let has_entry = module.entry_points.iter().any(|e| e.name == ENTRY_POINT);
-        if !has_entry {
-            return Err(format!("{}: no entry point `{ENTRY_POINT}`", self.name));
-        }
         Ok(ValidatedKernel {
             uniform_size,
             storage_bindings,
@@ -69,8 +90,8 @@ impl Kernel {
 /// What validation learned about a kernel's interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ValidatedKernel {
-    /// Bytes of the `Scalars` uniform block.
+    /// Bytes of the uniform block at binding 0.
     pub uniform_size: u32,
-    /// Storage bindings 1, 2, … (θ, g, then the state slots).
+    /// Storage bindings 1, 2, … (for fused kernels: status, θ, g, then the state slots).
     pub storage_bindings: u32,
 }

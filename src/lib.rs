@@ -27,7 +27,7 @@ pub use wgpu;
 pub use cpu::{CpuOptimizer, CpuPath};
 pub use error::{Error, Result};
 pub use gpu::{GpuContext, GpuOptimizer, GpuOptions};
-pub use optim::{BayesConfig, Optimizer, OptimizerConfig, SigmaInit};
+pub use optim::{BayesConfig, NonFinitePolicy, Optimizer, OptimizerConfig, SigmaInit, StepReport};
 
 /// What `CpuOptimizer` and `GpuOptimizer` share: step a vector, read it back.
 pub trait Stepper {
@@ -38,8 +38,19 @@ pub trait Stepper {
         self.len() == 0
     }
 
-    /// Steps taken so far (the t of the last step).
+    /// Steps applied so far: the t of the last applied step. Steps skipped for non-finite
+    /// gradients do not count. On the GPU this waits for the steps in flight.
     fn steps_taken(&self) -> u64;
+
+    fn nonfinite_policy(&self) -> NonFinitePolicy;
+
+    /// Applies from the next step on.
+    fn set_nonfinite_policy(&mut self, policy: NonFinitePolicy);
+
+    /// Reports of the steps since the last call that saw non-finite gradients (waiting for the
+    /// device to finish them), or the [`Error::NonFinite`] of a step under
+    /// `NonFinitePolicy::Error` not yet returned. Clean steps make no report.
+    fn step_reports(&mut self) -> Result<Vec<StepReport>>;
 
     fn config(&self) -> &OptimizerConfig;
 
@@ -47,7 +58,10 @@ pub trait Stepper {
     /// the same state vectors.
     fn set_config(&mut self, config: OptimizerConfig) -> Result<()>;
 
-    /// One step with a gradient from host memory.
+    /// One step with a gradient from host memory. Never waits for the device. Under
+    /// `NonFinitePolicy::Error`, a step with non-finite gradients changes nothing and its
+    /// error is returned at once on the CPU; on the GPU by the first call that learns of it
+    /// (the next `step`, or `step_reports`), which then changes nothing either.
     fn step(&mut self, grad: &[f32]) -> Result<()>;
 
     /// One step with a gradient in an ndarray of any shape and layout (flattened in logical

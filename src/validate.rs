@@ -154,12 +154,15 @@ pub fn standard_battery() -> Vec<Case> {
     cases
 }
 
+/// Makes the optimizer under test from a config and θ₀.
+pub type DeviceFactory<'a> = dyn FnMut(&OptimizerConfig, &[f32]) -> Result<Box<dyn Stepper>> + 'a;
+
 /// Runs `case` on `device` and on the single-threaded reference, and compares θ and every
 /// state vector after step 1 and after the last step.
 pub fn run_case(
     case: &Case,
     bound: u64,
-    device: &mut dyn FnMut(&OptimizerConfig, &[f32]) -> Result<Box<dyn Stepper>>,
+    device: &mut DeviceFactory<'_>,
 ) -> Result<Outcome> {
     let theta0 = initial_theta(case.n, case.seed);
     let mut subject = device(&case.config, &theta0)?;

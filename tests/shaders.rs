@@ -1,7 +1,8 @@
 //! Every shader parses and validates with naga, without any adapter, and its uniform block
 //! has exactly the size of the Rust struct the host uploads.
 
-use bayesprop::{kernels, OptimizerConfig};
+use bayesprop::kernels::{self, WINDOW, WINDOW_HEADER_BYTES};
+use bayesprop::OptimizerConfig;
 
 #[test]
 fn every_kernel_passes_naga_validation() {
@@ -19,14 +20,14 @@ fn uniform_blocks_and_state_bindings_match_the_host() {
         let checked = optimizer.kernel().validate().unwrap();
         assert_eq!(
             checked.uniform_size as usize,
-            optimizer.uniform_bytes(1).len(),
-            "{}: WGSL Scalars vs Rust scalars",
+            WINDOW_HEADER_BYTES + WINDOW * optimizer.uniform_bytes(1).len(),
+            "{}: WGSL Window of Scalars vs the host's window of Rust scalars",
             optimizer.name()
         );
         assert_eq!(
             checked.storage_bindings as usize,
-            2 + optimizer.state_slots().len(),
-            "{}: storage bindings vs θ, g and the state slots",
+            3 + optimizer.state_slots().len(),
+            "{}: storage bindings vs status, θ, g and the state slots",
             optimizer.name()
         );
     }
@@ -36,6 +37,7 @@ fn uniform_blocks_and_state_bindings_match_the_host() {
 fn a_broken_shader_is_reported_with_its_name() {
     let broken = kernels::Kernel {
         name: "broken",
+        preludes: &[],
         body: "@compute @workgroup_size(1) fn main() { let x: f32 = 1u; }",
     };
     let message = broken.validate().unwrap_err();

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
-use crate::gpu::pipeline::FusedPipeline;
+use crate::gpu::pipeline::{ControlPipeline, FusedPipeline};
 use crate::kernels::Kernel;
 
 /// Environment variable: a case-insensitive substring of the adapter name to use.
@@ -54,6 +54,7 @@ struct Inner {
     /// Errors that reached no error scope (on a device we created) and device loss.
     sink: Arc<Mutex<Vec<String>>>,
     pipelines: Mutex<HashMap<&'static str, Arc<FusedPipeline>>>,
+    control: Mutex<Option<Arc<ControlPipeline>>>,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -178,6 +179,7 @@ impl GpuContext {
                 info,
                 sink,
                 pipelines: Mutex::new(HashMap::new()),
+                control: Mutex::new(None),
             }),
         }
     }
@@ -242,6 +244,18 @@ impl GpuContext {
             .lock()
             .unwrap()
             .insert(kernel.name, pipeline.clone());
+        Ok(pipeline)
+    }
+
+    /// The step-control pipelines, compiled once per context.
+    pub(crate) fn control_pipeline(&self) -> Result<Arc<ControlPipeline>> {
+        let mut control = self.inner.control.lock().unwrap();
+        if let Some(p) = control.as_ref() {
+            return Ok(p.clone());
+        }
+        let pipeline =
+            Arc::new(self.scoped("control", || ControlPipeline::new(&self.inner.device))?);
+        *control = Some(pipeline.clone());
         Ok(pipeline)
     }
 

@@ -3,6 +3,7 @@
 pub mod context;
 pub mod optimizer;
 pub mod pipeline;
+mod tracker;
 
 pub use context::{
     enumerate_adapters, GpuContext, GpuOptions, ADAPTER_ENV, BACKEND_ENV, NO_ADAPTER_HELP,

@@ -1,24 +1,31 @@
 //! `GpuOptimizer`: θ and every state vector live in device buffers; a step is one submit.
 
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
 use crate::gpu::context::GpuContext;
-use crate::gpu::pipeline::FusedPipeline;
-use crate::optim::OptimizerConfig;
+use crate::gpu::pipeline::{ControlPipeline, FusedPipeline};
+use crate::gpu::tracker::{StepTracker, STATUS_BYTES};
+use crate::kernels::{WINDOW, WINDOW_HEADER_BYTES};
+use crate::optim::{NonFinitePolicy, OptimizerConfig, StepReport};
 use crate::Stepper;
 
 /// One optimizer over one vector of parameters, on the device.
 pub struct GpuOptimizer {
     ctx: GpuContext,
     config: OptimizerConfig,
+    policy: NonFinitePolicy,
     n: usize,
-    t: u64,
     pipeline: Arc<FusedPipeline>,
-    uniforms: wgpu::Buffer,
+    control: Arc<ControlPipeline>,
+    /// The window of per-step scalars (`Window` in `shaders/fused.wgsl`).
+    window: wgpu::Buffer,
+    /// The step counter and non-finite count on the device (`Status`).
+    status: wgpu::Buffer,
+    tracker: Mutex<StepTracker>,
     theta: wgpu::Buffer,
     /// Where host gradients are uploaded.
     grad: wgpu::Buffer,
@@ -29,15 +36,21 @@ pub struct GpuOptimizer {
     /// Element ranges that each fit one storage binding.
     chunks: Vec<Range<u64>>,
     /// Bind groups of the host-gradient path, one per chunk.
-    host_bind_groups: Vec<wgpu::BindGroup>,
+    host_bind_groups: ChunkBindGroups,
+}
+
+/// Per chunk: the fused update's bind group and the control's (scan and commit).
+struct ChunkBindGroups {
+    update: Vec<wgpu::BindGroup>,
+    control: Vec<wgpu::BindGroup>,
 }
 
 impl std::fmt::Debug for GpuOptimizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GpuOptimizer")
             .field("config", &self.config)
+            .field("policy", &self.policy)
             .field("n", &self.n)
-            .field("t", &self.t)
             .field("chunks", &self.chunks.len())
             .finish()
     }
@@ -93,6 +106,8 @@ impl GpuOptimizer {
         let dyn_config = config.as_dyn();
         let slots = dyn_config.state_slots();
         let pipeline = ctx.pipeline(dyn_config.kernel(), slots.len() as u32)?;
+        let control = ctx.control_pipeline()?;
+        let window_bytes = WINDOW_HEADER_BYTES + WINDOW * dyn_config.uniform_bytes(1).len();
         let device = ctx.device();
         let storage = wgpu::BufferUsages::STORAGE
             | wgpu::BufferUsages::COPY_SRC
@@ -100,12 +115,19 @@ impl GpuOptimizer {
         // A zero-length binding is invalid: keep at least one element's room.
         let size = bytes.max(4);
 
-        let (uniforms, theta, grad, state, placeholder) =
+        let (window, status, theta, grad, state, placeholder) =
             ctx.scoped("allocating buffers", || {
-                let uniforms = device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("bayesprop uniforms"),
-                    size: dyn_config.uniform_bytes(1).len() as u64,
+                let window = device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("bayesprop window"),
+                    size: window_bytes as u64,
                     usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                // Zeroed at creation: t = 0, no non-finite gradients.
+                let status = device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("bayesprop status"),
+                    size: STATUS_BYTES,
+                    usage: storage,
                     mapped_at_creation: false,
                 });
                 let theta = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -148,32 +170,52 @@ impl GpuOptimizer {
                     usage: wgpu::BufferUsages::STORAGE,
                     mapped_at_creation: false,
                 });
-                (uniforms, theta, grad, state, placeholder)
+                (window, status, theta, grad, state, placeholder)
             })?;
 
         let mut optimizer = GpuOptimizer {
             ctx: ctx.clone(),
             config,
+            policy: NonFinitePolicy::default(),
             n,
-            t: 0,
             pipeline,
-            uniforms,
+            control,
+            window,
+            status,
+            tracker: Mutex::new(StepTracker::default()),
             theta,
             grad,
             state,
             placeholder,
             chunks: binding_chunks(n as u64, &limits),
-            host_bind_groups: Vec::new(),
+            host_bind_groups: ChunkBindGroups {
+                update: Vec::new(),
+                control: Vec::new(),
+            },
         };
         optimizer.host_bind_groups = optimizer.bind_groups(&optimizer.grad, 0)?;
         Ok(optimizer)
     }
 
-    /// One bind group per chunk, reading gradients from `grad` starting at byte `offset`.
-    fn bind_groups(&self, grad: &wgpu::Buffer, offset: u64) -> Result<Vec<wgpu::BindGroup>> {
+    /// Sets the non-finite policy (builder style).
+    pub fn with_nonfinite_policy(mut self, policy: NonFinitePolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The bind groups of every chunk, reading gradients from `grad` from byte `offset` on.
+    fn bind_groups(&self, grad: &wgpu::Buffer, offset: u64) -> Result<ChunkBindGroups> {
         let device = self.ctx.device();
+        let window = || self.window.as_entire_buffer_binding();
+        let status = || self.status.as_entire_buffer_binding();
+        let grad_chunk = |chunk: &Range<u64>| {
+            let mut b = binding(grad, chunk);
+            b.offset += offset;
+            b
+        };
         self.ctx.scoped("binding buffers", || {
-            self.chunks
+            let update = self
+                .chunks
                 .iter()
                 .map(|chunk| {
                     let state: Vec<_> = self
@@ -184,17 +226,26 @@ impl GpuOptimizer {
                             None => self.placeholder.as_entire_buffer_binding(),
                         })
                         .collect();
-                    let mut grad_binding = binding(grad, chunk);
-                    grad_binding.offset += offset;
-                    self.pipeline.bind(
-                        device,
-                        &self.uniforms,
-                        binding(&self.theta, chunk),
-                        grad_binding,
-                        &state,
-                    )
+                    let theta = binding(&self.theta, chunk);
+                    self.pipeline
+                        .bind(device, window(), status(), theta, grad_chunk(chunk), &state)
                 })
-                .collect()
+                .collect();
+            // The commit needs a gradient binding too; an empty vector binds the first element.
+            let whole = 0..(self.n as u64).max(1);
+            let control_chunks = if self.chunks.is_empty() {
+                std::slice::from_ref(&whole)
+            } else {
+                &self.chunks[..]
+            };
+            let control = control_chunks
+                .iter()
+                .map(|chunk| {
+                    self.control
+                        .bind(device, window(), status(), grad_chunk(chunk))
+                })
+                .collect();
+            ChunkBindGroups { update, control }
         })
     }
 
@@ -208,7 +259,7 @@ impl GpuOptimizer {
                 "the gradient buffer needs STORAGE usage".into(),
             ));
         }
-        if offset % limits.min_storage_buffer_offset_alignment as u64 != 0 {
+        if !offset.is_multiple_of(limits.min_storage_buffer_offset_alignment as u64) {
             return Err(Error::Device(format!(
                 "gradient offset {offset} is not a multiple of min_storage_buffer_offset_alignment ({})",
                 limits.min_storage_buffer_offset_alignment
@@ -225,28 +276,62 @@ impl GpuOptimizer {
         self.submit_step(&bind_groups)
     }
 
-    /// Encodes every chunk into one pass and submits once; does not wait for the device.
-    fn submit_step(&mut self, bind_groups: &[wgpu::BindGroup]) -> Result<()> {
-        let t = self.t + 1;
+    /// Encodes the step into one pass and submits once; never waits for the device.
+    ///
+    /// In the pass: the scan of g for non-finite values (SkipStep and Error), the fused update
+    /// of every chunk, and the commit of the step counter. After it, the status is copied for
+    /// the lazy readback.
+    fn submit_step(&mut self, bind_groups: &ChunkBindGroups) -> Result<()> {
         let (device, queue) = (self.ctx.device(), self.ctx.queue());
+        let mut tracker = self.tracker.lock().unwrap();
+        tracker.resolve(device, false)?;
+        if let Some(error) = tracker.take_error() {
+            return Err(error);
+        }
+        if !tracker.window_has_room() {
+            // The device is WINDOW steps behind: wait for the oldest before adding one more.
+            tracker.resolve(device, true)?;
+        }
+        let (base, steps) = tracker.next_window();
+        let mut window = Vec::with_capacity(WINDOW_HEADER_BYTES + WINDOW * 64);
+        window.extend_from_slice(bytemuck::cast_slice(&[
+            base as u32,
+            self.policy as u32,
+            0,
+            0,
+        ]));
+        for t in steps {
+            window.extend_from_slice(&self.config.as_dyn().uniform_bytes(t));
+        }
+        let readback = tracker.readback_buffer(device);
         self.ctx.scoped("step", || {
-            queue.write_buffer(&self.uniforms, 0, &self.config.as_dyn().uniform_bytes(t));
+            queue.write_buffer(&self.window, 0, &window);
             let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("bayesprop step"),
             });
+            // The count is per step; t carries over.
+            encoder.clear_buffer(&self.status, 4, Some(4));
             {
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some(self.config.name()),
                     timestamp_writes: None,
                 });
-                for (chunk, bind_group) in self.chunks.iter().zip(bind_groups) {
+                if self.policy != NonFinitePolicy::SkipElement {
+                    for (chunk, bind_group) in self.chunks.iter().zip(&bind_groups.control) {
+                        self.control
+                            .scan(&mut pass, bind_group, (chunk.end - chunk.start) as u32);
+                    }
+                }
+                for (chunk, bind_group) in self.chunks.iter().zip(&bind_groups.update) {
                     self.pipeline
                         .dispatch(&mut pass, bind_group, (chunk.end - chunk.start) as u32);
                 }
+                self.control.commit(&mut pass, &bind_groups.control[0]);
             }
+            encoder.copy_buffer_to_buffer(&self.status, 0, &readback, 0, STATUS_BYTES);
             queue.submit([encoder.finish()]);
         })?;
-        self.t = t;
+        tracker.submitted(self.policy, readback);
         Ok(())
     }
 
@@ -277,7 +362,27 @@ impl Stepper for GpuOptimizer {
     }
 
     fn steps_taken(&self) -> u64 {
-        self.t
+        let mut tracker = self.tracker.lock().unwrap();
+        // A device error here also reaches the caller through the next step or readback.
+        let _ = tracker.resolve(self.ctx.device(), true);
+        tracker.steps_applied()
+    }
+
+    fn nonfinite_policy(&self) -> NonFinitePolicy {
+        self.policy
+    }
+
+    fn set_nonfinite_policy(&mut self, policy: NonFinitePolicy) {
+        self.policy = policy;
+    }
+
+    fn step_reports(&mut self) -> Result<Vec<StepReport>> {
+        let mut tracker = self.tracker.lock().unwrap();
+        tracker.resolve(self.ctx.device(), true)?;
+        match tracker.take_error() {
+            Some(error) => Err(error),
+            None => Ok(tracker.take_reports()),
+        }
     }
 
     fn config(&self) -> &OptimizerConfig {
@@ -305,7 +410,13 @@ impl Stepper for GpuOptimizer {
                 queue.write_buffer(&self.grad, 0, bytemuck::cast_slice(grad))
             })?;
         }
-        let bind_groups = std::mem::take(&mut self.host_bind_groups);
+        let bind_groups = std::mem::replace(
+            &mut self.host_bind_groups,
+            ChunkBindGroups {
+                update: Vec::new(),
+                control: Vec::new(),
+            },
+        );
         let result = self.submit_step(&bind_groups);
         self.host_bind_groups = bind_groups;
         result

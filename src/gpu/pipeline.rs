@@ -1,17 +1,86 @@
-//! A compiled fused kernel that records into the caller's compute pass.
+//! Compiled kernels that record into the caller's compute pass: a fused optimizer kernel, and
+//! the per-group step control (non-finite scan, commit of the step counter).
 
-use crate::kernels::{Kernel, ENTRY_POINT};
+use crate::kernels::{Kernel, CONTROL, ENTRY_POINT};
 
 /// Elements per workgroup (the shader's `WORKGROUP_SIZE` override).
 pub const WORKGROUP_SIZE: u32 = 256;
 
 /// The pipeline and bind group layout of one kernel, built from the binding convention in
-/// `shaders/common.wgsl`: uniform at 0, θ at 1, g at 2, state slots from 3.
+/// `shaders/fused.wgsl`: window at 0, status at 1, θ at 2, g at 3, state slots from 4.
 #[derive(Debug)]
 pub struct FusedPipeline {
     pipeline: wgpu::ComputePipeline,
     layout: wgpu::BindGroupLayout,
     max_workgroups_per_dimension: u32,
+}
+
+/// `shaders/control.wgsl`: window header at 0, status at 1, g at 2.
+#[derive(Debug)]
+pub struct ControlPipeline {
+    scan: wgpu::ComputePipeline,
+    commit: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+    max_workgroups_per_dimension: u32,
+}
+
+fn uniform(binding: u32) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Uniform,
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+        count: None,
+    }
+}
+
+/// Compiles `entry_point` of `kernel` against a layout of `entries`.
+fn compile(
+    device: &wgpu::Device,
+    kernel: &Kernel,
+    entries: &[wgpu::BindGroupLayoutEntry],
+    entry_points: &[&str],
+) -> (wgpu::BindGroupLayout, Vec<wgpu::ComputePipeline>) {
+    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some(kernel.name),
+        entries,
+    });
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(kernel.name),
+        source: wgpu::ShaderSource::Wgsl(kernel.source().into()),
+    });
+    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(kernel.name),
+        bind_group_layouts: &[Some(&layout)],
+        immediate_size: 0,
+    });
+    let pipelines = entry_points
+        .iter()
+        .map(|entry_point| {
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(kernel.name),
+                layout: Some(&pipeline_layout),
+                module: &module,
+                entry_point: Some(entry_point),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &[("WORKGROUP_SIZE", WORKGROUP_SIZE as f64)],
+                    ..Default::default()
+                },
+                cache: None,
+            })
+        })
+        .collect();
+    (layout, pipelines)
+}
+
+/// The 2-D grid that covers `n` elements: x up to the per-dimension limit, y for the rest.
+fn grid(n: u32, max_per_dimension: u32) -> (u32, u32) {
+    let groups = n.div_ceil(WORKGROUP_SIZE).max(1);
+    let x = groups.min(max_per_dimension);
+    (x, groups.div_ceil(x))
 }
 
 fn storage(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
@@ -32,78 +101,41 @@ impl FusedPipeline {
     /// error scope ([`crate::GpuContext`] wraps this).
     pub(crate) fn new(device: &wgpu::Device, kernel: &Kernel, states: u32) -> Self {
         let mut entries = vec![
-            wgpu::BindGroupLayoutEntry {
-                binding: 0,
-                visibility: wgpu::ShaderStages::COMPUTE,
-                ty: wgpu::BindingType::Buffer {
-                    ty: wgpu::BufferBindingType::Uniform,
-                    has_dynamic_offset: false,
-                    min_binding_size: None,
-                },
-                count: None,
-            },
+            uniform(0),
             storage(1, false),
-            storage(2, true),
+            storage(2, false),
+            storage(3, true),
         ];
-        entries.extend((0..states).map(|k| storage(3 + k, false)));
-        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some(kernel.name),
-            entries: &entries,
-        });
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(kernel.name),
-            source: wgpu::ShaderSource::Wgsl(kernel.source().into()),
-        });
-        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: Some(kernel.name),
-            bind_group_layouts: &[Some(&layout)],
-            immediate_size: 0,
-        });
-        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(kernel.name),
-            layout: Some(&pipeline_layout),
-            module: &module,
-            entry_point: Some(ENTRY_POINT),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                constants: &[("WORKGROUP_SIZE", WORKGROUP_SIZE as f64)],
-                ..Default::default()
-            },
-            cache: None,
-        });
+        entries.extend((0..states).map(|k| storage(4 + k, false)));
+        let (layout, mut pipelines) = compile(device, kernel, &entries, &[ENTRY_POINT]);
         FusedPipeline {
-            pipeline,
+            pipeline: pipelines.remove(0),
             layout,
             max_workgroups_per_dimension: device.limits().max_compute_workgroups_per_dimension,
         }
     }
 
-    /// A bind group over the uniform block, θ, g and the state ranges, all of one chunk.
+    /// A bind group over the group's window and status, and θ, g and the state ranges of one
+    /// chunk.
     pub(crate) fn bind(
         &self,
         device: &wgpu::Device,
-        uniforms: &wgpu::Buffer,
+        window: wgpu::BufferBinding<'_>,
+        status: wgpu::BufferBinding<'_>,
         theta: wgpu::BufferBinding<'_>,
         grad: wgpu::BufferBinding<'_>,
         state: &[wgpu::BufferBinding<'_>],
     ) -> wgpu::BindGroup {
-        let mut entries = vec![
-            wgpu::BindGroupEntry {
-                binding: 0,
-                resource: uniforms.as_entire_binding(),
-            },
-            wgpu::BindGroupEntry {
-                binding: 1,
-                resource: wgpu::BindingResource::Buffer(theta),
-            },
-            wgpu::BindGroupEntry {
-                binding: 2,
-                resource: wgpu::BindingResource::Buffer(grad),
-            },
-        ];
-        entries.extend(state.iter().enumerate().map(|(k, b)| wgpu::BindGroupEntry {
-            binding: 3 + k as u32,
-            resource: wgpu::BindingResource::Buffer(b.clone()),
-        }));
+        let buffers = [window, status, theta, grad]
+            .into_iter()
+            .chain(state.iter().cloned());
+        let entries: Vec<_> = buffers
+            .enumerate()
+            .map(|(binding, b)| wgpu::BindGroupEntry {
+                binding: binding as u32,
+                resource: wgpu::BindingResource::Buffer(b),
+            })
+            .collect();
         device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("bayesprop step"),
             layout: &self.layout,
@@ -111,18 +143,64 @@ impl FusedPipeline {
         })
     }
 
-    /// The 2-D grid that covers `n` elements: x up to the per-dimension limit, y for the rest.
-    pub fn grid(&self, n: u32) -> (u32, u32) {
-        let groups = n.div_ceil(WORKGROUP_SIZE).max(1);
-        let x = groups.min(self.max_workgroups_per_dimension);
-        (x, groups.div_ceil(x))
-    }
-
-    /// Records one step of `n` elements into the caller's pass.
+    /// Records the update of one chunk of `n` elements into the caller's pass.
     pub fn dispatch(&self, pass: &mut wgpu::ComputePass<'_>, bind_group: &wgpu::BindGroup, n: u32) {
-        let (x, y) = self.grid(n);
+        let (x, y) = grid(n, self.max_workgroups_per_dimension);
         pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, bind_group, &[]);
         pass.dispatch_workgroups(x, y, 1);
+    }
+}
+
+impl ControlPipeline {
+    pub(crate) fn new(device: &wgpu::Device) -> Self {
+        let entries = [uniform(0), storage(1, false), storage(2, true)];
+        let (layout, mut pipelines) = compile(device, &CONTROL, &entries, &["scan", "commit"]);
+        let commit = pipelines.pop().expect("two entry points");
+        let scan = pipelines.pop().expect("two entry points");
+        ControlPipeline {
+            scan,
+            commit,
+            layout,
+            max_workgroups_per_dimension: device.limits().max_compute_workgroups_per_dimension,
+        }
+    }
+
+    /// A bind group over a group's window header and status, and one chunk of its gradient.
+    pub(crate) fn bind(
+        &self,
+        device: &wgpu::Device,
+        window: wgpu::BufferBinding<'_>,
+        status: wgpu::BufferBinding<'_>,
+        grad: wgpu::BufferBinding<'_>,
+    ) -> wgpu::BindGroup {
+        let entries: Vec<_> = [window, status, grad]
+            .into_iter()
+            .enumerate()
+            .map(|(binding, b)| wgpu::BindGroupEntry {
+                binding: binding as u32,
+                resource: wgpu::BindingResource::Buffer(b),
+            })
+            .collect();
+        device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("bayesprop control"),
+            layout: &self.layout,
+            entries: &entries,
+        })
+    }
+
+    /// Records the count of non-finite gradients of one chunk of `n` elements.
+    pub fn scan(&self, pass: &mut wgpu::ComputePass<'_>, bind_group: &wgpu::BindGroup, n: u32) {
+        let (x, y) = grid(n, self.max_workgroups_per_dimension);
+        pass.set_pipeline(&self.scan);
+        pass.set_bind_group(0, bind_group, &[]);
+        pass.dispatch_workgroups(x, y, 1);
+    }
+
+    /// Records the commit of a group's step: its counter advances if the step was applied.
+    pub fn commit(&self, pass: &mut wgpu::ComputePass<'_>, bind_group: &wgpu::BindGroup) {
+        pass.set_pipeline(&self.commit);
+        pass.set_bind_group(0, bind_group, &[]);
+        pass.dispatch_workgroups(1, 1, 1);
     }
 }

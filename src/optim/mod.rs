@@ -14,6 +14,62 @@ use crate::kernels::Kernel;
 
 pub use bayes::{BayesConfig, BayesConfigBuilder, SigmaInit};
 
+/// What a step does with NaN or ±Inf gradient elements (SPEC §4). They never reach the state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum NonFinitePolicy {
+    /// The whole step of the group changes nothing and its step counter does not advance
+    /// (like a gradient scaler's found-inf).
+    #[default]
+    SkipStep = 0,
+    /// Only those elements keep their θ and state; the step counter advances.
+    SkipElement = 1,
+    /// As `SkipStep`, and the caller gets [`Error::NonFinite`] with the count.
+    Error = 2,
+}
+
+impl NonFinitePolicy {
+    pub const ALL: [NonFinitePolicy; 3] = [Self::SkipStep, Self::SkipElement, Self::Error];
+
+    /// The CLI spelling: `skip-step`, `skip-element`, `error`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::SkipStep => "skip-step",
+            Self::SkipElement => "skip-element",
+            Self::Error => "error",
+        }
+    }
+
+    /// Whether a step that saw `nonfinite` such elements is applied.
+    pub fn applies(self, nonfinite: u64) -> bool {
+        nonfinite == 0 || self == Self::SkipElement
+    }
+}
+
+impl std::str::FromStr for NonFinitePolicy {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| Error::Unknown {
+                what: "non-finite policy",
+                name: s.to_string(),
+                known: "skip-step, skip-element, error".into(),
+            })
+    }
+}
+
+/// What one step did about non-finite gradients, read back from the device without stalling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepReport {
+    /// The step call this reports on, counting every call (applied or not) from 1.
+    pub call: u64,
+    /// NaN or ±Inf gradient elements it saw.
+    pub nonfinite: u64,
+    /// Whether it changed θ and the state (and advanced the step counter).
+    pub applied: bool,
+}
+
 /// One per-element state vector of an optimizer, bound to its kernel after θ and g.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StateSlot {

@@ -1,0 +1,46 @@
+// Prepended (after common.wgsl) to every fused optimizer kernel.
+//
+// Binding convention (the host builds every kernel's layout from it):
+//   @binding(0) uniform  Window   policy and a window of per-step scalars (`Scalars` is the
+//                                 optimizer's own struct), computed by the host in f64
+//   @binding(1) storage  Status   this group's step counter and non-finite count
+//   @binding(2) storage  theta    read_write
+//   @binding(3) storage  grad     read
+//   @binding(4..) storage state   read_write, in the optimizer's state-slot order
+//
+// Why a window: under SkipStep the device decides whether a step is applied, so the host does
+// not know the device's t when it records the next step without waiting for it. It uploads
+// the scalars of every t the device can be at (base + 1 … base + in-flight + 1), and the
+// kernel picks the entry of its own t.
+
+const WINDOW: u32 = 8u;
+
+struct Window {
+    base: u32,     // the device t the host last read back; entry k is for step base + k + 1
+    policy: u32,
+    pad0: u32,
+    pad1: u32,
+    scalars: array<Scalars, WINDOW>,
+}
+
+@group(0) @binding(0) var<uniform> window: Window;
+@group(0) @binding(1) var<storage, read_write> status: Status;
+
+// The scalars of the step being applied.
+fn step_scalars() -> Scalars {
+    return window.scalars[min(status.t - window.base, WINDOW - 1u)];
+}
+
+// Whether this invocation updates its element. Under SkipStep and Error the scan pass has
+// counted the group's non-finite gradients, and any one skips the whole step. Under
+// SkipElement only a non-finite element is skipped, and counted here.
+fn admit(g: f32) -> bool {
+    if window.policy == POLICY_SKIP_ELEMENT {
+        if is_finite_bits(g) {
+            return true;
+        }
+        atomicAdd(&status.nonfinite, 1u);
+        return false;
+    }
+    return atomicLoad(&status.nonfinite) == 0u;
+}

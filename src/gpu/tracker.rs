@@ -1,0 +1,147 @@
+//! Lazy readback of the device's step status: which steps were applied and how many non-finite
+//! gradient elements each saw, learned without waiting for the device inside a step.
+//!
+//! Each step copies the group's status (t, non-finite count) into a small mappable buffer and
+//! maps it asynchronously. Later calls collect whatever has arrived; only a caller that asks for
+//! the answer now (`resolve(.., wait = true)`) waits.
+
+use std::collections::VecDeque;
+use std::sync::mpsc;
+
+use crate::error::{Error, Result};
+use crate::kernels::WINDOW;
+use crate::optim::{NonFinitePolicy, StepReport};
+
+/// Bytes of one group's status on the device: `t: u32`, `nonfinite: u32`.
+pub(crate) const STATUS_BYTES: u64 = 8;
+
+struct Pending {
+    call: u64,
+    policy: NonFinitePolicy,
+    buffer: wgpu::Buffer,
+    mapped: mpsc::Receiver<Result<(), wgpu::BufferAsyncError>>,
+}
+
+#[derive(Default)]
+pub(crate) struct StepTracker {
+    /// Step calls submitted.
+    calls: u64,
+    /// Calls whose status has been read back.
+    resolved_calls: u64,
+    /// The device's step counter as of the last status read back.
+    resolved_t: u64,
+    pending: VecDeque<Pending>,
+    /// Readback buffers ready for reuse.
+    free: Vec<wgpu::Buffer>,
+    reports: Vec<StepReport>,
+    /// A `NonFinitePolicy::Error` step not yet returned to the caller.
+    error: Option<Error>,
+}
+
+impl StepTracker {
+    /// Whether one more step fits the window of scalars (else resolve with `wait` first).
+    pub fn window_has_room(&self) -> bool {
+        ((self.calls - self.resolved_calls) as usize) < WINDOW
+    }
+
+    /// The window for the next step: the base t and every t the device may then be at + 1.
+    pub fn next_window(&self) -> (u64, std::ops::RangeInclusive<u64>) {
+        let in_flight = self.calls - self.resolved_calls;
+        let base = self.resolved_t;
+        (base, base + 1..=base + in_flight + 1)
+    }
+
+    /// A buffer to copy the next step's status into.
+    pub fn readback_buffer(&mut self, device: &wgpu::Device) -> wgpu::Buffer {
+        self.free.pop().unwrap_or_else(|| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("bayesprop status readback"),
+                size: STATUS_BYTES,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        })
+    }
+
+    /// Records a submitted step whose status is being copied into `buffer`.
+    pub fn submitted(&mut self, policy: NonFinitePolicy, buffer: wgpu::Buffer) {
+        self.calls += 1;
+        let (tx, mapped) = mpsc::channel();
+        buffer
+            .slice(..)
+            .map_async(wgpu::MapMode::Read, move |r| drop(tx.send(r)));
+        self.pending.push_back(Pending {
+            call: self.calls,
+            policy,
+            buffer,
+            mapped,
+        });
+    }
+
+    /// Collects the statuses that have arrived; with `wait`, waits for all of them first.
+    pub fn resolve(&mut self, device: &wgpu::Device, wait: bool) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let poll = if wait {
+            wgpu::PollType::wait_indefinitely()
+        } else {
+            wgpu::PollType::Poll
+        };
+        device
+            .poll(poll)
+            .map_err(|e| Error::Device(format!("waiting for a step: {e}")))?;
+        while let Some(front) = self.pending.front() {
+            let mapped = match front.mapped.try_recv() {
+                Ok(result) => result,
+                Err(mpsc::TryRecvError::Empty) if !wait => break,
+                Err(_) => Err(wgpu::BufferAsyncError),
+            };
+            let pending = self.pending.pop_front().expect("front exists");
+            mapped.map_err(|e| Error::Device(format!("reading step status: {e}")))?;
+            let [t, nonfinite] = {
+                let view = pending
+                    .buffer
+                    .slice(..)
+                    .get_mapped_range()
+                    .map_err(|e| Error::Device(format!("reading step status: {e}")))?;
+                let words: &[u32] = bytemuck::cast_slice(&view);
+                [words[0], words[1]]
+            };
+            pending.buffer.unmap();
+            self.free.push(pending.buffer);
+            self.resolved_calls = pending.call;
+            self.resolved_t = t as u64;
+            let nonfinite = nonfinite as u64;
+            if nonfinite > 0 {
+                let applied = pending.policy.applies(nonfinite);
+                self.reports.push(StepReport {
+                    call: pending.call,
+                    nonfinite,
+                    applied,
+                });
+                if pending.policy == NonFinitePolicy::Error && self.error.is_none() {
+                    self.error = Some(Error::NonFinite {
+                        step: pending.call,
+                        count: nonfinite,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The error of a `NonFinitePolicy::Error` step, once, if one has been read back.
+    pub fn take_error(&mut self) -> Option<Error> {
+        self.error.take()
+    }
+
+    pub fn take_reports(&mut self) -> Vec<StepReport> {
+        std::mem::take(&mut self.reports)
+    }
+
+    /// The device's step counter; call after `resolve(.., true)`.
+    pub fn steps_applied(&self) -> u64 {
+        self.resolved_t
+    }
+}
