@@ -76,6 +76,28 @@ fn compile(
     (layout, pipelines)
 }
 
+/// A bind group whose bindings 0, 1, 2, … are `buffers` in order.
+fn bind_in_order<'a>(
+    device: &wgpu::Device,
+    layout: &wgpu::BindGroupLayout,
+    label: &str,
+    buffers: impl IntoIterator<Item = wgpu::BufferBinding<'a>>,
+) -> wgpu::BindGroup {
+    let entries: Vec<_> = buffers
+        .into_iter()
+        .enumerate()
+        .map(|(binding, b)| wgpu::BindGroupEntry {
+            binding: binding as u32,
+            resource: wgpu::BindingResource::Buffer(b),
+        })
+        .collect();
+    device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some(label),
+        layout,
+        entries: &entries,
+    })
+}
+
 /// The 2-D grid that covers `n` elements: x up to the per-dimension limit, y for the rest.
 fn grid(n: u32, max_per_dimension: u32) -> (u32, u32) {
     let groups = n.div_ceil(WORKGROUP_SIZE).max(1);
@@ -129,18 +151,7 @@ impl FusedPipeline {
         let buffers = [window, status, theta, grad]
             .into_iter()
             .chain(state.iter().cloned());
-        let entries: Vec<_> = buffers
-            .enumerate()
-            .map(|(binding, b)| wgpu::BindGroupEntry {
-                binding: binding as u32,
-                resource: wgpu::BindingResource::Buffer(b),
-            })
-            .collect();
-        device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("bayesprop step"),
-            layout: &self.layout,
-            entries: &entries,
-        })
+        bind_in_order(device, &self.layout, "bayesprop step", buffers)
     }
 
     /// Records the update of one chunk of `n` elements into the caller's pass.
@@ -174,19 +185,12 @@ impl ControlPipeline {
         status: wgpu::BufferBinding<'_>,
         grad: wgpu::BufferBinding<'_>,
     ) -> wgpu::BindGroup {
-        let entries: Vec<_> = [window, status, grad]
-            .into_iter()
-            .enumerate()
-            .map(|(binding, b)| wgpu::BindGroupEntry {
-                binding: binding as u32,
-                resource: wgpu::BindingResource::Buffer(b),
-            })
-            .collect();
-        device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("bayesprop control"),
-            layout: &self.layout,
-            entries: &entries,
-        })
+        bind_in_order(
+            device,
+            &self.layout,
+            "bayesprop control",
+            [window, status, grad],
+        )
     }
 
     /// Records the count of non-finite gradients of one chunk of `n` elements.
