@@ -7,7 +7,8 @@ use std::time::Instant;
 use bayesprop::gpu::{enumerate_adapters, GpuOptions};
 use bayesprop::validate::{self, HARDWARE_ULP_BOUND, SOFTWARE_ULP_BOUND};
 use bayesprop::{
-    kernels, CpuOptimizer, Error, GpuContext, GpuOptimizer, OptimizerConfig, Result, Stepper,
+    kernels, CpuOptimizer, Error, GpuContext, GpuOptimizer, NonFinitePolicy, OptimizerConfig,
+    Result, Stepper,
 };
 use clap::{Parser, Subcommand, ValueEnum};
 use ndarray::{Array1, Array2};
@@ -32,6 +33,22 @@ enum Command {
     Validate,
     /// Replay a gradient sequence: θ after every step, as a (T, N) f32 .npy.
     Replay(ReplayArgs),
+    /// Train small models on the UCI digits with every optimizer; write loss.svg, sigma.svg,
+    /// regimes.svg and results.md.
+    Demo(DemoArgs),
+}
+
+#[derive(Parser, Debug)]
+struct DemoArgs {
+    /// Where the optimizers step.
+    #[arg(long, value_enum, default_value_t = bayesprop::demo::DeviceKind::Cpu)]
+    device: bayesprop::demo::DeviceKind,
+    /// Folder for the figures and results.md (created if needed).
+    #[arg(long, default_value = "bayesprop-demo")]
+    out: PathBuf,
+    /// Short runs and 3-value sweeps (well under a minute in a release build).
+    #[arg(long)]
+    quick: bool,
 }
 
 #[derive(Parser, Debug)]
@@ -53,6 +70,10 @@ struct ReplayArgs {
     out: PathBuf,
     #[arg(long, value_enum, default_value_t = Device::Gpu)]
     device: Device,
+    /// What a step does with NaN or ±Inf gradients (SPEC §4): skip-step, skip-element or
+    /// error (stop with exit 2, naming the step).
+    #[arg(long, default_value = "skip-step")]
+    nonfinite: NonFinitePolicy,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -70,6 +91,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Info => info(),
         Command::Validate => validate(),
         Command::Replay(args) => replay(&args),
+        Command::Demo(a) => bayesprop::demo::main(a.device, &a.out, a.quick).map(|()| ExitCode::SUCCESS),
     }
 }
 
@@ -204,9 +226,13 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode> {
         Device::Cpu => Box::new(CpuOptimizer::new(config, &theta0)?),
         Device::Gpu => Box::new(GpuOptimizer::new(&GpuContext::new()?, config, &theta0)?),
     };
+    optimizer.set_nonfinite_policy(args.nonfinite);
     let mut out = Array2::<f32>::zeros(grads.dim());
     for (grad, mut row) in grads.rows().into_iter().zip(out.rows_mut()) {
         optimizer.step(&grad.to_vec())?;
+        // Reading θ waits for the step anyway; learning its non-finite count here makes the
+        // Error policy stop at the same step on every device.
+        optimizer.step_reports()?;
         row.assign(&Array1::from(optimizer.theta()?));
     }
     ndarray_npy::write_npy(&args.out, &out).map_err(|e| Error::file(&args.out, e))?;
