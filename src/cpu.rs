@@ -3,6 +3,7 @@
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::layout::{GroupId, GroupSpec, Layout, ParamGroups, TensorId};
 use crate::optim::{NonFinitePolicy, OptimizerConfig, StepReport};
 use crate::Stepper;
 
@@ -19,79 +20,42 @@ pub enum CpuPath {
 /// Elements per parallel job: 64 Ki f32 per array, so the ≤ 6 arrays of a job stay in L2.
 const CHUNK: usize = 1 << 16;
 
-/// One optimizer over one vector of parameters, in host memory.
+/// One parameter group in host memory: its arena of θ and of each state.
 #[derive(Clone, Debug)]
-pub struct CpuOptimizer {
-    config: OptimizerConfig,
-    path: CpuPath,
-    policy: NonFinitePolicy,
+pub(crate) struct CpuGroup {
     /// Steps applied.
-    t: u64,
-    /// Step calls made, applied or not.
-    calls: u64,
-    reports: Vec<StepReport>,
-    theta: Vec<f32>,
-    /// One vector per state slot; empty where the options do not need that state.
-    state: Vec<Vec<f32>>,
+    pub t: u64,
+    pub theta: Vec<f32>,
+    /// One arena per state slot; empty where the options do not need that state.
+    pub state: Vec<Vec<f32>>,
 }
 
-impl CpuOptimizer {
-    /// The parallel path.
-    pub fn new(config: impl Into<OptimizerConfig>, theta0: &[f32]) -> Result<Self> {
-        Self::with_path(config, theta0, CpuPath::Parallel)
-    }
-
-    /// The single-threaded reference.
-    pub fn reference(config: impl Into<OptimizerConfig>, theta0: &[f32]) -> Result<Self> {
-        Self::with_path(config, theta0, CpuPath::Reference)
-    }
-
-    pub fn with_path(
-        config: impl Into<OptimizerConfig>,
-        theta0: &[f32],
-        path: CpuPath,
-    ) -> Result<Self> {
-        let config = config.into();
-        config.validate()?;
-        let n = theta0.len();
-        let state = config
+impl CpuGroup {
+    fn new(spec: &GroupSpec, theta0: &[f32]) -> Self {
+        let state = spec
+            .config
             .as_dyn()
             .state_slots()
             .iter()
             .map(|slot| {
                 if slot.used {
-                    vec![slot.init; n]
+                    vec![slot.init; theta0.len()]
                 } else {
                     Vec::new()
                 }
             })
             .collect();
-        Ok(CpuOptimizer {
-            config,
-            path,
-            policy: NonFinitePolicy::default(),
+        CpuGroup {
             t: 0,
-            calls: 0,
-            reports: Vec::new(),
             theta: theta0.to_vec(),
             state,
-        })
+        }
     }
 
-    pub fn path(&self) -> CpuPath {
-        self.path
-    }
-
-    /// Sets the non-finite policy (builder style).
-    pub fn with_nonfinite_policy(mut self, policy: NonFinitePolicy) -> Self {
-        self.policy = policy;
-        self
-    }
-
-    /// The update itself, on every element.
-    fn update(&mut self, t: u64, grad: &[f32]) {
-        let optimizer = self.config.as_dyn();
-        match self.path {
+    /// The update itself, on every element of the arena.
+    fn update(&mut self, spec: &GroupSpec, path: CpuPath, t: u64, grad: &[f32]) {
+        let optimizer = spec.config.as_dyn();
+        match path {
             CpuPath::Reference => {
                 let mut state: Vec<&mut [f32]> =
                     self.state.iter_mut().map(|v| &mut v[..]).collect();
@@ -120,7 +84,7 @@ impl CpuOptimizer {
         }
     }
 
-    /// θ and every state value of element `i`.
+    /// θ and every used state value of element `i`.
     fn element(&self, i: usize) -> (f32, Vec<f32>) {
         let state = self
             .state
@@ -138,98 +102,183 @@ impl CpuOptimizer {
         }
     }
 
-    /// θ without a copy.
+    /// One step of the group, under its non-finite policy. Returns the count of non-finite
+    /// gradient elements it saw.
+    fn step(&mut self, spec: &GroupSpec, path: CpuPath, grad: &[f32]) -> u64 {
+        // The kernels' bit test (SPEC §4): an all-ones exponent is NaN or ±Inf.
+        let nonfinite: Vec<usize> = (0..grad.len()).filter(|&i| !grad[i].is_finite()).collect();
+        let count = nonfinite.len() as u64;
+        if !spec.policy.applies(count) {
+            return count;
+        }
+        // SkipElement: those elements keep their values; the update is element-wise, so
+        // putting them back afterwards equals never touching them.
+        let kept: Vec<_> = nonfinite.iter().map(|&i| (i, self.element(i))).collect();
+        self.t += 1;
+        self.update(spec, path, self.t, grad);
+        for (i, values) in kept {
+            self.restore_element(i, values);
+        }
+        count
+    }
+}
+
+/// Parameter groups in host memory.
+#[derive(Clone, Debug)]
+pub struct CpuOptimizer {
+    path: CpuPath,
+    pub(crate) layout: Layout,
+    pub(crate) groups: Vec<CpuGroup>,
+    /// Step calls made, applied or not.
+    calls: u64,
+    reports: Vec<StepReport>,
+}
+
+impl CpuOptimizer {
+    /// One vector of parameters with one config, on the parallel path.
+    pub fn new(config: impl Into<OptimizerConfig>, theta0: &[f32]) -> Result<Self> {
+        Self::with_path(config, theta0, CpuPath::Parallel)
+    }
+
+    /// One vector of parameters with one config, on the single-threaded reference.
+    pub fn reference(config: impl Into<OptimizerConfig>, theta0: &[f32]) -> Result<Self> {
+        Self::with_path(config, theta0, CpuPath::Reference)
+    }
+
+    pub fn with_path(
+        config: impl Into<OptimizerConfig>,
+        theta0: &[f32],
+        path: CpuPath,
+    ) -> Result<Self> {
+        Ok(Self::from_groups(
+            &ParamGroups::single(config.into(), theta0)?,
+            path,
+        ))
+    }
+
+    /// Every group and tensor of `groups`.
+    pub fn from_groups(groups: &ParamGroups, path: CpuPath) -> Self {
+        CpuOptimizer {
+            path,
+            layout: groups.layout().clone(),
+            groups: groups
+                .groups()
+                .iter()
+                .enumerate()
+                .map(|(g, spec)| CpuGroup::new(spec, groups.arena_theta0(GroupId(g))))
+                .collect(),
+            calls: 0,
+            reports: Vec::new(),
+        }
+    }
+
+    pub fn path(&self) -> CpuPath {
+        self.path
+    }
+
+    /// Sets the non-finite policy of every group (builder style).
+    pub fn with_nonfinite_policy(mut self, policy: NonFinitePolicy) -> Self {
+        self.set_nonfinite_policy(policy);
+        self
+    }
+
+    /// A tensor's θ.
+    pub fn tensor_values(&self, id: TensorId) -> Result<Vec<f32>> {
+        let t = self.layout.tensor(id)?;
+        Ok(self.groups[t.group.0].theta[t.range()].to_vec())
+    }
+
+    /// A tensor's state vector by its SPEC name, e.g. `sigma`, the posterior variance.
+    pub fn tensor_state(&self, id: TensorId, name: &str) -> Result<Vec<f32>> {
+        let t = self.layout.tensor(id)?;
+        let slot = self.layout.slot(t.group, name)?;
+        Ok(self.groups[t.group.0].state[slot][t.range()].to_vec())
+    }
+
+    /// Each group's applied step count.
+    pub fn group_steps(&self) -> Vec<u64> {
+        self.groups.iter().map(|g| g.t).collect()
+    }
+
+    /// θ of the single vector, without a copy (group 0's arena).
     pub fn theta_slice(&self) -> &[f32] {
-        &self.theta
+        &self.groups[0].theta
+    }
+
+    /// A vector (θ, or a state by name) of every tensor, flat in registration order.
+    fn gather(&self, name: Option<&str>) -> Result<Vec<f32>> {
+        let arenas = self
+            .groups
+            .iter()
+            .enumerate()
+            .map(|(g, group)| match name {
+                None => Ok(&group.theta),
+                Some(n) => Ok(&group.state[self.layout.slot(GroupId(g), n)?]),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(self.layout.flatten(&arenas))
     }
 }
 
 impl Stepper for CpuOptimizer {
-    fn len(&self) -> usize {
-        self.theta.len()
+    fn layout(&self) -> &Layout {
+        &self.layout
     }
 
+    fn layout_mut(&mut self) -> &mut Layout {
+        &mut self.layout
+    }
+
+    /// The step count of group 0 (see [`CpuOptimizer::group_steps`] for every group).
     fn steps_taken(&self) -> u64 {
-        self.t
-    }
-
-    fn nonfinite_policy(&self) -> NonFinitePolicy {
-        self.policy
-    }
-
-    fn set_nonfinite_policy(&mut self, policy: NonFinitePolicy) {
-        self.policy = policy;
+        self.groups.first().map(|g| g.t).unwrap_or(0)
     }
 
     fn step_reports(&mut self) -> Result<Vec<StepReport>> {
         Ok(std::mem::take(&mut self.reports))
     }
 
-    fn config(&self) -> &OptimizerConfig {
-        &self.config
-    }
-
-    fn set_config(&mut self, config: OptimizerConfig) -> Result<()> {
-        config.validate()?;
-        self.config.check_same_layout(&config)?;
-        self.config = config;
-        Ok(())
-    }
-
+    /// `grad` holds every tensor's gradient, flat in registration order. Every group steps
+    /// under its own policy; the first `NonFinitePolicy::Error` is returned after all have.
     fn step(&mut self, grad: &[f32]) -> Result<()> {
-        if grad.len() != self.theta.len() {
+        let expected = self.len();
+        if grad.len() != expected {
             return Err(Error::LengthMismatch {
                 what: "gradient",
                 got: grad.len(),
-                expected: self.theta.len(),
+                expected,
             });
         }
         self.calls += 1;
-        // The kernels' bit test (SPEC §4): an all-ones exponent is NaN or ±Inf.
-        let nonfinite: Vec<usize> = (0..grad.len()).filter(|&i| !grad[i].is_finite()).collect();
-        let count = nonfinite.len() as u64;
-        let applied = self.policy.applies(count);
-        if count > 0 {
-            self.reports.push(StepReport {
-                call: self.calls,
-                nonfinite: count,
-                applied,
-            });
+        let mut error = None;
+        for (g, (group, spec)) in self.groups.iter_mut().zip(&self.layout.groups).enumerate() {
+            let arena = self.layout.arena_of(g, grad);
+            let count = group.step(spec, self.path, &arena);
+            if count > 0 {
+                let applied = spec.policy.applies(count);
+                self.reports.push(StepReport {
+                    call: self.calls,
+                    group: g,
+                    nonfinite: count,
+                    applied,
+                });
+                if spec.policy == NonFinitePolicy::Error && error.is_none() {
+                    error = Some(Error::NonFinite {
+                        step: self.calls,
+                        group: g,
+                        count,
+                    });
+                }
+            }
         }
-        if !applied {
-            return match self.policy {
-                NonFinitePolicy::Error => Err(Error::NonFinite {
-                    step: self.calls,
-                    count,
-                }),
-                _ => Ok(()),
-            };
-        }
-        // SkipElement: those elements keep their values; the update is element-wise, so
-        // putting them back afterwards equals never touching them.
-        let kept: Vec<_> = nonfinite.iter().map(|&i| (i, self.element(i))).collect();
-        let t = self.t + 1;
-        self.update(t, grad);
-        for (i, values) in kept {
-            self.restore_element(i, values);
-        }
-        self.t = t;
-        Ok(())
+        error.map_or(Ok(()), Err)
     }
 
     fn theta(&self) -> Result<Vec<f32>> {
-        Ok(self.theta.clone())
+        self.gather(None)
     }
 
     fn state(&self, name: &str) -> Result<Vec<f32>> {
-        let slots = self.config.as_dyn().state_slots();
-        match slots.iter().position(|s| s.name == name && s.used) {
-            Some(i) => Ok(self.state[i].clone()),
-            None => Err(Error::Unknown {
-                what: "state",
-                name: name.to_string(),
-                known: self.config.used_state_names().join(", "),
-            }),
-        }
+        self.gather(Some(name))
     }
 }

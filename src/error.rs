@@ -30,6 +30,11 @@ pub enum Error {
         known: String,
     },
 
+    /// Groups and tensors that cannot be laid out as asked (duplicate names, unknown ids,
+    /// buffers that do not fit the layout).
+    #[error("layout: {0}")]
+    Layout(String),
+
     /// No adapter could be found (or none matched the selection).
     #[error("{0}")]
     NoAdapter(String),
@@ -45,8 +50,8 @@ pub enum Error {
 
     /// Under `NonFinitePolicy::Error`: a step saw NaN or ±Inf gradient elements, and changed
     /// nothing (θ, the state and the step counter are as before it).
-    #[error("step {step} saw {count} non-finite gradient element(s) (NaN or ±Inf) and changed nothing (non-finite policy: error)")]
-    NonFinite { step: u64, count: u64 },
+    #[error("step {step} saw {count} non-finite gradient element(s) (NaN or ±Inf) in group {group} and changed nothing there (non-finite policy: error)")]
+    NonFinite { step: u64, group: usize, count: u64 },
 
     /// An error reported by the device: validation, out of memory, device lost, mapping.
     #[error("device error: {0}")]

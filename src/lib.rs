@@ -16,6 +16,7 @@ pub mod cpu;
 pub mod error;
 pub mod gpu;
 pub mod kernels;
+pub mod layout;
 pub mod optim;
 pub mod reference;
 pub mod ulp;
@@ -26,46 +27,76 @@ pub use wgpu;
 
 pub use cpu::{CpuOptimizer, CpuPath};
 pub use error::{Error, Result};
-pub use gpu::{GpuContext, GpuOptimizer, GpuOptions};
+pub use gpu::{BufferSlice, ExternalArena, GpuContext, GpuOptimizer, GpuOptions};
+pub use layout::{GroupId, Layout, ParamGroups, TensorId};
 pub use optim::{BayesConfig, NonFinitePolicy, Optimizer, OptimizerConfig, SigmaInit, StepReport};
 
-/// What `CpuOptimizer` and `GpuOptimizer` share: step a vector, read it back.
+/// What `CpuOptimizer` and `GpuOptimizer` share: step every group, read it back, change
+/// hyperparameters between steps.
 pub trait Stepper {
-    /// Number of parameters.
-    fn len(&self) -> usize;
+    /// The groups and tensors, with each group's current config and policy.
+    fn layout(&self) -> &Layout;
+
+    /// For the setters below, which validate every change.
+    fn layout_mut(&mut self) -> &mut Layout;
+
+    /// Number of parameters over all tensors: the length of a flat gradient.
+    fn len(&self) -> usize {
+        self.layout().total_len()
+    }
 
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Steps applied so far: the t of the last applied step. Steps skipped for non-finite
-    /// gradients do not count. On the GPU this waits for the steps in flight.
+    /// Steps applied so far by group 0: the t of its last applied step. Steps skipped for
+    /// non-finite gradients do not count. On the GPU this waits for the steps in flight.
     fn steps_taken(&self) -> u64;
 
-    fn nonfinite_policy(&self) -> NonFinitePolicy;
+    /// Group 0's config.
+    fn config(&self) -> &OptimizerConfig {
+        &self.layout().groups()[0].config
+    }
 
-    /// Applies from the next step on.
-    fn set_nonfinite_policy(&mut self, policy: NonFinitePolicy);
+    /// Replaces every group's hyperparameters between steps (for schedules); validated, and
+    /// each group must keep the same state vectors.
+    fn set_config(&mut self, config: OptimizerConfig) -> Result<()> {
+        self.layout_mut().set_config_everywhere(&config)
+    }
+
+    /// Replaces one group's hyperparameters between steps; nothing is rebuilt.
+    fn set_group_config(&mut self, group: GroupId, config: OptimizerConfig) -> Result<()> {
+        self.layout_mut().set_group_config(group, config)
+    }
+
+    /// Group 0's policy.
+    fn nonfinite_policy(&self) -> NonFinitePolicy {
+        self.layout().groups()[0].policy
+    }
+
+    /// Every group's policy, from the next step on.
+    fn set_nonfinite_policy(&mut self, policy: NonFinitePolicy) {
+        self.layout_mut().set_policy_everywhere(policy)
+    }
+
+    fn set_group_policy(&mut self, group: GroupId, policy: NonFinitePolicy) -> Result<()> {
+        self.layout_mut().set_group_policy(group, policy)
+    }
 
     /// Reports of the steps since the last call that saw non-finite gradients (waiting for the
     /// device to finish them), or the [`Error::NonFinite`] of a step under
     /// `NonFinitePolicy::Error` not yet returned. Clean steps make no report.
     fn step_reports(&mut self) -> Result<Vec<StepReport>>;
 
-    fn config(&self) -> &OptimizerConfig;
-
-    /// Replaces the hyperparameters between steps (for schedules); validated, and it must keep
-    /// the same state vectors.
-    fn set_config(&mut self, config: OptimizerConfig) -> Result<()>;
-
-    /// One step with a gradient from host memory. Never waits for the device. Under
-    /// `NonFinitePolicy::Error`, a step with non-finite gradients changes nothing and its
-    /// error is returned at once on the CPU; on the GPU by the first call that learns of it
-    /// (the next `step`, or `step_reports`), which then changes nothing either.
+    /// One step of every group, with `grad` holding every tensor's gradient flat in
+    /// registration order. Never waits for the device. Under `NonFinitePolicy::Error`, a group
+    /// whose gradients are not all finite changes nothing, and its error is returned at once
+    /// on the CPU; on the GPU by the first call that learns of it (the next `step`, or
+    /// `step_reports`), which then changes nothing either.
     fn step(&mut self, grad: &[f32]) -> Result<()>;
 
     /// One step with a gradient in an ndarray of any shape and layout (flattened in logical
-    /// order, which must match θ's).
+    /// order, which must match the tensors').
     fn step_array<D: ndarray::Dimension>(
         &mut self,
         grad: ndarray::ArrayView<'_, f32, D>,
@@ -79,9 +110,10 @@ pub trait Stepper {
         }
     }
 
-    /// θ, copied to the host.
+    /// θ of every tensor, flat, copied to the host.
     fn theta(&self) -> Result<Vec<f32>>;
 
-    /// A state vector by its SPEC name (`s`, `sigma`, `m`, …), copied to the host.
+    /// A state vector of every tensor by its SPEC name (`s`, `sigma`, `m`, …), flat, copied to
+    /// the host.
     fn state(&self, name: &str) -> Result<Vec<f32>>;
 }

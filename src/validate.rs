@@ -159,11 +159,7 @@ pub type DeviceFactory<'a> = dyn FnMut(&OptimizerConfig, &[f32]) -> Result<Box<d
 
 /// Runs `case` on `device` and on the single-threaded reference, and compares θ and every
 /// state vector after step 1 and after the last step.
-pub fn run_case(
-    case: &Case,
-    bound: u64,
-    device: &mut DeviceFactory<'_>,
-) -> Result<Outcome> {
+pub fn run_case(case: &Case, bound: u64, device: &mut DeviceFactory<'_>) -> Result<Outcome> {
     let theta0 = initial_theta(case.n, case.seed);
     let mut subject = device(&case.config, &theta0)?;
     let mut reference = CpuOptimizer::reference(case.config.clone(), &theta0)?;

@@ -6,7 +6,7 @@ mod common;
 use bayesprop::gpu::GpuOptions;
 use bayesprop::ulp::max_ulp_distance;
 use bayesprop::validate::{self, HARDWARE_ULP_BOUND, SOFTWARE_ULP_BOUND};
-use bayesprop::{BayesConfig, CpuOptimizer, Error, GpuContext, GpuOptimizer, Stepper};
+use bayesprop::{BayesConfig, CpuOptimizer, Error, GpuContext, GpuOptimizer, Stepper, TensorId};
 
 fn bound(ctx: &GpuContext) -> u64 {
     if ctx.is_software() {
@@ -125,50 +125,21 @@ fn gradients_on_the_device_equal_host_gradients() {
     let config = BayesConfig::default();
     let mut host = GpuOptimizer::new(&ctx, config, &theta0).unwrap();
     let mut device = GpuOptimizer::new(&ctx, config, &theta0).unwrap();
-    // The caller's buffer holds the gradient after some unrelated data, at an aligned offset.
-    let offset = ctx.limits().min_storage_buffer_offset_alignment as u64 * 3;
-    let user = ctx.device().create_buffer(&wgpu::BufferDescriptor {
-        label: Some("user gradients"),
-        size: offset + n as u64 * 4,
-        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
+    // Gradients written straight into the optimizer's gradient arena, as a caller's kernel
+    // would, then a step that reads them in place.
+    let (grad, bytes) = device.tensor_grad(TensorId(0)).unwrap();
+    assert_eq!(bytes, n as u64 * 4);
     for t in 1..=10 {
-        let grad = validate::gradient(n, 3, t);
-        host.step(&grad).unwrap();
+        let g = validate::gradient(n, 3, t);
+        host.step(&g).unwrap();
         ctx.queue()
-            .write_buffer(&user, offset, bytemuck::cast_slice(&grad));
-        device.step_with_grad_buffer(&user, offset).unwrap();
+            .write_buffer(&grad.buffer, grad.offset, bytemuck::cast_slice(&g));
+        device.step_device().unwrap();
     }
     assert_identical(
         &[device.theta().unwrap()],
         &[host.theta().unwrap()],
         "device vs host grads",
-    );
-
-    // Misuse is an error, and the optimizer is untouched by it.
-    let misaligned = device.step_with_grad_buffer(&user, offset + 4);
-    assert!(
-        matches!(misaligned, Err(Error::Device(_))),
-        "{misaligned:?}"
-    );
-    let short = device.step_with_grad_buffer(&user, offset + 256);
-    assert!(
-        matches!(short, Err(Error::LengthMismatch { .. })),
-        "{short:?}"
-    );
-    let not_storage = ctx.device().create_buffer(&wgpu::BufferDescriptor {
-        label: None,
-        size: n as u64 * 4,
-        usage: wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    assert!(device.step_with_grad_buffer(&not_storage, 0).is_err());
-    assert_eq!(device.steps_taken(), 10);
-    assert_identical(
-        &[device.theta().unwrap()],
-        &[host.theta().unwrap()],
-        "after refused steps",
     );
 }
 

@@ -92,6 +92,7 @@ fn skip_step_equals_never_taking_the_step() {
                     0 => clean.step(&g).unwrap(),
                     c => expected_reports.push(StepReport {
                         call: t,
+                        group: 0,
                         nonfinite: c,
                         applied: false,
                     }),
@@ -180,7 +181,14 @@ fn error_policy_reports_the_count_and_changes_nothing() {
         assert_eq!(errors.len(), 1, "{device}: {errors:?}");
         let (call, error) = &errors[0];
         assert!(
-            matches!(error, Error::NonFinite { step: 3, count: 1 }),
+            matches!(
+                error,
+                Error::NonFinite {
+                    step: 3,
+                    group: 0,
+                    count: 1
+                }
+            ),
             "{device}: {error}"
         );
         assert!(error.to_string().contains("1 non-finite"), "{error}");

@@ -1,287 +1,118 @@
-//! `GpuOptimizer`: θ and every state vector live in device buffers; a step is one submit.
+//! `GpuOptimizer`: parameters and state live in device buffers; a step of every group is one
+//! pass and one submit, and never waits for the device.
 
-use std::ops::Range;
-use std::sync::{Arc, Mutex};
-
-use wgpu::util::DeviceExt;
+use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 use crate::gpu::context::GpuContext;
-use crate::gpu::pipeline::{ControlPipeline, FusedPipeline};
+use crate::gpu::group::{BufferSlice, ExternalArena, GpuGroup, Vector};
 use crate::gpu::tracker::{StepTracker, STATUS_BYTES};
-use crate::kernels::{WINDOW, WINDOW_HEADER_BYTES};
+use crate::layout::{GroupId, Layout, ParamGroups, TensorId, TensorSpec};
 use crate::optim::{NonFinitePolicy, OptimizerConfig, StepReport};
 use crate::Stepper;
 
-/// One optimizer over one vector of parameters, on the device.
+/// Parameter groups on the device.
 pub struct GpuOptimizer {
     ctx: GpuContext,
-    config: OptimizerConfig,
-    policy: NonFinitePolicy,
-    n: usize,
-    pipeline: Arc<FusedPipeline>,
-    control: Arc<ControlPipeline>,
-    /// The window of per-step scalars (`Window` in `shaders/fused.wgsl`).
-    window: wgpu::Buffer,
-    /// The step counter and non-finite count on the device (`Status`).
-    status: wgpu::Buffer,
+    layout: Layout,
+    groups: Vec<GpuGroup>,
     tracker: Mutex<StepTracker>,
-    theta: wgpu::Buffer,
-    /// Where host gradients are uploaded.
-    grad: wgpu::Buffer,
-    /// One buffer per state slot; `None` where the options do not need that state.
-    state: Vec<Option<wgpu::Buffer>>,
-    /// Bound in place of an unused state slot, which the kernel then never touches.
-    placeholder: wgpu::Buffer,
-    /// Element ranges that each fit one storage binding.
-    chunks: Vec<Range<u64>>,
-    /// Bind groups of the host-gradient path, one per chunk.
-    host_bind_groups: ChunkBindGroups,
-}
-
-/// Per chunk: the fused update's bind group and the control's (scan and commit).
-struct ChunkBindGroups {
-    update: Vec<wgpu::BindGroup>,
-    control: Vec<wgpu::BindGroup>,
 }
 
 impl std::fmt::Debug for GpuOptimizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GpuOptimizer")
-            .field("config", &self.config)
-            .field("policy", &self.policy)
-            .field("n", &self.n)
-            .field("chunks", &self.chunks.len())
+            .field("groups", &self.layout.groups())
+            .field("tensors", &self.layout.tensors().len())
             .finish()
     }
 }
 
-/// Splits `n` elements into ranges whose bytes fit one storage binding and whose offsets meet
-/// the device's storage offset alignment.
-pub(crate) fn binding_chunks(n: u64, limits: &wgpu::Limits) -> Vec<Range<u64>> {
-    let align = (limits.min_storage_buffer_offset_alignment as u64 / 4).max(1);
-    let max_binding = limits.max_storage_buffer_binding_size / 4;
-    let per_chunk = (max_binding / align * align).max(align);
-    (0..n.div_ceil(per_chunk))
-        .map(|c| c * per_chunk..((c + 1) * per_chunk).min(n))
-        .collect()
-}
-
-fn binding<'a>(buffer: &'a wgpu::Buffer, elements: &Range<u64>) -> wgpu::BufferBinding<'a> {
-    wgpu::BufferBinding {
-        buffer,
-        offset: elements.start * 4,
-        size: wgpu::BufferSize::new((elements.end - elements.start) * 4),
-    }
-}
-
 impl GpuOptimizer {
-    /// Uploads θ₀ and allocates the state the config needs.
+    /// One vector of parameters with one config: uploads θ₀ and allocates the state.
     pub fn new(
         ctx: &GpuContext,
         config: impl Into<OptimizerConfig>,
         theta0: &[f32],
     ) -> Result<Self> {
-        let config = config.into();
-        config.validate()?;
-        let n = theta0.len();
-        let limits = ctx.limits();
-        let bytes = n as u64 * 4;
-        if bytes > limits.max_buffer_size {
-            return Err(Error::TooLarge {
-                what: "the parameter vector",
-                needed: bytes,
-                allowed: limits.max_buffer_size,
-                limit: "max_buffer_size",
+        Self::from_groups(ctx, &ParamGroups::single(config.into(), theta0)?)
+    }
+
+    /// Every group and tensor of `groups`, in buffers the optimizer owns.
+    pub fn from_groups(ctx: &GpuContext, groups: &ParamGroups) -> Result<Self> {
+        Self::build(ctx, groups, None)
+    }
+
+    /// Every group of `groups`, with θ and g in the caller's buffers (one [`ExternalArena`]
+    /// per group, zero-copy; θ₀ is whatever those buffers hold). The optimizer owns only its
+    /// state.
+    pub fn from_groups_in(
+        ctx: &GpuContext,
+        groups: &ParamGroups,
+        arenas: &[ExternalArena],
+    ) -> Result<Self> {
+        if arenas.len() != groups.groups().len() {
+            return Err(Error::LengthMismatch {
+                what: "external arenas",
+                got: arenas.len(),
+                expected: groups.groups().len(),
             });
         }
-        if n > u32::MAX as usize {
+        Self::build(ctx, groups, Some(arenas))
+    }
+
+    fn build(
+        ctx: &GpuContext,
+        groups: &ParamGroups,
+        arenas: Option<&[ExternalArena]>,
+    ) -> Result<Self> {
+        if groups.total_len() > u32::MAX as usize {
             return Err(Error::TooLarge {
-                what: "the parameter vector",
-                needed: bytes,
+                what: "the parameters",
+                needed: groups.total_len() as u64 * 4,
                 allowed: u32::MAX as u64 * 4,
-                limit: "2^32 elements per vector",
+                limit: "2^32 elements",
             });
         }
-        let dyn_config = config.as_dyn();
-        let slots = dyn_config.state_slots();
-        let pipeline = ctx.pipeline(dyn_config.kernel(), slots.len() as u32)?;
-        let control = ctx.control_pipeline()?;
-        let window_bytes = WINDOW_HEADER_BYTES + WINDOW * dyn_config.uniform_bytes(1).len();
-        let device = ctx.device();
-        let storage = wgpu::BufferUsages::STORAGE
-            | wgpu::BufferUsages::COPY_SRC
-            | wgpu::BufferUsages::COPY_DST;
-        // A zero-length binding is invalid: keep at least one element's room.
-        let size = bytes.max(4);
-
-        let (window, status, theta, grad, state, placeholder) =
-            ctx.scoped("allocating buffers", || {
-                let window = device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("bayesprop window"),
-                    size: window_bytes as u64,
-                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                });
-                // Zeroed at creation: t = 0, no non-finite gradients.
-                let status = device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("bayesprop status"),
-                    size: STATUS_BYTES,
-                    usage: storage,
-                    mapped_at_creation: false,
-                });
-                let theta = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some("bayesprop theta"),
-                    contents: if n == 0 {
-                        &[0; 4]
-                    } else {
-                        bytemuck::cast_slice(theta0)
-                    },
-                    usage: storage,
-                });
-                let grad = device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("bayesprop grad"),
-                    size,
-                    usage: storage,
-                    mapped_at_creation: false,
-                });
-                let state: Vec<Option<wgpu::Buffer>> = slots
-                    .iter()
-                    .map(|slot| {
-                        slot.used.then(|| match slot.init {
-                            // New buffers are zeroed; upload only a start that is not 0.
-                            0.0 => device.create_buffer(&wgpu::BufferDescriptor {
-                                label: Some(slot.name),
-                                size,
-                                usage: storage,
-                                mapped_at_creation: false,
-                            }),
-                            init => device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                                label: Some(slot.name),
-                                contents: bytemuck::cast_slice(&vec![init; n.max(1)]),
-                                usage: storage,
-                            }),
-                        })
-                    })
-                    .collect();
-                let placeholder = device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("bayesprop unused state"),
-                    size: 16,
-                    usage: wgpu::BufferUsages::STORAGE,
-                    mapped_at_creation: false,
-                });
-                (window, status, theta, grad, state, placeholder)
-            })?;
-
-        let mut optimizer = GpuOptimizer {
+        let built = groups
+            .groups()
+            .iter()
+            .enumerate()
+            .map(|(g, spec)| {
+                let tensors: Vec<&TensorSpec> =
+                    groups.tensors().iter().filter(|t| t.group.0 == g).collect();
+                let external = arenas.map(|a| a[g].clone());
+                GpuGroup::new(
+                    ctx,
+                    spec,
+                    &tensors,
+                    groups.arena_theta0(GroupId(g)),
+                    external,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(GpuOptimizer {
             ctx: ctx.clone(),
-            config,
-            policy: NonFinitePolicy::default(),
-            n,
-            pipeline,
-            control,
-            window,
-            status,
-            tracker: Mutex::new(StepTracker::default()),
-            theta,
-            grad,
-            state,
-            placeholder,
-            chunks: binding_chunks(n as u64, &limits),
-            host_bind_groups: ChunkBindGroups {
-                update: Vec::new(),
-                control: Vec::new(),
-            },
-        };
-        optimizer.host_bind_groups = optimizer.bind_groups(&optimizer.grad, 0)?;
-        Ok(optimizer)
-    }
-
-    /// Sets the non-finite policy (builder style).
-    pub fn with_nonfinite_policy(mut self, policy: NonFinitePolicy) -> Self {
-        self.policy = policy;
-        self
-    }
-
-    /// The bind groups of every chunk, reading gradients from `grad` from byte `offset` on.
-    fn bind_groups(&self, grad: &wgpu::Buffer, offset: u64) -> Result<ChunkBindGroups> {
-        let device = self.ctx.device();
-        let window = || self.window.as_entire_buffer_binding();
-        let status = || self.status.as_entire_buffer_binding();
-        let grad_chunk = |chunk: &Range<u64>| {
-            let mut b = binding(grad, chunk);
-            b.offset += offset;
-            b
-        };
-        self.ctx.scoped("binding buffers", || {
-            let update = self
-                .chunks
-                .iter()
-                .map(|chunk| {
-                    let state: Vec<_> = self
-                        .state
-                        .iter()
-                        .map(|b| match b {
-                            Some(b) => binding(b, chunk),
-                            None => self.placeholder.as_entire_buffer_binding(),
-                        })
-                        .collect();
-                    let theta = binding(&self.theta, chunk);
-                    self.pipeline
-                        .bind(device, window(), status(), theta, grad_chunk(chunk), &state)
-                })
-                .collect();
-            // The commit needs a gradient binding too; an empty vector binds the first element.
-            let whole = 0..(self.n as u64).max(1);
-            let control_chunks = if self.chunks.is_empty() {
-                std::slice::from_ref(&whole)
-            } else {
-                &self.chunks[..]
-            };
-            let control = control_chunks
-                .iter()
-                .map(|chunk| {
-                    self.control
-                        .bind(device, window(), status(), grad_chunk(chunk))
-                })
-                .collect();
-            ChunkBindGroups { update, control }
+            tracker: Mutex::new(StepTracker::new(vec![0; built.len()])),
+            groups: built,
+            layout: groups.layout().clone(),
         })
     }
 
-    /// Steps with a gradient already on the device: `n` f32 at byte `offset` of `grad`, which
-    /// needs STORAGE usage. Nothing crosses to the host.
-    pub fn step_with_grad_buffer(&mut self, grad: &wgpu::Buffer, offset: u64) -> Result<()> {
-        let limits = self.ctx.limits();
-        let needed = offset + self.n as u64 * 4;
-        if !grad.usage().contains(wgpu::BufferUsages::STORAGE) {
-            return Err(Error::Device(
-                "the gradient buffer needs STORAGE usage".into(),
-            ));
-        }
-        if !offset.is_multiple_of(limits.min_storage_buffer_offset_alignment as u64) {
-            return Err(Error::Device(format!(
-                "gradient offset {offset} is not a multiple of min_storage_buffer_offset_alignment ({})",
-                limits.min_storage_buffer_offset_alignment
-            )));
-        }
-        if grad.size() < needed {
-            return Err(Error::LengthMismatch {
-                what: "gradient buffer (elements after offset)",
-                got: (grad.size().saturating_sub(offset) / 4) as usize,
-                expected: self.n,
-            });
-        }
-        let bind_groups = self.bind_groups(grad, offset)?;
-        self.submit_step(&bind_groups)
+    /// Sets the non-finite policy of every group (builder style).
+    pub fn with_nonfinite_policy(mut self, policy: NonFinitePolicy) -> Self {
+        self.set_nonfinite_policy(policy);
+        self
     }
 
-    /// Encodes the step into one pass and submits once; never waits for the device.
-    ///
-    /// In the pass: the scan of g for non-finite values (SkipStep and Error), the fused update
-    /// of every chunk, and the commit of the step counter. After it, the status is copied for
-    /// the lazy readback.
-    fn submit_step(&mut self, bind_groups: &ChunkBindGroups) -> Result<()> {
+    /// Steps on the gradients already in the gradient arenas, written there by the caller's
+    /// own kernels (see [`GpuOptimizer::tensor_grad`]). Nothing crosses to the host.
+    pub fn step_device(&mut self) -> Result<()> {
+        self.submit_step()
+    }
+
+    /// Encodes every group into one pass and submits once; never waits for the device.
+    fn submit_step(&mut self) -> Result<()> {
         let (device, queue) = (self.ctx.device(), self.ctx.queue());
         let mut tracker = self.tracker.lock().unwrap();
         tracker.resolve(device, false)?;
@@ -289,91 +120,145 @@ impl GpuOptimizer {
             return Err(error);
         }
         if !tracker.window_has_room() {
-            // The device is WINDOW steps behind: wait for the oldest before adding one more.
+            // The device is a whole window of steps behind: wait before adding one more.
             tracker.resolve(device, true)?;
         }
-        let (base, steps) = tracker.next_window();
-        let mut window = Vec::with_capacity(WINDOW_HEADER_BYTES + WINDOW * 64);
-        window.extend_from_slice(bytemuck::cast_slice(&[
-            base as u32,
-            self.policy as u32,
-            0,
-            0,
-        ]));
-        for t in steps {
-            window.extend_from_slice(&self.config.as_dyn().uniform_bytes(t));
-        }
+        let windows: Vec<Vec<u8>> = (0..self.groups.len())
+            .map(|g| {
+                let (base, steps) = tracker.next_window(g);
+                self.groups[g].window_bytes(&self.layout.groups()[g], base, steps)
+            })
+            .collect();
         let readback = tracker.readback_buffer(device);
         self.ctx.scoped("step", || {
-            queue.write_buffer(&self.window, 0, &window);
+            for (group, window) in self.groups.iter().zip(&windows) {
+                group.write_window(queue, window);
+            }
             let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("bayesprop step"),
             });
-            // The count is per step; t carries over.
-            encoder.clear_buffer(&self.status, 4, Some(4));
+            for group in &self.groups {
+                group.clear_count(&mut encoder);
+            }
             {
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some(self.config.name()),
+                    label: Some("bayesprop step"),
                     timestamp_writes: None,
                 });
-                if self.policy != NonFinitePolicy::SkipElement {
-                    for (chunk, bind_group) in self.chunks.iter().zip(&bind_groups.control) {
-                        self.control
-                            .scan(&mut pass, bind_group, (chunk.end - chunk.start) as u32);
-                    }
+                for (group, spec) in self.groups.iter().zip(self.layout.groups()) {
+                    group.encode(spec.policy, &mut pass);
                 }
-                for (chunk, bind_group) in self.chunks.iter().zip(&bind_groups.update) {
-                    self.pipeline
-                        .dispatch(&mut pass, bind_group, (chunk.end - chunk.start) as u32);
-                }
-                self.control.commit(&mut pass, &bind_groups.control[0]);
             }
-            encoder.copy_buffer_to_buffer(&self.status, 0, &readback, 0, STATUS_BYTES);
+            for (g, group) in self.groups.iter().enumerate() {
+                encoder.copy_buffer_to_buffer(
+                    &group.status,
+                    0,
+                    &readback,
+                    g as u64 * STATUS_BYTES,
+                    STATUS_BYTES,
+                );
+            }
             queue.submit([encoder.finish()]);
         })?;
-        tracker.submitted(self.policy, readback);
+        tracker.submitted(
+            self.layout.groups().iter().map(|g| g.policy).collect(),
+            readback,
+        );
         Ok(())
     }
 
-    /// The device buffer holding θ (STORAGE | COPY_SRC | COPY_DST).
-    pub fn theta_buffer(&self) -> &wgpu::Buffer {
-        &self.theta
+    /// Where a tensor's θ lives on the device: buffer, byte offset and byte length.
+    pub fn tensor_theta(&self, id: TensorId) -> Result<(BufferSlice, u64)> {
+        self.tensor_slice(id, Vector::Theta)
     }
 
-    /// The device buffer that host gradients are uploaded to; a caller's kernel may write
-    /// gradients here and call [`GpuOptimizer::step_with_grad_buffer`] with it.
-    pub fn grad_buffer(&self) -> &wgpu::Buffer {
-        &self.grad
+    fn tensor_slice(&self, id: TensorId, vector: Vector) -> Result<(BufferSlice, u64)> {
+        let t = self.layout.tensor(id)?;
+        Ok(self.groups[t.group.0]
+            .slice_of(vector, &t.range())
+            .expect("a tensor lies in one piece"))
     }
 
-    /// How many storage bindings each vector is split into.
+    /// Where a tensor's gradient goes on the device: the caller's kernels may write it here
+    /// and then call [`GpuOptimizer::step_device`].
+    pub fn tensor_grad(&self, id: TensorId) -> Result<(BufferSlice, u64)> {
+        self.tensor_slice(id, Vector::Grad)
+    }
+
+    /// Where a tensor's state vector lives on the device, e.g. σ, the posterior variance.
+    pub fn tensor_state_slice(&self, id: TensorId, name: &str) -> Result<(BufferSlice, u64)> {
+        let slot = self.layout.slot(self.layout.tensor(id)?.group, name)?;
+        self.tensor_slice(id, Vector::State(slot))
+    }
+
+    /// A tensor's state vector, read back to the host (waits for the device).
+    pub fn tensor_state(&self, id: TensorId, name: &str) -> Result<Vec<f32>> {
+        let (slice, bytes) = self.tensor_state_slice(id, name)?;
+        self.ctx
+            .read_f32(&slice.buffer, slice.offset, (bytes / 4) as usize)
+    }
+
+    /// A tensor's θ, read back to the host (waits for the device).
+    pub fn tensor_values(&self, id: TensorId) -> Result<Vec<f32>> {
+        let (slice, bytes) = self.tensor_theta(id)?;
+        self.ctx
+            .read_f32(&slice.buffer, slice.offset, (bytes / 4) as usize)
+    }
+
+    /// Each group's applied step count (waits for the steps in flight).
+    pub fn group_steps(&self) -> Result<Vec<u64>> {
+        let mut tracker = self.tracker.lock().unwrap();
+        tracker.resolve(self.ctx.device(), true)?;
+        Ok(tracker.steps_applied().to_vec())
+    }
+
+    /// How many storage bindings the vectors are split into, over all groups.
     pub fn chunk_count(&self) -> usize {
-        self.chunks.len()
+        self.groups.iter().map(GpuGroup::chunk_count).sum()
+    }
+
+    /// How many buffers each vector is split into, over all groups.
+    pub fn buffer_count(&self) -> usize {
+        self.groups.iter().map(GpuGroup::piece_count).sum()
     }
 
     pub fn context(&self) -> &GpuContext {
         &self.ctx
     }
+
+    /// A vector (θ, or a state by name) of every tensor, flat in registration order.
+    fn gather(&self, name: Option<&str>) -> Result<Vec<f32>> {
+        let arenas = self
+            .groups
+            .iter()
+            .enumerate()
+            .map(|(g, group)| {
+                let vector = match name {
+                    Some(n) => Vector::State(self.layout.slot(GroupId(g), n)?),
+                    None => Vector::Theta,
+                };
+                group.read_arena(&self.ctx, vector)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(self.layout.flatten(&arenas))
+    }
 }
 
 impl Stepper for GpuOptimizer {
-    fn len(&self) -> usize {
-        self.n
+    fn layout(&self) -> &Layout {
+        &self.layout
     }
 
+    fn layout_mut(&mut self) -> &mut Layout {
+        &mut self.layout
+    }
+
+    /// The step count of group 0 (see [`GpuOptimizer::group_steps`] for every group).
     fn steps_taken(&self) -> u64 {
-        let mut tracker = self.tracker.lock().unwrap();
         // A device error here also reaches the caller through the next step or readback.
-        let _ = tracker.resolve(self.ctx.device(), true);
-        tracker.steps_applied()
-    }
-
-    fn nonfinite_policy(&self) -> NonFinitePolicy {
-        self.policy
-    }
-
-    fn set_nonfinite_policy(&mut self, policy: NonFinitePolicy) {
-        self.policy = policy;
+        self.group_steps()
+            .map(|t| t.first().copied().unwrap_or(0))
+            .unwrap_or(0)
     }
 
     fn step_reports(&mut self) -> Result<Vec<StepReport>> {
@@ -385,57 +270,30 @@ impl Stepper for GpuOptimizer {
         }
     }
 
-    fn config(&self) -> &OptimizerConfig {
-        &self.config
-    }
-
-    fn set_config(&mut self, config: OptimizerConfig) -> Result<()> {
-        config.validate()?;
-        self.config.check_same_layout(&config)?;
-        self.config = config;
-        Ok(())
-    }
-
+    /// `grad` holds every tensor's gradient, flat in registration order.
     fn step(&mut self, grad: &[f32]) -> Result<()> {
-        if grad.len() != self.n {
+        let expected = self.len();
+        if grad.len() != expected {
             return Err(Error::LengthMismatch {
                 what: "gradient",
                 got: grad.len(),
-                expected: self.n,
+                expected,
             });
         }
-        if self.n > 0 {
-            let queue = self.ctx.queue();
-            self.ctx.scoped("uploading the gradient", || {
-                queue.write_buffer(&self.grad, 0, bytemuck::cast_slice(grad))
-            })?;
-        }
-        let bind_groups = std::mem::replace(
-            &mut self.host_bind_groups,
-            ChunkBindGroups {
-                update: Vec::new(),
-                control: Vec::new(),
-            },
-        );
-        let result = self.submit_step(&bind_groups);
-        self.host_bind_groups = bind_groups;
-        result
+        let queue = self.ctx.queue();
+        self.ctx.scoped("uploading the gradient", || {
+            for (g, group) in self.groups.iter().enumerate() {
+                group.write_arena(queue, Vector::Grad, &self.layout.arena_of(g, grad));
+            }
+        })?;
+        self.submit_step()
     }
 
     fn theta(&self) -> Result<Vec<f32>> {
-        self.ctx.read_f32(&self.theta, 0, self.n)
+        self.gather(None)
     }
 
     fn state(&self, name: &str) -> Result<Vec<f32>> {
-        let slots = self.config.as_dyn().state_slots();
-        let index = slots.iter().position(|s| s.name == name && s.used);
-        match index.and_then(|i| self.state[i].as_ref()) {
-            Some(buffer) => self.ctx.read_f32(buffer, 0, self.n),
-            None => Err(Error::Unknown {
-                what: "state",
-                name: name.to_string(),
-                known: self.config.used_state_names().join(", "),
-            }),
-        }
+        self.gather(Some(name))
     }
 }

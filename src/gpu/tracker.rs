@@ -1,9 +1,9 @@
-//! Lazy readback of the device's step status: which steps were applied and how many non-finite
-//! gradient elements each saw, learned without waiting for the device inside a step.
+//! Lazy readback of the device's step status: which steps each group applied and how many
+//! non-finite gradient elements it saw, learned without waiting for the device inside a step.
 //!
-//! Each step copies the group's status (t, non-finite count) into a small mappable buffer and
-//! maps it asynchronously. Later calls collect whatever has arrived; only a caller that asks for
-//! the answer now (`resolve(.., wait = true)`) waits.
+//! Each step copies every group's status (t, non-finite count) into a small mappable buffer
+//! and maps it asynchronously. Later calls collect whatever has arrived; only a caller that
+//! asks for the answer now (`resolve(.., wait = true)`) waits.
 
 use std::collections::VecDeque;
 use std::sync::mpsc;
@@ -17,19 +17,18 @@ pub(crate) const STATUS_BYTES: u64 = 8;
 
 struct Pending {
     call: u64,
-    policy: NonFinitePolicy,
+    policies: Vec<NonFinitePolicy>,
     buffer: wgpu::Buffer,
     mapped: mpsc::Receiver<Result<(), wgpu::BufferAsyncError>>,
 }
 
-#[derive(Default)]
 pub(crate) struct StepTracker {
     /// Step calls submitted.
     calls: u64,
     /// Calls whose status has been read back.
     resolved_calls: u64,
-    /// The device's step counter as of the last status read back.
-    resolved_t: u64,
+    /// Each group's step counter as of the last status read back.
+    resolved_t: Vec<u64>,
     pending: VecDeque<Pending>,
     /// Readback buffers ready for reuse.
     free: Vec<wgpu::Buffer>,
@@ -39,32 +38,47 @@ pub(crate) struct StepTracker {
 }
 
 impl StepTracker {
+    /// A tracker for `groups` groups whose step counters start at `t`.
+    pub fn new(t: Vec<u64>) -> Self {
+        StepTracker {
+            calls: 0,
+            resolved_calls: 0,
+            resolved_t: t,
+            pending: VecDeque::new(),
+            free: Vec::new(),
+            reports: Vec::new(),
+            error: None,
+        }
+    }
+
     /// Whether one more step fits the window of scalars (else resolve with `wait` first).
     pub fn window_has_room(&self) -> bool {
         ((self.calls - self.resolved_calls) as usize) < WINDOW
     }
 
-    /// The window for the next step: the base t and every t the device may then be at + 1.
-    pub fn next_window(&self) -> (u64, std::ops::RangeInclusive<u64>) {
+    /// The window of `group` for the next step: the base t, and every t the device may then
+    /// be at + 1.
+    pub fn next_window(&self, group: usize) -> (u64, std::ops::RangeInclusive<u64>) {
         let in_flight = self.calls - self.resolved_calls;
-        let base = self.resolved_t;
+        let base = self.resolved_t[group];
         (base, base + 1..=base + in_flight + 1)
     }
 
-    /// A buffer to copy the next step's status into.
+    /// A buffer to copy the next step's statuses into.
     pub fn readback_buffer(&mut self, device: &wgpu::Device) -> wgpu::Buffer {
+        let size = STATUS_BYTES * self.resolved_t.len() as u64;
         self.free.pop().unwrap_or_else(|| {
             device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("bayesprop status readback"),
-                size: STATUS_BYTES,
+                size,
                 usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             })
         })
     }
 
-    /// Records a submitted step whose status is being copied into `buffer`.
-    pub fn submitted(&mut self, policy: NonFinitePolicy, buffer: wgpu::Buffer) {
+    /// Records a submitted step whose statuses are being copied into `buffer`.
+    pub fn submitted(&mut self, policies: Vec<NonFinitePolicy>, buffer: wgpu::Buffer) {
         self.calls += 1;
         let (tx, mapped) = mpsc::channel();
         buffer
@@ -72,7 +86,7 @@ impl StepTracker {
             .map_async(wgpu::MapMode::Read, move |r| drop(tx.send(r)));
         self.pending.push_back(Pending {
             call: self.calls,
-            policy,
+            policies,
             buffer,
             mapped,
         });
@@ -99,30 +113,33 @@ impl StepTracker {
             };
             let pending = self.pending.pop_front().expect("front exists");
             mapped.map_err(|e| Error::Device(format!("reading step status: {e}")))?;
-            let [t, nonfinite] = {
+            let words: Vec<u32> = {
                 let view = pending
                     .buffer
                     .slice(..)
                     .get_mapped_range()
                     .map_err(|e| Error::Device(format!("reading step status: {e}")))?;
-                let words: &[u32] = bytemuck::cast_slice(&view);
-                [words[0], words[1]]
+                bytemuck::cast_slice(&view).to_vec()
             };
             pending.buffer.unmap();
             self.free.push(pending.buffer);
             self.resolved_calls = pending.call;
-            self.resolved_t = t as u64;
-            let nonfinite = nonfinite as u64;
-            if nonfinite > 0 {
-                let applied = pending.policy.applies(nonfinite);
+            for (group, policy) in pending.policies.iter().enumerate() {
+                let (t, nonfinite) = (words[2 * group] as u64, words[2 * group + 1] as u64);
+                self.resolved_t[group] = t;
+                if nonfinite == 0 {
+                    continue;
+                }
                 self.reports.push(StepReport {
                     call: pending.call,
+                    group,
                     nonfinite,
-                    applied,
+                    applied: policy.applies(nonfinite),
                 });
-                if pending.policy == NonFinitePolicy::Error && self.error.is_none() {
+                if *policy == NonFinitePolicy::Error && self.error.is_none() {
                     self.error = Some(Error::NonFinite {
                         step: pending.call,
+                        group,
                         count: nonfinite,
                     });
                 }
@@ -140,8 +157,8 @@ impl StepTracker {
         std::mem::take(&mut self.reports)
     }
 
-    /// The device's step counter; call after `resolve(.., true)`.
-    pub fn steps_applied(&self) -> u64 {
-        self.resolved_t
+    /// Each group's step counter; call after `resolve(.., true)`.
+    pub fn steps_applied(&self) -> &[u64] {
+        &self.resolved_t
     }
 }

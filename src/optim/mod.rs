@@ -64,6 +64,8 @@ impl std::str::FromStr for NonFinitePolicy {
 pub struct StepReport {
     /// The step call this reports on, counting every call (applied or not) from 1.
     pub call: u64,
+    /// The parameter group (registration order; 0 for a single vector).
+    pub group: usize,
     /// NaN or ±Inf gradient elements it saw.
     pub nonfinite: u64,
     /// Whether it changed θ and the state (and advanced the step counter).

@@ -1,0 +1,461 @@
+//! One parameter group on the device: its arenas, split into buffers and bindings the device
+//! allows, and the dispatches of its step.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use wgpu::util::DeviceExt;
+
+use crate::error::{Error, Result};
+use crate::gpu::context::GpuContext;
+use crate::gpu::pipeline::{ControlPipeline, FusedPipeline};
+use crate::gpu::tracker::STATUS_BYTES;
+use crate::kernels::{WINDOW, WINDOW_HEADER_BYTES};
+use crate::layout::{GroupSpec, TensorSpec};
+use crate::optim::NonFinitePolicy;
+
+/// Where a vector starts on the device: a buffer and a byte offset.
+#[derive(Clone, Debug)]
+pub struct BufferSlice {
+    pub buffer: wgpu::Buffer,
+    pub offset: u64,
+}
+
+/// A user's own θ and gradient buffers for one group, used in place (zero-copy): the group's
+/// arena (see [`crate::ParamGroups`]) starts at each offset. Both need STORAGE usage, and
+/// COPY_SRC / COPY_DST for reading θ back and stepping from host gradients.
+#[derive(Clone, Debug)]
+pub struct ExternalArena {
+    pub theta: BufferSlice,
+    pub grad: BufferSlice,
+}
+
+/// One of a group's per-element vectors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Vector {
+    Theta,
+    Grad,
+    /// A state slot, by index.
+    State(usize),
+}
+
+/// A stretch of the group's arena that lives in one buffer of each kind.
+struct Piece {
+    /// Elements of the group's arena.
+    range: Range<usize>,
+    theta: BufferSlice,
+    grad: BufferSlice,
+    /// One buffer per state slot; `None` where the options do not need that state.
+    state: Vec<Option<wgpu::Buffer>>,
+    /// Element ranges of the piece that each fit one storage binding.
+    chunks: Vec<Range<u64>>,
+    update: Vec<wgpu::BindGroup>,
+    control: Vec<wgpu::BindGroup>,
+}
+
+pub(crate) struct GpuGroup {
+    pipeline: Arc<FusedPipeline>,
+    control: Arc<ControlPipeline>,
+    /// The window of per-step scalars (`Window` in `shaders/fused.wgsl`).
+    window: wgpu::Buffer,
+    /// The step counter and non-finite count (`Status`).
+    pub status: wgpu::Buffer,
+    pieces: Vec<Piece>,
+}
+
+/// Splits `n` elements into ranges whose bytes fit one storage binding and whose offsets meet
+/// the device's storage offset alignment.
+pub(crate) fn binding_chunks(n: u64, limits: &wgpu::Limits) -> Vec<Range<u64>> {
+    let align = (limits.min_storage_buffer_offset_alignment as u64 / 4).max(1);
+    let max_binding = limits.max_storage_buffer_binding_size / 4;
+    let per_chunk = (max_binding / align * align).max(align);
+    (0..n.div_ceil(per_chunk))
+        .map(|c| c * per_chunk..((c + 1) * per_chunk).min(n))
+        .collect()
+}
+
+/// Cuts the arena into pieces of at most `max` elements, only where a tensor starts, so no
+/// tensor straddles two buffers.
+fn pieces_of(arena_len: usize, tensors: &[&TensorSpec], max: usize) -> Result<Vec<Range<usize>>> {
+    let mut starts = vec![0];
+    for t in tensors {
+        if t.len() > max {
+            return Err(Error::TooLarge {
+                what: "a tensor",
+                needed: t.len() as u64 * 4,
+                allowed: max as u64 * 4,
+                limit: "max_buffer_size",
+            });
+        }
+        if t.range().end - starts.last().unwrap() > max {
+            starts.push(t.offset);
+        }
+    }
+    let ends = starts.iter().skip(1).copied().chain([arena_len]);
+    Ok(starts
+        .iter()
+        .copied()
+        .zip(ends)
+        .map(|(s, e)| s..e)
+        .collect())
+}
+
+fn slice_binding<'a>(slice: &'a BufferSlice, elements: &Range<u64>) -> wgpu::BufferBinding<'a> {
+    wgpu::BufferBinding {
+        buffer: &slice.buffer,
+        offset: slice.offset + elements.start * 4,
+        size: wgpu::BufferSize::new((elements.end - elements.start).max(1) * 4),
+    }
+}
+
+impl GpuGroup {
+    /// Allocates the group's state (and θ and g, unless `external`), uploads θ₀, and binds
+    /// every chunk.
+    pub fn new(
+        ctx: &GpuContext,
+        spec: &GroupSpec,
+        tensors: &[&TensorSpec],
+        theta0: &[f32],
+        external: Option<ExternalArena>,
+    ) -> Result<Self> {
+        let limits = ctx.limits();
+        let max_elements = (limits.max_buffer_size / 4) as usize;
+        let optimizer = spec.config.as_dyn();
+        let slots = optimizer.state_slots();
+        let pipeline = ctx.pipeline(optimizer.kernel(), slots.len() as u32)?;
+        let control = ctx.control_pipeline()?;
+        let ranges = match &external {
+            Some(_) if spec.arena_len > max_elements => {
+                return Err(Error::TooLarge {
+                    what: "a group in external buffers",
+                    needed: spec.arena_len as u64 * 4,
+                    allowed: limits.max_buffer_size,
+                    limit: "max_buffer_size",
+                })
+            }
+            Some(_) => std::iter::once(0..spec.arena_len).collect(),
+            None => pieces_of(spec.arena_len, tensors, max_elements)?,
+        };
+        if let Some(ext) = &external {
+            check_external(ext, spec.arena_len, &limits)?;
+        }
+
+        let device = ctx.device();
+        let storage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST;
+        let window_bytes = WINDOW_HEADER_BYTES + WINDOW * optimizer.uniform_bytes(1).len();
+        let needed: u64 =
+            4 * spec.arena_len as u64 * (2 + slots.iter().filter(|s| s.used).count() as u64);
+        let allocate = || {
+            let window = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("bayesprop window"),
+                size: window_bytes as u64,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            // Zeroed at creation: t = 0, no non-finite gradients.
+            let status = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("bayesprop status"),
+                size: STATUS_BYTES,
+                usage: storage,
+                mapped_at_creation: false,
+            });
+            let pieces: Vec<Piece> = ranges
+                .iter()
+                .map(|range| {
+                    // A zero-length binding is invalid: keep at least one element's room.
+                    let size = (range.len().max(1) * 4) as u64;
+                    let (theta, grad) = match &external {
+                        Some(ext) => (ext.theta.clone(), ext.grad.clone()),
+                        None => {
+                            let values = &theta0[range.clone()];
+                            let theta =
+                                device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                                    label: Some("bayesprop theta"),
+                                    contents: if values.is_empty() {
+                                        &[0; 4]
+                                    } else {
+                                        bytemuck::cast_slice(values)
+                                    },
+                                    usage: storage,
+                                });
+                            let grad = device.create_buffer(&wgpu::BufferDescriptor {
+                                label: Some("bayesprop grad"),
+                                size,
+                                usage: storage,
+                                mapped_at_creation: false,
+                            });
+                            (
+                                BufferSlice {
+                                    buffer: theta,
+                                    offset: 0,
+                                },
+                                BufferSlice {
+                                    buffer: grad,
+                                    offset: 0,
+                                },
+                            )
+                        }
+                    };
+                    let state = slots
+                        .iter()
+                        .map(|slot| {
+                            slot.used.then(|| match slot.init {
+                                // New buffers are zeroed; upload only a start that is not 0.
+                                0.0 => device.create_buffer(&wgpu::BufferDescriptor {
+                                    label: Some(slot.name),
+                                    size,
+                                    usage: storage,
+                                    mapped_at_creation: false,
+                                }),
+                                init => {
+                                    device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                                        label: Some(slot.name),
+                                        contents: bytemuck::cast_slice(&vec![
+                                            init;
+                                            range.len().max(1)
+                                        ]),
+                                        usage: storage,
+                                    })
+                                }
+                            })
+                        })
+                        .collect();
+                    Piece {
+                        range: range.clone(),
+                        theta,
+                        grad,
+                        state,
+                        chunks: binding_chunks(range.len() as u64, &limits),
+                        update: Vec::new(),
+                        control: Vec::new(),
+                    }
+                })
+                .collect();
+            (window, status, pieces)
+        };
+        let (window, status, pieces) = ctx.scoped("allocating buffers", allocate).map_err(|e| match e {
+            Error::Device(message) if message.to_lowercase().contains("memory") => Error::Device(format!(
+                "group `{}` needs {needed} bytes of device memory, which the device refused: {message}",
+                spec.name
+            )),
+            other => other,
+        })?;
+        // A 16-byte stand-in for unused state slots, which the kernel never touches.
+        let placeholder = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("bayesprop unused state"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+
+        let mut group = GpuGroup {
+            pipeline,
+            control,
+            window,
+            status,
+            pieces: Vec::new(),
+        };
+        group.pieces = ctx.scoped("binding buffers", || {
+            let mut pieces = pieces;
+            for piece in &mut pieces {
+                group.bind(device, piece, &placeholder);
+            }
+            pieces
+        })?;
+        Ok(group)
+    }
+
+    fn bind(&self, device: &wgpu::Device, piece: &mut Piece, placeholder: &wgpu::Buffer) {
+        let window = || self.window.as_entire_buffer_binding();
+        let status = || self.status.as_entire_buffer_binding();
+        piece.update = piece
+            .chunks
+            .iter()
+            .map(|chunk| {
+                let state: Vec<_> = piece
+                    .state
+                    .iter()
+                    .map(|b| match b {
+                        Some(b) => slice_binding_owned(b, chunk),
+                        None => placeholder.as_entire_buffer_binding(),
+                    })
+                    .collect();
+                let theta = slice_binding(&piece.theta, chunk);
+                let grad = slice_binding(&piece.grad, chunk);
+                self.pipeline
+                    .bind(device, window(), status(), theta, grad, &state)
+            })
+            .collect();
+        // The commit needs a gradient binding too; an empty piece binds its first element.
+        let first = 0..1;
+        let chunks = if piece.chunks.is_empty() {
+            std::slice::from_ref(&first)
+        } else {
+            &piece.chunks[..]
+        };
+        piece.control = chunks
+            .iter()
+            .map(|chunk| {
+                self.control.bind(
+                    device,
+                    window(),
+                    status(),
+                    slice_binding(&piece.grad, chunk),
+                )
+            })
+            .collect();
+    }
+
+    /// The window uniform for a step: header, then the scalars of every t in `steps`.
+    pub fn window_bytes(
+        &self,
+        spec: &GroupSpec,
+        base: u64,
+        steps: std::ops::RangeInclusive<u64>,
+    ) -> Vec<u8> {
+        let optimizer = spec.config.as_dyn();
+        let mut bytes = Vec::with_capacity(WINDOW_HEADER_BYTES + WINDOW * 64);
+        bytes.extend_from_slice(bytemuck::cast_slice(&[
+            base as u32,
+            spec.policy as u32,
+            0,
+            0,
+        ]));
+        for t in steps {
+            bytes.extend_from_slice(&optimizer.uniform_bytes(t));
+        }
+        bytes
+    }
+
+    pub fn write_window(&self, queue: &wgpu::Queue, bytes: &[u8]) {
+        queue.write_buffer(&self.window, 0, bytes);
+    }
+
+    /// Before the pass: the non-finite count is per step; t carries over.
+    pub fn clear_count(&self, encoder: &mut wgpu::CommandEncoder) {
+        encoder.clear_buffer(&self.status, 4, Some(4));
+    }
+
+    /// Records the group's step: the scan for non-finite gradients (SkipStep and Error), the
+    /// fused update of every chunk, and the commit of its step counter.
+    pub fn encode(&self, policy: NonFinitePolicy, pass: &mut wgpu::ComputePass<'_>) {
+        let chunks = || {
+            self.pieces.iter().flat_map(|p| {
+                p.chunks
+                    .iter()
+                    .map(|c| (c.end - c.start) as u32)
+                    .zip(p.update.iter().zip(&p.control))
+            })
+        };
+        if policy != NonFinitePolicy::SkipElement {
+            for (n, (_, control)) in chunks() {
+                self.control.scan(pass, control, n);
+            }
+        }
+        for (n, (update, _)) in chunks() {
+            self.pipeline.dispatch(pass, update, n);
+        }
+        if let Some(piece) = self.pieces.first() {
+            self.control.commit(pass, &piece.control[0]);
+        }
+    }
+
+    /// Where a vector of the piece lives (`None` for an unused state slot).
+    fn vector(&self, piece: &Piece, vector: Vector) -> Option<BufferSlice> {
+        match vector {
+            Vector::Theta => Some(piece.theta.clone()),
+            Vector::Grad => Some(piece.grad.clone()),
+            Vector::State(k) => piece.state[k].as_ref().map(|b| BufferSlice {
+                buffer: b.clone(),
+                offset: 0,
+            }),
+        }
+    }
+
+    /// The buffer slice holding `range` of the arena, which lies in one piece when `range` is
+    /// a tensor's; with its length in bytes.
+    pub fn slice_of(&self, vector: Vector, range: &Range<usize>) -> Option<(BufferSlice, u64)> {
+        let piece = self
+            .pieces
+            .iter()
+            .find(|p| p.range.start <= range.start && range.end <= p.range.end)?;
+        let mut slice = self.vector(piece, vector)?;
+        slice.offset += (range.start - piece.range.start) as u64 * 4;
+        Some((slice, range.len() as u64 * 4))
+    }
+
+    /// Reads a whole vector of the arena back to the host.
+    pub fn read_arena(&self, ctx: &GpuContext, vector: Vector) -> Result<Vec<f32>> {
+        let mut arena = Vec::new();
+        for piece in &self.pieces {
+            let slice = self.vector(piece, vector).expect("the slot is used");
+            arena.extend(ctx.read_f32(&slice.buffer, slice.offset, piece.range.len())?);
+        }
+        Ok(arena)
+    }
+
+    /// Overwrites a whole vector of the arena from the host.
+    pub fn write_arena(&self, queue: &wgpu::Queue, vector: Vector, arena: &[f32]) {
+        for piece in &self.pieces {
+            let slice = self.vector(piece, vector).expect("the slot is used");
+            let values = &arena[piece.range.clone()];
+            if !values.is_empty() {
+                queue.write_buffer(&slice.buffer, slice.offset, bytemuck::cast_slice(values));
+            }
+        }
+    }
+
+    /// Sets the device's step counter (for restoring a checkpoint).
+    pub fn write_step_counter(&self, queue: &wgpu::Queue, t: u64) {
+        queue.write_buffer(&self.status, 0, bytemuck::cast_slice(&[t as u32, 0]));
+    }
+
+    /// How many storage bindings the group's vectors are split into.
+    pub fn chunk_count(&self) -> usize {
+        self.pieces.iter().map(|p| p.chunks.len()).sum()
+    }
+
+    /// How many buffers each of the group's vectors is split into.
+    pub fn piece_count(&self) -> usize {
+        self.pieces.len()
+    }
+}
+
+fn slice_binding_owned<'a>(
+    buffer: &'a wgpu::Buffer,
+    elements: &Range<u64>,
+) -> wgpu::BufferBinding<'a> {
+    wgpu::BufferBinding {
+        buffer,
+        offset: elements.start * 4,
+        size: wgpu::BufferSize::new((elements.end - elements.start).max(1) * 4),
+    }
+}
+
+fn check_external(ext: &ExternalArena, arena_len: usize, limits: &wgpu::Limits) -> Result<()> {
+    let align = limits.min_storage_buffer_offset_alignment as u64;
+    for (what, slice) in [("θ", &ext.theta), ("gradient", &ext.grad)] {
+        if !slice.offset.is_multiple_of(align) {
+            return Err(Error::Layout(format!(
+                "the {what} buffer's offset {} is not a multiple of min_storage_buffer_offset_alignment ({align})",
+                slice.offset
+            )));
+        }
+        if !slice.buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
+            return Err(Error::Layout(format!(
+                "the {what} buffer needs STORAGE usage"
+            )));
+        }
+        let needed = slice.offset + arena_len.max(1) as u64 * 4;
+        if slice.buffer.size() < needed {
+            return Err(Error::Layout(format!(
+                "the {what} buffer holds {} bytes; the group's arena needs {needed} from offset {}",
+                slice.buffer.size(),
+                slice.offset
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,323 @@
+//! Parameter groups and tensors: what a user registers, and where each tensor lives.
+//!
+//! Each group has its own optimizer config and non-finite policy; its tensors are packed one
+//! after another in the group's arena, each starting at a multiple of 4 elements (16 bytes) so
+//! that vec4 access never straddles two tensors. The same layout serves the CPU and the GPU, so
+//! a checkpoint written by one loads on the other.
+
+use crate::error::{Error, Result};
+use crate::optim::{NonFinitePolicy, OptimizerConfig};
+
+/// Tensor offsets in an arena are multiples of this many elements (16 bytes).
+pub const TENSOR_ALIGN: usize = 4;
+
+/// A parameter group, by registration order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupId(pub usize);
+
+/// A tensor, by registration order over all groups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TensorId(pub usize);
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupSpec {
+    pub name: String,
+    pub config: OptimizerConfig,
+    pub policy: NonFinitePolicy,
+    /// Elements in the group's arena: its tensors and the padding between them.
+    pub arena_len: usize,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorSpec {
+    pub name: String,
+    pub group: GroupId,
+    pub shape: Vec<usize>,
+    /// First element in the group's arena.
+    pub offset: usize,
+    /// First element in a flat vector of every tensor in registration order.
+    pub flat_offset: usize,
+}
+
+impl TensorSpec {
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The tensor's elements in its group's arena.
+    pub fn range(&self) -> std::ops::Range<usize> {
+        self.offset..self.offset + self.len()
+    }
+
+    /// The tensor's elements in a flat vector of every tensor.
+    pub fn flat_range(&self) -> std::ops::Range<usize> {
+        self.flat_offset..self.flat_offset + self.len()
+    }
+}
+
+/// The groups and tensors of a running optimizer, CPU or GPU: where each tensor lives, and
+/// each group's config and policy, which may change between steps.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Layout {
+    pub(crate) groups: Vec<GroupSpec>,
+    pub(crate) tensors: Vec<TensorSpec>,
+}
+
+impl Layout {
+    pub fn groups(&self) -> &[GroupSpec] {
+        &self.groups
+    }
+
+    pub fn tensors(&self) -> &[TensorSpec] {
+        &self.tensors
+    }
+
+    /// Elements over all tensors, padding excluded: the length of a flat gradient.
+    pub fn total_len(&self) -> usize {
+        self.tensors.iter().map(TensorSpec::len).sum()
+    }
+
+    pub fn tensor(&self, id: TensorId) -> Result<&TensorSpec> {
+        self.tensors.get(id.0).ok_or_else(|| {
+            Error::Layout(format!(
+                "no tensor {} (there are {})",
+                id.0,
+                self.tensors.len()
+            ))
+        })
+    }
+
+    pub fn group(&self, id: GroupId) -> Result<&GroupSpec> {
+        self.groups.get(id.0).ok_or_else(|| {
+            Error::Layout(format!(
+                "no group {} (there are {})",
+                id.0,
+                self.groups.len()
+            ))
+        })
+    }
+
+    fn group_mut(&mut self, id: GroupId) -> Result<&mut GroupSpec> {
+        self.group(id)?;
+        Ok(&mut self.groups[id.0])
+    }
+
+    /// The index of the used state slot `name` of a group's optimizer.
+    pub fn slot(&self, group: GroupId, name: &str) -> Result<usize> {
+        let config = &self.group(group)?.config;
+        config
+            .as_dyn()
+            .state_slots()
+            .iter()
+            .position(|s| s.name == name && s.used)
+            .ok_or_else(|| Error::Unknown {
+                what: "state",
+                name: name.to_string(),
+                known: config.used_state_names().join(", "),
+            })
+    }
+
+    /// Replaces one group's hyperparameters (validated; the same state vectors).
+    pub fn set_group_config(&mut self, group: GroupId, config: OptimizerConfig) -> Result<()> {
+        config.validate()?;
+        let spec = self.group_mut(group)?;
+        spec.config.check_same_layout(&config)?;
+        spec.config = config;
+        Ok(())
+    }
+
+    /// Replaces every group's hyperparameters, or none if one would not take them.
+    pub fn set_config_everywhere(&mut self, config: &OptimizerConfig) -> Result<()> {
+        config.validate()?;
+        for group in &self.groups {
+            group.config.check_same_layout(config)?;
+        }
+        for group in &mut self.groups {
+            group.config = config.clone();
+        }
+        Ok(())
+    }
+
+    pub fn set_group_policy(&mut self, group: GroupId, policy: NonFinitePolicy) -> Result<()> {
+        self.group_mut(group)?.policy = policy;
+        Ok(())
+    }
+
+    pub fn set_policy_everywhere(&mut self, policy: NonFinitePolicy) {
+        for group in &mut self.groups {
+            group.policy = policy;
+        }
+    }
+
+    /// The tensors of one group.
+    pub fn tensors_of(&self, group: usize) -> impl Iterator<Item = &TensorSpec> {
+        self.tensors.iter().filter(move |t| t.group.0 == group)
+    }
+
+    /// The arena of group `index` from a flat vector of every tensor (zeros in the padding),
+    /// or the flat vector itself where they coincide (one group, no padding).
+    pub(crate) fn arena_of<'a>(
+        &self,
+        index: usize,
+        flat: &'a [f32],
+    ) -> std::borrow::Cow<'a, [f32]> {
+        let same = self
+            .tensors
+            .iter()
+            .all(|t| t.group.0 == index && t.offset == t.flat_offset);
+        if same && self.groups[index].arena_len == flat.len() {
+            return std::borrow::Cow::Borrowed(flat);
+        }
+        let mut arena = vec![0.0; self.groups[index].arena_len];
+        for t in self.tensors_of(index) {
+            arena[t.range()].copy_from_slice(&flat[t.flat_range()]);
+        }
+        std::borrow::Cow::Owned(arena)
+    }
+
+    /// A flat vector of every tensor, in registration order, from one arena per group.
+    pub(crate) fn flatten(&self, arenas: &[impl AsRef<[f32]>]) -> Vec<f32> {
+        let mut flat = Vec::with_capacity(self.total_len());
+        for t in &self.tensors {
+            flat.extend_from_slice(&arenas[t.group.0].as_ref()[t.range()]);
+        }
+        flat
+    }
+}
+
+/// Groups and tensors, with θ₀ for each tensor. Build a `CpuOptimizer` or `GpuOptimizer` from
+/// it.
+#[derive(Clone, Debug, Default)]
+pub struct ParamGroups {
+    layout: Layout,
+    /// θ₀ of each group's arena (padding 0).
+    theta0: Vec<Vec<f32>>,
+}
+
+impl ParamGroups {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// One group holding one tensor named `theta`: the single-vector case.
+    pub fn single(config: OptimizerConfig, theta0: &[f32]) -> Result<Self> {
+        let mut groups = ParamGroups::new();
+        let group = groups.add_group("params", config)?;
+        groups.add_tensor(group, "theta", &[theta0.len()], theta0)?;
+        Ok(groups)
+    }
+
+    /// Adds a group with its own (validated) config; names must be unique.
+    pub fn add_group(&mut self, name: &str, config: impl Into<OptimizerConfig>) -> Result<GroupId> {
+        let config = config.into();
+        config.validate()?;
+        check_name(
+            "group",
+            name,
+            self.layout.groups.iter().map(|g| g.name.as_str()),
+        )?;
+        self.layout.groups.push(GroupSpec {
+            name: name.to_string(),
+            config,
+            policy: NonFinitePolicy::default(),
+            arena_len: 0,
+        });
+        self.theta0.push(Vec::new());
+        Ok(GroupId(self.layout.groups.len() - 1))
+    }
+
+    pub fn set_policy(&mut self, group: GroupId, policy: NonFinitePolicy) -> Result<()> {
+        self.layout.set_group_policy(group, policy)
+    }
+
+    /// Adds a tensor of `shape` to `group`, starting at θ₀ (in row-major order).
+    pub fn add_tensor(
+        &mut self,
+        group: GroupId,
+        name: &str,
+        shape: &[usize],
+        theta0: &[f32],
+    ) -> Result<TensorId> {
+        let len: usize = shape.iter().product();
+        if theta0.len() != len {
+            return Err(Error::LengthMismatch {
+                what: "θ₀ of the tensor",
+                got: theta0.len(),
+                expected: len,
+            });
+        }
+        self.layout.group(group)?;
+        let in_group = self.layout.tensors_of(group.0);
+        check_name("tensor", name, in_group.map(|t| t.name.as_str()))?;
+        let flat_offset = self.layout.total_len();
+        let spec = &mut self.layout.groups[group.0];
+        let offset = spec.arena_len.next_multiple_of(TENSOR_ALIGN);
+        spec.arena_len = offset + len;
+        let arena = &mut self.theta0[group.0];
+        arena.resize(offset, 0.0);
+        arena.extend_from_slice(theta0);
+        self.layout.tensors.push(TensorSpec {
+            name: name.to_string(),
+            group,
+            shape: shape.to_vec(),
+            offset,
+            flat_offset,
+        });
+        Ok(TensorId(self.layout.tensors.len() - 1))
+    }
+
+    /// Adds a tensor from an ndarray of any shape and layout.
+    pub fn add_array<D: ndarray::Dimension>(
+        &mut self,
+        group: GroupId,
+        name: &str,
+        theta0: ndarray::ArrayView<'_, f32, D>,
+    ) -> Result<TensorId> {
+        let values: Vec<f32> = theta0.iter().copied().collect();
+        self.add_tensor(group, name, theta0.shape(), &values)
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub fn groups(&self) -> &[GroupSpec] {
+        &self.layout.groups
+    }
+
+    pub fn tensors(&self) -> &[TensorSpec] {
+        &self.layout.tensors
+    }
+
+    /// θ₀ of a group's arena, padding included.
+    pub fn arena_theta0(&self, group: GroupId) -> &[f32] {
+        &self.theta0[group.0]
+    }
+
+    /// Elements over all tensors, padding excluded: the length of a flat gradient.
+    pub fn total_len(&self) -> usize {
+        self.layout.total_len()
+    }
+}
+
+fn check_name<'a>(
+    what: &'static str,
+    name: &str,
+    mut existing: impl Iterator<Item = &'a str>,
+) -> Result<()> {
+    if name.is_empty() || name.contains('.') {
+        return Err(Error::Layout(format!(
+            "{what} name `{name}` must be non-empty and without '.' (checkpoints name tensors group.tensor.state)"
+        )));
+    }
+    if existing.any(|e| e == name) {
+        return Err(Error::Layout(format!(
+            "{what} name `{name}` is already taken"
+        )));
+    }
+    Ok(())
+}
