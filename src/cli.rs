@@ -7,8 +7,8 @@ use std::time::Instant;
 use bayesprop::gpu::{enumerate_adapters, GpuOptions};
 use bayesprop::validate::{self, HARDWARE_ULP_BOUND, SOFTWARE_ULP_BOUND};
 use bayesprop::{
-    kernels, CpuOptimizer, Error, GpuContext, GpuOptimizer, NonFinitePolicy, OptimizerConfig,
-    Result, Stepper,
+    kernels, Checkpoint, CpuOptimizer, Error, GpuContext, GpuOptimizer, NonFinitePolicy,
+    OptimizerConfig, Result, Stepper,
 };
 use clap::{Parser, Subcommand, ValueEnum};
 use ndarray::{Array1, Array2};
@@ -74,6 +74,12 @@ struct ReplayArgs {
     /// error (stop with exit 2, naming the step).
     #[arg(long, default_value = "skip-step")]
     nonfinite: NonFinitePolicy,
+    /// Resume from this checkpoint (θ, state and step count; saved by any device).
+    #[arg(long)]
+    state_in: Option<PathBuf>,
+    /// Save a checkpoint here after the last step (safetensors, written atomically).
+    #[arg(long)]
+    state_out: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -91,7 +97,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Info => info(),
         Command::Validate => validate(),
         Command::Replay(args) => replay(&args),
-        Command::Demo(a) => bayesprop::demo::main(a.device, &a.out, a.quick).map(|()| ExitCode::SUCCESS),
+        Command::Demo(a) => {
+            bayesprop::demo::main(a.device, &a.out, a.quick).map(|()| ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -227,6 +235,9 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode> {
         Device::Gpu => Box::new(GpuOptimizer::new(&GpuContext::new()?, config, &theta0)?),
     };
     optimizer.set_nonfinite_policy(args.nonfinite);
+    if let Some(path) = &args.state_in {
+        optimizer.restore(&Checkpoint::load(path)?)?;
+    }
     let mut out = Array2::<f32>::zeros(grads.dim());
     for (grad, mut row) in grads.rows().into_iter().zip(out.rows_mut()) {
         optimizer.step(&grad.to_vec())?;
@@ -236,5 +247,8 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode> {
         row.assign(&Array1::from(optimizer.theta()?));
     }
     ndarray_npy::write_npy(&args.out, &out).map_err(|e| Error::file(&args.out, e))?;
+    if let Some(path) = &args.state_out {
+        optimizer.checkpoint()?.save(path)?;
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -2,6 +2,7 @@
 
 use rayon::prelude::*;
 
+use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::layout::{GroupId, GroupSpec, Layout, ParamGroups, TensorId};
 use crate::optim::{NonFinitePolicy, OptimizerConfig, StepReport};
@@ -280,5 +281,40 @@ impl Stepper for CpuOptimizer {
 
     fn state(&self, name: &str) -> Result<Vec<f32>> {
         self.gather(Some(name))
+    }
+
+    fn checkpoint(&self) -> Result<Checkpoint> {
+        let arenas: Vec<Vec<(String, Vec<f32>)>> = self
+            .groups
+            .iter()
+            .zip(self.layout.groups())
+            .map(|(group, spec)| {
+                let names = std::iter::once("theta").chain(spec.config.used_state_names());
+                let vectors = std::iter::once(&group.theta)
+                    .chain(group.state.iter().filter(|v| !v.is_empty()));
+                names
+                    .zip(vectors)
+                    .map(|(n, v)| (n.to_string(), v.clone()))
+                    .collect()
+            })
+            .collect();
+        Ok(Checkpoint::from_arenas(
+            &self.layout,
+            &self.group_steps(),
+            &arenas,
+        ))
+    }
+
+    fn restore(&mut self, checkpoint: &Checkpoint) -> Result<()> {
+        let arenas = checkpoint.to_arenas(&self.layout)?;
+        for (group, (steps, vectors)) in self.groups.iter_mut().zip(arenas) {
+            let mut vectors = vectors.into_iter();
+            group.t = steps;
+            group.theta = vectors.next().expect("theta comes first");
+            for state in group.state.iter_mut().filter(|v| !v.is_empty()) {
+                *state = vectors.next().expect("one vector per used state");
+            }
+        }
+        Ok(())
     }
 }

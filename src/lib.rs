@@ -12,7 +12,9 @@
 //! - [`gpu`]: the wgpu host layer; [`cpu`]: the CPU optimizer with the same API;
 //! - [`validate`]: the agreement battery shared by the tests and `bayesprop validate`.
 
+pub mod checkpoint;
 pub mod cpu;
+pub mod demo;
 pub mod error;
 pub mod gpu;
 pub mod kernels;
@@ -25,6 +27,7 @@ pub mod validate;
 /// The wgpu this crate is built against, for callers who bring their own device and buffers.
 pub use wgpu;
 
+pub use checkpoint::Checkpoint;
 pub use cpu::{CpuOptimizer, CpuPath};
 pub use error::{Error, Result};
 pub use gpu::{BufferSlice, ExternalArena, GpuContext, GpuOptimizer, GpuOptions};
@@ -116,4 +119,28 @@ pub trait Stepper {
     /// A state vector of every tensor by its SPEC name (`s`, `sigma`, `m`, …), flat, copied to
     /// the host.
     fn state(&self, name: &str) -> Result<Vec<f32>>;
+
+    /// θ, every state vector and every group's step count (waits for the device).
+    fn checkpoint(&self) -> Result<Checkpoint>;
+
+    /// Restores a checkpoint of the same groups, optimizers, tensors and shapes; on a
+    /// mismatch nothing changes. The hyperparameters and policies stay those of `self`.
+    fn restore(&mut self, checkpoint: &Checkpoint) -> Result<()>;
+
+    /// Saves a checkpoint atomically (safetensors; see [`checkpoint`]).
+    fn save(&self, path: impl AsRef<std::path::Path>) -> Result<()>
+    where
+        Self: Sized,
+    {
+        self.checkpoint()?.save(path)
+    }
+
+    /// Loads a checkpoint saved by any device; a corrupt or mismatched file changes nothing.
+    fn load(&mut self, path: impl AsRef<std::path::Path>) -> Result<()>
+    where
+        Self: Sized,
+    {
+        let checkpoint = Checkpoint::load(path)?;
+        self.restore(&checkpoint)
+    }
 }

@@ -3,6 +3,7 @@
 
 use std::sync::Mutex;
 
+use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::gpu::context::GpuContext;
 use crate::gpu::group::{BufferSlice, ExternalArena, GpuGroup, Vector};
@@ -295,5 +296,49 @@ impl Stepper for GpuOptimizer {
 
     fn state(&self, name: &str) -> Result<Vec<f32>> {
         self.gather(Some(name))
+    }
+
+    fn checkpoint(&self) -> Result<Checkpoint> {
+        let steps = self.group_steps()?;
+        let arenas = self
+            .groups
+            .iter()
+            .zip(self.layout.groups())
+            .map(|(group, spec)| {
+                let slots = spec.config.as_dyn().state_slots();
+                let used = slots.iter().enumerate().filter(|(_, s)| s.used);
+                std::iter::once(("theta".to_string(), Vector::Theta))
+                    .chain(used.map(|(k, s)| (s.name.to_string(), Vector::State(k))))
+                    .map(|(name, vector)| Ok((name, group.read_arena(&self.ctx, vector)?)))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Checkpoint::from_arenas(&self.layout, &steps, &arenas))
+    }
+
+    fn restore(&mut self, checkpoint: &Checkpoint) -> Result<()> {
+        let arenas = checkpoint.to_arenas(&self.layout)?;
+        let mut tracker = self.tracker.lock().unwrap();
+        // Let the steps in flight land first, so none overwrites what is restored.
+        tracker.resolve(self.ctx.device(), true)?;
+        let queue = self.ctx.queue();
+        self.ctx.scoped("restoring a checkpoint", || {
+            for ((group, spec), (steps, vectors)) in
+                self.groups.iter().zip(self.layout.groups()).zip(&arenas)
+            {
+                let slots = spec.config.as_dyn().state_slots();
+                let used = slots
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.used)
+                    .map(|(k, _)| Vector::State(k));
+                for (vector, values) in std::iter::once(Vector::Theta).chain(used).zip(vectors) {
+                    group.write_arena(queue, vector, values);
+                }
+                group.write_step_counter(queue, *steps);
+            }
+        })?;
+        tracker.restored(arenas.iter().map(|(steps, _)| *steps).collect());
+        Ok(())
     }
 }

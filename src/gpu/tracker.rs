@@ -157,6 +157,12 @@ impl StepTracker {
         std::mem::take(&mut self.reports)
     }
 
+    /// Sets each group's step counter as known to the host (after a restore wrote it to the
+    /// device); call after `resolve(.., true)`.
+    pub fn restored(&mut self, t: Vec<u64>) {
+        self.resolved_t = t;
+    }
+
     /// Each group's step counter; call after `resolve(.., true)`.
     pub fn steps_applied(&self) -> &[u64] {
         &self.resolved_t

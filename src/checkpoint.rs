@@ -1,0 +1,310 @@
+//! Checkpoints: the optimizer's state in the safetensors format, readable from Python.
+//!
+//! Tensors are named `group.tensor.vector` (`theta` for the parameters, then the optimizer's
+//! state by its SPEC name, e.g. `decay.w1.sigma`). The header's metadata holds a JSON manifest
+//! (format version, each group's optimizer, hyperparameters, non-finite policy and step count)
+//! and a CRC-32 of every tensor's bytes, so a flipped bit in the data is caught as well as a
+//! broken header. A checkpoint is device independent: saved on the GPU, it loads on the CPU.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::layout::Layout;
+use crate::optim::NonFinitePolicy;
+
+const FORMAT: &str = "bayesprop-checkpoint";
+const VERSION: u32 = 1;
+const MANIFEST_KEY: &str = "bayesprop";
+const CHECKSUM_KEY: &str = "crc32";
+
+/// One group's record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GroupState {
+    pub name: String,
+    pub optimizer: String,
+    /// The hyperparameters it was saved with, for the record (`Debug` of the config): loading
+    /// keeps those of the optimizer loaded into, as a config file would.
+    pub hyperparameters: String,
+    /// `skip-step`, `skip-element` or `error`.
+    pub policy: String,
+    /// Steps applied.
+    pub steps: u64,
+}
+
+/// One tensor's vectors: `theta`, then each used state by its SPEC name.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorState {
+    pub group: String,
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub vectors: Vec<(String, Vec<f32>)>,
+}
+
+/// Everything a resume needs, independent of the device.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Checkpoint {
+    pub groups: Vec<GroupState>,
+    pub tensors: Vec<TensorState>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Manifest {
+    format: String,
+    version: u32,
+    groups: Vec<GroupState>,
+    /// Tensor names (`group.tensor`) in registration order, with their vectors.
+    tensors: Vec<(String, Vec<String>)>,
+}
+
+fn key(group: &str, tensor: &str, vector: &str) -> String {
+    format!("{group}.{tensor}.{vector}")
+}
+
+impl Checkpoint {
+    /// Assembles a checkpoint from each group's step count and, per group, each vector's
+    /// arena (`theta` first, then the used states in slot order).
+    pub(crate) fn from_arenas(
+        layout: &Layout,
+        steps: &[u64],
+        arenas: &[Vec<(String, Vec<f32>)>],
+    ) -> Self {
+        let groups = layout
+            .groups()
+            .iter()
+            .zip(steps)
+            .map(|(g, &steps)| GroupState {
+                name: g.name.clone(),
+                optimizer: g.config.name().to_string(),
+                hyperparameters: format!("{:?}", g.config),
+                policy: g.policy.name().to_string(),
+                steps,
+            })
+            .collect();
+        let tensors = layout
+            .tensors()
+            .iter()
+            .map(|t| TensorState {
+                group: layout.groups()[t.group.0].name.clone(),
+                name: t.name.clone(),
+                shape: t.shape.clone(),
+                vectors: arenas[t.group.0]
+                    .iter()
+                    .map(|(name, arena)| (name.clone(), arena[t.range()].to_vec()))
+                    .collect(),
+            })
+            .collect();
+        Checkpoint { groups, tensors }
+    }
+
+    /// Checks the checkpoint fits `layout` (the same groups, optimizers, tensors, shapes and
+    /// state vectors), and returns per group each vector's arena (padding 0) and step count.
+    pub(crate) fn to_arenas(&self, layout: &Layout) -> Result<Vec<(u64, Vec<Vec<f32>>)>> {
+        let mismatch = |what: String| {
+            Error::file(
+                "checkpoint",
+                format!("does not match this optimizer: {what}"),
+            )
+        };
+        if self.groups.len() != layout.groups().len()
+            || self.tensors.len() != layout.tensors().len()
+        {
+            return Err(mismatch(format!(
+                "{} group(s) and {} tensor(s), expected {} and {}",
+                self.groups.len(),
+                self.tensors.len(),
+                layout.groups().len(),
+                layout.tensors().len()
+            )));
+        }
+        let mut arenas: Vec<(u64, Vec<Vec<f32>>)> = Vec::new();
+        for (saved, live) in self.groups.iter().zip(layout.groups()) {
+            if saved.name != live.name || saved.optimizer != live.config.name() {
+                return Err(mismatch(format!(
+                    "group `{}` ({}), expected `{}` ({})",
+                    saved.name,
+                    saved.optimizer,
+                    live.name,
+                    live.config.name()
+                )));
+            }
+            let vectors = 1 + live.config.used_state_names().len();
+            arenas.push((saved.steps, vec![vec![0.0; live.arena_len]; vectors]));
+        }
+        for (saved, live) in self.tensors.iter().zip(layout.tensors()) {
+            let group = &layout.groups()[live.group.0];
+            let expected: Vec<&str> = std::iter::once("theta")
+                .chain(group.config.used_state_names())
+                .collect();
+            let names: Vec<&str> = saved.vectors.iter().map(|(n, _)| n.as_str()).collect();
+            if saved.group != group.name
+                || saved.name != live.name
+                || saved.shape != live.shape
+                || names != expected
+            {
+                return Err(mismatch(format!(
+                    "tensor {} {:?} with {names:?}, expected {} {:?} with {expected:?}",
+                    key(&saved.group, &saved.name, "*"),
+                    saved.shape,
+                    key(&group.name, &live.name, "*"),
+                    live.shape
+                )));
+            }
+            for (arena, (_, values)) in arenas[live.group.0].1.iter_mut().zip(&saved.vectors) {
+                if values.len() != live.len() {
+                    return Err(mismatch(format!(
+                        "tensor `{}` has {} values",
+                        live.name,
+                        values.len()
+                    )));
+                }
+                arena[live.range()].copy_from_slice(values);
+            }
+        }
+        Ok(arenas)
+    }
+
+    /// Writes the checkpoint atomically: a temporary file beside `path`, fsync, rename.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        // safetensors stores little-endian bytes.
+        let mut data = Vec::new();
+        let mut manifest_tensors = Vec::new();
+        for t in &self.tensors {
+            let mut names = Vec::new();
+            for (vector, values) in &t.vectors {
+                let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                data.push((key(&t.group, &t.name, vector), t.shape.clone(), bytes));
+                names.push(vector.clone());
+            }
+            manifest_tensors.push((format!("{}.{}", t.group, t.name), names));
+        }
+        let mut views = Vec::new();
+        let mut checksums = HashMap::new();
+        for (name, shape, bytes) in &data {
+            checksums.insert(name.clone(), format!("{:08x}", crc32fast::hash(bytes)));
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                    .map_err(|e| Error::file(path, format!("tensor {name}: {e}")))?;
+            views.push((name.clone(), view));
+        }
+        let manifest = Manifest {
+            format: FORMAT.into(),
+            version: VERSION,
+            groups: self.groups.clone(),
+            tensors: manifest_tensors,
+        };
+        let metadata = HashMap::from([
+            (
+                MANIFEST_KEY.to_string(),
+                serde_json::to_string(&manifest).expect("serializable"),
+            ),
+            (
+                CHECKSUM_KEY.to_string(),
+                serde_json::to_string(&checksums).expect("serializable"),
+            ),
+        ]);
+        let bytes =
+            safetensors::serialize(views, Some(metadata)).map_err(|e| Error::file(path, e))?;
+
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let temporary = path.with_file_name(format!(".{file_name}.tmp{}", std::process::id()));
+        let write = || -> std::io::Result<()> {
+            let mut file = std::fs::File::create(&temporary)?;
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+            std::fs::rename(&temporary, path)?;
+            // The rename itself is durable once the directory is synced.
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_file(&temporary);
+            Error::file(path, e)
+        })
+    }
+
+    /// Reads and checks a checkpoint: the safetensors header, the manifest and its version,
+    /// and every tensor's CRC-32.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|e| Error::file(path, e))?;
+        let corrupt =
+            |what: String| Error::file(path, format!("not a valid bayesprop checkpoint: {what}"));
+        let (_, header) =
+            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        let tensors =
+            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        let metadata = header.metadata().clone().unwrap_or_default();
+        let field = |key: &str| {
+            metadata
+                .get(key)
+                .ok_or_else(|| corrupt(format!("no `{key}` metadata")))
+        };
+        let manifest: Manifest = serde_json::from_str(field(MANIFEST_KEY)?)
+            .map_err(|e| corrupt(format!("manifest: {e}")))?;
+        let checksums: HashMap<String, String> = serde_json::from_str(field(CHECKSUM_KEY)?)
+            .map_err(|e| corrupt(format!("checksums: {e}")))?;
+        if manifest.format != FORMAT || manifest.version != VERSION {
+            return Err(corrupt(format!(
+                "format {} version {}, expected {FORMAT} version {VERSION}",
+                manifest.format, manifest.version
+            )));
+        }
+        let mut states = Vec::new();
+        for (full_name, vectors) in &manifest.tensors {
+            let (group, name) = full_name
+                .split_once('.')
+                .ok_or_else(|| corrupt(format!("tensor name `{full_name}`")))?;
+            let mut state = TensorState {
+                group: group.to_string(),
+                name: name.to_string(),
+                shape: Vec::new(),
+                vectors: Vec::new(),
+            };
+            for vector in vectors {
+                let name = key(group, name, vector);
+                let view = tensors
+                    .tensor(&name)
+                    .map_err(|e| corrupt(format!("{name}: {e}")))?;
+                if view.dtype() != safetensors::Dtype::F32 {
+                    return Err(corrupt(format!(
+                        "{name} is {:?}, expected F32",
+                        view.dtype()
+                    )));
+                }
+                let crc = format!("{:08x}", crc32fast::hash(view.data()));
+                if checksums.get(&name) != Some(&crc) {
+                    return Err(corrupt(format!(
+                        "{name}: checksum mismatch (the data is damaged)"
+                    )));
+                }
+                state.shape = view.shape().to_vec();
+                let values = view
+                    .data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                state.vectors.push((vector.clone(), values));
+            }
+            states.push(state);
+        }
+        for g in &manifest.groups {
+            g.policy
+                .parse::<NonFinitePolicy>()
+                .map_err(|e| corrupt(format!("group {}: {e}", g.name)))?;
+        }
+        Ok(Checkpoint {
+            groups: manifest.groups,
+            tensors: states,
+        })
+    }
+}
