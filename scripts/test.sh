@@ -40,3 +40,6 @@ cargo run --release --quiet -- info
 
 echo "== bayesprop validate"
 cargo run --release --quiet -- validate
+
+echo "== example: gradients computed on the device, stepped in place"
+cargo run --release --quiet --example device_gradients
