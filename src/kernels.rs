@@ -32,6 +32,10 @@ const fn fused(name: &'static str, body: &'static str) -> Kernel {
 }
 
 pub const BAYES: Kernel = fused("bayes", include_str!("../shaders/bayes.wgsl"));
+pub const SGD: Kernel = fused("sgd", include_str!("../shaders/sgd.wgsl"));
+pub const RMSPROP: Kernel = fused("rmsprop", include_str!("../shaders/rmsprop.wgsl"));
+/// `adam` and `adamw`: one kernel, the difference is in the uniforms.
+pub const ADAM: Kernel = fused("adam", include_str!("../shaders/adam.wgsl"));
 
 /// The per-group step control: entry points `scan` and `commit`.
 pub const CONTROL: Kernel = Kernel {
@@ -41,7 +45,7 @@ pub const CONTROL: Kernel = Kernel {
 };
 
 /// Every module, for validation and `info`.
-pub const ALL: &[&Kernel] = &[&CONTROL, &BAYES];
+pub const ALL: &[&Kernel] = &[&CONTROL, &BAYES, &SGD, &RMSPROP, &ADAM];
 
 /// The entry point of every fused optimizer kernel.
 pub const ENTRY_POINT: &str = "main";

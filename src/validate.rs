@@ -5,7 +5,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::error::Result;
-use crate::optim::{BayesConfig, OptimizerConfig, SigmaInit};
+use crate::optim::{AdamConfig, BayesConfig, OptimizerConfig, RmspropConfig, SgdConfig, SigmaInit};
 use crate::ulp::max_ulp_distance;
 use crate::{CpuOptimizer, Stepper};
 
@@ -78,6 +78,10 @@ pub fn gradient(n: usize, seed: u64, t: u64) -> Vec<f32> {
 }
 
 fn bayes_case(name: String, config: BayesConfig, n: usize) -> Case {
+    case(name, config, n)
+}
+
+fn case(name: String, config: impl Into<OptimizerConfig>, n: usize) -> Case {
     Case {
         name,
         config: config.into(),
@@ -87,8 +91,181 @@ fn bayes_case(name: String, config: BayesConfig, n: usize) -> Case {
     }
 }
 
+/// The classic optimizers of SPEC §3: defaults, every option alone and combined, and the
+/// regimes (tiny and large lr, beta2 and alpha near 1).
+fn classic_battery() -> Vec<Case> {
+    let sgd = SgdConfig::default;
+    let momentum = SgdConfig {
+        momentum: 0.9,
+        ..sgd()
+    };
+    let sgd_rows = [
+        ("defaults", sgd()),
+        (
+            "weight_decay=0.01",
+            SgdConfig {
+                weight_decay: 0.01,
+                ..sgd()
+            },
+        ),
+        ("momentum=0.9", momentum),
+        (
+            "momentum=0.9 dampening=0.5",
+            SgdConfig {
+                dampening: 0.5,
+                ..momentum
+            },
+        ),
+        (
+            "momentum=0.9 nesterov",
+            SgdConfig {
+                nesterov: true,
+                ..momentum
+            },
+        ),
+        (
+            "momentum=0.9 nesterov weight_decay=0.01",
+            SgdConfig {
+                nesterov: true,
+                weight_decay: 0.01,
+                ..momentum
+            },
+        ),
+        (
+            "lr=1e-8 momentum=0.9",
+            SgdConfig {
+                lr: 1e-8,
+                ..momentum
+            },
+        ),
+        (
+            "lr=10 weight_decay=0.01",
+            SgdConfig {
+                lr: 10.0,
+                weight_decay: 0.01,
+                ..sgd()
+            },
+        ),
+    ];
+    let rmsprop = RmspropConfig::default;
+    let rmsprop_rows = [
+        ("defaults", rmsprop()),
+        (
+            "weight_decay=0.01",
+            RmspropConfig {
+                weight_decay: 0.01,
+                ..rmsprop()
+            },
+        ),
+        (
+            "centered",
+            RmspropConfig {
+                centered: true,
+                ..rmsprop()
+            },
+        ),
+        (
+            "momentum=0.9",
+            RmspropConfig {
+                momentum: 0.9,
+                ..rmsprop()
+            },
+        ),
+        (
+            "centered momentum=0.9 weight_decay=0.01",
+            RmspropConfig {
+                centered: true,
+                momentum: 0.9,
+                weight_decay: 0.01,
+                ..rmsprop()
+            },
+        ),
+        (
+            "alpha=0.999999",
+            RmspropConfig {
+                alpha: 0.999999,
+                ..rmsprop()
+            },
+        ),
+        (
+            "lr=1e-8",
+            RmspropConfig {
+                lr: 1e-8,
+                ..rmsprop()
+            },
+        ),
+        (
+            "lr=10 centered",
+            RmspropConfig {
+                lr: 10.0,
+                centered: true,
+                ..rmsprop()
+            },
+        ),
+    ];
+    let mut adam_rows = Vec::new();
+    for base in [AdamConfig::adam(), AdamConfig::adamw()] {
+        adam_rows.extend([
+            ("defaults", base),
+            (
+                "weight_decay=0.1",
+                AdamConfig {
+                    weight_decay: 0.1,
+                    ..base
+                },
+            ),
+            (
+                "amsgrad",
+                AdamConfig {
+                    amsgrad: true,
+                    ..base
+                },
+            ),
+            (
+                "beta2=0.999999",
+                AdamConfig {
+                    beta2: 0.999999,
+                    ..base
+                },
+            ),
+            (
+                "beta1=0 beta2=0",
+                AdamConfig {
+                    beta1: 0.0,
+                    beta2: 0.0,
+                    ..base
+                },
+            ),
+            ("lr=1e-8", AdamConfig { lr: 1e-8, ..base }),
+            (
+                "lr=10 amsgrad",
+                AdamConfig {
+                    lr: 10.0,
+                    amsgrad: true,
+                    ..base
+                },
+            ),
+        ]);
+    }
+    let named = |name: &str, config: OptimizerConfig| {
+        case(format!("{} {name}", config.name()), config, 4099)
+    };
+    sgd_rows
+        .into_iter()
+        .map(|(name, c)| named(name, c.into()))
+        .chain(
+            rmsprop_rows
+                .into_iter()
+                .map(|(name, c)| named(name, c.into())),
+        )
+        .chain(adam_rows.into_iter().map(|(name, c)| named(name, c.into())))
+        .chain([case("adam n=257".into(), AdamConfig::adam(), 257)])
+        .collect()
+}
+
 /// The standard battery: the regimes of SPEC §5 at one size, then the sizes that exercise the
-/// dispatch edges (1, not a multiple of the workgroup, one past it, > 65,535 workgroups / 4).
+/// dispatch edges (1, not a multiple of the workgroup, one past it, > 65,535 workgroups / 4),
+/// then the classic optimizers with every option.
 pub fn standard_battery() -> Vec<Case> {
     let mut cases = Vec::new();
     let betas = [0.0, 0.9, 0.999, 0.999999];
@@ -151,6 +328,7 @@ pub fn standard_battery() -> Vec<Case> {
             n,
         ));
     }
+    cases.extend(classic_battery());
     cases
 }
 

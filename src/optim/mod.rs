@@ -5,14 +5,20 @@
 //! and one row in [`OptimizerConfig`]. The host layers, the CLI, `validate` and the tests are
 //! driven by this table and need no change.
 
+pub mod adam;
 pub mod bayes;
+pub mod rmsprop;
+pub mod sgd;
 
 use std::fmt;
 
 use crate::error::{Error, Result};
 use crate::kernels::Kernel;
 
+pub use adam::{AdamConfig, AdamConfigBuilder, AdamVariant};
 pub use bayes::{BayesConfig, BayesConfigBuilder, SigmaInit};
+pub use rmsprop::{RmspropConfig, RmspropConfigBuilder};
+pub use sgd::{SgdConfig, SgdConfigBuilder};
 
 /// What a step does with NaN or ±Inf gradient elements (SPEC §4). They never reach the state.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -96,7 +102,7 @@ pub trait Optimizer: fmt::Debug + Send + Sync {
     /// Checks every hyperparameter against its SPEC range.
     fn validate(&self) -> Result<()>;
 
-    /// The state vectors, in kernel binding order (bindings 3, 4, …).
+    /// The state vectors, in kernel binding order (bindings 4, 5, …).
     fn state_slots(&self) -> Vec<StateSlot>;
 
     /// The uniform block of step `t` (1-based): hyperparameters and per-step scalars, computed
@@ -125,24 +131,43 @@ pub trait Optimizer: fmt::Debug + Send + Sync {
 #[derive(Clone, Debug, PartialEq)]
 pub enum OptimizerConfig {
     Bayes(BayesConfig),
+    Sgd(SgdConfig),
+    Rmsprop(RmspropConfig),
+    /// `adam` and `adamw`: one kernel, the variant picks the weight decay.
+    Adam(AdamConfig),
 }
 
 impl OptimizerConfig {
-    /// Every optimizer name the CLI accepts, with its default config.
+    /// Every optimizer, one default config per name (presets are not listed).
     pub fn all_defaults() -> Vec<OptimizerConfig> {
-        vec![OptimizerConfig::Bayes(BayesConfig::default())]
+        vec![
+            OptimizerConfig::Bayes(BayesConfig::default()),
+            OptimizerConfig::Sgd(SgdConfig::default()),
+            OptimizerConfig::Rmsprop(RmspropConfig::default()),
+            OptimizerConfig::Adam(AdamConfig::adam()),
+            OptimizerConfig::Adam(AdamConfig::adamw()),
+        ]
     }
+
+    /// Presets: a name for a config of another optimizer.
+    const PRESETS: &'static [&'static str] = &["bayes_adam"];
 
     /// The default config of the named optimizer (presets included).
     pub fn default_for(name: &str) -> Result<OptimizerConfig> {
         match name {
             "bayes" => Ok(OptimizerConfig::Bayes(BayesConfig::default())),
+            "bayes_adam" => Ok(OptimizerConfig::Bayes(BayesConfig::bayes_adam())),
+            "sgd" => Ok(OptimizerConfig::Sgd(SgdConfig::default())),
+            "rmsprop" => Ok(OptimizerConfig::Rmsprop(RmspropConfig::default())),
+            "adam" => Ok(OptimizerConfig::Adam(AdamConfig::adam())),
+            "adamw" => Ok(OptimizerConfig::Adam(AdamConfig::adamw())),
             _ => Err(Error::Unknown {
                 what: "optimizer",
                 name: name.to_string(),
                 known: Self::all_defaults()
                     .iter()
                     .map(|c| c.as_dyn().name())
+                    .chain(Self::PRESETS.iter().copied())
                     .collect::<Vec<_>>()
                     .join(", "),
             }),
@@ -165,12 +190,18 @@ impl OptimizerConfig {
     pub fn as_dyn(&self) -> &dyn Optimizer {
         match self {
             OptimizerConfig::Bayes(c) => c,
+            OptimizerConfig::Sgd(c) => c,
+            OptimizerConfig::Rmsprop(c) => c,
+            OptimizerConfig::Adam(c) => c,
         }
     }
 
     pub fn as_dyn_mut(&mut self) -> &mut dyn Optimizer {
         match self {
             OptimizerConfig::Bayes(c) => c,
+            OptimizerConfig::Sgd(c) => c,
+            OptimizerConfig::Rmsprop(c) => c,
+            OptimizerConfig::Adam(c) => c,
         }
     }
 
@@ -220,6 +251,24 @@ impl From<BayesConfig> for OptimizerConfig {
     }
 }
 
+impl From<SgdConfig> for OptimizerConfig {
+    fn from(c: SgdConfig) -> Self {
+        OptimizerConfig::Sgd(c)
+    }
+}
+
+impl From<RmspropConfig> for OptimizerConfig {
+    fn from(c: RmspropConfig) -> Self {
+        OptimizerConfig::Rmsprop(c)
+    }
+}
+
+impl From<AdamConfig> for OptimizerConfig {
+    fn from(c: AdamConfig) -> Self {
+        OptimizerConfig::Adam(c)
+    }
+}
+
 /// Parses a finite number for `--set`, with an error that names the field.
 pub(crate) fn parse_f64(optimizer: &'static str, field: &'static str, value: &str) -> Result<f64> {
     value
@@ -238,6 +287,31 @@ pub(crate) fn parse_bool(
         "true" | "1" => Ok(true),
         "false" | "0" => Ok(false),
         _ => Err(Error::config(optimizer, field, value, "true or false")),
+    }
+}
+
+/// Checks that `value` is finite, fits f32 (the kernel gets it as f32) and satisfies `ok`; else
+/// a `Config` error that names the field and its allowed range.
+pub(crate) fn check_field(
+    optimizer: &'static str,
+    field: &'static str,
+    value: f64,
+    ok: bool,
+    allowed: &'static str,
+) -> Result<()> {
+    if value.is_finite() && ok && (value as f32).is_finite() {
+        Ok(())
+    } else {
+        Err(Error::config(optimizer, field, value, allowed))
+    }
+}
+
+/// An option passed to a kernel as an f32 uniform: 1 on, 0 off.
+pub(crate) fn flag(on: bool) -> f64 {
+    if on {
+        1.0
+    } else {
+        0.0
     }
 }
 

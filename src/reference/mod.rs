@@ -5,4 +5,7 @@
 //! float type: in f32 they are the reference the kernels are held to, in f64 the oracle for
 //! error studies.
 
+pub mod adam;
 pub mod bayes;
+pub mod rmsprop;
+pub mod sgd;

@@ -1,0 +1,62 @@
+// `adam` and `adamw` (SPEC §3, torch.optim.Adam and AdamW): one kernel, the difference is in
+// the uniforms (coupled weight decay g ← g + λθ, or decoupled θ ← θ·(1 − lr·λ)). Optional
+// AMSGrad. CPU twin: src/reference/adam.rs.
+
+struct Scalars {
+    lr: f32,
+    beta1: f32,
+    one_minus_beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    eps: f32,
+    weight_decay: f32,   // λ, added to the gradient unless decoupled
+    decay_factor: f32,   // 1 − lr·λ when decoupled, else 1
+    c1: f32,             // 1/(1 - beta1^t)
+    c2: f32,             // 1/(1 - beta2^t)
+    amsgrad: f32,        // 1: divide by the running maximum of v
+    decoupled: f32,      // 1: adamw, 0: adam
+}
+
+@group(0) @binding(2) var<storage, read_write> theta: array<f32>;
+@group(0) @binding(3) var<storage, read> grad: array<f32>;
+@group(0) @binding(4) var<storage, read_write> m: array<f32>;
+@group(0) @binding(5) var<storage, read_write> v: array<f32>;
+// Bound to a 16-byte placeholder without amsgrad; then never read or written.
+@group(0) @binding(6) var<storage, read_write> v_max: array<f32>;
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(num_workgroups) workgroups: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let i = element_index(workgroup, workgroups, local);
+    if i >= arrayLength(&theta) {
+        return;
+    }
+    var g = grad[i];
+    if !admit(g) {
+        return;
+    }
+    let p = step_scalars();
+    var th = theta[i];
+
+    if p.decoupled != 0.0 {
+        th = th * p.decay_factor;
+    } else {
+        g = g + p.weight_decay * th;
+    }
+    let m_new = p.beta1 * m[i] + p.one_minus_beta1 * g;
+    let v_new = p.beta2 * v[i] + p.one_minus_beta2 * (g * g);
+    m[i] = m_new;
+    v[i] = v_new;
+    var v_used = v_new;
+    if p.amsgrad != 0.0 {
+        // A comparison, not `max`, whose NaN result WGSL leaves to the device.
+        let v_max_new = select(v_max[i], v_new, v_new > v_max[i]);
+        v_max[i] = v_max_new;
+        v_used = v_max_new;
+    }
+    th = th - p.lr * (m_new * p.c1) / (sqrt(v_used * p.c2) + p.eps);
+    theta[i] = th;
+}

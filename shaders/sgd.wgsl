@@ -1,0 +1,52 @@
+// `sgd` (SPEC §3, torch.optim.SGD): weight decay, momentum with dampening and Nesterov in one
+// pass. CPU twin: src/reference/sgd.rs.
+
+struct Scalars {
+    lr: f32,
+    momentum: f32,             // μ; 0 turns momentum off
+    one_minus_dampening: f32,
+    weight_decay: f32,
+    first_step: f32,           // 1 at t = 1: the buffer starts as the gradient, as in torch
+    nesterov: f32,             // 1: step along g + μ·b, else along b
+    pad0: f32,
+    pad1: f32,
+}
+
+@group(0) @binding(2) var<storage, read_write> theta: array<f32>;
+@group(0) @binding(3) var<storage, read> grad: array<f32>;
+// Bound to a 16-byte placeholder when momentum is off; then never read or written.
+@group(0) @binding(4) var<storage, read_write> b: array<f32>;
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(num_workgroups) workgroups: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let i = element_index(workgroup, workgroups, local);
+    if i >= arrayLength(&theta) {
+        return;
+    }
+    var g = grad[i];
+    if !admit(g) {
+        return;
+    }
+    let p = step_scalars();
+    var th = theta[i];
+
+    g = g + p.weight_decay * th;
+    if p.momentum > 0.0 {
+        var b_new = g;
+        if p.first_step == 0.0 {
+            b_new = p.momentum * b[i] + p.one_minus_dampening * g;
+        }
+        b[i] = b_new;
+        if p.nesterov != 0.0 {
+            g = g + p.momentum * b_new;
+        } else {
+            g = b_new;
+        }
+    }
+    th = th - p.lr * g;
+    theta[i] = th;
+}

@@ -1,0 +1,176 @@
+//! `sgd` with torch.optim.SGD's semantics (SPEC §3): configuration, validation and per-step
+//! scalars.
+
+use crate::error::{Error, Result};
+use crate::kernels::{Kernel, SGD};
+use crate::optim::{check_field, flag, parse_bool, parse_f64, Optimizer, StateSlot};
+use crate::reference::sgd::{self as reference, SgdScalars};
+
+const NAME: &str = "sgd";
+
+/// Hyperparameters of `sgd`, with torch's names and defaults. Build with
+/// [`SgdConfig::builder`] or start from `default()`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SgdConfig {
+    /// Learning rate, ≥ 0.
+    pub lr: f64,
+    /// μ ≥ 0; 0 turns momentum off (and its buffer `b` is not allocated).
+    pub momentum: f64,
+    /// Fraction of the gradient held back from the buffer after the first step.
+    pub dampening: f64,
+    /// Step along g + μ·b instead of b; needs momentum > 0 and dampening = 0.
+    pub nesterov: bool,
+    /// λ ≥ 0, added to the gradient as λθ.
+    pub weight_decay: f64,
+}
+
+impl Default for SgdConfig {
+    fn default() -> Self {
+        SgdConfig {
+            lr: 1e-3,
+            momentum: 0.0,
+            dampening: 0.0,
+            nesterov: false,
+            weight_decay: 0.0,
+        }
+    }
+}
+
+impl SgdConfig {
+    pub fn builder() -> SgdConfigBuilder {
+        SgdConfigBuilder(SgdConfig::default())
+    }
+
+    /// Every scalar the kernel needs at step `t` (1-based), computed in f64. The reference
+    /// and the kernel get this rounded to f32; the oracle uses it as is.
+    pub fn scalars(&self, t: u64) -> SgdScalars<f64> {
+        SgdScalars {
+            lr: self.lr,
+            momentum: self.momentum,
+            one_minus_dampening: 1.0 - self.dampening,
+            weight_decay: self.weight_decay,
+            first_step: flag(t == 1),
+            nesterov: flag(self.nesterov),
+            pad: [0.0; 2],
+        }
+    }
+}
+
+impl Optimizer for SgdConfig {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn kernel(&self) -> &'static Kernel {
+        &SGD
+    }
+
+    fn validate(&self) -> Result<()> {
+        check_field(NAME, "lr", self.lr, self.lr >= 0.0, "lr >= 0")?;
+        check_field(
+            NAME,
+            "momentum",
+            self.momentum,
+            self.momentum >= 0.0,
+            "momentum >= 0",
+        )?;
+        check_field(
+            NAME,
+            "dampening",
+            self.dampening,
+            true,
+            "a finite number (torch puts no range on it)",
+        )?;
+        check_field(
+            NAME,
+            "weight_decay",
+            self.weight_decay,
+            self.weight_decay >= 0.0,
+            "weight_decay >= 0",
+        )?;
+        if self.nesterov && (self.momentum <= 0.0 || self.dampening != 0.0) {
+            return Err(Error::config(
+                NAME,
+                "nesterov",
+                self.nesterov,
+                "true only with momentum > 0 and dampening = 0 (as torch)",
+            ));
+        }
+        Ok(())
+    }
+
+    fn state_slots(&self) -> Vec<StateSlot> {
+        vec![StateSlot {
+            name: "b",
+            init: 0.0,
+            used: self.momentum > 0.0,
+        }]
+    }
+
+    fn uniform_bytes(&self, t: u64) -> Vec<u8> {
+        bytemuck::bytes_of(&self.scalars(t).to_f32()).to_vec()
+    }
+
+    fn reference_step(&self, t: u64, theta: &mut [f32], grad: &[f32], state: &mut [&mut [f32]]) {
+        let [b] = state else {
+            panic!("sgd has 1 state slot, got {}", state.len())
+        };
+        reference::step(&self.scalars(t).to_f32(), theta, grad, b);
+    }
+
+    fn oracle_step(&self, t: u64, theta: &mut [f64], grad: &[f64], state: &mut [&mut [f64]]) {
+        let [b] = state else {
+            panic!("sgd has 1 state slot, got {}", state.len())
+        };
+        reference::step(&self.scalars(t), theta, grad, b);
+    }
+
+    fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        match key {
+            "lr" => self.lr = parse_f64(NAME, "lr", value)?,
+            "momentum" => self.momentum = parse_f64(NAME, "momentum", value)?,
+            "dampening" => self.dampening = parse_f64(NAME, "dampening", value)?,
+            "nesterov" => self.nesterov = parse_bool(NAME, "nesterov", value)?,
+            "weight_decay" => self.weight_decay = parse_f64(NAME, "weight_decay", value)?,
+            _ => {
+                return Err(Error::Unknown {
+                    what: "sgd option",
+                    name: key.to_string(),
+                    known: "lr, momentum, dampening, nesterov, weight_decay".to_string(),
+                })
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Builder for [`SgdConfig`]; `build` validates.
+#[derive(Clone, Copy, Debug)]
+pub struct SgdConfigBuilder(SgdConfig);
+
+impl SgdConfigBuilder {
+    pub fn lr(mut self, lr: f64) -> Self {
+        self.0.lr = lr;
+        self
+    }
+    pub fn momentum(mut self, momentum: f64) -> Self {
+        self.0.momentum = momentum;
+        self
+    }
+    pub fn dampening(mut self, dampening: f64) -> Self {
+        self.0.dampening = dampening;
+        self
+    }
+    pub fn nesterov(mut self, on: bool) -> Self {
+        self.0.nesterov = on;
+        self
+    }
+    pub fn weight_decay(mut self, lambda: f64) -> Self {
+        self.0.weight_decay = lambda;
+        self
+    }
+    pub fn build(self) -> Result<SgdConfig> {
+        self.0.validate()?;
+        Ok(self.0)
+    }
+}

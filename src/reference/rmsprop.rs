@@ -1,0 +1,100 @@
+//! CPU twin of `shaders/rmsprop.wgsl` (SPEC §3, torch.optim.RMSprop).
+
+use num_traits::Float;
+
+/// The kernel's uniform block (`Scalars` in `shaders/rmsprop.wgsl`), field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RmspropScalars<F> {
+    pub lr: F,
+    pub alpha: F,
+    pub one_minus_alpha: F,
+    pub eps: F,
+    pub weight_decay: F,
+    /// μ; 0 turns momentum off (and `b` is not allocated).
+    pub momentum: F,
+    /// 1: divide by the centred second moment v − a² (and keep `a`), else 0.
+    pub centered: F,
+    /// Uniform blocks are sized in multiples of 16 bytes.
+    pub pad: F,
+}
+
+// SAFETY: `repr(C)` with only f32 fields: no padding, every bit pattern valid.
+unsafe impl bytemuck::Zeroable for RmspropScalars<f32> {}
+unsafe impl bytemuck::Pod for RmspropScalars<f32> {}
+
+impl RmspropScalars<f64> {
+    /// Rounds every scalar to f32, as the kernel receives them.
+    pub fn to_f32(&self) -> RmspropScalars<f32> {
+        let r = |x: f64| x as f32;
+        RmspropScalars {
+            lr: r(self.lr),
+            alpha: r(self.alpha),
+            one_minus_alpha: r(self.one_minus_alpha),
+            eps: r(self.eps),
+            weight_decay: r(self.weight_decay),
+            momentum: r(self.momentum),
+            centered: r(self.centered),
+            pad: 0.0,
+        }
+    }
+}
+
+/// One element's step: the body of the kernel's `main`, statement for statement.
+/// `a` is `None` unless centred, `b` is `None` when momentum is off (μ = 0).
+#[inline(always)]
+pub fn update_element<F: Float>(
+    p: &RmspropScalars<F>,
+    theta: &mut F,
+    g: F,
+    v: &mut F,
+    a: Option<&mut F>,
+    b: Option<&mut F>,
+) {
+    let mut th = *theta;
+    let g = g + p.weight_decay * th;
+    let v_new = p.alpha * *v + p.one_minus_alpha * (g * g);
+    *v = v_new;
+    let mut v_bar = v_new;
+    if let Some(a) = a {
+        let a_new = p.alpha * *a + p.one_minus_alpha * g;
+        *a = a_new;
+        v_bar = v_new - a_new * a_new;
+    }
+    match b {
+        Some(b) => {
+            let b_new = p.momentum * *b + g / (v_bar.sqrt() + p.eps);
+            *b = b_new;
+            th = th - p.lr * b_new;
+        }
+        None => th = th - p.lr * g / (v_bar.sqrt() + p.eps),
+    }
+    *theta = th;
+}
+
+/// One step over slices. `a` must be empty unless centred, `b` empty when momentum is off;
+/// each used one as long as `theta`.
+pub fn step<F: Float>(
+    p: &RmspropScalars<F>,
+    theta: &mut [F],
+    grad: &[F],
+    v: &mut [F],
+    a: &mut [F],
+    b: &mut [F],
+) {
+    let n = theta.len();
+    assert!(grad.len() == n && v.len() == n, "length mismatch");
+    let centered = p.centered != F::zero();
+    let momentum = p.momentum > F::zero();
+    if centered {
+        assert_eq!(a.len(), n, "centred state length");
+    }
+    if momentum {
+        assert_eq!(b.len(), n, "momentum state length");
+    }
+    for i in 0..n {
+        let a_i = if centered { Some(&mut a[i]) } else { None };
+        let b_i = if momentum { Some(&mut b[i]) } else { None };
+        update_element(p, &mut theta[i], grad[i], &mut v[i], a_i, b_i);
+    }
+}
