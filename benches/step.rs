@@ -34,7 +34,6 @@ fn bayes_step(c: &mut Criterion) {
             let mut opt = GpuOptimizer::new(ctx, config, &theta0).unwrap();
             // Gradients already on the device: the step alone, as in a training loop.
             opt.step(&grad).unwrap();
-            let grad_buffer = opt.grad_buffer().clone();
             group.bench_function(BenchmarkId::new("gpu", n), |b| {
                 b.iter_custom(|iters| {
                     ctx.device()
@@ -42,7 +41,7 @@ fn bayes_step(c: &mut Criterion) {
                         .unwrap();
                     let start = Instant::now();
                     for _ in 0..iters {
-                        opt.step_with_grad_buffer(&grad_buffer, 0).unwrap();
+                        opt.step_device().unwrap();
                     }
                     ctx.device()
                         .poll(wgpu::PollType::wait_indefinitely())

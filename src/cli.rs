@@ -197,10 +197,14 @@ fn validate() -> Result<ExitCode> {
     })
 }
 
-fn read_npy<A: ndarray_npy::ReadableElement, D: ndarray::Dimension>(
-    path: &Path,
-) -> Result<ndarray::Array<A, D>> {
-    ndarray_npy::read_npy(path).map_err(|e| Error::file(path, e))
+/// Reads an f32 array of `D`'s rank; `expected` names the shape in errors, e.g. "(T, N)".
+fn read_npy<D: ndarray::Dimension>(path: &Path, expected: &str) -> Result<ndarray::Array<f32, D>> {
+    ndarray_npy::read_npy(path).map_err(|e| {
+        Error::file(
+            path,
+            format!("{e} (expected an f32 array of shape {expected})"),
+        )
+    })
 }
 
 fn replay(args: &ReplayArgs) -> Result<ExitCode> {
@@ -209,15 +213,15 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode> {
         .iter()
         .map(|s| {
             s.split_once('=').ok_or_else(|| Error::Unknown {
-                what: "setting (expected KEY=VALUE)",
+                what: "--set argument",
                 name: s.clone(),
-                known: "KEY=VALUE".into(),
+                known: "only KEY=VALUE forms, e.g. eta=1e-3".into(),
             })
         })
         .collect::<Result<Vec<_>>>()?;
     let config = OptimizerConfig::from_settings(&args.optimizer, settings)?;
-    let theta0: Array1<f32> = read_npy(&args.params)?;
-    let grads: Array2<f32> = read_npy(&args.grads)?;
+    let theta0: Array1<f32> = read_npy(&args.params, "(N,)")?;
+    let grads: Array2<f32> = read_npy(&args.grads, "(T, N)")?;
     let n = theta0.len();
     if grads.ncols() != n {
         return Err(Error::file(

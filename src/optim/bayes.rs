@@ -146,7 +146,7 @@ impl Optimizer for BayesConfig {
             "weight_decay",
             self.weight_decay,
             self.weight_decay >= 0.0,
-            "weight_decay >= 0",
+            "weight_decay >= 0 and finite in f32 (< 3.4e38)",
         )?;
         check_range(
             "momentum",
@@ -161,12 +161,13 @@ impl Optimizer for BayesConfig {
                 v > 0.0 && (v as f32) > 0.0,
                 "fixed_point, or a finite value > 0 in f32",
             )?,
-            SigmaInit::FixedPoint if self.eta == 0.0 => {
+            // The kernel sees η in f32: one that rounds to 0 there is 0.
+            SigmaInit::FixedPoint if self.eta as f32 == 0.0 => {
                 return Err(Error::config(
                     NAME,
                     "sigma_init",
                     "fixed_point",
-                    "a finite value > 0 when eta = 0 (the fixed point of eta = 0 is σ = 0)",
+                    "a finite value > 0 when eta = 0 in f32 (the fixed point of eta = 0 is σ = 0)",
                 ))
             }
             SigmaInit::FixedPoint => {}

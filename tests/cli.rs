@@ -1,0 +1,413 @@
+//! The `bayesprop` binary: `replay` on every device, its error paths (exit 2, one line on
+//! stderr, no panic), `validate` and `info`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bayesprop::{CpuOptimizer, OptimizerConfig, Stepper};
+use ndarray::{Array1, Array2};
+use ndarray_npy::{read_npy, write_npy};
+
+/// A fresh folder under the system temp dir, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "bayesprop-cli-{}-{name}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    fn join(&self, file: &str) -> PathBuf {
+        self.0.join(file)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn bayesprop(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_bayesprop"))
+        .args(args)
+        .current_dir(dir)
+        .env("XDG_RUNTIME_DIR", "/tmp")
+        .output()
+        .expect("the binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// θ₀ and gradients spanning several magnitudes, with some exact zeros (sparse elements).
+fn inputs(t: usize, n: usize) -> (Array1<f32>, Array2<f32>) {
+    let theta0 = Array1::from_shape_fn(n, |i| {
+        ((i as f32) * 0.731).sin() * 10f32.powi(i as i32 % 5 - 2)
+    });
+    let grads = Array2::from_shape_fn((t, n), |(k, i)| {
+        if i % 7 == 3 && k < t / 2 {
+            0.0
+        } else {
+            ((k * n + i) as f32 * 0.377).cos() * 10f32.powi((i + k) as i32 % 9 - 6)
+        }
+    });
+    (theta0, grads)
+}
+
+/// Writes θ₀ and the gradients as `params.npy` and `grads.npy` in `dir`.
+fn write_inputs(dir: &TempDir, t: usize, n: usize) -> (Array1<f32>, Array2<f32>) {
+    let (theta0, grads) = inputs(t, n);
+    write_npy(dir.join("params.npy"), &theta0).unwrap();
+    write_npy(dir.join("grads.npy"), &grads).unwrap();
+    (theta0, grads)
+}
+
+/// Runs `replay` with `extra` arguments; returns θ after each step, asserting success.
+fn replay_ok(dir: &TempDir, device: &str, extra: &[&str]) -> Array2<f32> {
+    let out = format!("out-{device}.npy");
+    let mut args = vec![
+        "replay",
+        "--optimizer",
+        "bayes",
+        "--params",
+        "params.npy",
+        "--grads",
+        "grads.npy",
+        "--out",
+        &out,
+        "--device",
+        device,
+    ];
+    args.extend_from_slice(extra);
+    let output = bayesprop(&args, &dir.0);
+    assert!(
+        output.status.success(),
+        "replay --device {device} failed: {:?}\nstderr: {}",
+        output.status,
+        text(&output.stderr)
+    );
+    read_npy(dir.join(&out)).unwrap()
+}
+
+/// θ after each step from the in-process reference.
+fn reference_run(
+    config: OptimizerConfig,
+    theta0: &Array1<f32>,
+    grads: &Array2<f32>,
+) -> Array2<f32> {
+    let mut optimizer = CpuOptimizer::reference(config, &theta0.to_vec()).unwrap();
+    let mut out = Array2::zeros(grads.dim());
+    for (grad, mut row) in grads.rows().into_iter().zip(out.rows_mut()) {
+        optimizer.step(&grad.to_vec()).unwrap();
+        row.assign(&Array1::from(optimizer.theta().unwrap()));
+    }
+    out
+}
+
+fn assert_bits_equal(a: &Array2<f32>, b: &Array2<f32>, what: &str) {
+    assert_eq!(a.dim(), b.dim(), "{what}: shapes");
+    for ((k, i), (x, y)) in a
+        .indexed_iter()
+        .zip(b.iter())
+        .map(|((ix, x), y)| (ix, (x, y)))
+    {
+        assert_eq!(
+            x.to_bits(),
+            y.to_bits(),
+            "{what}: step {k}, element {i}: {x:e} vs {y:e}"
+        );
+    }
+}
+
+#[test]
+fn replay_on_the_cpu_devices_matches_the_reference() {
+    let dir = TempDir::new("cpu");
+    let (t, n) = (25, 301);
+    let (theta0, grads) = write_inputs(&dir, t, n);
+    let reference = replay_ok(&dir, "reference", &[]);
+    assert_eq!(reference.dim(), (t, n));
+    let cpu = replay_ok(&dir, "cpu", &[]);
+    assert_bits_equal(&cpu, &reference, "cpu vs reference");
+    let in_process = reference_run(
+        OptimizerConfig::default_for("bayes").unwrap(),
+        &theta0,
+        &grads,
+    );
+    assert_bits_equal(&reference, &in_process, "replay vs in-process reference");
+    // The steps did something.
+    assert_ne!(reference.row(t - 1), theta0);
+}
+
+#[test]
+fn replay_on_the_gpu_is_bit_identical_on_a_software_adapter() {
+    let Some(ctx) = common::gpu("replay_on_the_gpu_is_bit_identical_on_a_software_adapter") else {
+        return;
+    };
+    let dir = TempDir::new("gpu");
+    let (t, n) = (25, 301);
+    write_inputs(&dir, t, n);
+    let reference = replay_ok(&dir, "reference", &[]);
+    let cpu = replay_ok(&dir, "cpu", &[]);
+    let gpu = replay_ok(&dir, "gpu", &[]);
+    assert_eq!(gpu.dim(), (t, n));
+    assert_bits_equal(&cpu, &reference, "cpu vs reference");
+    if ctx.is_software() {
+        assert_bits_equal(&gpu, &reference, "gpu vs reference");
+    } else {
+        let (ulp, at) = bayesprop::ulp::max_ulp_distance(
+            gpu.as_slice().unwrap(),
+            reference.as_slice().unwrap(),
+        );
+        let bound = bayesprop::validate::HARDWARE_ULP_BOUND;
+        assert!(
+            ulp <= bound,
+            "gpu vs reference: {ulp} ULP at {at} > {bound}"
+        );
+    }
+    // `--device gpu` is the default.
+    let output = bayesprop(
+        &[
+            "replay",
+            "--optimizer",
+            "bayes",
+            "--params",
+            "params.npy",
+            "--grads",
+            "grads.npy",
+            "--out",
+            "default.npy",
+        ],
+        &dir.0,
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let default: Array2<f32> = read_npy(dir.join("default.npy")).unwrap();
+    assert_bits_equal(&default, &gpu, "default device vs --device gpu");
+}
+
+#[test]
+fn replay_honours_set() {
+    let dir = TempDir::new("set");
+    let (t, n) = (12, 64);
+    let (theta0, grads) = write_inputs(&dir, t, n);
+    let settings = [
+        ("eta", "1e-2"),
+        ("sigma_init", "fixed_point"),
+        ("bias_correction", "false"),
+    ];
+    let set_args: Vec<String> = settings
+        .iter()
+        .flat_map(|(k, v)| ["--set".to_string(), format!("{k}={v}")])
+        .collect();
+    let set_args: Vec<&str> = set_args.iter().map(String::as_str).collect();
+    let config = OptimizerConfig::from_settings("bayes", settings).unwrap();
+    let expected = reference_run(config, &theta0, &grads);
+    for device in ["reference", "cpu"] {
+        let got = replay_ok(&dir, device, &set_args);
+        assert_bits_equal(&got, &expected, &format!("--set on {device}"));
+    }
+    // The settings made a difference.
+    let default = replay_ok(&dir, "reference", &[]);
+    assert_ne!(default, expected, "--set changed nothing");
+}
+
+#[test]
+fn replay_honours_set_on_the_gpu() {
+    let Some(ctx) = common::gpu("replay_honours_set_on_the_gpu") else {
+        return;
+    };
+    let dir = TempDir::new("set-gpu");
+    let (t, n) = (12, 64);
+    let (theta0, grads) = write_inputs(&dir, t, n);
+    let settings = [
+        ("eta", "1e-2"),
+        ("sigma_init", "fixed_point"),
+        ("bias_correction", "false"),
+    ];
+    let expected = reference_run(
+        OptimizerConfig::from_settings("bayes", settings).unwrap(),
+        &theta0,
+        &grads,
+    );
+    let got = replay_ok(
+        &dir,
+        "gpu",
+        &[
+            "--set",
+            "eta=1e-2",
+            "--set",
+            "sigma_init=fixed_point",
+            "--set",
+            "bias_correction=false",
+        ],
+    );
+    if ctx.is_software() {
+        assert_bits_equal(&got, &expected, "--set on gpu");
+    } else {
+        let (ulp, at) =
+            bayesprop::ulp::max_ulp_distance(got.as_slice().unwrap(), expected.as_slice().unwrap());
+        assert!(
+            ulp <= bayesprop::validate::HARDWARE_ULP_BOUND,
+            "{ulp} ULP at {at}"
+        );
+    }
+}
+
+/// Runs a failing `replay` and checks exit code 2, one line on stderr naming what is wrong,
+/// no panic, and no output file.
+fn replay_fails(dir: &TempDir, args: &[&str], mentions: &[&str]) -> String {
+    let out = dir.join("never.npy");
+    let _ = std::fs::remove_file(&out);
+    let mut all = vec!["replay"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--out", "never.npy", "--device", "cpu"]);
+    let output = bayesprop(&all, &dir.0);
+    let stderr = text(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "{args:?}: exit status {:?}, stderr: {stderr}",
+        output.status
+    );
+    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    assert_eq!(
+        stderr.trim_end_matches('\n').lines().count(),
+        1,
+        "{args:?}: stderr is not one line:\n{stderr}"
+    );
+    assert!(stderr.ends_with('\n'), "{args:?}: {stderr:?}");
+    for word in mentions {
+        assert!(
+            stderr.contains(word),
+            "{args:?}: stderr lacks {word:?}: {stderr}"
+        );
+    }
+    assert!(
+        !out.exists(),
+        "{args:?}: wrote an output file although it failed"
+    );
+    stderr
+}
+
+#[test]
+fn replay_errors_exit_2_with_one_line() {
+    let dir = TempDir::new("errors");
+    let (t, n) = (4, 6);
+    let (theta0, _) = write_inputs(&dir, t, n);
+    write_npy(dir.join("grads-wide.npy"), &Array2::<f32>::ones((t, n + 1))).unwrap();
+    write_npy(dir.join("grads-f64.npy"), &Array2::<f64>::ones((t, n))).unwrap();
+    write_npy(
+        dir.join("params-2d.npy"),
+        &theta0.clone().into_shape_with_order((n, 1)).unwrap(),
+    )
+    .unwrap();
+    let base = |params: &'static str, grads: &'static str| {
+        vec!["--optimizer", "bayes", "--params", params, "--grads", grads]
+    };
+
+    replay_fails(&dir, &base("missing.npy", "grads.npy"), &["missing.npy"]);
+    replay_fails(
+        &dir,
+        &base("params.npy", "grads-wide.npy"),
+        &["grads-wide.npy", "7", "6"],
+    );
+    replay_fails(
+        &dir,
+        &base("params.npy", "grads-f64.npy"),
+        &["grads-f64.npy"],
+    );
+    replay_fails(
+        &dir,
+        &base("params-2d.npy", "grads.npy"),
+        &["params-2d.npy"],
+    );
+
+    let mut args = base("params.npy", "grads.npy");
+    args[1] = "adagrad";
+    replay_fails(&dir, &args, &["optimizer", "adagrad", "bayes"]);
+
+    let with = |extra: &[&'static str]| {
+        let mut args = base("params.npy", "grads.npy");
+        args.extend_from_slice(extra);
+        args
+    };
+    replay_fails(&dir, &with(&["--set", "lr=1e-3"]), &["lr", "eta"]);
+    replay_fails(&dir, &with(&["--set", "eta"]), &["eta", "KEY=VALUE"]);
+    replay_fails(
+        &dir,
+        &with(&["--set", "eta=-1"]),
+        &["eta", "-1", "eta >= 0"],
+    );
+    replay_fails(
+        &dir,
+        &with(&["--set", "eta=abc"]),
+        &["eta", "abc", "a number"],
+    );
+    replay_fails(
+        &dir,
+        &with(&["--set", "eta=0", "--set", "sigma_init=fixed_point"]),
+        &["sigma_init", "eta = 0"],
+    );
+    replay_fails(
+        &dir,
+        &with(&["--set", "beta=1"]),
+        &["beta", "1.0", "0 <= beta < 1"],
+    );
+    replay_fails(
+        &dir,
+        &with(&["--set", "momentum=nan"]),
+        &["momentum", "NaN"],
+    );
+}
+
+#[test]
+fn validate_passes_and_states_its_bound() {
+    if common::gpu("validate_passes_and_states_its_bound").is_none() {
+        return;
+    }
+    let dir = TempDir::new("validate");
+    let output = bayesprop(&["validate"], &dir.0);
+    let stdout = text(&output.stdout);
+    let stderr = text(&output.stderr);
+    assert!(
+        output.status.success(),
+        "validate: {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        output.status
+    );
+    assert!(stdout.contains("bound"), "{stdout}");
+    assert!(stdout.contains("0 case(s) over their bound"), "{stdout}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn info_names_the_chosen_adapter() {
+    let Some(ctx) = common::gpu("info_names_the_chosen_adapter") else {
+        return;
+    };
+    let dir = TempDir::new("info");
+    let output = bayesprop(&["info"], &dir.0);
+    let stdout = text(&output.stdout);
+    assert!(
+        output.status.success(),
+        "info: {:?}\n{stdout}\n{}",
+        output.status,
+        text(&output.stderr)
+    );
+    let name = &ctx.adapter_info().name;
+    assert!(
+        stdout.contains(&format!("chosen: {name}")),
+        "info does not name the adapter {name:?}:\n{stdout}"
+    );
+    assert!(stdout.contains("kernels: "), "{stdout}");
+}
