@@ -69,10 +69,18 @@ fn assert_bits_eq(a: &[Vec<f32>], b: &[Vec<f32>], what: &str) {
     }
 }
 
+/// Every optimizer, with the options that allocate all of its state.
 fn configs() -> Vec<OptimizerConfig> {
+    let with = |name, settings: &[(&str, &str)]| {
+        OptimizerConfig::from_settings(name, settings.iter().copied()).unwrap()
+    };
     vec![
         BayesConfig::default().into(),
         BayesConfig::bayes_adam().into(),
+        with("sgd", &[("momentum", "0.9"), ("nesterov", "true")]),
+        with("rmsprop", &[("momentum", "0.9"), ("centered", "true")]),
+        with("adam", &[("amsgrad", "true"), ("weight_decay", "0.01")]),
+        with("adamw", &[("amsgrad", "true")]),
     ]
 }
 
@@ -118,8 +126,15 @@ fn skip_step_equals_never_taking_the_step() {
 fn skip_element_keeps_only_those_elements() {
     let ctx = common::gpu("skip_element_keeps_only_those_elements");
     let theta0 = initial_theta(N, 11);
+    for config in configs() {
+        skip_element_case(ctx.as_ref(), config, &theta0);
+    }
+}
+
+fn skip_element_case(ctx: Option<&GpuContext>, config: OptimizerConfig, theta0: &[f32]) {
+    let name = config.name();
     // The reference's own run, one step at a time, checking the skipped elements stay put.
-    let mut reference = CpuOptimizer::reference(BayesConfig::bayes_adam(), &theta0)
+    let mut reference = CpuOptimizer::reference(config.clone(), theta0)
         .unwrap()
         .with_nonfinite_policy(NonFinitePolicy::SkipElement);
     for t in 1..=STEPS {
@@ -129,13 +144,17 @@ fn skip_element_keeps_only_those_elements() {
         let after = snapshot(&reference);
         for i in (0..N).filter(|&i| !g[i].is_finite()) {
             for (b, a) in before.iter().zip(&after) {
-                assert_eq!(b[i].to_bits(), a[i].to_bits(), "element {i} at step {t}");
+                assert_eq!(
+                    b[i].to_bits(),
+                    a[i].to_bits(),
+                    "{name}: element {i} at step {t}"
+                );
             }
         }
         let moved = (0..N)
             .filter(|&i| g[i] != 0.0 && before[0][i] != after[0][i])
             .count();
-        assert!(moved > N / 2, "step {t}: the other elements move");
+        assert!(moved > N / 2, "{name} step {t}: the other elements move");
     }
     assert_eq!(reference.steps_taken(), STEPS);
     let expected = snapshot(&reference);
@@ -143,8 +162,8 @@ fn skip_element_keeps_only_those_elements() {
     assert_eq!(expected_reports.len(), 12);
     assert!(expected_reports.iter().all(|r| r.applied));
 
-    for (device, mut make) in devices(ctx.as_ref()) {
-        let mut subject = make(BayesConfig::bayes_adam().into(), &theta0);
+    for (device, mut make) in devices(ctx) {
+        let mut subject = make(config.clone(), theta0);
         subject.set_nonfinite_policy(NonFinitePolicy::SkipElement);
         for t in 1..=STEPS {
             subject.step(&poisoned(t)).unwrap();
@@ -152,10 +171,14 @@ fn skip_element_keeps_only_those_elements() {
         assert_eq!(
             subject.step_reports().unwrap(),
             expected_reports,
-            "{device}"
+            "{name} on {device}"
         );
-        assert_eq!(subject.steps_taken(), STEPS, "{device}");
-        assert_bits_eq(&snapshot(&*subject), &expected, device);
+        assert_eq!(subject.steps_taken(), STEPS, "{name} on {device}");
+        assert_bits_eq(
+            &snapshot(&*subject),
+            &expected,
+            &format!("{name} on {device}"),
+        );
     }
 }
 
