@@ -10,8 +10,9 @@ export PATH="$HOME/.cargo/bin:$PATH"
 # Lavapipe prints a warning on every start without it.
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 
+# A Vulkan driver registers an ICD manifest in one of these folders.
 has_vulkan_driver() {
-  ls /usr/share/vulkan/icd.d/*.json /etc/vulkan/icd.d/*.json 2>/dev/null | grep -q .
+  compgen -G '/usr/share/vulkan/icd.d/*.json' >/dev/null || compgen -G '/etc/vulkan/icd.d/*.json' >/dev/null
 }
 
 if ! has_vulkan_driver; then
