@@ -11,15 +11,32 @@ use crate::Stepper;
 /// Which CPU implementation steps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CpuPath {
-    /// The reference, one thread, element by element: the yardstick.
+    /// The reference, one thread, with the non-finite check element by element: the
+    /// yardstick. (Its update loops are the same SIMD loops as `Parallel`'s; tests/fast_path.rs
+    /// checks them against one element at a time.)
     Reference,
-    /// The reference's element update over cache-sized chunks on every core (rayon). The
-    /// update is element-wise, so this is bit-identical to `Reference`.
+    /// The fast path: the reference's element update over cache-sized chunks on every core
+    /// (rayon), with the non-finite check done per chunk while its gradient is in cache (or,
+    /// under `SkipStep` and `Error`, in one parallel pass before the update).
+    ///
+    /// Bit-identical to `Reference`: the element functions are written branch-free, so their
+    /// loops compile to SIMD without a second implementation, and SIMD `+ − × ÷ sqrt` round
+    /// exactly as the scalar instructions do. Rust never contracts `a * b + c` to a fused
+    /// multiply-add, so no FMA enters either path (tests/fast_path.rs checks every optimizer).
     Parallel,
 }
 
-/// Elements per parallel job: 64 Ki f32 per array, so the ≤ 6 arrays of a job stay in L2.
-const CHUNK: usize = 1 << 16;
+/// Elements per parallel job: 64 Ki f32 (256 KiB) per array, so that a job's gradient is
+/// still in L2 when the update reads it again after the non-finite check.
+pub const PARALLEL_CHUNK: usize = 1 << 16;
+
+/// NaN and ±Inf elements of `g`, by SPEC §4's bit test (an all-ones exponent), branch-free so
+/// that the loop vectorizes.
+pub fn count_nonfinite(g: &[f32]) -> u64 {
+    g.iter()
+        .map(|x| u64::from(x.to_bits() & 0x7f80_0000 == 0x7f80_0000))
+        .sum()
+}
 
 /// One parameter group in host memory: its arena of θ and of each state.
 #[derive(Clone, Debug)]
@@ -53,36 +70,84 @@ impl CpuGroup {
         }
     }
 
-    /// The update itself, on every element of the arena.
-    fn update(&mut self, spec: &GroupSpec, path: CpuPath, t: u64, grad: &[f32]) {
-        let optimizer = spec.config.as_dyn();
-        match path {
-            CpuPath::Reference => {
-                let mut state: Vec<&mut [f32]> =
-                    self.state.iter_mut().map(|v| &mut v[..]).collect();
-                optimizer.reference_step(t, &mut self.theta, grad, &mut state);
-            }
-            CpuPath::Parallel => {
-                // Cut θ, g and every used state vector at the same CHUNK boundaries.
-                let mut state_chunks: Vec<_> =
-                    self.state.iter_mut().map(|v| v.chunks_mut(CHUNK)).collect();
-                let jobs: Vec<_> = self
-                    .theta
-                    .chunks_mut(CHUNK)
-                    .zip(grad.chunks(CHUNK))
-                    .map(|(theta, grad)| {
-                        let state: Vec<&mut [f32]> = state_chunks
-                            .iter_mut()
-                            .map(|c| c.next().unwrap_or_default())
-                            .collect();
-                        (theta, grad, state)
-                    })
+    /// Runs `job` on every `PARALLEL_CHUNK` of θ, g and the state vectors (unused ones
+    /// empty) in parallel, and sums what the jobs return.
+    fn for_each_chunk<F>(&mut self, grad: &[f32], job: F) -> u64
+    where
+        F: Fn(&mut [f32], &[f32], &mut [&mut [f32]]) -> u64 + Sync,
+    {
+        // Cut θ, g and every used state vector at the same boundaries.
+        let mut state_chunks: Vec<_> = self
+            .state
+            .iter_mut()
+            .map(|v| v.chunks_mut(PARALLEL_CHUNK))
+            .collect();
+        let jobs: Vec<_> = self
+            .theta
+            .chunks_mut(PARALLEL_CHUNK)
+            .zip(grad.chunks(PARALLEL_CHUNK))
+            .map(|(theta, grad)| {
+                let state: Vec<&mut [f32]> = state_chunks
+                    .iter_mut()
+                    .map(|c| c.next().unwrap_or_default())
                     .collect();
-                jobs.into_par_iter().for_each(|(theta, grad, mut state)| {
-                    optimizer.reference_step(t, theta, grad, &mut state)
-                });
+                (theta, grad, state)
+            })
+            .collect();
+        jobs.into_par_iter()
+            .map(|(theta, grad, mut state)| job(theta, grad, &mut state))
+            .sum()
+    }
+
+    /// `step` on the fast path. Under `SkipElement` each job checks its own chunk just before
+    /// updating it; under `SkipStep` and `Error` the whole group must be checked before any
+    /// element changes, which costs one more parallel read of g.
+    fn step_parallel(&mut self, spec: &GroupSpec, grad: &[f32]) -> u64 {
+        let optimizer = spec.config.as_dyn();
+        if spec.policy != NonFinitePolicy::SkipElement {
+            let count: u64 = grad.par_chunks(PARALLEL_CHUNK).map(count_nonfinite).sum();
+            if count > 0 {
+                return count;
             }
+            self.t += 1;
+            let t = self.t;
+            return self.for_each_chunk(grad, |theta, grad, state| {
+                optimizer.reference_step(t, theta, grad, state);
+                0
+            });
         }
+        self.t += 1;
+        let t = self.t;
+        self.for_each_chunk(grad, |theta, grad, state| {
+            let count = count_nonfinite(grad);
+            if count == 0 {
+                optimizer.reference_step(t, theta, grad, state);
+                return 0;
+            }
+            // The rare chunk with non-finite gradients: those elements keep their values.
+            let kept: Vec<(usize, f32, Vec<f32>)> = (0..grad.len())
+                .filter(|&i| !grad[i].is_finite())
+                .map(|i| {
+                    (
+                        i,
+                        theta[i],
+                        state
+                            .iter()
+                            .filter(|v| !v.is_empty())
+                            .map(|v| v[i])
+                            .collect(),
+                    )
+                })
+                .collect();
+            optimizer.reference_step(t, theta, grad, state);
+            for (i, th, values) in kept {
+                theta[i] = th;
+                for (v, value) in state.iter_mut().filter(|v| !v.is_empty()).zip(values) {
+                    v[i] = value;
+                }
+            }
+            count
+        })
     }
 
     /// θ and every used state value of element `i`.
@@ -106,6 +171,14 @@ impl CpuGroup {
     /// One step of the group, under its non-finite policy. Returns the count of non-finite
     /// gradient elements it saw.
     fn step(&mut self, spec: &GroupSpec, path: CpuPath, grad: &[f32]) -> u64 {
+        match path {
+            CpuPath::Reference => self.step_reference(spec, grad),
+            CpuPath::Parallel => self.step_parallel(spec, grad),
+        }
+    }
+
+    /// `step` on the reference path: one thread, element by element.
+    fn step_reference(&mut self, spec: &GroupSpec, grad: &[f32]) -> u64 {
         // The kernels' bit test (SPEC §4): an all-ones exponent is NaN or ±Inf.
         let nonfinite: Vec<usize> = (0..grad.len()).filter(|&i| !grad[i].is_finite()).collect();
         let count = nonfinite.len() as u64;
@@ -116,7 +189,9 @@ impl CpuGroup {
         // putting them back afterwards equals never touching them.
         let kept: Vec<_> = nonfinite.iter().map(|&i| (i, self.element(i))).collect();
         self.t += 1;
-        self.update(spec, path, self.t, grad);
+        let mut state: Vec<&mut [f32]> = self.state.iter_mut().map(|v| &mut v[..]).collect();
+        let optimizer = spec.config.as_dyn();
+        optimizer.reference_step(self.t, &mut self.theta, grad, &mut state);
         for (i, values) in kept {
             self.restore_element(i, values);
         }

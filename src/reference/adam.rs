@@ -85,35 +85,37 @@ pub fn update_element<F: Float>(
     *theta = th;
 }
 
-/// One step over slices. `v_max` must be empty without amsgrad, else as long as `theta`.
-pub fn step<F: Float>(
-    p: &AdamScalars<F>,
-    theta: &mut [F],
-    grad: &[F],
-    m: &mut [F],
-    v: &mut [F],
-    v_max: &mut [F],
-) {
-    let n = theta.len();
-    assert!(
-        grad.len() == n && m.len() == n && v.len() == n,
-        "length mismatch"
-    );
-    if p.amsgrad != F::zero() {
-        assert_eq!(v_max.len(), n, "amsgrad state length");
-        for i in 0..n {
-            update_element(
-                p,
-                &mut theta[i],
-                grad[i],
-                &mut m[i],
-                &mut v[i],
-                Some(&mut v_max[i]),
-            );
-        }
-    } else {
-        for i in 0..n {
-            update_element(p, &mut theta[i], grad[i], &mut m[i], &mut v[i], None);
+simd_fn! {
+    /// One step over slices. `v_max` must be empty without amsgrad, else as long as `theta`.
+    pub fn step<F: Float>(
+        p: &AdamScalars<F>,
+        theta: &mut [F],
+        grad: &[F],
+        m: &mut [F],
+        v: &mut [F],
+        v_max: &mut [F],
+    ) {
+        let n = theta.len();
+        assert!(
+            grad.len() == n && m.len() == n && v.len() == n,
+            "length mismatch"
+        );
+        if p.amsgrad != F::zero() {
+            assert_eq!(v_max.len(), n, "amsgrad state length");
+            for i in 0..n {
+                update_element(
+                    p,
+                    &mut theta[i],
+                    grad[i],
+                    &mut m[i],
+                    &mut v[i],
+                    Some(&mut v_max[i]),
+                );
+            }
+        } else {
+            for i in 0..n {
+                update_element(p, &mut theta[i], grad[i], &mut m[i], &mut v[i], None);
+            }
         }
     }
 }

@@ -49,6 +49,11 @@ impl BayesScalars<f64> {
 
 /// One element's step: the body of the kernel's `main`, statement for statement.
 /// `m` is `None` when momentum is off (β₁ = 0).
+///
+/// Branch-free: σ*(x) is computed for every element and then selected, where SPEC writes `if`.
+/// Selecting gives exactly the bits of branching (the unselected value is discarded), and the
+/// loops in [`step`] then compile to SIMD (`sqrtps`/`divps`, no libm call), so this one function
+/// is both the reference and the fast CPU path ([`crate::CpuPath::Parallel`]).
 #[inline(always)]
 pub fn update_element<F: Float>(
     p: &BayesScalars<F>,
@@ -62,11 +67,13 @@ pub fn update_element<F: Float>(
     let one = F::one();
     let half = F::from(0.5).unwrap();
     let quarter = F::from(0.25).unwrap();
+    let th = *theta;
+    let sig0 = *sigma;
 
     let s_new = p.beta * *s + p.one_minus_beta * g * g;
     let s_hat = s_new * p.c2;
     let h = s_hat + p.weight_decay;
-    let g_tilde = g + p.weight_decay * *theta;
+    let g_tilde = g + p.weight_decay * th;
     let d = match m {
         Some(m) => {
             *m = p.beta1 * *m + p.one_minus_beta1 * g_tilde;
@@ -74,50 +81,49 @@ pub fn update_element<F: Float>(
         }
         None => g_tilde,
     };
-    let mut sig = *sigma;
-    if sig == zero && h > zero {
-        // σ*(x) = η²/2 + η·sqrt(η²/4 + 1/x), at x = h + eps²
-        let x = h + p.eps_sq;
-        sig = p.eta_sq * half + p.eta * (p.eta_sq * quarter + one / x).sqrt();
-    }
-    if sig > zero {
-        // posterior variance σ/(1 + hσ), exact for h = 0, then diffusion by η²
-        sig = sig / (one + h * sig) + p.eta_sq;
-        *theta = *theta - sig * d;
-    }
+    // σ*(x) = η²/2 + η·sqrt(η²/4 + 1/x), at x = h + eps², where σ = 0 and h > 0
+    let x = h + p.eps_sq;
+    let star = p.eta_sq * half + p.eta * (p.eta_sq * quarter + one / x).sqrt();
+    let sig1 = if sig0 == zero && h > zero { star } else { sig0 };
+    // where σ > 0: posterior variance σ/(1 + hσ), exact for h = 0, then diffusion by η²
+    let live = sig1 > zero;
+    let post = sig1 / (one + h * sig1) + p.eta_sq;
+    *theta = if live { th - post * d } else { th };
     *s = s_new;
-    *sigma = sig;
+    *sigma = if live { post } else { sig1 };
 }
 
-/// One step over slices. `m` must be empty when momentum is off, else as long as `theta`.
-pub fn step<F: Float>(
-    p: &BayesScalars<F>,
-    theta: &mut [F],
-    grad: &[F],
-    s: &mut [F],
-    sigma: &mut [F],
-    m: &mut [F],
-) {
-    let n = theta.len();
-    assert!(
-        grad.len() == n && s.len() == n && sigma.len() == n,
-        "length mismatch"
-    );
-    if p.beta1 > F::zero() {
-        assert_eq!(m.len(), n, "momentum state length");
-        for i in 0..n {
-            update_element(
-                p,
-                &mut theta[i],
-                grad[i],
-                &mut s[i],
-                &mut sigma[i],
-                Some(&mut m[i]),
-            );
-        }
-    } else {
-        for i in 0..n {
-            update_element(p, &mut theta[i], grad[i], &mut s[i], &mut sigma[i], None);
+simd_fn! {
+    /// One step over slices. `m` must be empty when momentum is off, else as long as `theta`.
+    pub fn step<F: Float>(
+        p: &BayesScalars<F>,
+        theta: &mut [F],
+        grad: &[F],
+        s: &mut [F],
+        sigma: &mut [F],
+        m: &mut [F],
+    ) {
+        let n = theta.len();
+        assert!(
+            grad.len() == n && s.len() == n && sigma.len() == n,
+            "length mismatch"
+        );
+        if p.beta1 > F::zero() {
+            assert_eq!(m.len(), n, "momentum state length");
+            for i in 0..n {
+                update_element(
+                    p,
+                    &mut theta[i],
+                    grad[i],
+                    &mut s[i],
+                    &mut sigma[i],
+                    Some(&mut m[i]),
+                );
+            }
+        } else {
+            for i in 0..n {
+                update_element(p, &mut theta[i], grad[i], &mut s[i], &mut sigma[i], None);
+            }
         }
     }
 }

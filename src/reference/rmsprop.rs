@@ -72,29 +72,50 @@ pub fn update_element<F: Float>(
     *theta = th;
 }
 
-/// One step over slices. `a` must be empty unless centred, `b` empty when momentum is off;
-/// each used one as long as `theta`.
-pub fn step<F: Float>(
-    p: &RmspropScalars<F>,
-    theta: &mut [F],
-    grad: &[F],
-    v: &mut [F],
-    a: &mut [F],
-    b: &mut [F],
-) {
-    let n = theta.len();
-    assert!(grad.len() == n && v.len() == n, "length mismatch");
-    let centered = p.centered != F::zero();
-    let momentum = p.momentum > F::zero();
-    if centered {
-        assert_eq!(a.len(), n, "centred state length");
-    }
-    if momentum {
-        assert_eq!(b.len(), n, "momentum state length");
-    }
-    for i in 0..n {
-        let a_i = if centered { Some(&mut a[i]) } else { None };
-        let b_i = if momentum { Some(&mut b[i]) } else { None };
-        update_element(p, &mut theta[i], grad[i], &mut v[i], a_i, b_i);
+simd_fn! {
+    /// One step over slices. `a` must be empty unless centred, `b` empty when momentum is off;
+    /// each used one as long as `theta`.
+    pub fn step<F: Float>(
+        p: &RmspropScalars<F>,
+        theta: &mut [F],
+        grad: &[F],
+        v: &mut [F],
+        a: &mut [F],
+        b: &mut [F],
+    ) {
+        let n = theta.len();
+        assert!(grad.len() == n && v.len() == n, "length mismatch");
+        let centered = p.centered != F::zero();
+        let momentum = p.momentum > F::zero();
+        if centered {
+            assert_eq!(a.len(), n, "centred state length");
+        }
+        if momentum {
+            assert_eq!(b.len(), n, "momentum state length");
+        }
+        // One loop per option set, so that each compiles to SIMD (the fast CPU path).
+        match (centered, momentum) {
+            (false, false) => {
+                for i in 0..n {
+                    update_element(p, &mut theta[i], grad[i], &mut v[i], None, None);
+                }
+            }
+            (true, false) => {
+                for i in 0..n {
+                    update_element(p, &mut theta[i], grad[i], &mut v[i], Some(&mut a[i]), None);
+                }
+            }
+            (false, true) => {
+                for i in 0..n {
+                    update_element(p, &mut theta[i], grad[i], &mut v[i], None, Some(&mut b[i]));
+                }
+            }
+            (true, true) => {
+                for i in 0..n {
+                    let (a_i, b_i) = (Some(&mut a[i]), Some(&mut b[i]));
+                    update_element(p, &mut theta[i], grad[i], &mut v[i], a_i, b_i);
+                }
+            }
+        }
     }
 }

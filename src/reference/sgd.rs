@@ -63,18 +63,20 @@ pub fn update_element<F: Float>(p: &SgdScalars<F>, theta: &mut F, g: F, b: Optio
     *theta = th;
 }
 
-/// One step over slices. `b` must be empty when momentum is off, else as long as `theta`.
-pub fn step<F: Float>(p: &SgdScalars<F>, theta: &mut [F], grad: &[F], b: &mut [F]) {
-    let n = theta.len();
-    assert_eq!(grad.len(), n, "length mismatch");
-    if p.momentum > F::zero() {
-        assert_eq!(b.len(), n, "momentum state length");
-        for i in 0..n {
-            update_element(p, &mut theta[i], grad[i], Some(&mut b[i]));
-        }
-    } else {
-        for i in 0..n {
-            update_element(p, &mut theta[i], grad[i], None);
+simd_fn! {
+    /// One step over slices. `b` must be empty when momentum is off, else as long as `theta`.
+    pub fn step<F: Float>(p: &SgdScalars<F>, theta: &mut [F], grad: &[F], b: &mut [F]) {
+        let n = theta.len();
+        assert_eq!(grad.len(), n, "length mismatch");
+        if p.momentum > F::zero() {
+            assert_eq!(b.len(), n, "momentum state length");
+            for i in 0..n {
+                update_element(p, &mut theta[i], grad[i], Some(&mut b[i]));
+            }
+        } else {
+            for i in 0..n {
+                update_element(p, &mut theta[i], grad[i], None);
+            }
         }
     }
 }
