@@ -17,12 +17,12 @@ struct Scalars {
     decoupled: f32,      // 1: adamw, 0: adam
 }
 
-@group(0) @binding(2) var<storage, read_write> theta: array<f32>;
-@group(0) @binding(3) var<storage, read> grad: array<f32>;
-@group(0) @binding(4) var<storage, read_write> m: array<f32>;
-@group(0) @binding(5) var<storage, read_write> v: array<f32>;
+@group(0) @binding(2) var<storage, read_write> theta: array<V>;
+@group(0) @binding(3) var<storage, read> grad: array<V>;
+@group(0) @binding(4) var<storage, read_write> m: array<V>;
+@group(0) @binding(5) var<storage, read_write> v: array<V>;
 // Bound to a 16-byte placeholder without amsgrad; then never read or written.
-@group(0) @binding(6) var<storage, read_write> v_max: array<f32>;
+@group(0) @binding(6) var<storage, read_write> v_max: array<V>;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(
@@ -35,28 +35,33 @@ fn main(
         return;
     }
     var g = grad[i];
-    if !admit(g) {
+    let ok = admit(g);
+    if !any(ok) {
         return;
     }
     let p = step_scalars();
-    var th = theta[i];
+    let th_old = theta[i];
+    var th = th_old;
 
     if p.decoupled != 0.0 {
         th = th * p.decay_factor;
     } else {
         g = g + p.weight_decay * th;
     }
-    let m_new = p.beta1 * m[i] + p.one_minus_beta1 * g;
-    let v_new = p.beta2 * v[i] + p.one_minus_beta2 * (g * g);
-    m[i] = m_new;
-    v[i] = v_new;
+    let m_old = m[i];
+    let v_old = v[i];
+    let m_new = p.beta1 * m_old + p.one_minus_beta1 * g;
+    let v_new = p.beta2 * v_old + p.one_minus_beta2 * (g * g);
+    m[i] = select(m_old, m_new, ok);
+    v[i] = select(v_old, v_new, ok);
     var v_used = v_new;
     if p.amsgrad != 0.0 {
         // A comparison, not `max`, whose NaN result WGSL leaves to the device.
-        let v_max_new = select(v_max[i], v_new, v_new > v_max[i]);
-        v_max[i] = v_max_new;
+        let v_max_old = v_max[i];
+        let v_max_new = select(v_max_old, v_new, v_new > v_max_old);
+        v_max[i] = select(v_max_old, v_max_new, ok);
         v_used = v_max_new;
     }
     th = th - p.lr * (m_new * p.c1) / (sqrt(v_used * p.c2) + p.eps);
-    theta[i] = th;
+    theta[i] = select(th_old, th, ok);
 }

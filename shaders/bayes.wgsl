@@ -16,13 +16,15 @@ struct Scalars {
     pad1: f32,
 }
 
-@group(0) @binding(2) var<storage, read_write> theta: array<f32>;
-@group(0) @binding(3) var<storage, read> grad: array<f32>;
-@group(0) @binding(4) var<storage, read_write> s: array<f32>;
-@group(0) @binding(5) var<storage, read_write> sigma: array<f32>;
+@group(0) @binding(2) var<storage, read_write> theta: array<V>;
+@group(0) @binding(3) var<storage, read> grad: array<V>;
+@group(0) @binding(4) var<storage, read_write> s: array<V>;
+@group(0) @binding(5) var<storage, read_write> sigma: array<V>;
 // Bound to a 16-byte placeholder when momentum is off; then never read or written.
-@group(0) @binding(6) var<storage, read_write> m: array<f32>;
+@group(0) @binding(6) var<storage, read_write> m: array<V>;
 
+// Branch-free per element, as the CPU twin (whose loop the compiler vectorizes): σ*(x) is
+// computed for every element and selected, which gives the same bits as branching.
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(
     @builtin(workgroup_id) workgroup: vec3<u32>,
@@ -34,34 +36,37 @@ fn main(
         return;
     }
     let g = grad[i];
-    if !admit(g) {
+    let ok = admit(g);
+    if !any(ok) {
         return;
     }
     let p = step_scalars();
-    var th = theta[i];
+    let th = theta[i];
+    let s_old = s[i];
+    let sig0 = sigma[i];
 
-    let s_new = p.beta * s[i] + p.one_minus_beta * g * g;
+    let s_new = p.beta * s_old + p.one_minus_beta * g * g;
     let s_hat = s_new * p.c2;
     let h = s_hat + p.weight_decay;
     let g_tilde = g + p.weight_decay * th;
     var d = g_tilde;
     if p.beta1 > 0.0 {
-        let m_new = p.beta1 * m[i] + p.one_minus_beta1 * g_tilde;
-        m[i] = m_new;
+        let m_old = m[i];
+        let m_new = p.beta1 * m_old + p.one_minus_beta1 * g_tilde;
+        m[i] = select(m_old, m_new, ok);
         d = m_new * p.c1;
     }
-    var sig = sigma[i];
-    if sig == 0.0 && h > 0.0 {
-        // σ*(x) = η²/2 + η·sqrt(η²/4 + 1/x), at x = h + eps²
-        let x = h + p.eps_sq;
-        sig = p.eta_sq * 0.5 + p.eta * sqrt(p.eta_sq * 0.25 + 1.0 / x);
-    }
-    if sig > 0.0 {
-        // posterior variance σ/(1 + hσ), exact for h = 0, then diffusion by η²
-        sig = sig / (1.0 + h * sig) + p.eta_sq;
-        th = th - sig * d;
-    }
-    s[i] = s_new;
-    sigma[i] = sig;
-    theta[i] = th;
+    // σ*(x) = η²/2 + η·sqrt(η²/4 + 1/x), at x = h + eps², where σ = 0 and h > 0
+    let x = h + p.eps_sq;
+    let star = p.eta_sq * 0.5 + p.eta * sqrt(p.eta_sq * 0.25 + 1.0 / x);
+    let sig1 = select(sig0, star, sig0 == V(0.0) & h > V(0.0));
+    // where σ > 0: posterior variance σ/(1 + hσ), exact for h = 0, then diffusion by η²
+    let live = sig1 > V(0.0);
+    let post = sig1 / (1.0 + h * sig1) + p.eta_sq;
+    let th_new = select(th, th - post * d, live);
+    let sig_new = select(sig1, post, live);
+
+    s[i] = select(s_old, s_new, ok);
+    sigma[i] = select(sig0, sig_new, ok);
+    theta[i] = select(th, th_new, ok);
 }

@@ -1,8 +1,9 @@
-// Shared by every module: element indexing, the non-finite test and the per-group status.
+// Shared by every module (after lanes_4.wgsl or lanes_1.wgsl, which define the lane type `V`
+// and the non-finite test): element indexing and the per-group status.
 //
-// One invocation handles one element. The dispatch is 2-D so that N may exceed 65,535
-// workgroups; the element count is the length of the bound `theta` (or `grad`) range, so a
-// chunk of a larger vector is just a smaller binding.
+// One invocation handles one `V`: 4 consecutive elements at width 4, 1 at width 1. The dispatch
+// is 2-D so that N may exceed 65,535 workgroups; the count is the length of the bound `theta`
+// (or `grad`) range, so a chunk of a larger vector is just a smaller binding.
 
 override WORKGROUP_SIZE: u32 = 256u;
 
@@ -19,9 +20,4 @@ struct Status {
 
 fn element_index(workgroup: vec3<u32>, workgroups: vec3<u32>, local: u32) -> u32 {
     return (workgroup.y * workgroups.x + workgroup.x) * WORKGROUP_SIZE + local;
-}
-
-// WGSL has no isnan/isinf: an all-ones exponent is NaN or ±Inf.
-fn is_finite_bits(x: f32) -> bool {
-    return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
 }

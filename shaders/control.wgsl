@@ -1,4 +1,5 @@
-// Per-group step control, around the fused update of a group (after common.wgsl):
+// Per-group step control, around the fused update of a group (after the lane width and
+// common.wgsl):
 //   scan    counts the group's non-finite gradients before the update (SkipStep and Error
 //           only: it reads g once more, 4 bytes per element)
 //   commit  advances the group's step counter if the step was applied
@@ -12,7 +13,7 @@ struct WindowHeader {
 
 @group(0) @binding(0) var<uniform> header: WindowHeader;
 @group(0) @binding(1) var<storage, read_write> status: Status;
-@group(0) @binding(2) var<storage, read> grad: array<f32>;
+@group(0) @binding(2) var<storage, read> grad: array<V>;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn scan(
@@ -21,8 +22,11 @@ fn scan(
     @builtin(local_invocation_index) local: u32,
 ) {
     let i = element_index(workgroup, workgroups, local);
-    if i < arrayLength(&grad) && !is_finite_bits(grad[i]) {
-        atomicAdd(&status.nonfinite, 1u);
+    if i < arrayLength(&grad) {
+        let bad = nonfinite_lanes(grad[i]);
+        if bad > 0u {
+            atomicAdd(&status.nonfinite, bad);
+        }
     }
 }
 

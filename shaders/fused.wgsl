@@ -1,12 +1,12 @@
-// Prepended (after common.wgsl) to every fused optimizer kernel.
+// Prepended (after the lane width and common.wgsl) to every fused optimizer kernel.
 //
 // Binding convention (the host builds every kernel's layout from it):
 //   @binding(0) uniform  Window   policy and a window of per-step scalars (`Scalars` is the
 //                                 optimizer's own struct), computed by the host in f64
 //   @binding(1) storage  Status   this group's step counter and non-finite count
-//   @binding(2) storage  theta    read_write
-//   @binding(3) storage  grad     read
-//   @binding(4..) storage state   read_write, in the optimizer's state-slot order
+//   @binding(2) storage  theta    read_write, array<V>
+//   @binding(3) storage  grad     read, array<V>
+//   @binding(4..) storage state   read_write, array<V>, in the optimizer's state-slot order
 //
 // Why a window: under SkipStep the device decides whether a step is applied, so the host does
 // not know the device's t when it records the next step without waiting for it. It uploads
@@ -31,16 +31,17 @@ fn step_scalars() -> Scalars {
     return window.scalars[min(status.t - window.base, WINDOW - 1u)];
 }
 
-// Whether this invocation updates its element. Under SkipStep and Error the scan pass has
-// counted the group's non-finite gradients, and any one skips the whole step. Under
-// SkipElement only a non-finite element is skipped, and counted here.
-fn admit(g: f32) -> bool {
+// Which lanes of this invocation are updated. Under SkipStep and Error the scan pass has
+// counted the group's non-finite gradients, and any one skips the whole step (no lane). Under
+// SkipElement only the non-finite lanes are skipped, and counted here. A kernel returns when no
+// lane is admitted, and otherwise stores `select(old, new, admitted)`.
+fn admit(g: V) -> B {
     if window.policy == POLICY_SKIP_ELEMENT {
-        if is_finite_bits(g) {
-            return true;
+        let bad = nonfinite_lanes(g);
+        if bad > 0u {
+            atomicAdd(&status.nonfinite, bad);
         }
-        atomicAdd(&status.nonfinite, 1u);
-        return false;
+        return finite(g);
     }
-    return atomicLoad(&status.nonfinite) == 0u;
+    return B(atomicLoad(&status.nonfinite) == 0u);
 }

@@ -12,12 +12,12 @@ struct Scalars {
     pad0: f32,
 }
 
-@group(0) @binding(2) var<storage, read_write> theta: array<f32>;
-@group(0) @binding(3) var<storage, read> grad: array<f32>;
-@group(0) @binding(4) var<storage, read_write> v: array<f32>;
+@group(0) @binding(2) var<storage, read_write> theta: array<V>;
+@group(0) @binding(3) var<storage, read> grad: array<V>;
+@group(0) @binding(4) var<storage, read_write> v: array<V>;
 // Each bound to a 16-byte placeholder when its option is off; then never read or written.
-@group(0) @binding(5) var<storage, read_write> a: array<f32>;
-@group(0) @binding(6) var<storage, read_write> b: array<f32>;
+@group(0) @binding(5) var<storage, read_write> a: array<V>;
+@group(0) @binding(6) var<storage, read_write> b: array<V>;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(
@@ -30,27 +30,32 @@ fn main(
         return;
     }
     var g = grad[i];
-    if !admit(g) {
+    let ok = admit(g);
+    if !any(ok) {
         return;
     }
     let p = step_scalars();
-    var th = theta[i];
+    let th_old = theta[i];
+    var th = th_old;
 
     g = g + p.weight_decay * th;
-    let v_new = p.alpha * v[i] + p.one_minus_alpha * (g * g);
-    v[i] = v_new;
+    let v_old = v[i];
+    let v_new = p.alpha * v_old + p.one_minus_alpha * (g * g);
+    v[i] = select(v_old, v_new, ok);
     var v_bar = v_new;
     if p.centered != 0.0 {
-        let a_new = p.alpha * a[i] + p.one_minus_alpha * g;
-        a[i] = a_new;
+        let a_old = a[i];
+        let a_new = p.alpha * a_old + p.one_minus_alpha * g;
+        a[i] = select(a_old, a_new, ok);
         v_bar = v_new - a_new * a_new;
     }
     if p.momentum > 0.0 {
-        let b_new = p.momentum * b[i] + g / (sqrt(v_bar) + p.eps);
-        b[i] = b_new;
+        let b_old = b[i];
+        let b_new = p.momentum * b_old + g / (sqrt(v_bar) + p.eps);
+        b[i] = select(b_old, b_new, ok);
         th = th - p.lr * b_new;
     } else {
         th = th - p.lr * g / (sqrt(v_bar) + p.eps);
     }
-    theta[i] = th;
+    theta[i] = select(th_old, th, ok);
 }

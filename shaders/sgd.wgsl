@@ -12,10 +12,10 @@ struct Scalars {
     pad1: f32,
 }
 
-@group(0) @binding(2) var<storage, read_write> theta: array<f32>;
-@group(0) @binding(3) var<storage, read> grad: array<f32>;
+@group(0) @binding(2) var<storage, read_write> theta: array<V>;
+@group(0) @binding(3) var<storage, read> grad: array<V>;
 // Bound to a 16-byte placeholder when momentum is off; then never read or written.
-@group(0) @binding(4) var<storage, read_write> b: array<f32>;
+@group(0) @binding(4) var<storage, read_write> b: array<V>;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(
@@ -28,19 +28,22 @@ fn main(
         return;
     }
     var g = grad[i];
-    if !admit(g) {
+    let ok = admit(g);
+    if !any(ok) {
         return;
     }
     let p = step_scalars();
-    var th = theta[i];
+    let th_old = theta[i];
+    var th = th_old;
 
     g = g + p.weight_decay * th;
     if p.momentum > 0.0 {
+        let b_old = b[i];
         var b_new = g;
         if p.first_step == 0.0 {
-            b_new = p.momentum * b[i] + p.one_minus_dampening * g;
+            b_new = p.momentum * b_old + p.one_minus_dampening * g;
         }
-        b[i] = b_new;
+        b[i] = select(b_old, b_new, ok);
         if p.nesterov != 0.0 {
             g = g + p.momentum * b_new;
         } else {
@@ -48,5 +51,5 @@ fn main(
         }
     }
     th = th - p.lr * g;
-    theta[i] = th;
+    theta[i] = select(th_old, th, ok);
 }

@@ -2,7 +2,10 @@
 
 use wgpu::naga;
 
-/// Element indexing, the non-finite test and the per-group status: in every module.
+/// The lane type `V` and the non-finite test, first in every module: one of these two.
+const LANES_4: &str = include_str!("../shaders/lanes_4.wgsl");
+const LANES_1: &str = include_str!("../shaders/lanes_1.wgsl");
+/// Element indexing and the per-group status: in every module.
 const COMMON: &str = include_str!("../shaders/common.wgsl");
 /// The binding convention of fused optimizer kernels: window of scalars, status, θ, g, state.
 const FUSED: &str = include_str!("../shaders/fused.wgsl");
@@ -12,7 +15,37 @@ pub const WINDOW: usize = 8;
 /// Bytes of the window's header (base, policy, two pads) before the scalars.
 pub const WINDOW_HEADER_BYTES: usize = 16;
 
-/// One WGSL module: preludes, then `shaders/<name>.wgsl`.
+/// How many consecutive elements one invocation handles. Every kernel body is written over the
+/// lane type `V` and compiles at both widths; per element the arithmetic is the same.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Lanes {
+    /// `V = vec4<f32>`: vec4 loads and stores, for the body of a vector (a multiple of 4
+    /// elements).
+    Four,
+    /// `V = f32`: the tail of a vector that the vec4 width cannot bind.
+    One,
+}
+
+impl Lanes {
+    pub const ALL: [Lanes; 2] = [Lanes::Four, Lanes::One];
+
+    /// Elements per invocation.
+    pub fn width(self) -> u32 {
+        match self {
+            Lanes::Four => 4,
+            Lanes::One => 1,
+        }
+    }
+
+    fn prelude(self) -> &'static str {
+        match self {
+            Lanes::Four => LANES_4,
+            Lanes::One => LANES_1,
+        }
+    }
+}
+
+/// One WGSL module: the lane width, preludes, then `shaders/<name>.wgsl`.
 #[derive(Debug)]
 pub struct Kernel {
     pub name: &'static str,
@@ -44,34 +77,68 @@ pub const CONTROL: Kernel = Kernel {
     body: include_str!("../shaders/control.wgsl"),
 };
 
+/// The roofline of a fused step for `bench`: reads and writes the arrays of an optimizer with
+/// `STATES` state vectors, with trivial arithmetic.
+pub const TOUCH: Kernel = Kernel {
+    name: "touch",
+    preludes: &[COMMON],
+    body: include_str!("../shaders/touch.wgsl"),
+};
+
 /// Every module, for validation and `info`.
-pub const ALL: &[&Kernel] = &[&CONTROL, &BAYES, &SGD, &RMSPROP, &ADAM];
+pub const ALL: &[&Kernel] = &[&CONTROL, &BAYES, &SGD, &RMSPROP, &ADAM, &TOUCH];
 
 /// The entry point of every fused optimizer kernel.
 pub const ENTRY_POINT: &str = "main";
 
 impl Kernel {
-    /// The complete WGSL module: preludes, then the body.
+    /// The complete WGSL module at vec4 width: lane width, preludes, then the body.
     pub fn source(&self) -> String {
-        let mut source = self.preludes.join("\n");
-        source.push('\n');
-        source.push_str(self.body);
+        self.source_for(Lanes::Four)
+    }
+
+    /// The complete WGSL module at `lanes` width.
+    pub fn source_for(&self, lanes: Lanes) -> String {
+        let mut source = String::from(lanes.prelude());
+        for part in self.preludes.iter().chain([&self.body]) {
+            source.push('\n');
+            source.push_str(part);
+        }
         source
     }
 
-    /// Parses and validates the module with naga, as wgpu would, without any adapter.
-    /// Returns what it learned of the module's interface.
+    /// Parses and validates the module at both widths with naga, as wgpu would, without any
+    /// adapter. Returns what it learned of the module's interface.
     pub fn validate(&self) -> Result<ValidatedKernel, String> {
-        let source = self.source();
-        let module = naga::front::wgsl::parse_str(&source)
-            .map_err(|e| format!("{}: {}", self.name, e.emit_to_string(&source)))?;
-        naga::valid::Validator::new(
-            naga::valid::ValidationFlags::all(),
-            naga::valid::Capabilities::empty(),
-        )
-        .validate(&module)
-        .map_err(|e| format!("{}: {}", self.name, e.emit_to_string(&source)))?;
+        let mut checked = Vec::new();
+        for lanes in Lanes::ALL {
+            let source = self.source_for(lanes);
+            let width = lanes.width();
+            let module = naga::front::wgsl::parse_str(&source).map_err(|e| {
+                format!(
+                    "{}: at width {width}: {}",
+                    self.name,
+                    e.emit_to_string(&source)
+                )
+            })?;
+            naga::valid::Validator::new(
+                naga::valid::ValidationFlags::all(),
+                naga::valid::Capabilities::empty(),
+            )
+            .validate(&module)
+            .map_err(|e| {
+                format!(
+                    "{}: at width {width}: {}",
+                    self.name,
+                    e.emit_to_string(&source)
+                )
+            })?;
+            checked.push(self.interface(&module)?);
+        }
+        Ok(checked[0])
+    }
 
+    fn interface(&self, module: &naga::Module) -> Result<ValidatedKernel, String> {
         let binding = |index: u32| {
             module.global_variables.iter().find_map(|(_, var)| {
                 var.binding
@@ -83,13 +150,16 @@ impl Kernel {
         let uniform =
             binding(0).ok_or_else(|| format!("{}: no uniform at binding 0", self.name))?;
         let uniform_size = module.types[uniform.ty].inner.size(module.to_ctx());
-        let storage_bindings = (1..).take_while(|&b| binding(b).is_some()).count() as u32;
+        let storage_bindings = (1..=MAX_BINDING).filter(|&b| binding(b).is_some()).count() as u32;
         Ok(ValidatedKernel {
             uniform_size,
             storage_bindings,
         })
     }
 }
+
+/// Bindings looked at by validation (lavapipe allows 32 storage buffers per stage).
+const MAX_BINDING: u32 = 32;
 
 /// What validation learned about a kernel's interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

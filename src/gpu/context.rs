@@ -11,6 +11,12 @@ use crate::kernels::Kernel;
 pub const ADAPTER_ENV: &str = "BAYESPROP_ADAPTER";
 /// Environment variable read by wgpu: a comma list of backends (`vulkan`, `gl`, `metal`, `dx12`).
 pub const BACKEND_ENV: &str = "WGPU_BACKEND";
+/// Environment variable: invocations per workgroup of every kernel, instead of the adapter's
+/// default (see [`default_workgroup_size`]).
+pub const WORKGROUP_SIZE_ENV: &str = "BAYESPROP_WORKGROUP_SIZE";
+/// Environment variable: `1` runs every kernel one element per invocation (no vec4), to
+/// measure what vec4 access gains.
+pub const SCALAR_ONLY_ENV: &str = "BAYESPROP_SCALAR_ONLY";
 
 /// The fix printed whenever no adapter is found.
 pub const NO_ADAPTER_HELP: &str = "no GPU adapter found. On Debian/Ubuntu without a GPU, install \
@@ -26,6 +32,12 @@ pub struct GpuOptions {
     /// Limits to request instead of the adapter's own (e.g. small binding sizes, for tests of
     /// the chunking paths). Each must be within what the adapter supports.
     pub limits: Option<wgpu::Limits>,
+    /// Invocations per workgroup (the kernels' `WORKGROUP_SIZE`); `None` picks the adapter's
+    /// default.
+    pub workgroup_size: Option<u32>,
+    /// One element per invocation everywhere, instead of vec4 bodies and scalar tails (for
+    /// measuring the vec4 gain; the results are the same).
+    pub scalar_only: bool,
 }
 
 impl GpuOptions {
@@ -35,6 +47,10 @@ impl GpuOptions {
             backends: wgpu::Backends::from_env(),
             adapter_name: std::env::var(ADAPTER_ENV).ok().filter(|s| !s.is_empty()),
             limits: None,
+            workgroup_size: std::env::var(WORKGROUP_SIZE_ENV)
+                .ok()
+                .and_then(|s| s.trim().parse().ok()),
+            scalar_only: std::env::var(SCALAR_ONLY_ENV).as_deref() == Ok("1"),
         }
     }
 }
@@ -51,6 +67,10 @@ struct Inner {
     device: wgpu::Device,
     queue: wgpu::Queue,
     info: wgpu::AdapterInfo,
+    /// Invocations per workgroup of every kernel compiled on this context.
+    workgroup_size: u32,
+    /// No vec4 width (see [`GpuOptions::scalar_only`]).
+    scalar_only: bool,
     /// Errors that reached no error scope (on a device we created) and device loss.
     sink: Arc<Mutex<Vec<String>>>,
     pipelines: Mutex<HashMap<&'static str, Arc<FusedPipeline>>>,
@@ -86,6 +106,24 @@ fn preference(info: &wgpu::AdapterInfo) -> (u8, u8) {
         _ => 1,
     };
     (device, backend)
+}
+
+/// Invocations per workgroup when the options name none: 256, within the device's limits.
+/// Measured with `bayesprop bench --workgroup-size` (README, Performance): on lavapipe every
+/// size from 64 to 1,024 gives the same step time within noise for the vec4 kernels, since it
+/// runs a workgroup's invocations as SIMD lanes of a CPU thread; 256 is a common best choice for
+/// streaming kernels on hardware GPUs (a multiple of every vendor's SIMD width).
+pub fn default_workgroup_size(_info: &wgpu::AdapterInfo, limits: &wgpu::Limits) -> u32 {
+    clamp_workgroup_size(crate::gpu::pipeline::WORKGROUP_SIZE, limits)
+}
+
+/// The largest power of two ≤ `size` that the limits allow (at least 1).
+fn clamp_workgroup_size(size: u32, limits: &wgpu::Limits) -> u32 {
+    let max = size
+        .min(limits.max_compute_invocations_per_workgroup)
+        .min(limits.max_compute_workgroup_size_x)
+        .max(1);
+    1 << (31 - max.leading_zeros())
 }
 
 /// Every adapter the options' backends can see, best first.
@@ -136,8 +174,11 @@ impl GpuContext {
 
         let info = adapter.get_info();
         let limits = options.limits.clone().unwrap_or_else(|| adapter.limits());
+        // Timestamps let `bench` time device work alone; they cost nothing when unused.
+        let timing = wgpu::Features::TIMESTAMP_QUERY;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("bayesprop"),
+            required_features: adapter.features() & timing,
             required_limits: limits,
             ..Default::default()
         }))
@@ -157,13 +198,20 @@ impl GpuContext {
                     .push(format!("device lost ({reason:?}): {message}"));
             }
         });
-        Ok(Self::assemble(device, queue, info, sink))
+        let workgroup_size = match options.workgroup_size {
+            Some(size) => clamp_workgroup_size(size, &device.limits()),
+            None => default_workgroup_size(&info, &device.limits()),
+        };
+        let shape = (workgroup_size, options.scalar_only);
+        Ok(Self::assemble(device, queue, info, sink, shape))
     }
 
     /// Wraps a device and queue the caller already has (a drop-in step). The caller's error
     /// handlers are left alone: bayesprop catches its own errors with error scopes.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo) -> Self {
-        Self::assemble(device, queue, info, Arc::new(Mutex::new(Vec::new())))
+        let workgroup_size = default_workgroup_size(&info, &device.limits());
+        let sink = Arc::new(Mutex::new(Vec::new()));
+        Self::assemble(device, queue, info, sink, (workgroup_size, false))
     }
 
     fn assemble(
@@ -171,12 +219,15 @@ impl GpuContext {
         queue: wgpu::Queue,
         info: wgpu::AdapterInfo,
         sink: Arc<Mutex<Vec<String>>>,
+        (workgroup_size, scalar_only): (u32, bool),
     ) -> Self {
         GpuContext {
             inner: Arc::new(Inner {
                 device,
                 queue,
                 info,
+                workgroup_size,
+                scalar_only,
                 sink,
                 pipelines: Mutex::new(HashMap::new()),
                 control: Mutex::new(None),
@@ -198,6 +249,24 @@ impl GpuContext {
 
     pub fn limits(&self) -> wgpu::Limits {
         self.inner.device.limits()
+    }
+
+    /// Invocations per workgroup of every kernel compiled on this context.
+    pub fn workgroup_size(&self) -> u32 {
+        self.inner.workgroup_size
+    }
+
+    /// Whether kernels run one element per invocation everywhere (no vec4).
+    pub fn scalar_only(&self) -> bool {
+        self.inner.scalar_only
+    }
+
+    /// Whether compute passes can be timed on the device (timestamp queries).
+    pub fn has_timestamps(&self) -> bool {
+        self.inner
+            .device
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
     }
 
     /// True for adapters that run on the CPU (lavapipe, llvmpipe, WARP): IEEE f32 division
@@ -237,7 +306,7 @@ impl GpuContext {
             return Ok(p.clone());
         }
         let pipeline = Arc::new(self.scoped(kernel.name, || {
-            FusedPipeline::new(&self.inner.device, kernel, states)
+            FusedPipeline::new(&self.inner.device, kernel, states, self.workgroup_size())
         })?);
         self.inner
             .pipelines
@@ -253,8 +322,9 @@ impl GpuContext {
         if let Some(p) = control.as_ref() {
             return Ok(p.clone());
         }
-        let pipeline =
-            Arc::new(self.scoped("control", || ControlPipeline::new(&self.inner.device))?);
+        let pipeline = Arc::new(self.scoped("control", || {
+            ControlPipeline::new(&self.inner.device, self.workgroup_size())
+        })?);
         *control = Some(pipeline.clone());
         Ok(pipeline)
     }

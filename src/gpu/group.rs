@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::gpu::context::GpuContext;
 use crate::gpu::pipeline::{ControlPipeline, FusedPipeline};
 use crate::gpu::tracker::STATUS_BYTES;
-use crate::kernels::{WINDOW, WINDOW_HEADER_BYTES};
+use crate::kernels::{Lanes, WINDOW, WINDOW_HEADER_BYTES};
 use crate::layout::{GroupSpec, TensorSpec};
 use crate::optim::NonFinitePolicy;
 
@@ -39,6 +39,15 @@ pub(crate) enum Vector {
     State(usize),
 }
 
+/// A range of a piece bound for one dispatch at one lane width.
+struct Part {
+    /// Elements of the piece.
+    range: Range<u64>,
+    lanes: Lanes,
+    update: wgpu::BindGroup,
+    control: wgpu::BindGroup,
+}
+
 /// A stretch of the group's arena that lives in one buffer of each kind.
 struct Piece {
     /// Elements of the group's arena.
@@ -47,10 +56,15 @@ struct Piece {
     grad: BufferSlice,
     /// One buffer per state slot; `None` where the options do not need that state.
     state: Vec<Option<wgpu::Buffer>>,
-    /// Element ranges of the piece that each fit one storage binding.
+    /// Element ranges of the piece that each fit one storage binding, over the piece's length
+    /// padded to a multiple of 4 in buffers the optimizer owns (so that the vec4 width covers
+    /// all of it; the padding is never read back).
     chunks: Vec<Range<u64>>,
-    update: Vec<wgpu::BindGroup>,
-    control: Vec<wgpu::BindGroup>,
+    /// The chunks cut for the lane widths: a vec4 body and, where a length is not a multiple
+    /// of 4 (in the caller's buffers), a scalar tail.
+    parts: Vec<Part>,
+    /// The control bind group that commits the step (its gradient binding is unused).
+    commit: Option<wgpu::BindGroup>,
 }
 
 pub(crate) struct GpuGroup {
@@ -72,6 +86,31 @@ pub(crate) fn binding_chunks(n: u64, limits: &wgpu::Limits) -> Vec<Range<u64>> {
     (0..n.div_ceil(per_chunk))
         .map(|c| c * per_chunk..((c + 1) * per_chunk).min(n))
         .collect()
+}
+
+/// Cuts a chunk into a vec4 body and a scalar tail. The tail starts at a multiple of `align`
+/// elements (the storage offset alignment) past the chunk's start, which is aligned; with
+/// `vec4` false the whole chunk is scalar.
+pub(crate) fn parts_of(chunk: &Range<u64>, align: u64, vec4: bool) -> Vec<(Range<u64>, Lanes)> {
+    let len = chunk.end - chunk.start;
+    let step = if align.is_multiple_of(4) {
+        align
+    } else {
+        align * 4
+    };
+    let body = match (vec4, len % 4) {
+        (false, _) => 0,
+        (true, 0) => len,
+        (true, _) => len / step * step,
+    };
+    let split = chunk.start + body;
+    [
+        (chunk.start..split, Lanes::Four),
+        (split..chunk.end, Lanes::One),
+    ]
+    .into_iter()
+    .filter(|(r, _)| !r.is_empty())
+    .collect()
 }
 
 /// Cuts the arena into pieces of at most `max` elements, only where a tensor starts, so no
@@ -164,8 +203,13 @@ impl GpuGroup {
             let pieces: Vec<Piece> = ranges
                 .iter()
                 .map(|range| {
-                    // A zero-length binding is invalid: keep at least one element's room.
-                    let size = (range.len().max(1) * 4) as u64;
+                    // Owned buffers are padded to whole vec4s (a zero-length binding is invalid
+                    // too), within the device's buffer size.
+                    let bound = match &external {
+                        Some(_) => range.len(),
+                        None => range.len().max(1).next_multiple_of(4).min(max_elements),
+                    };
+                    let size = (bound.max(1) * 4) as u64;
                     let (theta, grad) = match &external {
                         Some(ext) => (ext.theta.clone(), ext.grad.clone()),
                         None => {
@@ -173,11 +217,7 @@ impl GpuGroup {
                             let theta =
                                 device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                                     label: Some("bayesprop theta"),
-                                    contents: if values.is_empty() {
-                                        &[0; 4]
-                                    } else {
-                                        bytemuck::cast_slice(values)
-                                    },
+                                    contents: bytemuck::cast_slice(&padded(values, bound)),
                                     usage: storage,
                                 });
                             let grad = device.create_buffer(&wgpu::BufferDescriptor {
@@ -212,10 +252,7 @@ impl GpuGroup {
                                 init => {
                                     device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                                         label: Some(slot.name),
-                                        contents: bytemuck::cast_slice(&vec![
-                                            init;
-                                            range.len().max(1)
-                                        ]),
+                                        contents: bytemuck::cast_slice(&vec![init; bound.max(1)]),
                                         usage: storage,
                                     })
                                 }
@@ -227,9 +264,9 @@ impl GpuGroup {
                         theta,
                         grad,
                         state,
-                        chunks: binding_chunks(range.len() as u64, &limits),
-                        update: Vec::new(),
-                        control: Vec::new(),
+                        chunks: binding_chunks(bound as u64, &limits),
+                        parts: Vec::new(),
+                        commit: None,
                     }
                 })
                 .collect();
@@ -259,53 +296,62 @@ impl GpuGroup {
         };
         group.pieces = ctx.scoped("binding buffers", || {
             let mut pieces = pieces;
+            let align = (limits.min_storage_buffer_offset_alignment as u64 / 4).max(1);
             for piece in &mut pieces {
-                group.bind(device, piece, &placeholder);
+                group.bind(device, piece, &placeholder, align, !ctx.scalar_only());
             }
             pieces
         })?;
         Ok(group)
     }
 
-    fn bind(&self, device: &wgpu::Device, piece: &mut Piece, placeholder: &wgpu::Buffer) {
+    fn bind(
+        &self,
+        device: &wgpu::Device,
+        piece: &mut Piece,
+        placeholder: &wgpu::Buffer,
+        align: u64,
+        vec4: bool,
+    ) {
         let window = || self.window.as_entire_buffer_binding();
         let status = || self.status.as_entire_buffer_binding();
-        piece.update = piece
+        let cuts: Vec<_> = piece
             .chunks
             .iter()
-            .map(|chunk| {
+            .flat_map(|chunk| parts_of(chunk, align, vec4))
+            .collect();
+        piece.parts = cuts
+            .into_iter()
+            .map(|(range, lanes)| {
                 let state: Vec<_> = piece
                     .state
                     .iter()
                     .map(|b| match b {
-                        Some(b) => slice_binding_owned(b, chunk),
+                        Some(b) => slice_binding_owned(b, &range),
                         None => placeholder.as_entire_buffer_binding(),
                     })
                     .collect();
-                let theta = slice_binding(&piece.theta, chunk);
-                let grad = slice_binding(&piece.grad, chunk);
-                self.pipeline
-                    .bind(device, window(), status(), theta, grad, &state)
+                let theta = slice_binding(&piece.theta, &range);
+                let grad = || slice_binding(&piece.grad, &range);
+                let update = self
+                    .pipeline
+                    .bind(device, window(), status(), theta, grad(), &state);
+                let control = self.control.bind(device, window(), status(), grad());
+                Part {
+                    range,
+                    lanes,
+                    update,
+                    control,
+                }
             })
             .collect();
-        // The commit needs a gradient binding too; an empty piece binds its first element.
-        let first = 0..1;
-        let chunks = if piece.chunks.is_empty() {
-            std::slice::from_ref(&first)
-        } else {
-            &piece.chunks[..]
-        };
-        piece.control = chunks
-            .iter()
-            .map(|chunk| {
-                self.control.bind(
-                    device,
-                    window(),
-                    status(),
-                    slice_binding(&piece.grad, chunk),
-                )
-            })
-            .collect();
+        // The commit's gradient binding is unused; an empty piece binds its first element.
+        piece.commit = Some(self.control.bind(
+            device,
+            window(),
+            status(),
+            slice_binding(&piece.grad, &(0..1)),
+        ));
     }
 
     /// The window uniform for a step: header, then the scalars of every t in `steps`.
@@ -341,24 +387,20 @@ impl GpuGroup {
     /// Records the group's step: the scan for non-finite gradients (SkipStep and Error), the
     /// fused update of every chunk, and the commit of its step counter.
     pub fn encode(&self, policy: NonFinitePolicy, pass: &mut wgpu::ComputePass<'_>) {
-        let chunks = || {
-            self.pieces.iter().flat_map(|p| {
-                p.chunks
-                    .iter()
-                    .map(|c| (c.end - c.start) as u32)
-                    .zip(p.update.iter().zip(&p.control))
-            })
-        };
+        let parts = || self.pieces.iter().flat_map(|p| &p.parts);
+        let len = |part: &Part| (part.range.end - part.range.start) as u32;
         if policy != NonFinitePolicy::SkipElement {
-            for (n, (_, control)) in chunks() {
-                self.control.scan(pass, control, n);
+            for part in parts() {
+                self.control
+                    .scan(pass, &part.control, part.lanes, len(part));
             }
         }
-        for (n, (update, _)) in chunks() {
-            self.pipeline.dispatch(pass, update, n);
+        for part in parts() {
+            self.pipeline
+                .dispatch(pass, &part.update, part.lanes, len(part));
         }
-        if let Some(piece) = self.pieces.first() {
-            self.control.commit(pass, &piece.control[0]);
+        if let Some(commit) = self.pieces.first().and_then(|p| p.commit.as_ref()) {
+            self.control.commit(pass, commit);
         }
     }
 
@@ -417,10 +459,22 @@ impl GpuGroup {
         self.pieces.iter().map(|p| p.chunks.len()).sum()
     }
 
+    /// How many update dispatches a step records (vec4 bodies and scalar tails).
+    pub fn dispatch_count(&self) -> usize {
+        self.pieces.iter().map(|p| p.parts.len()).sum()
+    }
+
     /// How many buffers each of the group's vectors is split into.
     pub fn piece_count(&self) -> usize {
         self.pieces.len()
     }
+}
+
+/// `values` followed by zeros up to `len` elements (at least one element).
+fn padded(values: &[f32], len: usize) -> Vec<f32> {
+    let mut out = values.to_vec();
+    out.resize(len.max(values.len()).max(1), 0.0);
+    out
 }
 
 fn slice_binding_owned<'a>(

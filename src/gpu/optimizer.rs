@@ -7,6 +7,7 @@ use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::gpu::context::GpuContext;
 use crate::gpu::group::{BufferSlice, ExternalArena, GpuGroup, Vector};
+use crate::gpu::timing::PassTimer;
 use crate::gpu::tracker::{StepTracker, STATUS_BYTES};
 use crate::layout::{GroupId, Layout, ParamGroups, TensorId, TensorSpec};
 use crate::optim::{NonFinitePolicy, OptimizerConfig, StepReport};
@@ -18,6 +19,8 @@ pub struct GpuOptimizer {
     layout: Layout,
     groups: Vec<GpuGroup>,
     tracker: Mutex<StepTracker>,
+    /// Timestamps around each step's pass, when a benchmark asks for them.
+    timer: Option<PassTimer>,
 }
 
 impl std::fmt::Debug for GpuOptimizer {
@@ -97,6 +100,7 @@ impl GpuOptimizer {
             tracker: Mutex::new(StepTracker::new(vec![0; built.len()])),
             groups: built,
             layout: groups.layout().clone(),
+            timer: None,
         })
     }
 
@@ -131,7 +135,8 @@ impl GpuOptimizer {
             })
             .collect();
         let readback = tracker.readback_buffer(device);
-        self.ctx.scoped("step", || {
+        let mut timer = self.timer.take();
+        let submitted = self.ctx.scoped("step", || {
             for (group, window) in self.groups.iter().zip(&windows) {
                 group.write_window(queue, window);
             }
@@ -144,7 +149,7 @@ impl GpuOptimizer {
             {
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some("bayesprop step"),
-                    timestamp_writes: None,
+                    timestamp_writes: timer.as_mut().and_then(PassTimer::pass_writes),
                 });
                 for (group, spec) in self.groups.iter().zip(self.layout.groups()) {
                     group.encode(spec.policy, &mut pass);
@@ -160,12 +165,31 @@ impl GpuOptimizer {
                 );
             }
             queue.submit([encoder.finish()]);
-        })?;
+        });
+        self.timer = timer;
+        submitted?;
         tracker.submitted(
             self.layout.groups().iter().map(|g| g.policy).collect(),
             readback,
         );
         Ok(())
+    }
+
+    /// Times the pass of each following step on the device with timestamp queries, keeping
+    /// up to `capacity` until [`GpuOptimizer::pass_seconds`] reads them (later steps go
+    /// untimed). Returns false, and times nothing, when the device has no timestamp queries.
+    pub fn time_passes(&mut self, capacity: u32) -> bool {
+        self.timer = PassTimer::new(&self.ctx, capacity);
+        self.timer.is_some()
+    }
+
+    /// Device seconds of each timed step's pass since the last call, in order (waits for the
+    /// device). Empty unless [`GpuOptimizer::time_passes`] succeeded.
+    pub fn pass_seconds(&mut self) -> Result<Vec<f64>> {
+        match &mut self.timer {
+            Some(timer) => timer.take_seconds(&self.ctx),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// Where a tensor's θ lives on the device: buffer, byte offset and byte length.
@@ -216,6 +240,12 @@ impl GpuOptimizer {
     /// How many storage bindings the vectors are split into, over all groups.
     pub fn chunk_count(&self) -> usize {
         self.groups.iter().map(GpuGroup::chunk_count).sum()
+    }
+
+    /// How many update dispatches a step records, over all groups (vec4 bodies and scalar
+    /// tails; the scan and commit of each group come on top).
+    pub fn dispatch_count(&self) -> usize {
+        self.groups.iter().map(GpuGroup::dispatch_count).sum()
     }
 
     /// How many buffers each vector is split into, over all groups.

@@ -1,27 +1,88 @@
-//! Compiled kernels that record into the caller's compute pass: a fused optimizer kernel, and
-//! the per-group step control (non-finite scan, commit of the step counter).
+//! Compiled kernels that record into the caller's compute pass: a fused optimizer kernel, the
+//! per-group step control (non-finite scan, commit of the step counter), and the roofline
+//! kernel of `bench`. Each is compiled at both lane widths (see [`Lanes`]): vec4 for the body
+//! of a vector, scalar for a tail.
 
-use crate::kernels::{Kernel, CONTROL, ENTRY_POINT};
+use crate::kernels::{Kernel, Lanes, CONTROL, ENTRY_POINT, TOUCH};
 
-/// Elements per workgroup (the shader's `WORKGROUP_SIZE` override).
+/// Invocations per workgroup when the context names none (the shaders' `WORKGROUP_SIZE`
+/// override); see [`crate::gpu::context::default_workgroup_size`].
 pub const WORKGROUP_SIZE: u32 = 256;
 
-/// The pipeline and bind group layout of one kernel, built from the binding convention in
+/// How a dispatch is shaped: the device's per-dimension limit and the workgroup size.
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    max_workgroups_per_dimension: u32,
+    workgroup_size: u32,
+}
+
+impl Shape {
+    fn of(device: &wgpu::Device, workgroup_size: u32) -> Self {
+        Shape {
+            max_workgroups_per_dimension: device.limits().max_compute_workgroups_per_dimension,
+            workgroup_size,
+        }
+    }
+
+    /// The 2-D grid that covers `invocations`: x up to the per-dimension limit, y for the rest.
+    fn grid(&self, invocations: u32) -> (u32, u32) {
+        let groups = invocations.div_ceil(self.workgroup_size).max(1);
+        let x = groups.min(self.max_workgroups_per_dimension);
+        (x, groups.div_ceil(x))
+    }
+
+    fn dispatch(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        pipeline: &wgpu::ComputePipeline,
+        bind_group: &wgpu::BindGroup,
+        invocations: u32,
+    ) {
+        let (x, y) = self.grid(invocations);
+        pass.set_pipeline(pipeline);
+        pass.set_bind_group(0, bind_group, &[]);
+        pass.dispatch_workgroups(x, y, 1);
+    }
+}
+
+/// One pipeline per lane width, in [`Lanes::ALL`] order.
+#[derive(Debug)]
+struct ByWidth([wgpu::ComputePipeline; 2]);
+
+impl ByWidth {
+    fn get(&self, lanes: Lanes) -> &wgpu::ComputePipeline {
+        &self.0[match lanes {
+            Lanes::Four => 0,
+            Lanes::One => 1,
+        }]
+    }
+}
+
+/// The pipelines and bind group layout of one kernel, built from the binding convention in
 /// `shaders/fused.wgsl`: window at 0, status at 1, θ at 2, g at 3, state slots from 4.
 #[derive(Debug)]
 pub struct FusedPipeline {
-    pipeline: wgpu::ComputePipeline,
+    pipelines: ByWidth,
     layout: wgpu::BindGroupLayout,
-    max_workgroups_per_dimension: u32,
+    shape: Shape,
 }
 
 /// `shaders/control.wgsl`: window header at 0, status at 1, g at 2.
 #[derive(Debug)]
 pub struct ControlPipeline {
-    scan: wgpu::ComputePipeline,
+    scan: ByWidth,
     commit: wgpu::ComputePipeline,
     layout: wgpu::BindGroupLayout,
-    max_workgroups_per_dimension: u32,
+    shape: Shape,
+}
+
+/// `shaders/touch.wgsl` with `states` state vectors: uniform at 0, θ at 2, g at 3, states from
+/// 4 (up to [`TouchPipeline::MAX_STATES`]).
+#[derive(Debug)]
+pub struct TouchPipeline {
+    pipelines: ByWidth,
+    layout: wgpu::BindGroupLayout,
+    shape: Shape,
 }
 
 fn uniform(binding: u32) -> wgpu::BindGroupLayoutEntry {
@@ -37,40 +98,46 @@ fn uniform(binding: u32) -> wgpu::BindGroupLayoutEntry {
     }
 }
 
-/// Compiles `entry_point` of `kernel` against a layout of `entries`.
+/// Compiles each of `entry_points` of `kernel` at each lane width against a layout of
+/// `entries`: `pipelines[entry point][width]`, widths in [`Lanes::ALL`] order.
 fn compile(
     device: &wgpu::Device,
     kernel: &Kernel,
     entries: &[wgpu::BindGroupLayoutEntry],
     entry_points: &[&str],
-) -> (wgpu::BindGroupLayout, Vec<wgpu::ComputePipeline>) {
+    constants: &[(&str, f64)],
+) -> (wgpu::BindGroupLayout, Vec<ByWidth>) {
     let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
         label: Some(kernel.name),
         entries,
-    });
-    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: Some(kernel.name),
-        source: wgpu::ShaderSource::Wgsl(kernel.source().into()),
     });
     let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
         label: Some(kernel.name),
         bind_group_layouts: &[Some(&layout)],
         immediate_size: 0,
     });
+    let modules = Lanes::ALL.map(|lanes| {
+        device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(kernel.name),
+            source: wgpu::ShaderSource::Wgsl(kernel.source_for(lanes).into()),
+        })
+    });
     let pipelines = entry_points
         .iter()
         .map(|entry_point| {
-            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(kernel.name),
-                layout: Some(&pipeline_layout),
-                module: &module,
-                entry_point: Some(entry_point),
-                compilation_options: wgpu::PipelineCompilationOptions {
-                    constants: &[("WORKGROUP_SIZE", WORKGROUP_SIZE as f64)],
-                    ..Default::default()
-                },
-                cache: None,
-            })
+            ByWidth(modules.each_ref().map(|module| {
+                device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(kernel.name),
+                    layout: Some(&pipeline_layout),
+                    module,
+                    entry_point: Some(entry_point),
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        constants,
+                        ..Default::default()
+                    },
+                    cache: None,
+                })
+            }))
         })
         .collect();
     (layout, pipelines)
@@ -98,13 +165,6 @@ fn bind_in_order<'a>(
     })
 }
 
-/// The 2-D grid that covers `n` elements: x up to the per-dimension limit, y for the rest.
-fn grid(n: u32, max_per_dimension: u32) -> (u32, u32) {
-    let groups = n.div_ceil(WORKGROUP_SIZE).max(1);
-    let x = groups.min(max_per_dimension);
-    (x, groups.div_ceil(x))
-}
-
 fn storage(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
     wgpu::BindGroupLayoutEntry {
         binding,
@@ -121,7 +181,12 @@ fn storage(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
 impl FusedPipeline {
     /// Compiles `kernel` with `states` state bindings. Errors surface through the caller's
     /// error scope ([`crate::GpuContext`] wraps this).
-    pub(crate) fn new(device: &wgpu::Device, kernel: &Kernel, states: u32) -> Self {
+    pub(crate) fn new(
+        device: &wgpu::Device,
+        kernel: &Kernel,
+        states: u32,
+        workgroup_size: u32,
+    ) -> Self {
         let mut entries = vec![
             uniform(0),
             storage(1, false),
@@ -129,11 +194,12 @@ impl FusedPipeline {
             storage(3, true),
         ];
         entries.extend((0..states).map(|k| storage(4 + k, false)));
-        let (layout, mut pipelines) = compile(device, kernel, &entries, &[ENTRY_POINT]);
+        let constants = [("WORKGROUP_SIZE", workgroup_size as f64)];
+        let (layout, mut pipelines) = compile(device, kernel, &entries, &[ENTRY_POINT], &constants);
         FusedPipeline {
-            pipeline: pipelines.remove(0),
+            pipelines: pipelines.remove(0),
             layout,
-            max_workgroups_per_dimension: device.limits().max_compute_workgroups_per_dimension,
+            shape: Shape::of(device, workgroup_size),
         }
     }
 
@@ -154,26 +220,34 @@ impl FusedPipeline {
         bind_in_order(device, &self.layout, "bayesprop step", buffers)
     }
 
-    /// Records the update of one chunk of `n` elements into the caller's pass.
-    pub fn dispatch(&self, pass: &mut wgpu::ComputePass<'_>, bind_group: &wgpu::BindGroup, n: u32) {
-        let (x, y) = grid(n, self.max_workgroups_per_dimension);
-        pass.set_pipeline(&self.pipeline);
-        pass.set_bind_group(0, bind_group, &[]);
-        pass.dispatch_workgroups(x, y, 1);
+    /// Records the update of one bound range of `n` elements into the caller's pass, at width
+    /// `lanes` (with [`Lanes::Four`], `n` is a multiple of 4).
+    pub fn dispatch(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        bind_group: &wgpu::BindGroup,
+        lanes: Lanes,
+        n: u32,
+    ) {
+        let invocations = n / lanes.width();
+        self.shape
+            .dispatch(pass, self.pipelines.get(lanes), bind_group, invocations);
     }
 }
 
 impl ControlPipeline {
-    pub(crate) fn new(device: &wgpu::Device) -> Self {
+    pub(crate) fn new(device: &wgpu::Device, workgroup_size: u32) -> Self {
         let entries = [uniform(0), storage(1, false), storage(2, true)];
-        let (layout, mut pipelines) = compile(device, &CONTROL, &entries, &["scan", "commit"]);
-        let commit = pipelines.pop().expect("two entry points");
+        let constants = [("WORKGROUP_SIZE", workgroup_size as f64)];
+        let (layout, mut pipelines) =
+            compile(device, &CONTROL, &entries, &["scan", "commit"], &constants);
+        let [commit, _] = pipelines.pop().expect("two entry points").0;
         let scan = pipelines.pop().expect("two entry points");
         ControlPipeline {
             scan,
             commit,
             layout,
-            max_workgroups_per_dimension: device.limits().max_compute_workgroups_per_dimension,
+            shape: Shape::of(device, workgroup_size),
         }
     }
 
@@ -193,12 +267,17 @@ impl ControlPipeline {
         )
     }
 
-    /// Records the count of non-finite gradients of one chunk of `n` elements.
-    pub fn scan(&self, pass: &mut wgpu::ComputePass<'_>, bind_group: &wgpu::BindGroup, n: u32) {
-        let (x, y) = grid(n, self.max_workgroups_per_dimension);
-        pass.set_pipeline(&self.scan);
-        pass.set_bind_group(0, bind_group, &[]);
-        pass.dispatch_workgroups(x, y, 1);
+    /// Records the count of non-finite gradients of one bound range of `n` elements.
+    pub fn scan(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        bind_group: &wgpu::BindGroup,
+        lanes: Lanes,
+        n: u32,
+    ) {
+        let invocations = n / lanes.width();
+        self.shape
+            .dispatch(pass, self.scan.get(lanes), bind_group, invocations);
     }
 
     /// Records the commit of a group's step: its counter advances if the step was applied.
@@ -206,5 +285,65 @@ impl ControlPipeline {
         pass.set_pipeline(&self.commit);
         pass.set_bind_group(0, bind_group, &[]);
         pass.dispatch_workgroups(1, 1, 1);
+    }
+}
+
+impl TouchPipeline {
+    /// State vectors the touch kernel can stand in for.
+    pub const MAX_STATES: u32 = 4;
+
+    /// Compiles the touch kernel for `states` state vectors (at most [`Self::MAX_STATES`]).
+    pub fn new(device: &wgpu::Device, states: u32, workgroup_size: u32) -> Self {
+        assert!(states <= Self::MAX_STATES, "touch: {states} state vectors");
+        let mut entries = vec![uniform(0), storage(2, false), storage(3, true)];
+        entries.extend((0..Self::MAX_STATES).map(|k| storage(4 + k, false)));
+        let constants = [
+            ("WORKGROUP_SIZE", workgroup_size as f64),
+            ("STATES", states as f64),
+        ];
+        let (layout, mut pipelines) = compile(device, &TOUCH, &entries, &[ENTRY_POINT], &constants);
+        TouchPipeline {
+            pipelines: pipelines.remove(0),
+            layout,
+            shape: Shape::of(device, workgroup_size),
+        }
+    }
+
+    /// A bind group over the uniform, θ, g and [`Self::MAX_STATES`] state ranges (unused
+    /// ones may be any small buffer).
+    pub fn bind(
+        &self,
+        device: &wgpu::Device,
+        uniform: wgpu::BufferBinding<'_>,
+        theta: wgpu::BufferBinding<'_>,
+        grad: wgpu::BufferBinding<'_>,
+        state: &[wgpu::BufferBinding<'_>],
+    ) -> wgpu::BindGroup {
+        let entries: Vec<_> = [(0, uniform), (2, theta), (3, grad)]
+            .into_iter()
+            .chain((4..).zip(state.iter().cloned()))
+            .map(|(binding, b)| wgpu::BindGroupEntry {
+                binding,
+                resource: wgpu::BindingResource::Buffer(b),
+            })
+            .collect();
+        device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("bayesprop touch"),
+            layout: &self.layout,
+            entries: &entries,
+        })
+    }
+
+    /// Records the touch of one bound range of `n` elements.
+    pub fn dispatch(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        bind_group: &wgpu::BindGroup,
+        lanes: Lanes,
+        n: u32,
+    ) {
+        let invocations = n / lanes.width();
+        self.shape
+            .dispatch(pass, self.pipelines.get(lanes), bind_group, invocations);
     }
 }
