@@ -36,6 +36,50 @@ enum Command {
     /// Train small models on the UCI digits with every optimizer; write loss.svg, sigma.svg,
     /// regimes.svg and results.md.
     Demo(DemoArgs),
+    /// Step time of each optimizer on the reference, the fast CPU path and the GPU, against a
+    /// roofline (touch of the same arrays, and a copy) measured in the same run.
+    Bench(BenchArgs),
+}
+
+#[derive(Parser, Debug)]
+struct BenchArgs {
+    /// An optimizer name (presets included), or `all`: every optimizer in the table.
+    #[arg(long, default_value = "all")]
+    optimizer: String,
+    /// Parameter counts, comma-separated; K, M, G are binary (16M = 16·2^20).
+    #[arg(long, default_value = "1M,16M,64M")]
+    sizes: String,
+    #[arg(long, value_enum, default_value_t = BenchDeviceArg::All)]
+    device: BenchDeviceArg,
+    /// Timed steps per row (after warm-up); medians are reported.
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Print one JSON array of the rows instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Also draw throughput against N for each device (SVG).
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+    /// Non-finite policy of the matrix: skip-step runs the scan pass, skip-element does not.
+    #[arg(long, default_value = "skip-step")]
+    nonfinite: NonFinitePolicy,
+    /// Only the matrix: no many-tensor case, no scan-pass cost.
+    #[arg(long)]
+    matrix_only: bool,
+    /// Invocations per workgroup on the GPU (default: the adapter's; BAYESPROP_WORKGROUP_SIZE).
+    #[arg(long)]
+    workgroup_size: Option<u32>,
+    /// One element per GPU invocation (no vec4), to measure what vec4 gains.
+    #[arg(long)]
+    scalar_only: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum BenchDeviceArg {
+    Reference,
+    Cpu,
+    Gpu,
+    All,
 }
 
 #[derive(Parser, Debug)]
@@ -100,6 +144,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Demo(a) => {
             bayesprop::demo::main(a.device, &a.out, a.quick).map(|()| ExitCode::SUCCESS)
         }
+        Command::Bench(args) => bench(&args),
     }
 }
 
@@ -253,6 +298,72 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode> {
     ndarray_npy::write_npy(&args.out, &out).map_err(|e| Error::file(&args.out, e))?;
     if let Some(path) = &args.state_out {
         optimizer.checkpoint()?.save(path)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench(args: &BenchArgs) -> Result<ExitCode> {
+    use bayesprop::bench::{self, BenchDevice, BenchOptions};
+    let optimizers = match args.optimizer.as_str() {
+        "all" => OptimizerConfig::all_defaults()
+            .into_iter()
+            .map(|c| (c.name().to_string(), c))
+            .collect(),
+        name => vec![(name.to_string(), OptimizerConfig::default_for(name)?)],
+    };
+    let sizes = args
+        .sizes
+        .split(',')
+        .map(bench::parse_size)
+        .collect::<Result<Vec<_>>>()?;
+    let devices = match args.device {
+        BenchDeviceArg::Reference => vec![BenchDevice::Reference],
+        BenchDeviceArg::Cpu => vec![BenchDevice::Cpu],
+        BenchDeviceArg::Gpu => vec![BenchDevice::Gpu],
+        BenchDeviceArg::All => BenchDevice::ALL.to_vec(),
+    };
+    let options = BenchOptions {
+        optimizers,
+        sizes,
+        devices,
+        steps: args.steps,
+        policy: args.nonfinite,
+        extras: !args.matrix_only,
+    };
+    let gpu = if options.devices.contains(&BenchDevice::Gpu) {
+        let mut gpu_options = GpuOptions::from_env();
+        gpu_options.workgroup_size = args.workgroup_size.or(gpu_options.workgroup_size);
+        gpu_options.scalar_only |= args.scalar_only;
+        GpuContext::with_options(&gpu_options).map_err(|e| e.to_string())
+    } else {
+        Err("not asked for".to_string())
+    };
+    let total = bench::job_count(&options, gpu.is_ok());
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed} {msg}")
+            .expect("a valid template"),
+    );
+    let report = bench::run(
+        &options,
+        gpu.as_ref().map_err(Clone::clone),
+        &mut |k, _, label| {
+            bar.set_position(k as u64);
+            bar.set_message(label.to_string());
+        },
+    )?;
+    bar.finish_and_clear();
+    if args.json {
+        println!("{}", report.json());
+        if let Some(why) = &report.gpu_missing {
+            eprintln!("{why}");
+        }
+    } else {
+        print!("{}", report.table());
+    }
+    if let Some(path) = &args.plot {
+        bench::plot::throughput(path, &report)?;
+        eprintln!("wrote {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
 }

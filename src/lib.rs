@@ -12,6 +12,7 @@
 //! - [`gpu`]: the wgpu host layer; [`cpu`]: the CPU optimizer with the same API;
 //! - [`validate`]: the agreement battery shared by the tests and `bayesprop validate`.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod cpu;
 pub mod demo;

@@ -1,0 +1,334 @@
+//! The roofline of a step, measured in the same run, on the same device and at the same size as
+//! the optimizer: a "touch" that reads θ, g and k state vectors and writes θ and the states
+//! back with one multiply-add each (exactly the bytes of an optimizer with k state vectors),
+//! and a plain copy. CPU: the same loops in Rust, over the fast path's parallel chunks. GPU:
+//! `shaders/touch.wgsl` and `copy_buffer_to_buffer`.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use crate::cpu::PARALLEL_CHUNK;
+use crate::error::Result;
+use crate::gpu::pipeline::TouchPipeline;
+use crate::gpu::{binding_chunks, parts_of, GpuContext, PassTimer};
+use crate::kernels::Lanes;
+
+/// The touch's multiplier: small, so repeated touches keep every value normal and finite.
+const SCALE: f32 = 1e-6;
+
+/// The most state vectors a touch stands in for (the most any optimizer has).
+pub const MAX_STATES: usize = TouchPipeline::MAX_STATES as usize;
+
+/// A deterministic vector of normal values in ±[0.5, 1.5)·`scale` (no denormals, no zeros),
+/// cheap enough for 64M elements.
+pub fn synthetic(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut out = vec![0.0f32; n];
+    out.par_chunks_mut(PARALLEL_CHUNK)
+        .enumerate()
+        .for_each(|(c, chunk)| {
+            let mut x = seed ^ (c as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            for v in chunk {
+                // xorshift64
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let unit = (x >> 40) as f32 / (1u64 << 24) as f32;
+                let sign = if x & 1 == 0 { 1.0 } else { -1.0 };
+                *v = sign * (0.5 + unit) * scale;
+            }
+        });
+    out
+}
+
+/// The CPU roofline's arrays at one size.
+#[derive(Debug)]
+pub struct CpuRoofline {
+    theta: Vec<f32>,
+    grad: Vec<f32>,
+    /// Grown on demand to the most state vectors asked for.
+    states: Vec<Vec<f32>>,
+    copy: Vec<f32>,
+}
+
+impl CpuRoofline {
+    pub fn new(n: usize) -> Self {
+        CpuRoofline {
+            theta: synthetic(n, 11, 1.0),
+            grad: synthetic(n, 12, 1.0),
+            states: Vec::new(),
+            copy: vec![0.0; n],
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.theta.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.theta.is_empty()
+    }
+
+    /// Reads θ, g and `states` state vectors and writes θ and the states, in parallel chunks.
+    pub fn touch(&mut self, states: usize) {
+        assert!(states <= MAX_STATES, "touch: {states} state vectors");
+        let n = self.len();
+        while self.states.len() < states {
+            self.states
+                .push(synthetic(n, 13 + self.states.len() as u64, 1.0));
+        }
+        let mut state_chunks: Vec<_> = self.states[..states]
+            .iter_mut()
+            .map(|v| v.chunks_mut(PARALLEL_CHUNK))
+            .collect();
+        let jobs: Vec<_> = self
+            .theta
+            .chunks_mut(PARALLEL_CHUNK)
+            .zip(self.grad.chunks(PARALLEL_CHUNK))
+            .map(|(theta, grad)| {
+                let state: Vec<&mut [f32]> = state_chunks
+                    .iter_mut()
+                    .map(|c| c.next().expect("same length"))
+                    .collect();
+                (theta, grad, state)
+            })
+            .collect();
+        jobs.into_par_iter()
+            .for_each(|(theta, grad, mut state)| touch_chunk(theta, grad, &mut state));
+    }
+
+    /// Copies θ to another array (reads and writes 4 bytes per element), in parallel chunks.
+    pub fn copy(&mut self) {
+        self.copy
+            .par_chunks_mut(PARALLEL_CHUNK)
+            .zip(self.theta.par_chunks(PARALLEL_CHUNK))
+            .for_each(|(dst, src)| dst.copy_from_slice(src));
+    }
+}
+
+/// One fused loop per state count, as an optimizer's loop is fused, so that both stream the
+/// same arrays in the same way.
+fn touch_chunk(theta: &mut [f32], grad: &[f32], states: &mut [&mut [f32]]) {
+    match states {
+        [] => {
+            for (t, g) in theta.iter_mut().zip(grad) {
+                *t += SCALE * g;
+            }
+        }
+        [a] => {
+            for ((t, g), a) in theta.iter_mut().zip(grad).zip(a.iter_mut()) {
+                let g = SCALE * g;
+                *t += g;
+                *a += g;
+            }
+        }
+        [a, b] => {
+            let states = a.iter_mut().zip(b.iter_mut());
+            for ((t, g), (a, b)) in theta.iter_mut().zip(grad).zip(states) {
+                let g = SCALE * g;
+                *t += g;
+                *a += g;
+                *b += g;
+            }
+        }
+        [a, b, c] => {
+            let states = a.iter_mut().zip(b.iter_mut()).zip(c.iter_mut());
+            for ((t, g), ((a, b), c)) in theta.iter_mut().zip(grad).zip(states) {
+                let g = SCALE * g;
+                *t += g;
+                *a += g;
+                *b += g;
+                *c += g;
+            }
+        }
+        [a, b, c, d] => {
+            let states = a
+                .iter_mut()
+                .zip(b.iter_mut())
+                .zip(c.iter_mut().zip(d.iter_mut()));
+            for ((t, g), ((a, b), (c, d))) in theta.iter_mut().zip(grad).zip(states) {
+                let g = SCALE * g;
+                *t += g;
+                *a += g;
+                *b += g;
+                *c += g;
+                *d += g;
+            }
+        }
+        _ => unreachable!("at most {MAX_STATES} state vectors"),
+    }
+}
+
+fn binding<'a>(buffer: &'a wgpu::Buffer, range: &Range<u64>) -> wgpu::BufferBinding<'a> {
+    wgpu::BufferBinding {
+        buffer,
+        offset: range.start * 4,
+        size: wgpu::BufferSize::new((range.end - range.start) * 4),
+    }
+}
+
+/// The touch kernel for one state count, bound over the roofline's buffers.
+struct Touch {
+    pipeline: TouchPipeline,
+    /// One bind group per bound range, with its lane width.
+    parts: Vec<(Range<u64>, Lanes, wgpu::BindGroup)>,
+}
+
+/// The GPU roofline's buffers at one size.
+pub struct GpuRoofline {
+    ctx: GpuContext,
+    n: usize,
+    uniform: wgpu::Buffer,
+    theta: wgpu::Buffer,
+    grad: wgpu::Buffer,
+    /// Grown on demand to the most state vectors asked for.
+    states: Vec<wgpu::Buffer>,
+    copy: wgpu::Buffer,
+    /// Stands in for the state bindings a touch does not use.
+    placeholder: wgpu::Buffer,
+    touches: HashMap<usize, Touch>,
+}
+
+impl GpuRoofline {
+    /// Allocates θ, g and a copy destination of `n` elements (padded to whole vec4s, as the
+    /// optimizer's own buffers are).
+    pub fn new(ctx: &GpuContext, n: usize) -> Result<Self> {
+        use wgpu::util::DeviceExt;
+        let device = ctx.device();
+        let bound = n.max(1).next_multiple_of(4);
+        let (uniform, theta, grad, copy, placeholder) = ctx.scoped("roofline buffers", || {
+            let storage = |label: &str, values: &[f32]| {
+                device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some(label),
+                    contents: bytemuck::cast_slice(values),
+                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+                })
+            };
+            let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("touch uniform"),
+                contents: bytemuck::cast_slice(&[SCALE, 0.0, 0.0, 0.0]),
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+            let copy = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("roofline copy"),
+                size: bound as u64 * 4,
+                usage: wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            let placeholder = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("roofline unused state"),
+                size: 16,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            });
+            (
+                uniform,
+                storage("roofline theta", &synthetic(bound, 11, 1.0)),
+                storage("roofline grad", &synthetic(bound, 12, 1.0)),
+                copy,
+                placeholder,
+            )
+        })?;
+        Ok(GpuRoofline {
+            ctx: ctx.clone(),
+            n,
+            uniform,
+            theta,
+            grad,
+            states: Vec::new(),
+            copy,
+            placeholder,
+            touches: HashMap::new(),
+        })
+    }
+
+    fn prepare(&mut self, states: usize) -> Result<()> {
+        assert!(states <= MAX_STATES, "touch: {states} state vectors");
+        if self.touches.contains_key(&states) {
+            return Ok(());
+        }
+        let ctx = self.ctx.clone();
+        let device = ctx.device();
+        let bound = self.n.max(1).next_multiple_of(4);
+        while self.states.len() < states {
+            let seed = 13 + self.states.len() as u64;
+            let buffer = ctx.scoped("roofline buffers", || {
+                use wgpu::util::DeviceExt;
+                device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("roofline state"),
+                    contents: bytemuck::cast_slice(&synthetic(bound, seed, 1.0)),
+                    usage: wgpu::BufferUsages::STORAGE,
+                })
+            })?;
+            self.states.push(buffer);
+        }
+        let limits = ctx.limits();
+        let align = (limits.min_storage_buffer_offset_alignment as u64 / 4).max(1);
+        let touch = ctx.scoped("touch kernel", || {
+            let pipeline = TouchPipeline::new(device, states as u32, ctx.workgroup_size());
+            let parts = binding_chunks(bound as u64, &limits)
+                .iter()
+                .flat_map(|chunk| parts_of(chunk, align, !ctx.scalar_only()))
+                .map(|(range, lanes)| {
+                    let state: Vec<_> = (0..MAX_STATES)
+                        .map(|k| match k < states {
+                            true => binding(&self.states[k], &range),
+                            false => self.placeholder.as_entire_buffer_binding(),
+                        })
+                        .collect();
+                    let group = pipeline.bind(
+                        device,
+                        self.uniform.as_entire_buffer_binding(),
+                        binding(&self.theta, &range),
+                        binding(&self.grad, &range),
+                        &state,
+                    );
+                    (range, lanes, group)
+                })
+                .collect();
+            Touch { pipeline, parts }
+        })?;
+        self.touches.insert(states, touch);
+        Ok(())
+    }
+
+    /// Submits one touch of θ, g and `states` state vectors (one pass, timed by `timer` if
+    /// given). Does not wait.
+    pub fn touch(&mut self, states: usize, timer: Option<&mut PassTimer>) -> Result<()> {
+        self.prepare(states)?;
+        let touch = &self.touches[&states];
+        let ctx = &self.ctx;
+        ctx.scoped("touch", || {
+            let mut encoder = ctx.device().create_command_encoder(&Default::default());
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("bayesprop touch"),
+                    timestamp_writes: timer.and_then(PassTimer::pass_writes),
+                });
+                for (range, lanes, group) in &touch.parts {
+                    let n = (range.end - range.start) as u32;
+                    touch.pipeline.dispatch(&mut pass, group, *lanes, n);
+                }
+            }
+            ctx.queue().submit([encoder.finish()]);
+        })
+    }
+
+    /// Submits one copy of θ to another buffer (timed by `timer` if given). Does not wait.
+    pub fn copy(&mut self, timer: Option<&mut PassTimer>) -> Result<()> {
+        let ctx = &self.ctx;
+        let bytes = self.n.max(1) as u64 * 4;
+        ctx.scoped("copy", || {
+            let mut encoder = ctx.device().create_command_encoder(&Default::default());
+            let copy = |e: &mut wgpu::CommandEncoder| {
+                e.copy_buffer_to_buffer(&self.theta, 0, &self.copy, 0, bytes)
+            };
+            match timer {
+                Some(timer) => timer.span(&mut encoder, copy),
+                None => copy(&mut encoder),
+            }
+            ctx.queue().submit([encoder.finish()]);
+        })
+    }
+}

@@ -1,0 +1,215 @@
+//! `bayesprop bench`: its JSON interface, its table, the plot, and the CPU rows without an
+//! adapter. Small sizes and few steps; no test here asserts a speed.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use bayesprop::bench::{format_size, parse_size};
+use bayesprop::OptimizerConfig;
+
+const KEYS: [&str; 10] = [
+    "optimizer",
+    "n",
+    "device",
+    "adapter",
+    "step_seconds_median",
+    "elements_per_second",
+    "bytes_per_element",
+    "gb_per_second",
+    "roofline_gb_per_second",
+    "roofline_fraction",
+];
+
+fn bayesprop(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_bayesprop"));
+    command.args(args).env("XDG_RUNTIME_DIR", "/tmp");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().expect("the binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn rows(out: &Output) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&out.stdout)));
+    value
+        .as_array()
+        .expect("one JSON array")
+        .iter()
+        .map(|row| row.as_object().expect("an object per row").clone())
+        .collect()
+}
+
+#[test]
+fn sizes_parse_and_print_in_binary_units() {
+    assert_eq!(parse_size("16M").unwrap(), 16 << 20);
+    assert_eq!(parse_size("64K").unwrap(), 64 << 10);
+    assert_eq!(parse_size("1000").unwrap(), 1000);
+    assert!(parse_size("0").is_err() && parse_size("lots").is_err());
+    assert_eq!(format_size(16 << 20), "16M");
+    assert_eq!(format_size(10_000_000), "10e6");
+    assert_eq!(format_size(1003), "1003");
+}
+
+#[test]
+fn json_rows_carry_every_documented_key_for_every_optimizer() {
+    let out = bayesprop(
+        &[
+            "bench",
+            "--device",
+            "cpu",
+            "--sizes",
+            "4K,8K",
+            "--steps",
+            "2",
+            "--json",
+            "--matrix-only",
+        ],
+        &[],
+    );
+    let rows = rows(&out);
+    let table = OptimizerConfig::all_defaults();
+    assert_eq!(
+        rows.len(),
+        2 * table.len(),
+        "one row per optimizer and size"
+    );
+    for row in &rows {
+        for key in KEYS {
+            assert!(row.contains_key(key), "missing {key}: {row:?}");
+        }
+        assert_eq!(row["device"], "cpu");
+        let name = row["optimizer"].as_str().unwrap();
+        let config = OptimizerConfig::default_for(name).unwrap();
+        assert_eq!(
+            row["bytes_per_element"].as_u64().unwrap() as usize,
+            config.as_dyn().bytes_per_element(),
+            "{name}: bytes per SPEC"
+        );
+        for key in [
+            "step_seconds_median",
+            "roofline_gb_per_second",
+            "roofline_fraction",
+        ] {
+            let v = row[key].as_f64().unwrap();
+            assert!(v.is_finite() && v > 0.0, "{name} {key} = {v}");
+        }
+    }
+}
+
+#[test]
+fn without_an_adapter_the_cpu_rows_run_and_one_line_says_why() {
+    let absent = if cfg!(target_os = "macos") {
+        "dx12"
+    } else {
+        "metal"
+    };
+    let out = bayesprop(
+        &[
+            "bench",
+            "--optimizer",
+            "bayes",
+            "--sizes",
+            "4K",
+            "--steps",
+            "1",
+            "--matrix-only",
+        ],
+        &[("WGPU_BACKEND", absent)],
+    );
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let why: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("GPU rows skipped"))
+        .collect();
+    assert_eq!(why.len(), 1, "{stdout}");
+    assert!(why[0].contains("mesa-vulkan-drivers"), "{stdout}");
+    for device in ["cpu", "reference"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with("bayes") && l.contains(device)),
+            "no {device} row: {stdout}"
+        );
+    }
+    assert!(!stdout
+        .lines()
+        .any(|l| l.starts_with("bayes") && l.contains(" gpu ")));
+}
+
+#[test]
+fn gpu_rows_name_the_adapter_and_how_they_were_timed() {
+    let Some(ctx) = common::gpu("gpu_rows_name_the_adapter_and_how_they_were_timed") else {
+        return;
+    };
+    let out = bayesprop(
+        &[
+            "bench",
+            "--device",
+            "gpu",
+            "--optimizer",
+            "adam",
+            "--sizes",
+            "4K",
+            "--steps",
+            "2",
+            "--json",
+        ],
+        &[],
+    );
+    let rows = rows(&out);
+    // The matrix, the scan-cost row and the many-tensor pair.
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    let timing = if ctx.has_timestamps() {
+        "timestamp-query"
+    } else {
+        "wall-clock"
+    };
+    for row in &rows {
+        assert_eq!(row["device"], "gpu");
+        assert!(row["adapter"]
+            .as_str()
+            .unwrap()
+            .contains(&ctx.adapter_info().name));
+        assert_eq!(row["timing"], timing);
+        assert_eq!(row["vec4"], true);
+    }
+}
+
+#[test]
+fn plot_writes_an_svg() {
+    let path: PathBuf =
+        std::env::temp_dir().join(format!("bayesprop-bench-{}.svg", std::process::id()));
+    let out = bayesprop(
+        &[
+            "bench",
+            "--device",
+            "cpu",
+            "--optimizer",
+            "sgd",
+            "--sizes",
+            "4K,16K",
+            "--steps",
+            "1",
+            "--matrix-only",
+            "--plot",
+            path.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let svg = std::fs::read_to_string(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        svg.starts_with("<svg") && svg.contains("sgd: throughput"),
+        "{svg:.200}"
+    );
+}
