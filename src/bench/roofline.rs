@@ -107,53 +107,84 @@ impl CpuRoofline {
     }
 }
 
-/// One fused loop per state count, as an optimizer's loop is fused, so that both stream the
-/// same arrays in the same way.
+/// The touch of one chunk: one fused loop over θ, g and the states, as an optimizer's loop is
+/// fused (so both stream the same arrays the same way), compiled for the same SIMD width as
+/// the optimizers' loops (see `simd_fn!` in `reference`).
 fn touch_chunk(theta: &mut [f32], grad: &[f32], states: &mut [&mut [f32]]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F, the only feature `touch_avx512` is compiled for.
+            return unsafe { touch_avx512(theta, grad, states) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2, the only feature `touch_avx2` is compiled for.
+            return unsafe { touch_avx2(theta, grad, states) };
+        }
+    }
+    touch_fused(theta, grad, states)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn touch_avx512(theta: &mut [f32], grad: &[f32], states: &mut [&mut [f32]]) {
+    touch_fused(theta, grad, states)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn touch_avx2(theta: &mut [f32], grad: &[f32], states: &mut [&mut [f32]]) {
+    touch_fused(theta, grad, states)
+}
+
+/// One loop per state count; the asserted lengths let the compiler drop bounds checks and
+/// vectorize.
+#[inline(always)]
+fn touch_fused(theta: &mut [f32], grad: &[f32], states: &mut [&mut [f32]]) {
+    let n = theta.len();
+    assert!(grad.len() == n && states.iter().all(|s| s.len() == n));
     match states {
         [] => {
-            for (t, g) in theta.iter_mut().zip(grad) {
-                *t += SCALE * g;
+            for i in 0..n {
+                theta[i] += SCALE * grad[i];
             }
         }
         [a] => {
-            for ((t, g), a) in theta.iter_mut().zip(grad).zip(a.iter_mut()) {
-                let g = SCALE * g;
-                *t += g;
-                *a += g;
+            let a = &mut a[..n];
+            for i in 0..n {
+                let g = SCALE * grad[i];
+                theta[i] += g;
+                a[i] += g;
             }
         }
         [a, b] => {
-            let states = a.iter_mut().zip(b.iter_mut());
-            for ((t, g), (a, b)) in theta.iter_mut().zip(grad).zip(states) {
-                let g = SCALE * g;
-                *t += g;
-                *a += g;
-                *b += g;
+            let (a, b) = (&mut a[..n], &mut b[..n]);
+            for i in 0..n {
+                let g = SCALE * grad[i];
+                theta[i] += g;
+                a[i] += g;
+                b[i] += g;
             }
         }
         [a, b, c] => {
-            let states = a.iter_mut().zip(b.iter_mut()).zip(c.iter_mut());
-            for ((t, g), ((a, b), c)) in theta.iter_mut().zip(grad).zip(states) {
-                let g = SCALE * g;
-                *t += g;
-                *a += g;
-                *b += g;
-                *c += g;
+            let (a, b, c) = (&mut a[..n], &mut b[..n], &mut c[..n]);
+            for i in 0..n {
+                let g = SCALE * grad[i];
+                theta[i] += g;
+                a[i] += g;
+                b[i] += g;
+                c[i] += g;
             }
         }
         [a, b, c, d] => {
-            let states = a
-                .iter_mut()
-                .zip(b.iter_mut())
-                .zip(c.iter_mut().zip(d.iter_mut()));
-            for ((t, g), ((a, b), (c, d))) in theta.iter_mut().zip(grad).zip(states) {
-                let g = SCALE * g;
-                *t += g;
-                *a += g;
-                *b += g;
-                *c += g;
-                *d += g;
+            let (a, b, c, d) = (&mut a[..n], &mut b[..n], &mut c[..n], &mut d[..n]);
+            for i in 0..n {
+                let g = SCALE * grad[i];
+                theta[i] += g;
+                a[i] += g;
+                b[i] += g;
+                c[i] += g;
+                d[i] += g;
             }
         }
         _ => unreachable!("at most {MAX_STATES} state vectors"),
