@@ -82,6 +82,9 @@ pub struct BenchOptions {
     pub devices: Vec<BenchDevice>,
     /// Timed steps per row (after warm-up steps).
     pub steps: usize,
+    /// Passes through every row; each row pools the samples of all its passes, so that the
+    /// machine's changing load over the whole run weighs on every row alike.
+    pub repeat: usize,
     /// The non-finite policy of the matrix. `SkipStep` (the default) makes the GPU run its
     /// scan pass and the CPU read g once more before the update; `SkipElement` needs neither.
     pub policy: NonFinitePolicy,
@@ -101,6 +104,7 @@ impl Default for BenchOptions {
             sizes: vec![1 << 20, 16 << 20, 64 << 20],
             devices: BenchDevice::ALL.to_vec(),
             steps: 10,
+            repeat: 1,
             policy: NonFinitePolicy::SkipStep,
             extras: true,
         }
@@ -130,6 +134,11 @@ pub struct Row {
     /// during the run cancels out. Close to `gb_per_second / roofline_gb_per_second`, which
     /// takes the medians separately.
     pub roofline_fraction: f64,
+    /// The lowest and highest roofline fraction of a single pass (`--repeat`).
+    pub roofline_fraction_min: f64,
+    pub roofline_fraction_max: f64,
+    /// Passes pooled into this row.
+    pub runs: usize,
     /// A plain copy on the same device (8 bytes per element: read and write).
     pub copy_gb_per_second: f64,
     /// `one tensor` or `10000 tensors of 1000`.
@@ -333,14 +342,19 @@ pub fn run(
     let ctx = gpu.ok();
     let jobs = plan(options, ctx.is_some());
     let load_before = load_average();
-    let mut rooflines = Rooflines::default();
-    let mut rows = Vec::new();
-    for (k, job) in jobs.iter().enumerate() {
-        progress(k, jobs.len(), &job.label());
-        rooflines.at(job.n);
-        rows.push(measure(job, options.steps, ctx, &mut rooflines)?);
+    let passes = options.repeat.max(1);
+    let total = passes * jobs.len();
+    let mut measured: Vec<Vec<Measured>> = jobs.iter().map(|_| Vec::new()).collect();
+    for pass in 0..passes {
+        let mut rooflines = Rooflines::default();
+        for (k, job) in jobs.iter().enumerate() {
+            progress(pass * jobs.len() + k, total, &job.label());
+            rooflines.at(job.n);
+            measured[k].push(measure(job, options.steps, ctx, &mut rooflines)?);
+        }
     }
-    progress(jobs.len(), jobs.len(), "done");
+    progress(total, total, "done");
+    let mut rows: Vec<Row> = jobs.iter().zip(&measured).map(|(j, m)| row(j, m)).collect();
     fill_speedups(&mut rows);
     let load = load_before.zip(load_average());
     Ok(Report {
@@ -412,12 +426,20 @@ struct Samples {
     timing: &'static str,
 }
 
+/// One pass of one row: its samples and where they were taken.
+struct Measured {
+    samples: Samples,
+    adapter: String,
+    workgroup_size: Option<u32>,
+    vec4: Option<bool>,
+}
+
 fn measure(
     job: &Job,
     steps: usize,
     gpu: Option<&GpuContext>,
     rooflines: &mut Rooflines,
-) -> Result<Row> {
+) -> Result<Measured> {
     let n = job.n;
     let theta0 = synthetic(n, 1, 1.0);
     let grad = synthetic(n, 2, 1e-2);
@@ -453,40 +475,71 @@ fn measure(
             )
         }
     };
-    let Samples {
-        mut step,
-        mut touch,
-        mut copy,
-        wall_per_step,
-        timing,
-    } = samples;
-    let mut ratios: Vec<f64> = touch.iter().zip(&step).map(|(t, s)| t / s).collect();
-    let fraction = median(&mut ratios);
-    let (step, touch, copy) = (median(&mut step), median(&mut touch), median(&mut copy));
+    Ok(Measured {
+        samples,
+        adapter,
+        workgroup_size,
+        vec4,
+    })
+}
+
+/// The row of a job from all its passes: medians over the pooled samples.
+fn row(job: &Job, passes: &[Measured]) -> Row {
+    let pooled = |f: fn(&Samples) -> &Vec<f64>| -> Vec<f64> {
+        passes
+            .iter()
+            .flat_map(|m| f(&m.samples).iter().copied())
+            .collect()
+    };
+    // Each touch was measured right after its step: their ratio shrugs off load changes.
+    let ratios = |m: &Measured| -> Vec<f64> {
+        let s = &m.samples;
+        s.touch.iter().zip(&s.step).map(|(t, s)| t / s).collect()
+    };
+    let mut per_pass: Vec<f64> = passes.iter().map(|m| median(&mut ratios(m))).collect();
+    let fraction = median(&mut passes.iter().flat_map(ratios).collect::<Vec<_>>());
+    per_pass.sort_by(f64::total_cmp);
+    let step = median(&mut pooled(|s| &s.step));
+    let touch = median(&mut pooled(|s| &s.touch));
+    let copy = median(&mut pooled(|s| &s.copy));
+    let mut walls: Vec<f64> = passes
+        .iter()
+        .filter_map(|m| m.samples.wall_per_step)
+        .collect();
+    let wall = if walls.is_empty() {
+        step
+    } else {
+        median(&mut walls)
+    };
+    let first = &passes[0];
+    let n = job.n;
     let bytes_per_element = job.config.as_dyn().bytes_per_element();
     let bytes = (bytes_per_element * n) as f64;
     let gb_per_second = bytes / step / 1e9;
     let roofline_gb_per_second = bytes / touch / 1e9;
-    Ok(Row {
+    Row {
         optimizer: job.name.clone(),
         n,
         device: job.device.name().to_string(),
-        adapter,
+        adapter: first.adapter.clone(),
         step_seconds_median: step,
         elements_per_second: n as f64 / step,
         bytes_per_element,
         gb_per_second,
         roofline_gb_per_second,
         roofline_fraction: fraction,
+        roofline_fraction_min: per_pass[0],
+        roofline_fraction_max: per_pass[per_pass.len() - 1],
+        runs: passes.len(),
         copy_gb_per_second: 8.0 * n as f64 / copy / 1e9,
         case: job.case.name().to_string(),
         policy: job.policy.name().to_string(),
-        timing: timing.to_string(),
-        wall_seconds_per_step: wall_per_step.unwrap_or(step),
+        timing: first.samples.timing.to_string(),
+        wall_seconds_per_step: wall,
         gpu_cpu_speedup: None,
-        workgroup_size,
-        vec4,
-    })
+        workgroup_size: first.workgroup_size,
+        vec4: first.vec4,
+    }
 }
 
 fn seconds(start: Instant) -> f64 {
@@ -725,7 +778,13 @@ impl Report {
                 format!("{:.0}", r.elements_per_second / 1e6),
                 format!("{:.2}", r.gb_per_second),
                 format!("{:.2}", r.roofline_gb_per_second),
-                format!("{:.2}", r.roofline_fraction),
+                match r.runs {
+                    1 => format!("{:.2}", r.roofline_fraction),
+                    _ => format!(
+                        "{:.2} ({:.2}-{:.2})",
+                        r.roofline_fraction, r.roofline_fraction_min, r.roofline_fraction_max
+                    ),
+                },
                 format!("{:.2}", r.copy_gb_per_second),
                 r.gpu_cpu_speedup
                     .map_or("-".to_string(), |s| format!("{s:.2}x")),
@@ -740,7 +799,17 @@ impl Report {
                     .unwrap_or(0)
             })
             .collect();
-        let _ = writeln!(out, "non-finite policy: {}", self.policy.name());
+        let runs = self.rows.first().map_or(1, |r| r.runs);
+        let _ = writeln!(
+            out,
+            "non-finite policy: {}; {runs} pass(es) pooled per row{}",
+            self.policy.name(),
+            if runs > 1 {
+                "; of roof: median over all samples (lowest-highest pass)"
+            } else {
+                ""
+            }
+        );
         for (k, line) in lines.iter().enumerate() {
             let cells: Vec<String> = line
                 .iter()

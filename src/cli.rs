@@ -54,6 +54,10 @@ struct BenchArgs {
     /// Timed steps per row (after warm-up); medians are reported.
     #[arg(long, default_value_t = 10)]
     steps: usize,
+    /// Passes through every row, pooled per row (the spread of the roofline fraction over
+    /// passes is shown), so that load changing during a long run weighs on all rows alike.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
     /// Print one JSON array of the rows instead of the table.
     #[arg(long)]
     json: bool,
@@ -327,6 +331,7 @@ fn bench(args: &BenchArgs) -> Result<ExitCode> {
         sizes,
         devices,
         steps: args.steps,
+        repeat: args.repeat,
         policy: args.nonfinite,
         extras: !args.matrix_only,
     };
