@@ -25,7 +25,7 @@ use crate::gpu::{GpuContext, GpuOptimizer, PassTimer};
 use crate::layout::ParamGroups;
 use crate::optim::{NonFinitePolicy, OptimizerConfig};
 use crate::Stepper;
-use roofline::{synthetic, CpuRoofline, GpuRoofline};
+use roofline::{copy_cpu, synthetic, touch_cpu, GpuRoofline};
 
 /// Where a row's optimizer steps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -288,37 +288,6 @@ pub fn job_count(options: &BenchOptions, has_gpu: bool) -> usize {
     plan(options, has_gpu).len()
 }
 
-/// The roofline arrays of the size being measured, kept while the size stays the same.
-#[derive(Default)]
-struct Rooflines {
-    cpu: Option<CpuRoofline>,
-    gpu: Option<GpuRoofline>,
-    n: usize,
-}
-
-impl Rooflines {
-    fn at(&mut self, n: usize) {
-        if self.n != n {
-            *self = Rooflines {
-                n,
-                ..Default::default()
-            };
-        }
-    }
-
-    fn cpu(&mut self) -> &mut CpuRoofline {
-        let n = self.n;
-        self.cpu.get_or_insert_with(|| CpuRoofline::new(n))
-    }
-
-    fn gpu(&mut self, ctx: &GpuContext) -> Result<&mut GpuRoofline> {
-        if self.gpu.is_none() {
-            self.gpu = Some(GpuRoofline::new(ctx, self.n)?);
-        }
-        Ok(self.gpu.as_mut().expect("just made"))
-    }
-}
-
 /// Measures every row of `options`. GPU rows need `gpu`; without it `gpu_missing` (the reason,
 /// one line) is reported instead. `progress` is called before each row with its index, the
 /// count and a label.
@@ -346,11 +315,9 @@ pub fn run(
     let total = passes * jobs.len();
     let mut measured: Vec<Vec<Measured>> = jobs.iter().map(|_| Vec::new()).collect();
     for pass in 0..passes {
-        let mut rooflines = Rooflines::default();
         for (k, job) in jobs.iter().enumerate() {
             progress(pass * jobs.len() + k, total, &job.label());
-            rooflines.at(job.n);
-            measured[k].push(measure(job, options.steps, ctx, &mut rooflines)?);
+            measured[k].push(measure(job, options.steps, ctx)?);
         }
     }
     progress(total, total, "done");
@@ -434,12 +401,7 @@ struct Measured {
     vec4: Option<bool>,
 }
 
-fn measure(
-    job: &Job,
-    steps: usize,
-    gpu: Option<&GpuContext>,
-    rooflines: &mut Rooflines,
-) -> Result<Measured> {
+fn measure(job: &Job, steps: usize, gpu: Option<&GpuContext>) -> Result<Measured> {
     let n = job.n;
     let theta0 = synthetic(n, 1, 1.0);
     let grad = synthetic(n, 2, 1e-2);
@@ -455,7 +417,7 @@ fn measure(
             let mut optimizer =
                 CpuOptimizer::from_groups(&groups, path).with_nonfinite_policy(job.policy);
             drop(groups);
-            let samples = measure_cpu(&mut optimizer, &grad, rooflines.cpu(), states, steps)?;
+            let samples = measure_cpu(&mut optimizer, &grad, steps)?;
             (samples, cpu_name(threads), None, None)
         }
         BenchDevice::Gpu => {
@@ -463,8 +425,8 @@ fn measure(
             let mut optimizer =
                 GpuOptimizer::from_groups(ctx, &groups)?.with_nonfinite_policy(job.policy);
             drop(groups);
-            let roofline = rooflines.gpu(ctx)?;
-            let samples = measure_gpu(ctx, &mut optimizer, &grad, roofline, states, steps)?;
+            let mut roofline = GpuRoofline::over(ctx, &optimizer)?;
+            let samples = measure_gpu(ctx, &mut optimizer, &grad, &mut roofline, states, steps)?;
             let info = ctx.adapter_info();
             let adapter = format!("{} ({:?})", info.name, info.backend);
             (
@@ -546,17 +508,31 @@ fn seconds(start: Instant) -> f64 {
     start.elapsed().as_secs_f64()
 }
 
-fn measure_cpu(
-    optimizer: &mut CpuOptimizer,
-    grad: &[f32],
-    roofline: &mut CpuRoofline,
-    states: usize,
-    steps: usize,
-) -> Result<Samples> {
+/// The touch and the copy of the optimizer's own arrays (group 0's arena, which is all of
+/// them in every case `bench` measures).
+fn touch_and_copy(optimizer: &mut CpuOptimizer, grad: &[f32], copy: &mut [f32]) -> (f64, f64) {
+    let group = &mut optimizer.groups[0];
+    let mut states: Vec<&mut [f32]> = group
+        .state
+        .iter_mut()
+        .filter(|v| !v.is_empty())
+        .map(|v| &mut v[..])
+        .collect();
+    // The gradient is the arena itself in every case bench measures (no padding).
+    let grad = &grad[..group.theta.len()];
+    let start = Instant::now();
+    touch_cpu(&mut group.theta, grad, &mut states);
+    let touch = seconds(start);
+    let start = Instant::now();
+    copy_cpu(&group.theta, copy);
+    (touch, seconds(start))
+}
+
+fn measure_cpu(optimizer: &mut CpuOptimizer, grad: &[f32], steps: usize) -> Result<Samples> {
+    let mut copy = vec![0.0f32; optimizer.groups[0].theta.len()];
     // Warm-up: page faults of fresh arrays, caches, rayon's threads.
     optimizer.step(grad)?;
-    roofline.touch(states);
-    roofline.copy();
+    touch_and_copy(optimizer, grad, &mut copy);
     let mut samples = Samples {
         step: Vec::with_capacity(steps),
         touch: Vec::with_capacity(steps),
@@ -568,12 +544,9 @@ fn measure_cpu(
         let start = Instant::now();
         optimizer.step(grad)?;
         samples.step.push(seconds(start));
-        let start = Instant::now();
-        roofline.touch(states);
-        samples.touch.push(seconds(start));
-        let start = Instant::now();
-        roofline.copy();
-        samples.copy.push(seconds(start));
+        let (touch, copied) = touch_and_copy(optimizer, grad, &mut copy);
+        samples.touch.push(touch);
+        samples.copy.push(copied);
     }
     Ok(samples)
 }

@@ -3,6 +3,12 @@
 //! back with one multiply-add each (exactly the bytes of an optimizer with k state vectors),
 //! and a plain copy. CPU: the same loops in Rust, over the fast path's parallel chunks. GPU:
 //! `shaders/touch.wgsl` and `copy_buffer_to_buffer`.
+//!
+//! `bench` touches the optimizer's own arrays (the touch adds 10⁻⁶·g: the values stay normal
+//! and finite, and speed does not depend on them): on this kind of machine the bandwidth of
+//! one allocation can differ from another's, so other arrays of the same size would measure
+//! a different limit. [`CpuRoofline`] and [`GpuRoofline::new`] bring arrays of their own, for
+//! the criterion benches.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -10,9 +16,9 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::cpu::PARALLEL_CHUNK;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::pipeline::TouchPipeline;
-use crate::gpu::{binding_chunks, parts_of, GpuContext, PassTimer};
+use crate::gpu::{binding_chunks, parts_of, GpuContext, GpuOptimizer, PassTimer};
 use crate::kernels::Lanes;
 
 /// The touch's multiplier: small, so repeated touches keep every value normal and finite.
@@ -70,7 +76,7 @@ impl CpuRoofline {
         self.theta.is_empty()
     }
 
-    /// Reads θ, g and `states` state vectors and writes θ and the states, in parallel chunks.
+    /// Reads θ, g and `states` state vectors and writes θ and the states ([`touch_cpu`]).
     pub fn touch(&mut self, states: usize) {
         assert!(states <= MAX_STATES, "touch: {states} state vectors");
         let n = self.len();
@@ -78,33 +84,51 @@ impl CpuRoofline {
             self.states
                 .push(synthetic(n, 13 + self.states.len() as u64, 1.0));
         }
-        let mut state_chunks: Vec<_> = self.states[..states]
+        let mut views: Vec<&mut [f32]> = self.states[..states]
             .iter_mut()
-            .map(|v| v.chunks_mut(PARALLEL_CHUNK))
+            .map(|v| &mut v[..])
             .collect();
-        let jobs: Vec<_> = self
-            .theta
-            .chunks_mut(PARALLEL_CHUNK)
-            .zip(self.grad.chunks(PARALLEL_CHUNK))
-            .map(|(theta, grad)| {
-                let state: Vec<&mut [f32]> = state_chunks
-                    .iter_mut()
-                    .map(|c| c.next().expect("same length"))
-                    .collect();
-                (theta, grad, state)
-            })
-            .collect();
-        jobs.into_par_iter()
-            .for_each(|(theta, grad, mut state)| touch_chunk(theta, grad, &mut state));
+        touch_cpu(&mut self.theta, &self.grad, &mut views);
     }
 
-    /// Copies θ to another array (reads and writes 4 bytes per element), in parallel chunks.
+    /// Copies θ to another array ([`copy_cpu`]).
     pub fn copy(&mut self) {
-        self.copy
-            .par_chunks_mut(PARALLEL_CHUNK)
-            .zip(self.theta.par_chunks(PARALLEL_CHUNK))
-            .for_each(|(dst, src)| dst.copy_from_slice(src));
+        copy_cpu(&self.theta, &mut self.copy);
     }
+}
+
+/// Reads θ, g and the state vectors and writes θ and the states back, over the fast path's
+/// parallel chunks: the bytes of an optimizer step with that many state vectors.
+pub fn touch_cpu(theta: &mut [f32], grad: &[f32], states: &mut [&mut [f32]]) {
+    assert!(
+        states.len() <= MAX_STATES,
+        "touch: {} state vectors",
+        states.len()
+    );
+    let mut state_chunks: Vec<_> = states
+        .iter_mut()
+        .map(|v| v.chunks_mut(PARALLEL_CHUNK))
+        .collect();
+    let jobs: Vec<_> = theta
+        .chunks_mut(PARALLEL_CHUNK)
+        .zip(grad.chunks(PARALLEL_CHUNK))
+        .map(|(theta, grad)| {
+            let state: Vec<&mut [f32]> = state_chunks
+                .iter_mut()
+                .map(|c| c.next().expect("same length"))
+                .collect();
+            (theta, grad, state)
+        })
+        .collect();
+    jobs.into_par_iter()
+        .for_each(|(theta, grad, mut state)| touch_chunk(theta, grad, &mut state));
+}
+
+/// Copies `src` to `dst` (reads and writes 4 bytes per element), in parallel chunks.
+pub fn copy_cpu(src: &[f32], dst: &mut [f32]) {
+    dst.par_chunks_mut(PARALLEL_CHUNK)
+        .zip(src.par_chunks(PARALLEL_CHUNK))
+        .for_each(|(dst, src)| dst.copy_from_slice(src));
 }
 
 /// The touch of one chunk: one fused loop over θ, g and the states, as an optimizer's loop is
@@ -206,15 +230,19 @@ struct Touch {
     parts: Vec<(Range<u64>, Lanes, wgpu::BindGroup)>,
 }
 
-/// The GPU roofline's buffers at one size.
+/// The GPU roofline: θ, g and state buffers (its own, or an optimizer's), and a copy
+/// destination.
 pub struct GpuRoofline {
     ctx: GpuContext,
-    n: usize,
+    /// Elements bound: a multiple of 4.
+    bound: u64,
     uniform: wgpu::Buffer,
     theta: wgpu::Buffer,
     grad: wgpu::Buffer,
-    /// Grown on demand to the most state vectors asked for.
+    /// Own buffers grow on demand to the most state vectors asked for; an optimizer's are its
+    /// used state vectors.
     states: Vec<wgpu::Buffer>,
+    owns_states: bool,
     copy: wgpu::Buffer,
     /// Stands in for the state bindings a touch does not use.
     placeholder: wgpu::Buffer,
@@ -222,13 +250,13 @@ pub struct GpuRoofline {
 }
 
 impl GpuRoofline {
-    /// Allocates θ, g and a copy destination of `n` elements (padded to whole vec4s, as the
+    /// θ, g and a copy destination of `n` elements of its own (padded to whole vec4s, as the
     /// optimizer's own buffers are).
     pub fn new(ctx: &GpuContext, n: usize) -> Result<Self> {
         use wgpu::util::DeviceExt;
         let device = ctx.device();
         let bound = n.max(1).next_multiple_of(4);
-        let (uniform, theta, grad, copy, placeholder) = ctx.scoped("roofline buffers", || {
+        let (theta, grad) = ctx.scoped("roofline buffers", || {
             let storage = |label: &str, values: &[f32]| {
                 device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                     label: Some(label),
@@ -236,6 +264,35 @@ impl GpuRoofline {
                     usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
                 })
             };
+            (
+                storage("roofline theta", &synthetic(bound, 11, 1.0)),
+                storage("roofline grad", &synthetic(bound, 12, 1.0)),
+            )
+        })?;
+        Self::assemble(ctx, bound as u64, theta, grad, Vec::new(), true)
+    }
+
+    /// Over the optimizer's own θ, g and state buffers (group 0, which must lie in single
+    /// buffers the optimizer owns), with a copy destination of θ's size.
+    pub fn over(ctx: &GpuContext, optimizer: &GpuOptimizer) -> Result<Self> {
+        let arena = optimizer.whole_arena().ok_or_else(|| {
+            Error::Layout("the roofline needs group 0 in single buffers the optimizer owns".into())
+        })?;
+        let bound = arena.bound.max(4);
+        Self::assemble(ctx, bound, arena.theta, arena.grad, arena.states, false)
+    }
+
+    fn assemble(
+        ctx: &GpuContext,
+        bound: u64,
+        theta: wgpu::Buffer,
+        grad: wgpu::Buffer,
+        states: Vec<wgpu::Buffer>,
+        owns_states: bool,
+    ) -> Result<Self> {
+        use wgpu::util::DeviceExt;
+        let device = ctx.device();
+        let (uniform, copy, placeholder) = ctx.scoped("roofline buffers", || {
             let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some("touch uniform"),
                 contents: bytemuck::cast_slice(&[SCALE, 0.0, 0.0, 0.0]),
@@ -243,7 +300,7 @@ impl GpuRoofline {
             });
             let copy = device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("roofline copy"),
-                size: bound as u64 * 4,
+                size: bound * 4,
                 usage: wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             });
@@ -253,21 +310,16 @@ impl GpuRoofline {
                 usage: wgpu::BufferUsages::STORAGE,
                 mapped_at_creation: false,
             });
-            (
-                uniform,
-                storage("roofline theta", &synthetic(bound, 11, 1.0)),
-                storage("roofline grad", &synthetic(bound, 12, 1.0)),
-                copy,
-                placeholder,
-            )
+            (uniform, copy, placeholder)
         })?;
         Ok(GpuRoofline {
             ctx: ctx.clone(),
-            n,
+            bound,
             uniform,
             theta,
             grad,
-            states: Vec::new(),
+            states,
+            owns_states,
             copy,
             placeholder,
             touches: HashMap::new(),
@@ -281,14 +333,20 @@ impl GpuRoofline {
         }
         let ctx = self.ctx.clone();
         let device = ctx.device();
-        let bound = self.n.max(1).next_multiple_of(4);
+        let bound = self.bound;
+        if !self.owns_states && states > self.states.len() {
+            return Err(Error::Layout(format!(
+                "the optimizer has {} state vectors, not {states}",
+                self.states.len()
+            )));
+        }
         while self.states.len() < states {
             let seed = 13 + self.states.len() as u64;
             let buffer = ctx.scoped("roofline buffers", || {
                 use wgpu::util::DeviceExt;
                 device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                     label: Some("roofline state"),
-                    contents: bytemuck::cast_slice(&synthetic(bound, seed, 1.0)),
+                    contents: bytemuck::cast_slice(&synthetic(bound as usize, seed, 1.0)),
                     usage: wgpu::BufferUsages::STORAGE,
                 })
             })?;
@@ -298,7 +356,7 @@ impl GpuRoofline {
         let align = (limits.min_storage_buffer_offset_alignment as u64 / 4).max(1);
         let touch = ctx.scoped("touch kernel", || {
             let pipeline = TouchPipeline::new(device, states as u32, ctx.workgroup_size());
-            let parts = binding_chunks(bound as u64, &limits)
+            let parts = binding_chunks(bound, &limits)
                 .iter()
                 .flat_map(|chunk| parts_of(chunk, align, !ctx.scalar_only()))
                 .map(|(range, lanes)| {
@@ -349,7 +407,7 @@ impl GpuRoofline {
     /// Submits one copy of θ to another buffer (timed by `timer` if given). Does not wait.
     pub fn copy(&mut self, timer: Option<&mut PassTimer>) -> Result<()> {
         let ctx = &self.ctx;
-        let bytes = self.n.max(1) as u64 * 4;
+        let bytes = self.bound * 4;
         ctx.scoped("copy", || {
             let mut encoder = ctx.device().create_command_encoder(&Default::default());
             let copy = |e: &mut wgpu::CommandEncoder| {

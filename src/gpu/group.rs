@@ -30,6 +30,16 @@ pub struct ExternalArena {
     pub grad: BufferSlice,
 }
 
+/// A group's arena in single buffers the optimizer owns (see [`GpuGroup::whole_arena`]).
+pub(crate) struct WholeArena {
+    pub theta: wgpu::Buffer,
+    pub grad: wgpu::Buffer,
+    /// The used state vectors, in slot order.
+    pub states: Vec<wgpu::Buffer>,
+    /// Elements bound by the kernels: the arena padded to whole vec4s.
+    pub bound: u64,
+}
+
 /// One of a group's per-element vectors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Vector {
@@ -426,6 +436,24 @@ impl GpuGroup {
         let mut slice = self.vector(piece, vector)?;
         slice.offset += (range.start - piece.range.start) as u64 * 4;
         Some((slice, range.len() as u64 * 4))
+    }
+
+    /// θ, g and the used state buffers of an arena that lives in one buffer of each kind the
+    /// optimizer owns, with the bound length (padded to whole vec4s); `None` otherwise. For
+    /// `bench`, whose roofline touches the optimizer's own buffers.
+    pub fn whole_arena(&self) -> Option<WholeArena> {
+        let [piece] = &self.pieces[..] else {
+            return None;
+        };
+        if piece.theta.offset != 0 || piece.grad.offset != 0 {
+            return None;
+        }
+        Some(WholeArena {
+            theta: piece.theta.buffer.clone(),
+            grad: piece.grad.buffer.clone(),
+            states: piece.state.iter().flatten().cloned().collect(),
+            bound: piece.chunks.last().map_or(0, |c| c.end),
+        })
     }
 
     /// Reads a whole vector of the arena back to the host.

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::gpu::context::GpuContext;
-use crate::gpu::group::{BufferSlice, ExternalArena, GpuGroup, Vector};
+use crate::gpu::group::{BufferSlice, ExternalArena, GpuGroup, Vector, WholeArena};
 use crate::gpu::timing::PassTimer;
 use crate::gpu::tracker::{StepTracker, STATUS_BYTES};
 use crate::layout::{GroupId, Layout, ParamGroups, TensorId, TensorSpec};
@@ -235,6 +235,11 @@ impl GpuOptimizer {
         let mut tracker = self.tracker.lock().unwrap();
         tracker.resolve(self.ctx.device(), true)?;
         Ok(tracker.steps_applied().to_vec())
+    }
+
+    /// Group 0's arena when it lies in single buffers this optimizer owns (for `bench`).
+    pub(crate) fn whole_arena(&self) -> Option<WholeArena> {
+        self.groups.first()?.whole_arena()
     }
 
     /// How many storage bindings the vectors are split into, over all groups.
