@@ -63,21 +63,6 @@ pub fn update_element<F: Float>(
     sigma: &mut F,
     m: Option<&mut F>,
 ) {
-    update::<F, true>(p, theta, g, s, sigma, m)
-}
-
-/// [`update_element`]; with `MAY_INIT` false only for an element whose σ is not 0, where the
-/// fixed point can never be selected, so it is not computed (the same bits, one division and
-/// one square root fewer: [`step`] uses this for blocks without σ = 0).
-#[inline(always)]
-fn update<F: Float, const MAY_INIT: bool>(
-    p: &BayesScalars<F>,
-    theta: &mut F,
-    g: F,
-    s: &mut F,
-    sigma: &mut F,
-    m: Option<&mut F>,
-) {
     let zero = F::zero();
     let one = F::one();
     let half = F::from(0.5).unwrap();
@@ -99,11 +84,7 @@ fn update<F: Float, const MAY_INIT: bool>(
     // σ*(x) = η²/2 + η·sqrt(η²/4 + 1/x), at x = h + eps², where σ = 0 and h > 0
     let x = h + p.eps_sq;
     let star = p.eta_sq * half + p.eta * (p.eta_sq * quarter + one / x).sqrt();
-    let sig1 = if MAY_INIT && sig0 == zero && h > zero {
-        star
-    } else {
-        sig0
-    };
+    let sig1 = if sig0 == zero && h > zero { star } else { sig0 };
     // where σ > 0: posterior variance σ/(1 + hσ), exact for h = 0, then diffusion by η²
     let live = sig1 > zero;
     let post = sig1 / (one + h * sig1) + p.eta_sq;
@@ -112,39 +93,8 @@ fn update<F: Float, const MAY_INIT: bool>(
     *sigma = if live { post } else { sig1 };
 }
 
-/// Elements per block of [`step`]: a block whose σ has no 0 skips the fixed point.
-const BLOCK: usize = 1024;
-
-/// One block's loop (all slices as long as `theta`; `m` empty without momentum).
-#[inline(always)]
-fn block<F: Float, const MAY_INIT: bool>(
-    p: &BayesScalars<F>,
-    theta: &mut [F],
-    grad: &[F],
-    s: &mut [F],
-    sigma: &mut [F],
-    m: &mut [F],
-) {
-    let n = theta.len();
-    assert!(grad.len() == n && s.len() == n && sigma.len() == n);
-    if p.beta1 > F::zero() {
-        assert_eq!(m.len(), n, "momentum state length");
-        for i in 0..n {
-            let m = Some(&mut m[i]);
-            update::<F, MAY_INIT>(p, &mut theta[i], grad[i], &mut s[i], &mut sigma[i], m);
-        }
-    } else {
-        for i in 0..n {
-            update::<F, MAY_INIT>(p, &mut theta[i], grad[i], &mut s[i], &mut sigma[i], None);
-        }
-    }
-}
-
 simd_fn! {
     /// One step over slices. `m` must be empty when momentum is off, else as long as `theta`.
-    ///
-    /// Block by block: where no σ of a block is 0 (every element past its first step with
-    /// information), the fixed point is not computed; see [`update`].
     pub fn step<F: Float>(
         p: &BayesScalars<F>,
         theta: &mut [F],
@@ -158,25 +108,22 @@ simd_fn! {
             grad.len() == n && s.len() == n && sigma.len() == n,
             "length mismatch"
         );
-        let momentum = p.beta1 > F::zero();
-        if momentum {
+        if p.beta1 > F::zero() {
             assert_eq!(m.len(), n, "momentum state length");
-        }
-        let mut start = 0;
-        while start < n {
-            let end = (start + BLOCK).min(n);
-            let r = start..end;
-            let m = if momentum { &mut m[r.clone()] } else { &mut m[..0] };
-            let may_init = sigma[r.clone()]
-                .iter()
-                .fold(false, |any, &x| any | (x == F::zero()));
-            let theta = &mut theta[r.clone()];
-            let (grad, s, sigma) = (&grad[r.clone()], &mut s[r.clone()], &mut sigma[r]);
-            match may_init {
-                true => block::<F, true>(p, theta, grad, s, sigma, m),
-                false => block::<F, false>(p, theta, grad, s, sigma, m),
+            for i in 0..n {
+                update_element(
+                    p,
+                    &mut theta[i],
+                    grad[i],
+                    &mut s[i],
+                    &mut sigma[i],
+                    Some(&mut m[i]),
+                );
             }
-            start = end;
+        } else {
+            for i in 0..n {
+                update_element(p, &mut theta[i], grad[i], &mut s[i], &mut sigma[i], None);
+            }
         }
     }
 }
