@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The figures of README "Performance", from real runs: every command below, each one's output
+# under docs/bench/. Speeds move with the machine's load: the runs print the load average, and
+# every roofline fraction is taken against a roofline measured in the same run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
+cargo build --release --quiet
+bench() { target/release/bayesprop bench "$@"; }
+out=docs/bench
+mkdir -p "$out"
+
+# The matrix: every optimizer, 1M/16M/64M, reference/cpu/gpu, default policy (skip-step), with
+# the many-tensor case and the scan pass's cost.
+bench --repeat 3 | tee "$out/matrix.txt"
+# The CPU without the extra read of g that skip-step needs.
+bench --device cpu --sizes 16M,64M --nonfinite skip-element --repeat 3 \
+  | tee "$out/cpu-skip-element.txt"
+# Throughput against N, every device (the figure).
+bench --optimizer bayes --sizes 16K,64K,256K,1M,4M,16M,64M --matrix-only --repeat 2 \
+  --plot "$out/throughput.svg" | tee "$out/throughput.txt"
+# vec4 against one element per invocation, alternating.
+for run in 1 2; do
+  bench --optimizer bayes --device gpu --sizes 1M,16M --matrix-only | tee "$out/gpu-vec4-$run.txt"
+  bench --optimizer bayes --device gpu --sizes 1M,16M --matrix-only --scalar-only \
+    | tee "$out/gpu-scalar-$run.txt"
+done
+# Workgroup size on this adapter.
+for size in 64 128 256 512 1024; do
+  bench --optimizer bayes --device gpu --sizes 4M --matrix-only --workgroup-size "$size" \
+    | tee "$out/gpu-workgroup-$size.txt"
+done
