@@ -21,12 +21,13 @@ bench --optimizer bayes --sizes 16K,64K,256K,1M,4M,16M,64M --matrix-only --repea
   --plot "$out/throughput.svg" | tee "$out/throughput.txt"
 # vec4 against one element per invocation, alternating.
 for run in 1 2; do
-  bench --optimizer bayes --device gpu --sizes 1M,16M --matrix-only | tee "$out/gpu-vec4-$run.txt"
-  bench --optimizer bayes --device gpu --sizes 1M,16M --matrix-only --scalar-only \
+  bench --optimizer bayes --device gpu --sizes 1M,16M --matrix-only --repeat 2 \
+    | tee "$out/gpu-vec4-$run.txt"
+  bench --optimizer bayes --device gpu --sizes 1M,16M --matrix-only --repeat 2 --scalar-only \
     | tee "$out/gpu-scalar-$run.txt"
 done
 # Workgroup size on this adapter.
 for size in 64 128 256 512 1024; do
-  bench --optimizer bayes --device gpu --sizes 4M --matrix-only --workgroup-size "$size" \
-    | tee "$out/gpu-workgroup-$size.txt"
+  bench --optimizer bayes --device gpu --sizes 4M --matrix-only --repeat 3 \
+    --workgroup-size "$size" | tee "$out/gpu-workgroup-$size.txt"
 done

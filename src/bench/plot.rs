@@ -85,7 +85,8 @@ fn panel(area: &DrawingArea<SVGBackend<'_>, Shift>, optimizer: &str, rows: &[&Ro
         return Ok(());
     }
     let (lo_n, hi_n) = (lo_n / 1.4, hi_n * 1.4);
-    let (lo_y, hi_y) = (lo_y / 1.6, hi_y * 1.6);
+    // Room below the lowest line for the legend.
+    let (lo_y, hi_y) = (lo_y / 8.0, hi_y * 1.6);
     let mut chart = ChartBuilder::on(area)
         .caption(
             format!("{optimizer}: throughput against N (one tensor)"),
