@@ -10,7 +10,9 @@
 //! - [`reference`]: CPU twins of the kernels (f32 reference, f64 oracle);
 //! - [`kernels`]: the WGSL sources in `shaders/` and their validation;
 //! - [`gpu`]: the wgpu host layer; [`cpu`]: the CPU optimizer with the same API;
-//! - [`validate`]: the agreement battery shared by the tests and `bayesprop validate`.
+//! - [`validate`]: the agreement battery shared by the tests and `bayesprop validate`;
+//! - [`bench`](mod@bench): `bayesprop bench`, step times against a roofline measured in the same
+//!   run.
 
 pub mod bench;
 pub mod checkpoint;
