@@ -13,7 +13,9 @@ mkdir -p "$out"
 # The matrix: every optimizer, 1M/16M/64M, reference/cpu/gpu, default policy (skip-step), with
 # the many-tensor case and the scan pass's cost.
 bench --repeat 3 | tee "$out/matrix.txt"
-# The CPU without the extra read of g that skip-step needs.
+# The CPU alone, with the default policy and then without the extra read of g that skip-step
+# needs (the rows of README's table).
+bench --device cpu --sizes 16M,64M --repeat 3 | tee "$out/cpu-skip-step.txt"
 bench --device cpu --sizes 16M,64M --nonfinite skip-element --repeat 3 \
   | tee "$out/cpu-skip-element.txt"
 # Throughput against N, every device (the figure).
