@@ -159,24 +159,44 @@ impl Layout {
     }
 
     /// The arena of group `index` from a flat vector of every tensor (zeros in the padding),
-    /// or the flat vector itself where they coincide (one group, no padding).
+    /// or a window of the flat vector itself where they coincide: the group's tensors lie
+    /// one after another in both, with no padding between them (so no copy per step).
     pub(crate) fn arena_of<'a>(
         &self,
         index: usize,
         flat: &'a [f32],
     ) -> std::borrow::Cow<'a, [f32]> {
-        let same = self
-            .tensors
-            .iter()
-            .all(|t| t.group.0 == index && t.offset == t.flat_offset);
-        if same && self.groups[index].arena_len == flat.len() {
-            return std::borrow::Cow::Borrowed(flat);
+        if let Some(base) = self.flat_window(index) {
+            let window = base..base + self.groups[index].arena_len;
+            if window.end <= flat.len() {
+                return std::borrow::Cow::Borrowed(&flat[window]);
+            }
         }
         let mut arena = vec![0.0; self.groups[index].arena_len];
         for t in self.tensors_of(index) {
             arena[t.range()].copy_from_slice(&flat[t.flat_range()]);
         }
         std::borrow::Cow::Owned(arena)
+    }
+
+    /// Where group `index`'s arena starts in the flat vector, if the arena is exactly a window
+    /// of it: every tensor follows the previous one with no padding in the arena, and at the
+    /// same distance in the flat vector.
+    fn flat_window(&self, index: usize) -> Option<usize> {
+        let mut tensors = self.tensors_of(index);
+        let first = tensors.next()?;
+        if first.offset != 0 {
+            return None;
+        }
+        let base = first.flat_offset;
+        let mut end = first.len();
+        for t in tensors {
+            if t.offset != end || t.flat_offset != base + t.offset {
+                return None;
+            }
+            end += t.len();
+        }
+        (end == self.groups[index].arena_len).then_some(base)
     }
 
     /// A flat vector of every tensor, in registration order, from one arena per group.
@@ -320,4 +340,63 @@ fn check_name<'a>(
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::optim::OptimizerConfig;
+    use std::borrow::Cow;
+
+    fn sgd() -> OptimizerConfig {
+        OptimizerConfig::default_for("sgd").unwrap()
+    }
+
+    /// Groups of unpadded tensors registered one group after another step on windows of the
+    /// flat gradient; padding or interleaving needs a copy, with zeros in the padding and
+    /// nothing of another group.
+    #[test]
+    fn arena_of_borrows_exactly_when_the_arena_is_a_window() {
+        let flat: Vec<f32> = (0..64).map(|i| i as f32).collect();
+
+        // a = [t0 (8), t1 (4)], b = [t2 (12)]: windows 0..12 and 12..24.
+        let mut p = ParamGroups::new();
+        let (a, b) = (
+            p.add_group("a", sgd()).unwrap(),
+            p.add_group("b", sgd()).unwrap(),
+        );
+        p.add_tensor(a, "t0", &[8], &[0.0; 8]).unwrap();
+        p.add_tensor(a, "t1", &[4], &[0.0; 4]).unwrap();
+        p.add_tensor(b, "t2", &[12], &[0.0; 12]).unwrap();
+        let layout = p.layout();
+        let flat = &flat[..layout.total_len()];
+        for (g, window) in [(0, 0..12), (1, 12..24)] {
+            match layout.arena_of(g, flat) {
+                Cow::Borrowed(arena) => assert_eq!(arena, &flat[window]),
+                Cow::Owned(_) => panic!("group {g} copied"),
+            }
+        }
+
+        // Interleaved: a = [t0 (4), t2 (4)] around b's t1 (4).
+        let mut p = ParamGroups::new();
+        let (a, b) = (
+            p.add_group("a", sgd()).unwrap(),
+            p.add_group("b", sgd()).unwrap(),
+        );
+        p.add_tensor(a, "t0", &[4], &[0.0; 4]).unwrap();
+        p.add_tensor(b, "t1", &[4], &[0.0; 4]).unwrap();
+        p.add_tensor(a, "t2", &[4], &[0.0; 4]).unwrap();
+        let arena = p.layout().arena_of(0, &flat[..12]);
+        assert!(matches!(arena, Cow::Owned(_)));
+        assert_eq!(&arena[..], &[0.0, 1.0, 2.0, 3.0, 8.0, 9.0, 10.0, 11.0]);
+
+        // Padded: t0 (3) is followed by one element of padding before t1 (2).
+        let mut p = ParamGroups::new();
+        let a = p.add_group("a", sgd()).unwrap();
+        p.add_tensor(a, "t0", &[3], &[0.0; 3]).unwrap();
+        p.add_tensor(a, "t1", &[2], &[0.0; 2]).unwrap();
+        let arena = p.layout().arena_of(0, &flat[..5]);
+        assert!(matches!(arena, Cow::Owned(_)));
+        assert_eq!(&arena[..], &[0.0, 1.0, 2.0, 0.0, 3.0, 4.0]);
+    }
 }
