@@ -16,31 +16,15 @@ struct Scalars {
     pad1: f32,
 }
 
-@group(0) @binding(2) var<storage, read_write> theta: array<V>;
-@group(0) @binding(3) var<storage, read> grad: array<V>;
 @group(0) @binding(4) var<storage, read_write> s: array<V>;
 @group(0) @binding(5) var<storage, read_write> sigma: array<V>;
 // Bound to a 16-byte placeholder when momentum is off; then never read or written.
 @group(0) @binding(6) var<storage, read_write> m: array<V>;
 
-// Branch-free per element, as the CPU twin (whose loop the compiler vectorizes): σ*(x) is
-// computed for every element and selected, which gives the same bits as branching.
-@compute @workgroup_size(WORKGROUP_SIZE)
-fn main(
-    @builtin(workgroup_id) workgroup: vec3<u32>,
-    @builtin(num_workgroups) workgroups: vec3<u32>,
-    @builtin(local_invocation_index) local: u32,
-) {
-    let i = element_index(workgroup, workgroups, local);
-    if i >= arrayLength(&theta) {
-        return;
-    }
-    let g = grad[i];
-    let ok = admit(g);
-    if !any(ok) {
-        return;
-    }
-    let p = step_scalars();
+// Branch-free per element, as the CPU twin's `update_element`: σ*(x) is computed for every
+// element and selected, which gives the same bits as branching. (The CPU loop also skips
+// σ*(x) in blocks where no σ is 0; a GPU has arithmetic to spare, so this kernel does not.)
+fn update(i: u32, g: V, ok: B, p: Scalars) {
     let th = theta[i];
     let s_old = s[i];
     let sig0 = sigma[i];

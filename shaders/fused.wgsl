@@ -1,4 +1,5 @@
-// Prepended (after the lane width and common.wgsl) to every fused optimizer kernel.
+// Prepended (after the lane width and common.wgsl) to every fused optimizer kernel, which
+// defines `Scalars`, its state bindings and `fn update(i: u32, g: V, ok: B, p: Scalars)`.
 //
 // Binding convention (the host builds every kernel's layout from it):
 //   @binding(0) uniform  Window   policy and a window of per-step scalars (`Scalars` is the
@@ -25,6 +26,8 @@ struct Window {
 
 @group(0) @binding(0) var<uniform> window: Window;
 @group(0) @binding(1) var<storage, read_write> status: Status;
+@group(0) @binding(2) var<storage, read_write> theta: array<V>;
+@group(0) @binding(3) var<storage, read> grad: array<V>;
 
 // The scalars of the step being applied.
 fn step_scalars() -> Scalars {
@@ -44,4 +47,25 @@ fn admit(g: V) -> B {
         return finite(g);
     }
     return B(atomicLoad(&status.nonfinite) == 0u);
+}
+
+// The entry point of every fused kernel: this invocation's element and its admitted lanes,
+// then the optimizer's own `update(i, g, ok, p)`, which reads its state at `i` and stores
+// `select(old, new, ok)` into θ and every state.
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(num_workgroups) workgroups: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let i = element_index(workgroup, workgroups, local);
+    if i >= arrayLength(&theta) {
+        return;
+    }
+    let g = grad[i];
+    let ok = admit(g);
+    if !any(ok) {
+        return;
+    }
+    update(i, g, ok, step_scalars());
 }

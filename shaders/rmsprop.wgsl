@@ -12,29 +12,13 @@ struct Scalars {
     pad0: f32,
 }
 
-@group(0) @binding(2) var<storage, read_write> theta: array<V>;
-@group(0) @binding(3) var<storage, read> grad: array<V>;
 @group(0) @binding(4) var<storage, read_write> v: array<V>;
 // Each bound to a 16-byte placeholder when its option is off; then never read or written.
 @group(0) @binding(5) var<storage, read_write> a: array<V>;
 @group(0) @binding(6) var<storage, read_write> b: array<V>;
 
-@compute @workgroup_size(WORKGROUP_SIZE)
-fn main(
-    @builtin(workgroup_id) workgroup: vec3<u32>,
-    @builtin(num_workgroups) workgroups: vec3<u32>,
-    @builtin(local_invocation_index) local: u32,
-) {
-    let i = element_index(workgroup, workgroups, local);
-    if i >= arrayLength(&theta) {
-        return;
-    }
-    var g = grad[i];
-    let ok = admit(g);
-    if !any(ok) {
-        return;
-    }
-    let p = step_scalars();
+fn update(i: u32, g_in: V, ok: B, p: Scalars) {
+    var g = g_in;
     let th_old = theta[i];
     var th = th_old;
 
