@@ -1,8 +1,10 @@
 //! criterion benches of `bayesprop bench`'s matrix at sizes that finish in minutes: one step of
 //! every optimizer in the table on the reference, the fast CPU path and the GPU, and the
 //! roofline (touch of the same arrays, plain copy) on the CPU and the GPU. Throughput is in
-//! bytes moved per SPEC, so criterion reports GB/s. GPU samples wait for the device before the
-//! clock stops (candle's `iter_custom` style), and read gradients already on the device.
+//! bytes moved per SPEC, so criterion reports GB/s. GPU samples are the device time of their
+//! passes by timestamp queries where the adapter has them (as `bayesprop bench` reports), else
+//! wall time from an idle device until the last run ends (candle's `iter_custom` style); they
+//! read gradients already on the device.
 //!
 //! `cargo bench --bench step`; `cargo bench --bench step -- adam` for one optimizer.
 
@@ -10,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use bayesprop::bench::roofline::{synthetic, CpuRoofline, GpuRoofline};
 use bayesprop::bench::{format_size, BenchDevice};
+use bayesprop::gpu::PassTimer;
 use bayesprop::{CpuOptimizer, CpuPath, GpuContext, GpuOptimizer, OptimizerConfig, Stepper};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
@@ -29,6 +32,44 @@ fn wait(ctx: &GpuContext) {
     ctx.device()
         .poll(wgpu::PollType::wait_indefinitely())
         .unwrap();
+}
+
+/// Runs timed between two readings of the timestamps.
+const TIMED_BATCH: u32 = 256;
+
+/// Criterion's time for `iters` runs of `run` on the GPU: with `timed`, the sum of the device
+/// intervals that `seconds` reads back (a batch at a time, as the query set holds
+/// `TIMED_BATCH`); else the wall time from an idle device until the last run ends.
+fn gpu_time<T>(
+    ctx: &GpuContext,
+    target: &mut T,
+    iters: u64,
+    timed: bool,
+    run: impl Fn(&mut T),
+    seconds: impl Fn(&mut T) -> Vec<f64>,
+) -> Duration {
+    wait(ctx);
+    if !timed {
+        let start = Instant::now();
+        for _ in 0..iters {
+            run(target);
+        }
+        wait(ctx);
+        return start.elapsed();
+    }
+    let mut total = 0.0;
+    let mut left = iters;
+    while left > 0 {
+        let batch = left.min(u64::from(TIMED_BATCH));
+        for _ in 0..batch {
+            run(target);
+        }
+        let intervals = seconds(target);
+        assert_eq!(intervals.len() as u64, batch, "one interval per run");
+        total += intervals.iter().sum::<f64>();
+        left -= batch;
+    }
+    Duration::from_secs_f64(total)
 }
 
 fn configure<'a>(
@@ -69,15 +110,17 @@ fn steps(c: &mut Criterion) {
                         let mut opt = GpuOptimizer::new(ctx, config.clone(), &theta0).unwrap();
                         // Upload the gradient once; steps then read it in place.
                         opt.step(&grad).unwrap();
+                        let timed = opt.time_passes(TIMED_BATCH);
                         group.bench_function(id, |b| {
                             b.iter_custom(|iters| {
-                                wait(ctx);
-                                let start = Instant::now();
-                                for _ in 0..iters {
-                                    opt.step_device().unwrap();
-                                }
-                                wait(ctx);
-                                start.elapsed()
+                                gpu_time(
+                                    ctx,
+                                    &mut opt,
+                                    iters,
+                                    timed,
+                                    |opt| opt.step_device().unwrap(),
+                                    |opt| opt.pass_seconds().unwrap(),
+                                )
                             })
                         });
                     }
@@ -109,15 +152,18 @@ fn roofline(c: &mut Criterion) {
                 |d: &str| BenchmarkId::new(format!("touch {states} states/{d}"), format_size(n));
             group.bench_function(id("cpu"), |b| b.iter(|| cpu.touch(states)));
             if let Some((ctx, roofline)) = &mut device {
+                let mut target = (roofline, PassTimer::new(ctx, TIMED_BATCH));
+                let timed = target.1.is_some();
                 group.bench_function(id("gpu"), |b| {
                     b.iter_custom(|iters| {
-                        wait(ctx);
-                        let start = Instant::now();
-                        for _ in 0..iters {
-                            roofline.touch(states, None).unwrap();
-                        }
-                        wait(ctx);
-                        start.elapsed()
+                        gpu_time(
+                            ctx,
+                            &mut target,
+                            iters,
+                            timed,
+                            |(r, timer)| r.touch(states, timer.as_mut()).unwrap(),
+                            |(_, timer)| take_seconds(ctx, timer),
+                        )
                     })
                 });
             }
@@ -126,20 +172,29 @@ fn roofline(c: &mut Criterion) {
         let id = |d: &str| BenchmarkId::new(format!("copy/{d}"), format_size(n));
         group.bench_function(id("cpu"), |b| b.iter(|| cpu.copy()));
         if let Some((ctx, roofline)) = &mut device {
+            let mut target = (roofline, PassTimer::new(ctx, TIMED_BATCH));
+            let timed = target.1.is_some();
             group.bench_function(id("gpu"), |b| {
                 b.iter_custom(|iters| {
-                    wait(ctx);
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        roofline.copy(None).unwrap();
-                    }
-                    wait(ctx);
-                    start.elapsed()
+                    gpu_time(
+                        ctx,
+                        &mut target,
+                        iters,
+                        timed,
+                        |(r, timer)| r.copy(timer.as_mut()).unwrap(),
+                        |(_, timer)| take_seconds(ctx, timer),
+                    )
                 })
             });
         }
     }
     group.finish();
+}
+
+fn take_seconds(ctx: &GpuContext, timer: &mut Option<PassTimer>) -> Vec<f64> {
+    timer
+        .as_mut()
+        .map_or_else(Vec::new, |t| t.take_seconds(ctx).unwrap())
 }
 
 criterion_group!(benches, steps, roofline);
