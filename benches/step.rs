@@ -14,7 +14,10 @@ use bayesprop::bench::roofline::{synthetic, CpuRoofline, GpuRoofline};
 use bayesprop::bench::{format_size, BenchDevice};
 use bayesprop::gpu::PassTimer;
 use bayesprop::{CpuOptimizer, CpuPath, GpuContext, GpuOptimizer, OptimizerConfig, Stepper};
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{
+    criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
+};
 
 /// In cache (1 MiB per array) and well past it (16 MiB per array).
 const SIZES: [usize; 2] = [1 << 18, 1 << 22];
@@ -72,10 +75,7 @@ fn gpu_time<T>(
     Duration::from_secs_f64(total)
 }
 
-fn configure<'a>(
-    c: &'a mut Criterion,
-    name: &str,
-) -> criterion::BenchmarkGroup<'a, criterion::measurement::WallTime> {
+fn configure<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, WallTime> {
     let mut group = c.benchmark_group(name);
     group
         .sample_size(10)
@@ -152,19 +152,8 @@ fn roofline(c: &mut Criterion) {
                 |d: &str| BenchmarkId::new(format!("touch {states} states/{d}"), format_size(n));
             group.bench_function(id("cpu"), |b| b.iter(|| cpu.touch(states)));
             if let Some((ctx, roofline)) = &mut device {
-                let mut target = (roofline, PassTimer::new(ctx, TIMED_BATCH));
-                let timed = target.1.is_some();
-                group.bench_function(id("gpu"), |b| {
-                    b.iter_custom(|iters| {
-                        gpu_time(
-                            ctx,
-                            &mut target,
-                            iters,
-                            timed,
-                            |(r, timer)| r.touch(states, timer.as_mut()).unwrap(),
-                            |(_, timer)| take_seconds(ctx, timer),
-                        )
-                    })
+                bench_gpu_roofline(&mut group, id("gpu"), ctx, roofline, |r, timer| {
+                    r.touch(states, timer).unwrap()
                 });
             }
         }
@@ -172,29 +161,40 @@ fn roofline(c: &mut Criterion) {
         let id = |d: &str| BenchmarkId::new(format!("copy/{d}"), format_size(n));
         group.bench_function(id("cpu"), |b| b.iter(|| cpu.copy()));
         if let Some((ctx, roofline)) = &mut device {
-            let mut target = (roofline, PassTimer::new(ctx, TIMED_BATCH));
-            let timed = target.1.is_some();
-            group.bench_function(id("gpu"), |b| {
-                b.iter_custom(|iters| {
-                    gpu_time(
-                        ctx,
-                        &mut target,
-                        iters,
-                        timed,
-                        |(r, timer)| r.copy(timer.as_mut()).unwrap(),
-                        |(_, timer)| take_seconds(ctx, timer),
-                    )
-                })
+            bench_gpu_roofline(&mut group, id("gpu"), ctx, roofline, |r, timer| {
+                r.copy(timer).unwrap()
             });
         }
     }
     group.finish();
 }
 
-fn take_seconds(ctx: &GpuContext, timer: &mut Option<PassTimer>) -> Vec<f64> {
-    timer
-        .as_mut()
-        .map_or_else(Vec::new, |t| t.take_seconds(ctx).unwrap())
+/// One GPU roofline kernel as a criterion row: `run` records one pass, into the timer it is
+/// given where the adapter has timestamp queries.
+fn bench_gpu_roofline(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    id: BenchmarkId,
+    ctx: &GpuContext,
+    roofline: &mut GpuRoofline,
+    run: impl Fn(&mut GpuRoofline, Option<&mut PassTimer>),
+) {
+    let mut target = (roofline, PassTimer::new(ctx, TIMED_BATCH));
+    let timed = target.1.is_some();
+    group.bench_function(id, |b| {
+        b.iter_custom(|iters| {
+            gpu_time(
+                ctx,
+                &mut target,
+                iters,
+                timed,
+                |(r, timer)| run(r, timer.as_mut()),
+                |(_, timer)| match timer {
+                    Some(t) => t.take_seconds(ctx).unwrap(),
+                    None => Vec::new(),
+                },
+            )
+        })
+    });
 }
 
 criterion_group!(benches, steps, roofline);

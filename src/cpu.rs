@@ -30,34 +30,13 @@ pub enum CpuPath {
 /// still in L2 when the update reads it again after the non-finite check.
 pub const PARALLEL_CHUNK: usize = 1 << 16;
 
-/// NaN and ±Inf elements of `g`, by SPEC §4's bit test (an all-ones exponent), branch-free so
-/// that the loop vectorizes, at the widest SIMD the CPU has: the `skip-step` scan has to keep
-/// up with memory, and the `skip-element` check runs beside the update's own arithmetic.
-pub fn count_nonfinite(g: &[f32]) -> u64 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F, the only feature `count_avx512` is compiled for.
-            return unsafe { count_avx512(g) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2, the only feature `count_avx2` is compiled for.
-            return unsafe { count_avx2(g) };
-        }
+crate::reference::simd_fn! {
+    /// NaN and ±Inf elements of `g`, by SPEC §4's bit test (an all-ones exponent), branch-free
+    /// so that the loop vectorizes, at the widest SIMD the CPU has: the `skip-step` scan has to
+    /// keep up with memory, and the `skip-element` check runs beside the update's arithmetic.
+    pub fn count_nonfinite(g: &[f32]) -> u64 {
+        count_portable(g)
     }
-    count_portable(g)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn count_avx512(g: &[f32]) -> u64 {
-    count_portable(g)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn count_avx2(g: &[f32]) -> u64 {
-    count_portable(g)
 }
 
 /// Counts in u32 lanes (four times as many per vector as u64), a block at a time so that no

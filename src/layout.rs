@@ -26,6 +26,10 @@ pub struct GroupSpec {
     pub policy: NonFinitePolicy,
     /// Elements in the group's arena: its tensors and the padding between them.
     pub arena_len: usize,
+    /// Where the arena starts in a flat vector of every tensor, when it is exactly a window of
+    /// it: its tensors follow one another with no padding, in both. Kept as tensors are added,
+    /// so that a step finds it without walking the tensors.
+    pub(crate) flat_window: Option<usize>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -166,8 +170,9 @@ impl Layout {
         index: usize,
         flat: &'a [f32],
     ) -> std::borrow::Cow<'a, [f32]> {
-        if let Some(base) = self.flat_window(index) {
-            let window = base..base + self.groups[index].arena_len;
+        let group = &self.groups[index];
+        if let Some(base) = group.flat_window {
+            let window = base..base + group.arena_len;
             if window.end <= flat.len() {
                 return std::borrow::Cow::Borrowed(&flat[window]);
             }
@@ -177,26 +182,6 @@ impl Layout {
             arena[t.range()].copy_from_slice(&flat[t.flat_range()]);
         }
         std::borrow::Cow::Owned(arena)
-    }
-
-    /// Where group `index`'s arena starts in the flat vector, if the arena is exactly a window
-    /// of it: every tensor follows the previous one with no padding in the arena, and at the
-    /// same distance in the flat vector.
-    fn flat_window(&self, index: usize) -> Option<usize> {
-        let mut tensors = self.tensors_of(index);
-        let first = tensors.next()?;
-        if first.offset != 0 {
-            return None;
-        }
-        let base = first.flat_offset;
-        let mut end = first.len();
-        for t in tensors {
-            if t.offset != end || t.flat_offset != base + t.offset {
-                return None;
-            }
-            end += t.len();
-        }
-        (end == self.groups[index].arena_len).then_some(base)
     }
 
     /// A flat vector of every tensor, in registration order, from one arena per group.
@@ -245,6 +230,7 @@ impl ParamGroups {
             config,
             policy: NonFinitePolicy::default(),
             arena_len: 0,
+            flat_window: None,
         });
         self.theta0.push(Vec::new());
         Ok(GroupId(self.layout.groups.len() - 1))
@@ -276,6 +262,13 @@ impl ParamGroups {
         let flat_offset = self.layout.total_len();
         let spec = &mut self.layout.groups[group.0];
         let offset = spec.arena_len.next_multiple_of(TENSOR_ALIGN);
+        spec.flat_window = match spec.arena_len {
+            // The first tensor with elements starts the window.
+            0 => Some(flat_offset),
+            end => spec
+                .flat_window
+                .filter(|&base| offset == end && flat_offset == base + offset),
+        };
         spec.arena_len = offset + len;
         let arena = &mut self.theta0[group.0];
         arena.resize(offset, 0.0);

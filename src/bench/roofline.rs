@@ -131,34 +131,13 @@ pub fn copy_cpu(src: &[f32], dst: &mut [f32]) {
         .for_each(|(dst, src)| dst.copy_from_slice(src));
 }
 
-/// The touch of one chunk: one fused loop over θ, g and the states, as an optimizer's loop is
-/// fused (so both stream the same arrays the same way), compiled for the same SIMD width as
-/// the optimizers' loops (see `simd_fn!` in `reference`).
-fn touch_chunk(theta: &mut [f32], grad: &[f32], states: &mut [&mut [f32]]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F, the only feature `touch_avx512` is compiled for.
-            return unsafe { touch_avx512(theta, grad, states) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2, the only feature `touch_avx2` is compiled for.
-            return unsafe { touch_avx2(theta, grad, states) };
-        }
+crate::reference::simd_fn! {
+    /// The touch of one chunk: one fused loop over θ, g and the states, as an optimizer's loop
+    /// is fused (so both stream the same arrays the same way), compiled for the same SIMD width
+    /// as the optimizers' loops.
+    fn touch_chunk(theta: &mut [f32], grad: &[f32], states: &mut [&mut [f32]]) {
+        touch_fused(theta, grad, states)
     }
-    touch_fused(theta, grad, states)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn touch_avx512(theta: &mut [f32], grad: &[f32], states: &mut [&mut [f32]]) {
-    touch_fused(theta, grad, states)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn touch_avx2(theta: &mut [f32], grad: &[f32], states: &mut [&mut [f32]]) {
-    touch_fused(theta, grad, states)
 }
 
 /// One loop per state count; the asserted lengths let the compiler drop bounds checks and

@@ -333,11 +333,24 @@ impl GpuContext {
     /// the device: this is the explicit synchronisation point, never called inside a step.
     pub fn read_f32(&self, buffer: &wgpu::Buffer, offset: u64, len: usize) -> Result<Vec<f32>> {
         let bytes = (len * 4) as u64;
+        self.read_back("readback", bytes, |encoder, staging| {
+            encoder.copy_buffer_to_buffer(buffer, offset, staging, 0, bytes);
+        })
+    }
+
+    /// Reads `bytes` bytes as `T`s, from what `record` copies into a staging buffer of that
+    /// size, in one submit; waits for the device. Errors are named after `what`.
+    pub(crate) fn read_back<T: bytemuck::Pod>(
+        &self,
+        what: &str,
+        bytes: u64,
+        record: impl FnOnce(&mut wgpu::CommandEncoder, &wgpu::Buffer),
+    ) -> Result<Vec<T>> {
         if bytes == 0 {
             return Ok(Vec::new());
         }
         let device = &self.inner.device;
-        let staging = self.scoped("readback", || {
+        let staging = self.scoped(what, || {
             // MAP_READ can only be combined with COPY_DST: copy, then map the copy.
             let staging = device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("bayesprop readback"),
@@ -346,7 +359,7 @@ impl GpuContext {
                 mapped_at_creation: false,
             });
             let mut encoder = device.create_command_encoder(&Default::default());
-            encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, bytes);
+            record(&mut encoder, &staging);
             self.inner.queue.submit([encoder.finish()]);
             staging
         })?;
@@ -356,19 +369,19 @@ impl GpuContext {
             .map_async(wgpu::MapMode::Read, move |r| drop(tx.send(r)));
         device
             .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Device(format!("readback: {e}")))?;
+            .map_err(|e| Error::Device(format!("{what}: {e}")))?;
         rx.recv()
-            .map_err(|_| Error::Device("readback: the map callback never ran".into()))?
-            .map_err(|e| Error::Device(format!("readback: {e}")))?;
+            .map_err(|_| Error::Device(format!("{what}: the map callback never ran")))?
+            .map_err(|e| Error::Device(format!("{what}: {e}")))?;
         let values = {
             let view = staging
                 .slice(..)
                 .get_mapped_range()
-                .map_err(|e| Error::Device(format!("readback: {e}")))?;
-            bytemuck::cast_slice::<u8, f32>(&view).to_vec()
+                .map_err(|e| Error::Device(format!("{what}: {e}")))?;
+            bytemuck::cast_slice::<u8, T>(&view).to_vec()
         };
         staging.unmap();
-        self.scoped("readback", || ())?;
+        self.scoped(what, || ())?;
         Ok(values)
     }
 }

@@ -31,15 +31,17 @@ impl Shape {
         (x, groups.div_ceil(x))
     }
 
+    /// Records `pipelines` at width `lanes` over `n` elements (one invocation per lane group).
     fn dispatch(
         &self,
         pass: &mut wgpu::ComputePass<'_>,
-        pipeline: &wgpu::ComputePipeline,
+        pipelines: &ByWidth,
+        lanes: Lanes,
         bind_group: &wgpu::BindGroup,
-        invocations: u32,
+        n: u32,
     ) {
-        let (x, y) = self.grid(invocations);
-        pass.set_pipeline(pipeline);
+        let (x, y) = self.grid(n / lanes.width());
+        pass.set_pipeline(pipelines.get(lanes));
         pass.set_bind_group(0, bind_group, &[]);
         pass.dispatch_workgroups(x, y, 1);
     }
@@ -229,9 +231,8 @@ impl FusedPipeline {
         lanes: Lanes,
         n: u32,
     ) {
-        let invocations = n / lanes.width();
         self.shape
-            .dispatch(pass, self.pipelines.get(lanes), bind_group, invocations);
+            .dispatch(pass, &self.pipelines, lanes, bind_group, n);
     }
 }
 
@@ -275,9 +276,7 @@ impl ControlPipeline {
         lanes: Lanes,
         n: u32,
     ) {
-        let invocations = n / lanes.width();
-        self.shape
-            .dispatch(pass, self.scan.get(lanes), bind_group, invocations);
+        self.shape.dispatch(pass, &self.scan, lanes, bind_group, n);
     }
 
     /// Records the commit of a group's step: its counter advances if the step was applied.
@@ -342,8 +341,7 @@ impl TouchPipeline {
         lanes: Lanes,
         n: u32,
     ) {
-        let invocations = n / lanes.width();
         self.shape
-            .dispatch(pass, self.pipelines.get(lanes), bind_group, invocations);
+            .dispatch(pass, &self.pipelines, lanes, bind_group, n);
     }
 }

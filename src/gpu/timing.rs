@@ -2,7 +2,7 @@
 //! `TIMESTAMP_QUERY` (lavapipe does), so that host-side submission costs are not counted as
 //! device work.
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::gpu::context::GpuContext;
 
 /// Timestamps around up to `capacity` compute passes or encoder spans, read back together.
@@ -119,39 +119,11 @@ impl PassTimer {
         if count == 0 {
             return Ok(Vec::new());
         }
-        let device = ctx.device();
         let bytes = count as u64 * wgpu::QUERY_SIZE as u64;
-        let staging = ctx.scoped("reading timestamps", || {
-            let staging = device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("bayesprop timestamps readback"),
-                size: bytes,
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
-            let mut encoder = device.create_command_encoder(&Default::default());
+        let ticks: Vec<u64> = ctx.read_back("reading timestamps", bytes, |encoder, staging| {
             encoder.resolve_query_set(&self.queries, 0..count, &self.resolved, 0);
-            encoder.copy_buffer_to_buffer(&self.resolved, 0, &staging, 0, bytes);
-            ctx.queue().submit([encoder.finish()]);
-            staging
+            encoder.copy_buffer_to_buffer(&self.resolved, 0, staging, 0, bytes);
         })?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        staging
-            .slice(..)
-            .map_async(wgpu::MapMode::Read, move |r| drop(tx.send(r)));
-        device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Device(format!("reading timestamps: {e}")))?;
-        rx.recv()
-            .map_err(|_| Error::Device("reading timestamps: the map callback never ran".into()))?
-            .map_err(|e| Error::Device(format!("reading timestamps: {e}")))?;
-        let ticks: Vec<u64> = {
-            let view = staging
-                .slice(..)
-                .get_mapped_range()
-                .map_err(|e| Error::Device(format!("reading timestamps: {e}")))?;
-            bytemuck::cast_slice(&view).to_vec()
-        };
-        staging.unmap();
         self.used = 0;
         Ok(ticks
             .chunks_exact(2)
