@@ -10,10 +10,12 @@
 
 use std::time::{Duration, Instant};
 
+use bayesprop::bench::format_size;
 use bayesprop::bench::roofline::{synthetic, CpuRoofline, GpuRoofline};
-use bayesprop::bench::{format_size, BenchDevice};
-use bayesprop::gpu::PassTimer;
-use bayesprop::{CpuOptimizer, CpuPath, GpuContext, GpuOptimizer, OptimizerConfig, Stepper};
+use bayesprop::bench::timing::PassTimer;
+use bayesprop::{
+    CpuOptimizer, CpuPath, Device, GpuContext, GpuOptimizer, OptimizerConfig, Stepper,
+};
 use criterion::measurement::WallTime;
 use criterion::{
     criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
@@ -93,19 +95,19 @@ fn steps(c: &mut Criterion) {
             let grad = synthetic(n, 2, 1e-2);
             let bytes = config.as_dyn().bytes_per_element() * n;
             group.throughput(Throughput::Bytes(bytes as u64));
-            for device in BenchDevice::ALL {
+            for device in Device::ALL {
                 let id = BenchmarkId::new(device.name(), format_size(n));
                 match device {
-                    BenchDevice::Reference | BenchDevice::Cpu => {
+                    Device::Reference | Device::Cpu => {
                         let path = match device {
-                            BenchDevice::Reference => CpuPath::Reference,
+                            Device::Reference => CpuPath::Reference,
                             _ => CpuPath::Parallel,
                         };
                         let mut cpu =
                             CpuOptimizer::with_path(config.clone(), &theta0, path).unwrap();
                         group.bench_function(id, |b| b.iter(|| cpu.step(&grad).unwrap()));
                     }
-                    BenchDevice::Gpu => {
+                    Device::Gpu => {
                         let Some(ctx) = &gpu else { continue };
                         let mut opt = GpuOptimizer::new(ctx, config.clone(), &theta0).unwrap();
                         // Upload the gradient once; steps then read it in place.

@@ -30,8 +30,25 @@ fi
 echo "== cargo fmt --check"
 cargo fmt --check
 
-echo "== cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets -- -D warnings
+echo "== cargo clippy --all-targets -- -D warnings (every feature together)"
+cargo clippy --all-targets --all-features -- -D warnings
+
+# The core alone, then each feature alone: a cfg mistake shows up as an error or an unused
+# item here. Clippy checks without code generation, which keeps this cheap.
+echo "== cargo clippy --no-default-features (the core alone), then each feature alone"
+cargo clippy --all-targets --no-default-features -- -D warnings
+for feature in ndarray bench demo cli; do
+  echo "   --features $feature"
+  cargo clippy --all-targets --no-default-features --features "$feature" -- -D warnings
+done
+
+echo "== the core depends on none of the tools' crates"
+tools=$(cargo tree --no-default-features -e normal --prefix none |
+  grep -E '^(clap|plotters|indicatif|flate2) ' | sort -u || true)
+if [ -n "$tools" ]; then
+  echo "the core (--no-default-features) depends on:" $tools >&2
+  exit 1
+fi
 
 echo "== cargo test (release: the same build as the CLI below)"
 cargo test --release

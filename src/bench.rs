@@ -14,41 +14,22 @@
 
 pub mod plot;
 pub mod roofline;
+pub mod timing;
+pub mod touch;
 
 use std::time::Instant;
 
 use serde::Serialize;
 
 use crate::cpu::{CpuOptimizer, CpuPath};
+use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::gpu::{GpuContext, GpuOptimizer, PassTimer};
+use crate::gpu::{GpuContext, GpuOptimizer};
 use crate::layout::ParamGroups;
 use crate::optim::{NonFinitePolicy, OptimizerConfig};
 use crate::Stepper;
 use roofline::{copy_cpu, synthetic, touch_cpu, GpuRoofline};
-
-/// Where a row's optimizer steps.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum BenchDevice {
-    /// The single-threaded CPU reference.
-    Reference,
-    /// The fast CPU path (`CpuPath::Parallel`).
-    Cpu,
-    /// The chosen wgpu adapter.
-    Gpu,
-}
-
-impl BenchDevice {
-    pub const ALL: [BenchDevice; 3] = [Self::Reference, Self::Cpu, Self::Gpu];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Reference => "reference",
-            Self::Cpu => "cpu",
-            Self::Gpu => "gpu",
-        }
-    }
-}
+use timing::PassTimer;
 
 /// How the parameters are registered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -79,7 +60,7 @@ pub struct BenchOptions {
     /// Each optimizer by the name given (presets included) and its config.
     pub optimizers: Vec<(String, OptimizerConfig)>,
     pub sizes: Vec<usize>,
-    pub devices: Vec<BenchDevice>,
+    pub devices: Vec<Device>,
     /// Timed steps per row (after warm-up steps).
     pub steps: usize,
     /// Passes through every row; each row pools the samples of all its passes, so that the
@@ -102,7 +83,7 @@ impl Default for BenchOptions {
                 .map(|c| (c.name().to_string(), c))
                 .collect(),
             sizes: vec![1 << 20, 16 << 20, 64 << 20],
-            devices: BenchDevice::ALL.to_vec(),
+            devices: Device::ALL.to_vec(),
             steps: 10,
             repeat: 1,
             policy: NonFinitePolicy::SkipStep,
@@ -182,13 +163,32 @@ fn load_average() -> Option<String> {
     )
 }
 
+/// The memory the kernel can give without swapping (`MemAvailable` in `/proc/meminfo`, Linux),
+/// in bytes.
+fn memory_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Host bytes a row holds at its peak (see `measure`): the gradient and θ₀'s copy in the
+/// groups, then on the CPU the optimizer's θ and state and the roofline's copy target.
+fn host_bytes(job: &Job) -> u64 {
+    let vectors = match job.device {
+        Device::Reference | Device::Cpu => 3 + job.config.used_state_names().len(),
+        Device::Gpu => 3,
+    };
+    4 * job.n as u64 * vectors as u64
+}
+
 /// One row to measure.
 #[derive(Clone, Debug)]
 struct Job {
     name: String,
     config: OptimizerConfig,
     n: usize,
-    device: BenchDevice,
+    device: Device,
     case: Case,
     policy: NonFinitePolicy,
 }
@@ -227,9 +227,10 @@ pub fn parse_size(text: &str) -> Result<usize> {
         })
 }
 
-/// `16M` for 16·2^20, `64K` for 64·2^10, `10e6` for 10^7, or the plain count.
+/// `4G` for 4·2^30, `16M` for 16·2^20, `64K` for 64·2^10, `10e6` for 10^7, or the plain count.
 pub fn format_size(n: usize) -> String {
     match n {
+        n if n >= 1 << 30 && n % (1 << 30) == 0 => format!("{}G", n >> 30),
         n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{}M", n >> 20),
         n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{}K", n >> 10),
         n if n >= 1_000_000 && n % 1_000_000 == 0 => format!("{}e6", n / 1_000_000),
@@ -240,11 +241,11 @@ pub fn format_size(n: usize) -> String {
 /// The rows `run` will measure, in order: by size (so the roofline arrays of one size are
 /// made once), then optimizer, then device.
 fn plan(options: &BenchOptions, has_gpu: bool) -> Vec<Job> {
-    let devices: Vec<BenchDevice> = options
+    let devices: Vec<Device> = options
         .devices
         .iter()
         .copied()
-        .filter(|&d| d != BenchDevice::Gpu || has_gpu)
+        .filter(|&d| d != Device::Gpu || has_gpu)
         .collect();
     let job = |(name, config): &(String, OptimizerConfig), n, device, case, policy| Job {
         name: name.clone(),
@@ -267,7 +268,7 @@ fn plan(options: &BenchOptions, has_gpu: bool) -> Vec<Job> {
                 NonFinitePolicy::SkipElement => NonFinitePolicy::SkipStep,
                 _ => NonFinitePolicy::SkipElement,
             };
-            for &device in devices.iter().filter(|&&d| d != BenchDevice::Reference) {
+            for &device in devices.iter().filter(|&&d| d != Device::Reference) {
                 jobs.push(job(first, n, device, Case::OneTensor, other));
             }
         }
@@ -275,7 +276,7 @@ fn plan(options: &BenchOptions, has_gpu: bool) -> Vec<Job> {
     if let (true, Some(first)) = (options.extras, options.optimizers.first()) {
         let n = MANY_TENSORS * MANY_TENSORS_LEN;
         for case in [Case::OneTensor, Case::ManyTensors] {
-            for &device in devices.iter().filter(|&&d| d != BenchDevice::Reference) {
+            for &device in devices.iter().filter(|&&d| d != Device::Reference) {
                 jobs.push(job(first, n, device, case, options.policy));
             }
         }
@@ -296,22 +297,39 @@ pub fn run(
     gpu: std::result::Result<&GpuContext, String>,
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<Report> {
-    if options.steps == 0 {
-        return Err(Error::Unknown {
-            what: "step count",
-            name: "0".into(),
-            known: "at least 1".into(),
-        });
+    for (what, count) in [
+        ("step count", options.steps),
+        ("repeat count", options.repeat),
+    ] {
+        if count == 0 {
+            return Err(Error::Unknown {
+                what,
+                name: "0".into(),
+                known: "at least 1".into(),
+            });
+        }
     }
-    let wants_gpu = options.devices.contains(&BenchDevice::Gpu);
+    let wants_gpu = options.devices.contains(&Device::Gpu);
     let gpu_missing = match (&gpu, wants_gpu) {
         (Err(why), true) => Some(format!("GPU rows skipped: {why}")),
         _ => None,
     };
     let ctx = gpu.ok();
     let jobs = plan(options, ctx.is_some());
+    if let Some(available) = memory_available() {
+        for job in &jobs {
+            let needed = host_bytes(job);
+            if needed > available {
+                return Err(Error::HostMemory {
+                    what: format!("the row {}", job.label()),
+                    needed,
+                    available,
+                });
+            }
+        }
+    }
     let load_before = load_average();
-    let passes = options.repeat.max(1);
+    let passes = options.repeat;
     let total = passes * jobs.len();
     let mut measured: Vec<Vec<Measured>> = jobs.iter().map(|_| Vec::new()).collect();
     for pass in 0..passes {
@@ -409,9 +427,9 @@ fn measure(job: &Job, steps: usize, gpu: Option<&GpuContext>) -> Result<Measured
     drop(theta0);
     let states = job.config.used_state_names().len();
     let (samples, adapter, workgroup_size, vec4) = match job.device {
-        BenchDevice::Reference | BenchDevice::Cpu => {
+        Device::Reference | Device::Cpu => {
             let (path, threads) = match job.device {
-                BenchDevice::Reference => (CpuPath::Reference, 1),
+                Device::Reference => (CpuPath::Reference, 1),
                 _ => (CpuPath::Parallel, rayon::current_num_threads()),
             };
             let mut optimizer =
@@ -420,7 +438,7 @@ fn measure(job: &Job, steps: usize, gpu: Option<&GpuContext>) -> Result<Measured
             let samples = measure_cpu(&mut optimizer, &grad, steps)?;
             (samples, cpu_name(threads), None, None)
         }
-        BenchDevice::Gpu => {
+        Device::Gpu => {
             let ctx = gpu.expect("GPU jobs are planned only with a context");
             let mut optimizer =
                 GpuOptimizer::from_groups(ctx, &groups)?.with_nonfinite_policy(job.policy);
@@ -574,27 +592,35 @@ fn measure_gpu(
     roofline.copy(None)?;
     optimizer.step_reports()?;
     wait(ctx)?;
-    let capacity = steps as u32;
+    // A timer holds at most `PassTimer::MAX_INTERVALS`: time the steps in batches of that
+    // many, reading each batch back before the next.
+    let batch = steps.min(PassTimer::MAX_INTERVALS as usize);
+    let capacity = batch as u32;
     let timers = (
         optimizer.time_passes(capacity),
         PassTimer::new(ctx, capacity),
         PassTimer::new(ctx, capacity),
     );
     let mut samples = if let (true, Some(mut touch), Some(mut copy)) = timers {
-        for _ in 0..steps {
-            optimizer.step_device()?;
-            roofline.touch(states, Some(&mut touch))?;
-            roofline.copy(Some(&mut copy))?;
-        }
-        let step = optimizer.pass_seconds()?;
-        optimizer.time_passes(0);
-        Samples {
-            step,
-            touch: touch.take_seconds(ctx)?,
-            copy: copy.take_seconds(ctx)?,
+        let mut samples = Samples {
+            step: Vec::with_capacity(steps),
+            touch: Vec::with_capacity(steps),
+            copy: Vec::with_capacity(steps),
             wall_per_step: None,
             timing: "timestamp-query",
+        };
+        for start in (0..steps).step_by(batch) {
+            for _ in start..steps.min(start + batch) {
+                optimizer.step_device()?;
+                roofline.touch(states, Some(&mut touch))?;
+                roofline.copy(Some(&mut copy))?;
+            }
+            samples.step.extend(optimizer.pass_seconds()?);
+            samples.touch.extend(touch.take_seconds(ctx)?);
+            samples.copy.extend(copy.take_seconds(ctx)?);
         }
+        optimizer.time_passes(0);
+        samples
     } else {
         // No timestamps: wall clock over rounds of steps, each round waited for at its end.
         let rounds = steps.min(5);

@@ -6,11 +6,13 @@ use std::time::Instant;
 
 use bayesprop::gpu::{enumerate_adapters, GpuOptions};
 use bayesprop::validate::{self, HARDWARE_ULP_BOUND, SOFTWARE_ULP_BOUND};
+#[cfg(feature = "bench")]
+use bayesprop::Device;
 use bayesprop::{
     kernels, Checkpoint, CpuOptimizer, Error, GpuContext, GpuOptimizer, NonFinitePolicy,
     OptimizerConfig, Result, Stepper,
 };
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use ndarray::{Array1, Array2};
 
 #[derive(Parser, Debug)]
@@ -24,23 +26,71 @@ pub struct Cli {
     command: Command,
 }
 
+/// How the GPU is chosen and the kernels shaped: the same flags on every subcommand that
+/// opens it. Each defaults to its environment variable (see `GpuOptions::from_env`).
+#[derive(Args, Debug, Clone)]
+struct GpuArgs {
+    /// A case-insensitive part of the adapter's name (default: BAYESPROP_ADAPTER, else the
+    /// best adapter).
+    #[arg(long, value_name = "NAME")]
+    adapter: Option<String>,
+    /// Invocations per workgroup of every kernel (default: BAYESPROP_WORKGROUP_SIZE, else 256
+    /// within the adapter's limits).
+    #[arg(long, value_name = "W")]
+    workgroup_size: Option<u32>,
+    /// One element per GPU invocation (no vec4), to measure what vec4 gains (default:
+    /// BAYESPROP_SCALAR_ONLY=1).
+    #[arg(long)]
+    scalar_only: bool,
+}
+
+impl GpuArgs {
+    /// The environment's options, overridden by the flags given.
+    fn options(&self) -> Result<GpuOptions> {
+        let mut options = GpuOptions::from_env();
+        if let Some(name) = &self.adapter {
+            options.adapter_name = Some(name.clone());
+        }
+        if let Some(size) = self.workgroup_size {
+            if size == 0 {
+                return Err(Error::Unknown {
+                    what: "workgroup size",
+                    name: "0".into(),
+                    known: "at least 1".into(),
+                });
+            }
+            options.workgroup_size = Some(size);
+        }
+        options.scalar_only |= self.scalar_only;
+        Ok(options)
+    }
+
+    fn context(&self) -> Result<GpuContext> {
+        GpuContext::with_options(&self.options()?)
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// List the adapters, the one chosen (WGPU_BACKEND, BAYESPROP_ADAPTER), and its key limits.
-    Info,
+    /// List the adapters, the one chosen (--adapter, WGPU_BACKEND, BAYESPROP_ADAPTER), and its
+    /// key limits.
+    Info(GpuArgs),
     /// Run every kernel against the CPU reference over the standard battery; exit 1 if a case
     /// exceeds its ULP bound, 2 if there is no adapter.
-    Validate,
+    Validate(GpuArgs),
     /// Replay a gradient sequence: θ after every step, as a (T, N) f32 .npy.
     Replay(ReplayArgs),
     /// Train small models on the UCI digits with every optimizer; write loss.svg, sigma.svg,
     /// regimes.svg and results.md.
+    #[cfg(feature = "demo")]
     Demo(DemoArgs),
     /// Step time of each optimizer on the reference, the fast CPU path and the GPU, against a
     /// roofline (touch of the same arrays, and a copy) measured in the same run.
+    #[cfg(feature = "bench")]
     Bench(BenchArgs),
 }
 
+#[cfg(feature = "bench")]
 #[derive(Parser, Debug)]
 struct BenchArgs {
     /// An optimizer name (presets included), or `all`: every optimizer in the table.
@@ -49,8 +99,9 @@ struct BenchArgs {
     /// Parameter counts, comma-separated; K, M, G are binary (16M = 16·2^20).
     #[arg(long, default_value = "1M,16M,64M")]
     sizes: String,
-    #[arg(long, value_enum, default_value_t = BenchDeviceArg::All)]
-    device: BenchDeviceArg,
+    /// reference, cpu, gpu or all.
+    #[arg(long, default_value = "all", value_parser = devices)]
+    device: Devices,
     /// Timed steps per row (after warm-up); medians are reported.
     #[arg(long, default_value_t = 10)]
     steps: usize,
@@ -70,33 +121,37 @@ struct BenchArgs {
     /// Only the matrix: no many-tensor case, no scan-pass cost.
     #[arg(long)]
     matrix_only: bool,
-    /// Invocations per workgroup on the GPU (default: the adapter's; BAYESPROP_WORKGROUP_SIZE).
-    #[arg(long)]
-    workgroup_size: Option<u32>,
-    /// One element per GPU invocation (no vec4), to measure what vec4 gains.
-    #[arg(long)]
-    scalar_only: bool,
+    #[command(flatten)]
+    gpu: GpuArgs,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum BenchDeviceArg {
-    Reference,
-    Cpu,
-    Gpu,
-    All,
+/// The devices of `bench --device`: one, or `all`.
+#[cfg(feature = "bench")]
+#[derive(Clone, Debug)]
+struct Devices(Vec<Device>);
+
+#[cfg(feature = "bench")]
+fn devices(text: &str) -> Result<Devices> {
+    match text {
+        "all" => Ok(Devices(Device::ALL.to_vec())),
+        one => Ok(Devices(vec![one.parse()?])),
+    }
 }
 
+#[cfg(feature = "demo")]
 #[derive(Parser, Debug)]
 struct DemoArgs {
     /// Where the optimizers step.
-    #[arg(long, value_enum, default_value_t = bayesprop::demo::DeviceKind::Cpu)]
-    device: bayesprop::demo::DeviceKind,
+    #[arg(long, value_enum, default_value_t = bayesprop::Device::Cpu)]
+    device: bayesprop::Device,
     /// Folder for the figures and results.md (created if needed).
     #[arg(long, default_value = "bayesprop-demo")]
     out: PathBuf,
     /// Short runs and 3-value sweeps (well under a minute in a release build).
     #[arg(long)]
     quick: bool,
+    #[command(flatten)]
+    gpu: GpuArgs,
 }
 
 #[derive(Parser, Debug)]
@@ -116,8 +171,8 @@ struct ReplayArgs {
     /// Where to write θ after each step: f32, shape (T, N).
     #[arg(long)]
     out: PathBuf,
-    #[arg(long, value_enum, default_value_t = Device::Gpu)]
-    device: Device,
+    #[arg(long, value_enum, default_value_t = bayesprop::Device::Gpu)]
+    device: bayesprop::Device,
     /// What a step does with NaN or ±Inf gradients (SPEC §4): skip-step, skip-element or
     /// error (stop with exit 2, naming the step).
     #[arg(long, default_value = "skip-step")]
@@ -128,32 +183,25 @@ struct ReplayArgs {
     /// Save a checkpoint here after the last step (safetensors, written atomically).
     #[arg(long)]
     state_out: Option<PathBuf>,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum Device {
-    /// The single-threaded CPU reference.
-    Reference,
-    /// The parallel CPU path.
-    Cpu,
-    /// The chosen wgpu adapter.
-    Gpu,
+    #[command(flatten)]
+    gpu: GpuArgs,
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Info => info(),
-        Command::Validate => validate(),
+        Command::Info(gpu) => info(&gpu),
+        Command::Validate(gpu) => validate(&gpu),
         Command::Replay(args) => replay(&args),
-        Command::Demo(a) => {
-            bayesprop::demo::main(a.device, &a.out, a.quick).map(|()| ExitCode::SUCCESS)
-        }
+        #[cfg(feature = "demo")]
+        Command::Demo(a) => bayesprop::demo::main(a.device, &a.gpu.options()?, &a.out, a.quick)
+            .map(|()| ExitCode::SUCCESS),
+        #[cfg(feature = "bench")]
         Command::Bench(args) => bench(&args),
     }
 }
 
-fn info() -> Result<ExitCode> {
-    let options = GpuOptions::from_env();
+fn info(gpu: &GpuArgs) -> Result<ExitCode> {
+    let options = gpu.options()?;
     println!("adapters found (best first):");
     for a in enumerate_adapters(&options) {
         println!(
@@ -193,7 +241,7 @@ fn info() -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn validate() -> Result<ExitCode> {
+fn validate(gpu: &GpuArgs) -> Result<ExitCode> {
     for kernel in kernels::ALL {
         let checked = kernel.validate().map_err(Error::Device)?;
         println!(
@@ -201,7 +249,7 @@ fn validate() -> Result<ExitCode> {
             kernel.name, checked.uniform_size, checked.storage_bindings
         );
     }
-    let ctx = GpuContext::new()?;
+    let ctx = gpu.context()?;
     let bound = if ctx.is_software() {
         SOFTWARE_ULP_BOUND
     } else {
@@ -283,9 +331,11 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode> {
     }
     let theta0 = theta0.to_vec();
     let mut optimizer: Box<dyn Stepper> = match args.device {
-        Device::Reference => Box::new(CpuOptimizer::reference(config, &theta0)?),
-        Device::Cpu => Box::new(CpuOptimizer::new(config, &theta0)?),
-        Device::Gpu => Box::new(GpuOptimizer::new(&GpuContext::new()?, config, &theta0)?),
+        bayesprop::Device::Reference => Box::new(CpuOptimizer::reference(config, &theta0)?),
+        bayesprop::Device::Cpu => Box::new(CpuOptimizer::new(config, &theta0)?),
+        bayesprop::Device::Gpu => {
+            Box::new(GpuOptimizer::new(&args.gpu.context()?, config, &theta0)?)
+        }
     };
     optimizer.set_nonfinite_policy(args.nonfinite);
     if let Some(path) = &args.state_in {
@@ -306,8 +356,9 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+#[cfg(feature = "bench")]
 fn bench(args: &BenchArgs) -> Result<ExitCode> {
-    use bayesprop::bench::{self, BenchDevice, BenchOptions};
+    use bayesprop::bench::{self, BenchOptions};
     let optimizers = match args.optimizer.as_str() {
         "all" => OptimizerConfig::all_defaults()
             .into_iter()
@@ -320,26 +371,17 @@ fn bench(args: &BenchArgs) -> Result<ExitCode> {
         .split(',')
         .map(bench::parse_size)
         .collect::<Result<Vec<_>>>()?;
-    let devices = match args.device {
-        BenchDeviceArg::Reference => vec![BenchDevice::Reference],
-        BenchDeviceArg::Cpu => vec![BenchDevice::Cpu],
-        BenchDeviceArg::Gpu => vec![BenchDevice::Gpu],
-        BenchDeviceArg::All => BenchDevice::ALL.to_vec(),
-    };
     let options = BenchOptions {
         optimizers,
         sizes,
-        devices,
+        devices: args.device.0.clone(),
         steps: args.steps,
         repeat: args.repeat,
         policy: args.nonfinite,
         extras: !args.matrix_only,
     };
-    let gpu = if options.devices.contains(&BenchDevice::Gpu) {
-        let mut gpu_options = GpuOptions::from_env();
-        gpu_options.workgroup_size = args.workgroup_size.or(gpu_options.workgroup_size);
-        gpu_options.scalar_only |= args.scalar_only;
-        GpuContext::with_options(&gpu_options).map_err(|e| e.to_string())
+    let gpu = if options.devices.contains(&Device::Gpu) {
+        args.gpu.context().map_err(|e| e.to_string())
     } else {
         Err("not asked for".to_string())
     };

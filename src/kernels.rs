@@ -6,7 +6,7 @@ use wgpu::naga;
 const LANES_4: &str = include_str!("../shaders/lanes_4.wgsl");
 const LANES_1: &str = include_str!("../shaders/lanes_1.wgsl");
 /// Element indexing and the per-group status: in every module.
-const COMMON: &str = include_str!("../shaders/common.wgsl");
+pub(crate) const COMMON: &str = include_str!("../shaders/common.wgsl");
 /// The binding convention of fused optimizer kernels: window of scalars, status, θ, g, state.
 const FUSED: &str = include_str!("../shaders/fused.wgsl");
 
@@ -77,16 +77,10 @@ pub const CONTROL: Kernel = Kernel {
     body: include_str!("../shaders/control.wgsl"),
 };
 
-/// The roofline of a fused step for `bench`: reads and writes the arrays of an optimizer with
-/// `STATES` state vectors, with trivial arithmetic.
-pub const TOUCH: Kernel = Kernel {
-    name: "touch",
-    preludes: &[COMMON],
-    body: include_str!("../shaders/touch.wgsl"),
-};
-
 /// Every module, for validation and `info`.
-pub const ALL: &[&Kernel] = &[&CONTROL, &BAYES, &SGD, &RMSPROP, &ADAM, &TOUCH];
+/// Every module of the core, for validation and `info` (`bench`'s roofline kernel is
+/// `bench::touch::TOUCH`).
+pub const ALL: &[&Kernel] = &[&CONTROL, &BAYES, &SGD, &RMSPROP, &ADAM];
 
 /// The entry point of every fused optimizer kernel.
 pub const ENTRY_POINT: &str = "main";

@@ -284,6 +284,7 @@ impl ParamGroups {
     }
 
     /// Adds a tensor from an ndarray of any shape and layout.
+    #[cfg(feature = "ndarray")]
     pub fn add_array<D: ndarray::Dimension>(
         &mut self,
         group: GroupId,

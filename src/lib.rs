@@ -11,13 +11,19 @@
 //! - [`kernels`]: the WGSL sources in `shaders/` and their validation;
 //! - [`gpu`]: the wgpu host layer; [`cpu`]: the CPU optimizer with the same API;
 //! - [`validate`]: the agreement battery shared by the tests and `bayesprop validate`;
-//! - [`bench`](mod@bench): `bayesprop bench`, step times against a roofline measured in the same
-//!   run.
+//!
+//! Behind cargo features (all on by default, for the binary): `bench` (step times against a
+//! roofline measured in the same run), `demo` (the digits experiments), `ndarray` (array views)
+//! and `cli` (the `bayesprop` binary). Library users who only step can build with
+//! `default-features = false`.
 
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod checkpoint;
 pub mod cpu;
+#[cfg(feature = "demo")]
 pub mod demo;
+pub mod device;
 pub mod error;
 pub mod gpu;
 pub mod kernels;
@@ -32,6 +38,7 @@ pub use wgpu;
 
 pub use checkpoint::Checkpoint;
 pub use cpu::{CpuOptimizer, CpuPath};
+pub use device::Device;
 pub use error::{Error, Result};
 pub use gpu::{BufferSlice, ExternalArena, GpuContext, GpuOptimizer, GpuOptions};
 pub use layout::{GroupId, Layout, ParamGroups, TensorId};
@@ -103,6 +110,7 @@ pub trait Stepper {
 
     /// One step with a gradient in an ndarray of any shape and layout (flattened in logical
     /// order, which must match the tensors').
+    #[cfg(feature = "ndarray")]
     fn step_array<D: ndarray::Dimension>(
         &mut self,
         grad: ndarray::ArrayView<'_, f32, D>,

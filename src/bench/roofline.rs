@@ -15,10 +15,11 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
+use crate::bench::timing::PassTimer;
+use crate::bench::touch::TouchPipeline;
 use crate::cpu::PARALLEL_CHUNK;
 use crate::error::{Error, Result};
-use crate::gpu::pipeline::TouchPipeline;
-use crate::gpu::{binding_chunks, parts_of, GpuContext, GpuOptimizer, PassTimer};
+use crate::gpu::{binding_chunks, parts_of, GpuContext, GpuOptimizer};
 use crate::kernels::Lanes;
 
 /// The touch's multiplier: small, so repeated touches keep every value normal and finite.

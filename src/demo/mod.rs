@@ -24,15 +24,17 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::error::{Error, Result};
 use crate::optim::OptimizerConfig;
-use crate::{CpuOptimizer, GpuContext, GpuOptimizer, Stepper};
+use crate::{CpuOptimizer, GpuContext, GpuOptimizer, GpuOptions, Stepper};
 
 pub use model::Model;
 pub use regimes::{RegimeSettings, Regimes};
 pub use train::{Run, Schedule, SigmaPoint};
 
-/// Where the optimizers step.
+/// Where the optimizers step: a [`crate::Device`], opened.
 #[derive(Clone, Debug)]
 pub enum Device {
+    /// [`CpuOptimizer::reference`] (the single-threaded reference).
+    Reference,
     /// [`CpuOptimizer`] (the parallel CPU path).
     Cpu,
     /// [`GpuOptimizer`] on this context's adapter.
@@ -43,22 +45,25 @@ impl Device {
     /// A new optimizer over `theta0` on this device.
     pub fn optimizer(&self, config: OptimizerConfig, theta0: &[f32]) -> Result<Box<dyn Stepper>> {
         Ok(match self {
+            Device::Reference => Box::new(CpuOptimizer::reference(config, theta0)?),
             Device::Cpu => Box::new(CpuOptimizer::new(config, theta0)?),
             Device::Gpu(ctx) => Box::new(GpuOptimizer::new(ctx, config, theta0)?),
         })
     }
 
-    /// "cpu" or "gpu", for the table.
+    /// "reference", "cpu" or "gpu", for the table.
     pub fn short(&self) -> &'static str {
         match self {
-            Device::Cpu => "cpu",
-            Device::Gpu(_) => "gpu",
+            Device::Reference => crate::Device::Reference.name(),
+            Device::Cpu => crate::Device::Cpu.name(),
+            Device::Gpu(_) => crate::Device::Gpu.name(),
         }
     }
 
     /// A line that says what stepped.
     pub fn describe(&self) -> String {
         match self {
+            Device::Reference => "reference (CpuOptimizer, reference path, 1 thread)".to_string(),
             Device::Cpu => format!(
                 "cpu (CpuOptimizer, parallel path, {} threads)",
                 rayon::current_num_threads()
@@ -79,13 +84,6 @@ impl Device {
             }
         }
     }
-}
-
-/// The device choice of `bayesprop demo --device`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum DeviceKind {
-    Cpu,
-    Gpu,
 }
 
 /// One optimizer of the comparison, with the hyperparameter that is swept.
@@ -633,10 +631,12 @@ impl Report {
 
 /// `bayesprop demo`: runs on the chosen device, prints the results table and writes the
 /// figures and `results.md` into `out`.
-pub fn main(device: DeviceKind, out: &Path, quick: bool) -> Result<()> {
+/// The GPU is opened with `gpu`.
+pub fn main(device: crate::Device, gpu: &GpuOptions, out: &Path, quick: bool) -> Result<()> {
     let device = match device {
-        DeviceKind::Cpu => Device::Cpu,
-        DeviceKind::Gpu => Device::Gpu(GpuContext::new()?),
+        crate::Device::Reference => Device::Reference,
+        crate::Device::Cpu => Device::Cpu,
+        crate::Device::Gpu => Device::Gpu(GpuContext::with_options(gpu)?),
     };
     let options = DemoOptions {
         budget: if quick {

@@ -30,8 +30,11 @@ pub struct ExternalArena {
     pub grad: BufferSlice,
 }
 
-/// A group's arena in single buffers the optimizer owns (see [`GpuGroup::whole_arena`]).
-pub(crate) struct WholeArena {
+/// A group's arena in single buffers the optimizer owns (see
+/// [`crate::GpuOptimizer::whole_arena`]): handles for callers that run their own kernels over
+/// the optimizer's arrays, such as `bench`'s roofline.
+#[derive(Clone, Debug)]
+pub struct WholeArena {
     pub theta: wgpu::Buffer,
     pub grad: wgpu::Buffer,
     /// The used state vectors, in slot order.
@@ -89,7 +92,7 @@ pub(crate) struct GpuGroup {
 
 /// Splits `n` elements into ranges whose bytes fit one storage binding and whose offsets meet
 /// the device's storage offset alignment.
-pub(crate) fn binding_chunks(n: u64, limits: &wgpu::Limits) -> Vec<Range<u64>> {
+pub fn binding_chunks(n: u64, limits: &wgpu::Limits) -> Vec<Range<u64>> {
     let align = (limits.min_storage_buffer_offset_alignment as u64 / 4).max(1);
     let max_binding = limits.max_storage_buffer_binding_size / 4;
     let per_chunk = (max_binding / align * align).max(align);
@@ -101,7 +104,7 @@ pub(crate) fn binding_chunks(n: u64, limits: &wgpu::Limits) -> Vec<Range<u64>> {
 /// Cuts a chunk into a vec4 body and a scalar tail. The tail starts at a multiple of `align`
 /// elements (the storage offset alignment) past the chunk's start, which is aligned; with
 /// `vec4` false the whole chunk is scalar.
-pub(crate) fn parts_of(chunk: &Range<u64>, align: u64, vec4: bool) -> Vec<(Range<u64>, Lanes)> {
+pub fn parts_of(chunk: &Range<u64>, align: u64, vec4: bool) -> Vec<(Range<u64>, Lanes)> {
     let len = chunk.end - chunk.start;
     let step = if align.is_multiple_of(4) {
         align

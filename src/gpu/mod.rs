@@ -5,15 +5,12 @@ pub mod context;
 mod group;
 pub mod optimizer;
 pub mod pipeline;
-pub mod timing;
 mod tracker;
 
 pub use context::{
     default_workgroup_size, enumerate_adapters, GpuContext, GpuOptions, ADAPTER_ENV, BACKEND_ENV,
     NO_ADAPTER_HELP, SCALAR_ONLY_ENV, WORKGROUP_SIZE_ENV,
 };
-pub(crate) use group::{binding_chunks, parts_of};
-pub use group::{BufferSlice, ExternalArena};
+pub use group::{binding_chunks, parts_of, BufferSlice, ExternalArena, WholeArena};
 pub use optimizer::GpuOptimizer;
-pub use pipeline::{ControlPipeline, FusedPipeline, TouchPipeline, WORKGROUP_SIZE};
-pub use timing::PassTimer;
+pub use pipeline::{ControlPipeline, FusedPipeline, WORKGROUP_SIZE};

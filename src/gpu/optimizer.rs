@@ -3,11 +3,12 @@
 
 use std::sync::Mutex;
 
+#[cfg(feature = "bench")]
+use crate::bench::timing::PassTimer;
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::gpu::context::GpuContext;
 use crate::gpu::group::{BufferSlice, ExternalArena, GpuGroup, Vector, WholeArena};
-use crate::gpu::timing::PassTimer;
 use crate::gpu::tracker::{StepTracker, STATUS_BYTES};
 use crate::layout::{GroupId, Layout, ParamGroups, TensorId, TensorSpec};
 use crate::optim::{NonFinitePolicy, OptimizerConfig, StepReport};
@@ -20,6 +21,7 @@ pub struct GpuOptimizer {
     groups: Vec<GpuGroup>,
     tracker: Mutex<StepTracker>,
     /// Timestamps around each step's pass, when a benchmark asks for them.
+    #[cfg(feature = "bench")]
     timer: Option<PassTimer>,
 }
 
@@ -100,6 +102,7 @@ impl GpuOptimizer {
             tracker: Mutex::new(StepTracker::new(vec![0; built.len()])),
             groups: built,
             layout: groups.layout().clone(),
+            #[cfg(feature = "bench")]
             timer: None,
         })
     }
@@ -135,7 +138,12 @@ impl GpuOptimizer {
             })
             .collect();
         let readback = tracker.readback_buffer(device);
+        #[cfg(feature = "bench")]
         let mut timer = self.timer.take();
+        #[cfg(feature = "bench")]
+        let timestamp_writes = timer.as_mut().and_then(PassTimer::pass_writes);
+        #[cfg(not(feature = "bench"))]
+        let timestamp_writes = None;
         let submitted = self.ctx.scoped("step", || {
             for (group, window) in self.groups.iter().zip(&windows) {
                 group.write_window(queue, window);
@@ -149,7 +157,7 @@ impl GpuOptimizer {
             {
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some("bayesprop step"),
-                    timestamp_writes: timer.as_mut().and_then(PassTimer::pass_writes),
+                    timestamp_writes,
                 });
                 for (group, spec) in self.groups.iter().zip(self.layout.groups()) {
                     group.encode(spec.policy, &mut pass);
@@ -166,7 +174,10 @@ impl GpuOptimizer {
             }
             queue.submit([encoder.finish()]);
         });
-        self.timer = timer;
+        #[cfg(feature = "bench")]
+        {
+            self.timer = timer;
+        }
         submitted?;
         tracker.submitted(
             self.layout.groups().iter().map(|g| g.policy).collect(),
@@ -178,6 +189,7 @@ impl GpuOptimizer {
     /// Times the pass of each following step on the device with timestamp queries, keeping
     /// up to `capacity` until [`GpuOptimizer::pass_seconds`] reads them (later steps go
     /// untimed). Returns false, and times nothing, when the device has no timestamp queries.
+    #[cfg(feature = "bench")]
     pub fn time_passes(&mut self, capacity: u32) -> bool {
         self.timer = PassTimer::new(&self.ctx, capacity);
         self.timer.is_some()
@@ -185,6 +197,7 @@ impl GpuOptimizer {
 
     /// Device seconds of each timed step's pass since the last call, in order (waits for the
     /// device). Empty unless [`GpuOptimizer::time_passes`] succeeded.
+    #[cfg(feature = "bench")]
     pub fn pass_seconds(&mut self) -> Result<Vec<f64>> {
         match &mut self.timer {
             Some(timer) => timer.take_seconds(&self.ctx),
@@ -237,8 +250,9 @@ impl GpuOptimizer {
         Ok(tracker.steps_applied().to_vec())
     }
 
-    /// Group 0's arena when it lies in single buffers this optimizer owns (for `bench`).
-    pub(crate) fn whole_arena(&self) -> Option<WholeArena> {
+    /// Group 0's arena when it lies in single buffers this optimizer owns, to run other
+    /// kernels over the same arrays (`bench`'s roofline does).
+    pub fn whole_arena(&self) -> Option<WholeArena> {
         self.groups.first()?.whole_arena()
     }
 

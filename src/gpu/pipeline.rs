@@ -1,9 +1,9 @@
 //! Compiled kernels that record into the caller's compute pass: a fused optimizer kernel, the
-//! per-group step control (non-finite scan, commit of the step counter), and the roofline
-//! kernel of `bench`. Each is compiled at both lane widths (see [`Lanes`]): vec4 for the body
+//! per-group step control (non-finite scan, commit of the step counter); `bench` builds its
+//! roofline kernel from the same pieces. Each is compiled at both lane widths (see [`Lanes`]): vec4 for the body
 //! of a vector, scalar for a tail.
 
-use crate::kernels::{Kernel, Lanes, CONTROL, ENTRY_POINT, TOUCH};
+use crate::kernels::{Kernel, Lanes, CONTROL, ENTRY_POINT};
 
 /// Invocations per workgroup when the context names none (the shaders' `WORKGROUP_SIZE`
 /// override); see [`crate::gpu::context::default_workgroup_size`].
@@ -11,13 +11,13 @@ pub const WORKGROUP_SIZE: u32 = 256;
 
 /// How a dispatch is shaped: the device's per-dimension limit and the workgroup size.
 #[derive(Clone, Copy, Debug)]
-struct Shape {
+pub(crate) struct Shape {
     max_workgroups_per_dimension: u32,
     workgroup_size: u32,
 }
 
 impl Shape {
-    fn of(device: &wgpu::Device, workgroup_size: u32) -> Self {
+    pub(crate) fn of(device: &wgpu::Device, workgroup_size: u32) -> Self {
         Shape {
             max_workgroups_per_dimension: device.limits().max_compute_workgroups_per_dimension,
             workgroup_size,
@@ -32,7 +32,7 @@ impl Shape {
     }
 
     /// Records `pipelines` at width `lanes` over `n` elements (one invocation per lane group).
-    fn dispatch(
+    pub(crate) fn dispatch(
         &self,
         pass: &mut wgpu::ComputePass<'_>,
         pipelines: &ByWidth,
@@ -49,7 +49,7 @@ impl Shape {
 
 /// One pipeline per lane width, in [`Lanes::ALL`] order.
 #[derive(Debug)]
-struct ByWidth([wgpu::ComputePipeline; 2]);
+pub(crate) struct ByWidth([wgpu::ComputePipeline; 2]);
 
 impl ByWidth {
     fn get(&self, lanes: Lanes) -> &wgpu::ComputePipeline {
@@ -78,16 +78,7 @@ pub struct ControlPipeline {
     shape: Shape,
 }
 
-/// `shaders/touch.wgsl` with `states` state vectors: uniform at 0, θ at 2, g at 3, states from
-/// 4 (up to [`TouchPipeline::MAX_STATES`]).
-#[derive(Debug)]
-pub struct TouchPipeline {
-    pipelines: ByWidth,
-    layout: wgpu::BindGroupLayout,
-    shape: Shape,
-}
-
-fn uniform(binding: u32) -> wgpu::BindGroupLayoutEntry {
+pub(crate) fn uniform(binding: u32) -> wgpu::BindGroupLayoutEntry {
     wgpu::BindGroupLayoutEntry {
         binding,
         visibility: wgpu::ShaderStages::COMPUTE,
@@ -102,7 +93,7 @@ fn uniform(binding: u32) -> wgpu::BindGroupLayoutEntry {
 
 /// Compiles each of `entry_points` of `kernel` at each lane width against a layout of
 /// `entries`: `pipelines[entry point][width]`, widths in [`Lanes::ALL`] order.
-fn compile(
+pub(crate) fn compile(
     device: &wgpu::Device,
     kernel: &Kernel,
     entries: &[wgpu::BindGroupLayoutEntry],
@@ -167,7 +158,7 @@ fn bind_in_order<'a>(
     })
 }
 
-fn storage(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
+pub(crate) fn storage(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
     wgpu::BindGroupLayoutEntry {
         binding,
         visibility: wgpu::ShaderStages::COMPUTE,
@@ -284,64 +275,5 @@ impl ControlPipeline {
         pass.set_pipeline(&self.commit);
         pass.set_bind_group(0, bind_group, &[]);
         pass.dispatch_workgroups(1, 1, 1);
-    }
-}
-
-impl TouchPipeline {
-    /// State vectors the touch kernel can stand in for.
-    pub const MAX_STATES: u32 = 4;
-
-    /// Compiles the touch kernel for `states` state vectors (at most [`Self::MAX_STATES`]).
-    pub fn new(device: &wgpu::Device, states: u32, workgroup_size: u32) -> Self {
-        assert!(states <= Self::MAX_STATES, "touch: {states} state vectors");
-        let mut entries = vec![uniform(0), storage(2, false), storage(3, true)];
-        entries.extend((0..Self::MAX_STATES).map(|k| storage(4 + k, false)));
-        let constants = [
-            ("WORKGROUP_SIZE", workgroup_size as f64),
-            ("STATES", states as f64),
-        ];
-        let (layout, mut pipelines) = compile(device, &TOUCH, &entries, &[ENTRY_POINT], &constants);
-        TouchPipeline {
-            pipelines: pipelines.remove(0),
-            layout,
-            shape: Shape::of(device, workgroup_size),
-        }
-    }
-
-    /// A bind group over the uniform, θ, g and [`Self::MAX_STATES`] state ranges (unused
-    /// ones may be any small buffer).
-    pub fn bind(
-        &self,
-        device: &wgpu::Device,
-        uniform: wgpu::BufferBinding<'_>,
-        theta: wgpu::BufferBinding<'_>,
-        grad: wgpu::BufferBinding<'_>,
-        state: &[wgpu::BufferBinding<'_>],
-    ) -> wgpu::BindGroup {
-        let entries: Vec<_> = [(0, uniform), (2, theta), (3, grad)]
-            .into_iter()
-            .chain((4..).zip(state.iter().cloned()))
-            .map(|(binding, b)| wgpu::BindGroupEntry {
-                binding,
-                resource: wgpu::BindingResource::Buffer(b),
-            })
-            .collect();
-        device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("bayesprop touch"),
-            layout: &self.layout,
-            entries: &entries,
-        })
-    }
-
-    /// Records the touch of one bound range of `n` elements.
-    pub fn dispatch(
-        &self,
-        pass: &mut wgpu::ComputePass<'_>,
-        bind_group: &wgpu::BindGroup,
-        lanes: Lanes,
-        n: u32,
-    ) {
-        self.shape
-            .dispatch(pass, &self.pipelines, lanes, bind_group, n);
     }
 }

@@ -1,5 +1,6 @@
 //! CPU twin of `shaders/bayes.wgsl` (SPEC §2).
 
+#[cfg(feature = "ndarray")]
 use ndarray::{ArrayViewMut1, Zip};
 use num_traits::Float;
 
@@ -195,6 +196,7 @@ fn block<F: Float, const MAY_INIT: bool>(
 }
 
 /// One step over ndarray views of any stride (momentum state, if any, in `m`).
+#[cfg(feature = "ndarray")]
 pub fn step_views<F: Float>(
     p: &BayesScalars<F>,
     theta: ArrayViewMut1<F>,

@@ -26,11 +26,18 @@ impl std::fmt::Debug for PassTimer {
 }
 
 impl PassTimer {
-    /// A timer for `capacity` intervals, or `None` when the device has no timestamp queries.
+    /// The most intervals one timer holds: two timestamps each, and wgpu refuses a query set
+    /// of more than `QUERY_SET_MAX_QUERIES` (4,096).
+    pub const MAX_INTERVALS: u32 = wgpu::QUERY_SET_MAX_QUERIES / 2;
+
+    /// A timer for `capacity` intervals (at most [`Self::MAX_INTERVALS`]; read them with
+    /// [`Self::take_seconds`] to time more), or `None` when the device has no timestamp
+    /// queries.
     pub fn new(ctx: &GpuContext, capacity: u32) -> Option<Self> {
         if !ctx.has_timestamps() || capacity == 0 {
             return None;
         }
+        let capacity = capacity.min(Self::MAX_INTERVALS);
         let device = ctx.device();
         let queries = device.create_query_set(&wgpu::QuerySetDescriptor {
             label: Some("bayesprop timestamps"),
