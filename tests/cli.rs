@@ -411,3 +411,56 @@ fn info_names_the_chosen_adapter() {
     );
     assert!(stdout.contains("kernels: "), "{stdout}");
 }
+
+#[test]
+fn starts_quietly_without_xdg_runtime_dir() {
+    let Some(_) = common::gpu("starts_quietly_without_xdg_runtime_dir") else {
+        return;
+    };
+    let dir = TempDir::new("quiet");
+    let output = Command::new(env!("CARGO_BIN_EXE_bayesprop"))
+        .arg("info")
+        .current_dir(&dir.0)
+        .env_remove("XDG_RUNTIME_DIR")
+        .output()
+        .expect("the binary runs");
+    let stderr = text(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(!stderr.contains("XDG_RUNTIME_DIR"), "{stderr}");
+}
+
+/// The subcommands that open the GPU.
+fn gpu_subcommands() -> Vec<&'static str> {
+    let mut subcommands = vec!["info", "validate", "replay"];
+    if cfg!(feature = "bench") {
+        subcommands.push("bench");
+    }
+    if cfg!(feature = "demo") {
+        subcommands.push("demo");
+    }
+    subcommands
+}
+
+#[test]
+fn every_gpu_subcommand_takes_the_same_gpu_flags() {
+    let dir = TempDir::new("flags");
+    for subcommand in gpu_subcommands() {
+        let help = text(&bayesprop(&[subcommand, "--help"], &dir.0).stdout);
+        for flag in ["--adapter <NAME>", "--workgroup-size <W>", "--scalar-only"] {
+            assert!(help.contains(flag), "{subcommand} has no {flag}:\n{help}");
+        }
+    }
+}
+
+#[test]
+fn an_adapter_flag_that_matches_nothing_says_so() {
+    let dir = TempDir::new("adapter");
+    for subcommand in ["info", "validate"] {
+        let output = bayesprop(&[subcommand, "--adapter", "no such adapter"], &dir.0);
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{subcommand}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("no such adapter"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}

@@ -65,15 +65,42 @@ fn the_callers_own_device_and_queue() {
     let Some(_) = common::gpu("the_callers_own_device_and_queue") else {
         return;
     };
-    // The caller's own instance, adapter and device, as an application would have them.
+    let (device, queue, info) = callers_device();
+    let ctx = GpuContext::from_device(device, queue, info);
+
+    steps_like_the_reference(&ctx, 1000);
+}
+
+#[test]
+fn the_callers_own_device_takes_the_kernel_options() {
+    let _env = ENV.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(_) = common::gpu("the_callers_own_device_takes_the_kernel_options") else {
+        return;
+    };
+    let (device, queue, info) = callers_device();
+    let options = GpuOptions::default().workgroup_size(64).scalar_only(true);
+    let ctx = GpuContext::from_device_with(device, queue, info, &options);
+    assert_eq!(ctx.workgroup_size(), 64);
+    assert!(ctx.scalar_only());
+
+    // The results do not depend on the kernels' shape (1,001: a scalar tail too).
+    steps_like_the_reference(&ctx, 1001);
+}
+
+/// The caller's own instance, adapter and device, as an application would have them.
+fn callers_device() -> (wgpu::Device, wgpu::Queue, wgpu::AdapterInfo) {
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
     let adapter = pollster::block_on(instance.request_adapter(&Default::default())).unwrap();
     let (device, queue) = pollster::block_on(adapter.request_device(&Default::default())).unwrap();
-    let ctx = GpuContext::from_device(device, queue, adapter.get_info());
+    (device, queue, adapter.get_info())
+}
 
-    let theta0: Vec<f32> = (0..1000).map(|i| (i as f32 - 500.0) / 100.0).collect();
+/// Five `bayes` steps of `n` elements on `ctx` move θ, bit-identically to the reference on a
+/// software adapter.
+fn steps_like_the_reference(ctx: &GpuContext, n: usize) {
+    let theta0: Vec<f32> = (0..n).map(|i| (i as f32 - 500.0) / 100.0).collect();
     let grad: Vec<f32> = theta0.iter().map(|x| 2.0 * x).collect();
-    let mut gpu = GpuOptimizer::new(&ctx, BayesConfig::default(), &theta0).unwrap();
+    let mut gpu = GpuOptimizer::new(ctx, BayesConfig::default(), &theta0).unwrap();
     let mut cpu = CpuOptimizer::reference(BayesConfig::default(), &theta0).unwrap();
     for _ in 0..5 {
         gpu.step(&grad).unwrap();

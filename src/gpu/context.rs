@@ -22,7 +22,9 @@ pub const SCALAR_ONLY_ENV: &str = "BAYESPROP_SCALAR_ONLY";
 pub const NO_ADAPTER_HELP: &str = "no GPU adapter found. On Debian/Ubuntu without a GPU, install \
 the software Vulkan driver (lavapipe): `apt-get install -y mesa-vulkan-drivers`";
 
-/// How to choose and open the device.
+/// How to choose and open the device. Every knob is a field; [`GpuOptions::from_env`] fills
+/// them from the environment variables above, which is what [`GpuContext::new`] and the CLI
+/// start from.
 #[derive(Clone, Debug, Default)]
 pub struct GpuOptions {
     /// Backends to consider; `None` means all (or `WGPU_BACKEND` when read from the environment).
@@ -41,7 +43,8 @@ pub struct GpuOptions {
 }
 
 impl GpuOptions {
-    /// Options from `WGPU_BACKEND` and `BAYESPROP_ADAPTER`.
+    /// Options from `WGPU_BACKEND`, `BAYESPROP_ADAPTER`, `BAYESPROP_WORKGROUP_SIZE` and
+    /// `BAYESPROP_SCALAR_ONLY`.
     pub fn from_env() -> Self {
         GpuOptions {
             backends: wgpu::Backends::from_env(),
@@ -52,6 +55,33 @@ impl GpuOptions {
                 .and_then(|s| s.trim().parse().ok()),
             scalar_only: std::env::var(SCALAR_ONLY_ENV).as_deref() == Ok("1"),
         }
+    }
+
+    /// Only adapters whose name contains `name` (case-insensitive).
+    pub fn adapter(mut self, name: impl Into<String>) -> Self {
+        self.adapter_name = Some(name.into());
+        self
+    }
+
+    /// Invocations per workgroup of every kernel.
+    pub fn workgroup_size(mut self, size: u32) -> Self {
+        self.workgroup_size = Some(size);
+        self
+    }
+
+    /// One element per invocation everywhere (no vec4).
+    pub fn scalar_only(mut self, scalar_only: bool) -> Self {
+        self.scalar_only = scalar_only;
+        self
+    }
+
+    /// What the kernels compiled on `device` look like under these options.
+    fn shape(&self, info: &wgpu::AdapterInfo, device: &wgpu::Device) -> (u32, bool) {
+        let workgroup_size = match self.workgroup_size {
+            Some(size) => clamp_workgroup_size(size, &device.limits()),
+            None => default_workgroup_size(info, &device.limits()),
+        };
+        (workgroup_size, self.scalar_only)
     }
 }
 
@@ -87,9 +117,47 @@ impl std::fmt::Debug for GpuContext {
 }
 
 fn instance(backends: Option<wgpu::Backends>) -> wgpu::Instance {
+    quiet_wayland();
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
     desc.backends = backends.unwrap_or(wgpu::Backends::all());
     wgpu::Instance::new(desc)
+}
+
+/// Gives the process a private `XDG_RUNTIME_DIR` when it has none, before the first instance.
+///
+/// Vulkan drivers load their window-system code when the instance is created, even for
+/// compute; without `XDG_RUNTIME_DIR`, libwayland then prints `error: XDG_RUNTIME_DIR is
+/// invalid or not set in the environment` once per driver, which reads as a failure although
+/// nothing failed. An empty directory of our own (mode 0700, so no other user can plant a
+/// display socket in it) silences it; a variable the caller set is never touched.
+fn quiet_wayland() {
+    #[cfg(target_os = "linux")]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            if std::env::var_os("XDG_RUNTIME_DIR").is_some_and(|v| !v.is_empty()) {
+                return;
+            }
+            if let Some(dir) = private_runtime_dir() {
+                // Racy only against threads reading the environment concurrently; this runs
+                // once, before wgpu or its drivers start any.
+                std::env::set_var("XDG_RUNTIME_DIR", dir);
+            }
+        });
+    }
+}
+
+/// `$TMPDIR/bayesprop-runtime-UID`, created with mode 0700, or `None` when it cannot be made
+/// ours (then the warning is merely printed).
+#[cfg(target_os = "linux")]
+fn private_runtime_dir() -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let uid = std::fs::metadata("/proc/self").ok()?.uid();
+    let dir = std::env::temp_dir().join(format!("bayesprop-runtime-{uid}"));
+    let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+    let meta = std::fs::symlink_metadata(&dir).ok()?;
+    let private = meta.is_dir() && meta.uid() == uid && meta.permissions().mode() & 0o077 == 0;
+    private.then_some(dir)
 }
 
 /// Hardware before software, native APIs before GL.
@@ -166,7 +234,7 @@ impl GpuContext {
             .ok_or_else(|| match (&wanted, found.is_empty()) {
                 (_, true) => Error::NoAdapter(NO_ADAPTER_HELP.to_string()),
                 (Some(w), false) => Error::NoAdapter(format!(
-                    "no adapter name contains `{w}` ({ADAPTER_ENV}); found: {}",
+                    "no adapter name contains `{w}` (--adapter, {ADAPTER_ENV}); found: {}",
                     found.join(", ")
                 )),
                 (None, false) => unreachable!("an adapter exists and no filter was set"),
@@ -198,20 +266,28 @@ impl GpuContext {
                     .push(format!("device lost ({reason:?}): {message}"));
             }
         });
-        let workgroup_size = match options.workgroup_size {
-            Some(size) => clamp_workgroup_size(size, &device.limits()),
-            None => default_workgroup_size(&info, &device.limits()),
-        };
-        let shape = (workgroup_size, options.scalar_only);
+        let shape = options.shape(&info, &device);
         Ok(Self::assemble(device, queue, info, sink, shape))
     }
 
-    /// Wraps a device and queue the caller already has (a drop-in step). The caller's error
-    /// handlers are left alone: bayesprop catches its own errors with error scopes.
+    /// Wraps a device and queue the caller already has (a drop-in step), with the kernel
+    /// options of the environment ([`GpuOptions::from_env`]). The caller's error handlers are
+    /// left alone: bayesprop catches its own errors with error scopes.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo) -> Self {
-        let workgroup_size = default_workgroup_size(&info, &device.limits());
+        Self::from_device_with(device, queue, info, &GpuOptions::from_env())
+    }
+
+    /// [`GpuContext::from_device`] with the kernels shaped by `options` (workgroup size,
+    /// scalar-only); its adapter choice and limits do not apply to a device that exists.
+    pub fn from_device_with(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        info: wgpu::AdapterInfo,
+        options: &GpuOptions,
+    ) -> Self {
+        let shape = options.shape(&info, &device);
         let sink = Arc::new(Mutex::new(Vec::new()));
-        Self::assemble(device, queue, info, sink, (workgroup_size, false))
+        Self::assemble(device, queue, info, sink, shape)
     }
 
     fn assemble(
