@@ -60,6 +60,15 @@ pub enum Error {
     /// A file that could not be read or written, or whose contents are wrong.
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },
+
+    /// Work refused up front because the host's memory cannot hold it (the kernel's
+    /// out-of-memory killer would end the process instead of an error).
+    #[error("{what} needs {needed} bytes of host memory but {available} bytes are available (MemAvailable in /proc/meminfo)")]
+    HostMemory {
+        what: String,
+        needed: u64,
+        available: u64,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

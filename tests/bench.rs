@@ -54,6 +54,7 @@ fn sizes_parse_and_print_in_binary_units() {
     assert_eq!(parse_size("1000").unwrap(), 1000);
     assert!(parse_size("0").is_err() && parse_size("lots").is_err());
     assert_eq!(format_size(16 << 20), "16M");
+    assert_eq!(format_size(4 << 30), "4G");
     assert_eq!(format_size(10_000_000), "10e6");
     assert_eq!(format_size(1003), "1003");
 }
@@ -145,6 +146,15 @@ fn without_an_adapter_the_cpu_rows_run_and_one_line_says_why() {
         .any(|l| l.starts_with("bayes") && l.contains(" gpu ")));
 }
 
+/// How `bench` times GPU rows on this context.
+fn timing_of(ctx: &bayesprop::GpuContext) -> &'static str {
+    if ctx.has_timestamps() {
+        "timestamp-query"
+    } else {
+        "wall-clock"
+    }
+}
+
 #[test]
 fn gpu_rows_name_the_adapter_and_how_they_were_timed() {
     let Some(ctx) = common::gpu("gpu_rows_name_the_adapter_and_how_they_were_timed") else {
@@ -168,11 +178,7 @@ fn gpu_rows_name_the_adapter_and_how_they_were_timed() {
     let rows = rows(&out);
     // The matrix, the scan-cost row and the many-tensor pair.
     assert_eq!(rows.len(), 4, "{rows:?}");
-    let timing = if ctx.has_timestamps() {
-        "timestamp-query"
-    } else {
-        "wall-clock"
-    };
+    let timing = timing_of(&ctx);
     for row in &rows {
         assert_eq!(row["device"], "gpu");
         assert!(row["adapter"]
@@ -212,4 +218,80 @@ fn plot_writes_an_svg() {
         svg.starts_with("<svg") && svg.contains("sgd: throughput"),
         "{svg:.200}"
     );
+}
+
+/// Exit 2 and one line on stderr that mentions each of `mentions`, and no panic.
+fn refused(args: &[&str], mentions: &[&str]) {
+    let out = bayesprop(args, &[]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+    for m in mentions {
+        assert!(
+            stderr.contains(m),
+            "{args:?} does not mention {m:?}: {stderr}"
+        );
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn zero_steps_and_zero_repeats_are_refused() {
+    let row = ["bench", "--sizes", "4K", "--device", "cpu", "--matrix-only"];
+    refused(
+        &[&row[..], &["--steps", "0"]].concat(),
+        &["step count", "0"],
+    );
+    refused(
+        &[&row[..], &["--repeat", "0"]].concat(),
+        &["repeat count", "0"],
+    );
+}
+
+#[test]
+fn a_row_larger_than_the_memory_available_is_refused_before_allocating() {
+    // 2^40 parameters: terabytes on every machine this runs on, so the check, not the
+    // out-of-memory killer, must answer (and at once: nothing is allocated).
+    let start = std::time::Instant::now();
+    refused(
+        &[
+            "bench",
+            "--sizes",
+            "1024G",
+            "--device",
+            "cpu",
+            "--optimizer",
+            "sgd",
+        ],
+        &["1024G", "bytes of host memory", "MemAvailable"],
+    );
+    assert!(start.elapsed().as_secs() < 10, "{:?}", start.elapsed());
+}
+
+#[test]
+fn more_timed_steps_than_one_query_set_holds() {
+    let Some(ctx) = common::gpu("more_timed_steps_than_one_query_set_holds") else {
+        return;
+    };
+    // 5,000 steps need 10,000 timestamps; wgpu allows 4,096 per query set.
+    let out = bayesprop(
+        &[
+            "bench",
+            "--device",
+            "gpu",
+            "--optimizer",
+            "sgd",
+            "--sizes",
+            "1K",
+            "--steps",
+            "5000",
+            "--matrix-only",
+            "--json",
+        ],
+        &[],
+    );
+    let rows = rows(&out);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["timing"], timing_of(&ctx));
+    assert!(rows[0]["step_seconds_median"].as_f64().unwrap() > 0.0);
 }
