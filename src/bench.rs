@@ -529,25 +529,19 @@ fn seconds(start: Instant) -> f64 {
 /// The touch and the copy of the optimizer's own arrays (group 0's arena, which is all of
 /// them in every case `bench` measures).
 fn touch_and_copy(optimizer: &mut CpuOptimizer, grad: &[f32], copy: &mut [f32]) -> (f64, f64) {
-    let group = &mut optimizer.groups[0];
-    let mut states: Vec<&mut [f32]> = group
-        .state
-        .iter_mut()
-        .filter(|v| !v.is_empty())
-        .map(|v| &mut v[..])
-        .collect();
+    let (theta, mut states) = optimizer.arena_mut();
     // The gradient is the arena itself in every case bench measures (no padding).
-    let grad = &grad[..group.theta.len()];
+    let grad = &grad[..theta.len()];
     let start = Instant::now();
-    touch_cpu(&mut group.theta, grad, &mut states);
+    touch_cpu(theta, grad, &mut states);
     let touch = seconds(start);
     let start = Instant::now();
-    copy_cpu(&group.theta, copy);
+    copy_cpu(theta, copy);
     (touch, seconds(start))
 }
 
 fn measure_cpu(optimizer: &mut CpuOptimizer, grad: &[f32], steps: usize) -> Result<Samples> {
-    let mut copy = vec![0.0f32; optimizer.groups[0].theta.len()];
+    let mut copy = vec![0.0f32; optimizer.theta_slice().len()];
     // Warm-up: page faults of fresh arrays, caches, rayon's threads.
     optimizer.step(grad)?;
     touch_and_copy(optimizer, grad, &mut copy);

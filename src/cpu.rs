@@ -297,6 +297,20 @@ impl CpuOptimizer {
         &self.groups[0].theta
     }
 
+    /// Group 0's arena in place: θ and the used state vectors in slot order, for loops of
+    /// the caller's own over the optimizer's arrays (`bench`'s roofline touches them). Every
+    /// group's step count and config stay as they are.
+    pub fn arena_mut(&mut self) -> (&mut [f32], Vec<&mut [f32]>) {
+        let group = &mut self.groups[0];
+        let states = group
+            .state
+            .iter_mut()
+            .filter(|v| !v.is_empty())
+            .map(|v| &mut v[..])
+            .collect();
+        (&mut group.theta, states)
+    }
+
     /// A vector (θ, or a state by name) of every tensor, flat in registration order.
     fn gather(&self, name: Option<&str>) -> Result<Vec<f32>> {
         let arenas = self

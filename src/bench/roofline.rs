@@ -16,9 +16,10 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::bench::timing::PassTimer;
-use crate::bench::touch::TouchPipeline;
+use crate::bench::touch;
 use crate::cpu::PARALLEL_CHUNK;
 use crate::error::{Error, Result};
+use crate::gpu::pipeline::Pipeline;
 use crate::gpu::{binding_chunks, parts_of, GpuContext, GpuOptimizer};
 use crate::kernels::Lanes;
 
@@ -26,7 +27,7 @@ use crate::kernels::Lanes;
 const SCALE: f32 = 1e-6;
 
 /// The most state vectors a touch stands in for (the most any optimizer has).
-pub const MAX_STATES: usize = TouchPipeline::MAX_STATES as usize;
+pub const MAX_STATES: usize = touch::MAX_STATES as usize;
 
 /// A deterministic vector of normal values in ±[0.5, 1.5)·`scale` (no denormals, no zeros),
 /// cheap enough for 64M elements.
@@ -205,7 +206,7 @@ fn binding<'a>(buffer: &'a wgpu::Buffer, range: &Range<u64>) -> wgpu::BufferBind
 
 /// The touch kernel for one state count, bound over the roofline's buffers.
 struct Touch {
-    pipeline: TouchPipeline,
+    pipeline: Pipeline,
     /// One bind group per bound range, with its lane width.
     parts: Vec<(Range<u64>, Lanes, wgpu::BindGroup)>,
 }
@@ -335,7 +336,7 @@ impl GpuRoofline {
         let limits = ctx.limits();
         let align = (limits.min_storage_buffer_offset_alignment as u64 / 4).max(1);
         let touch = ctx.scoped("touch kernel", || {
-            let pipeline = TouchPipeline::new(device, states as u32, ctx.workgroup_size());
+            let pipeline = touch::pipeline(device, states as u32, ctx.workgroup_size());
             let parts = binding_chunks(bound, &limits)
                 .iter()
                 .flat_map(|chunk| parts_of(chunk, align, !ctx.scalar_only()))
@@ -346,12 +347,15 @@ impl GpuRoofline {
                             false => self.placeholder.as_entire_buffer_binding(),
                         })
                         .collect();
+                    let buffers = [
+                        (0, self.uniform.as_entire_buffer_binding()),
+                        (2, binding(&self.theta, &range)),
+                        (3, binding(&self.grad, &range)),
+                    ];
                     let group = pipeline.bind(
                         device,
-                        self.uniform.as_entire_buffer_binding(),
-                        binding(&self.theta, &range),
-                        binding(&self.grad, &range),
-                        &state,
+                        "bayesprop touch",
+                        buffers.into_iter().chain((4..).zip(state)),
                     );
                     (range, lanes, group)
                 })
@@ -377,7 +381,7 @@ impl GpuRoofline {
                 });
                 for (range, lanes, group) in &touch.parts {
                     let n = (range.end - range.start) as u32;
-                    touch.pipeline.dispatch(&mut pass, group, *lanes, n);
+                    touch.pipeline.dispatch(&mut pass, 0, group, *lanes, n);
                 }
             }
             ctx.queue().submit([encoder.finish()]);

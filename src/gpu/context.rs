@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
-use crate::gpu::pipeline::{ControlPipeline, FusedPipeline};
+use crate::gpu::pipeline::Pipeline;
 use crate::kernels::Kernel;
 
 /// Environment variable: a case-insensitive substring of the adapter name to use.
@@ -103,8 +103,8 @@ struct Inner {
     scalar_only: bool,
     /// Errors that reached no error scope (on a device we created) and device loss.
     sink: Arc<Mutex<Vec<String>>>,
-    pipelines: Mutex<HashMap<&'static str, Arc<FusedPipeline>>>,
-    control: Mutex<Option<Arc<ControlPipeline>>>,
+    pipelines: Mutex<HashMap<&'static str, Arc<Pipeline>>>,
+    control: Mutex<Option<Arc<Pipeline>>>,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -373,16 +373,12 @@ impl GpuContext {
     }
 
     /// The pipeline of `kernel`, compiled once per context.
-    pub(crate) fn pipeline(
-        &self,
-        kernel: &'static Kernel,
-        states: u32,
-    ) -> Result<Arc<FusedPipeline>> {
+    pub(crate) fn pipeline(&self, kernel: &'static Kernel, states: u32) -> Result<Arc<Pipeline>> {
         if let Some(p) = self.inner.pipelines.lock().unwrap().get(kernel.name) {
             return Ok(p.clone());
         }
         let pipeline = Arc::new(self.scoped(kernel.name, || {
-            FusedPipeline::new(&self.inner.device, kernel, states, self.workgroup_size())
+            Pipeline::fused(&self.inner.device, kernel, states, self.workgroup_size())
         })?);
         self.inner
             .pipelines
@@ -393,13 +389,13 @@ impl GpuContext {
     }
 
     /// The step-control pipelines, compiled once per context.
-    pub(crate) fn control_pipeline(&self) -> Result<Arc<ControlPipeline>> {
+    pub(crate) fn control_pipeline(&self) -> Result<Arc<Pipeline>> {
         let mut control = self.inner.control.lock().unwrap();
         if let Some(p) = control.as_ref() {
             return Ok(p.clone());
         }
         let pipeline = Arc::new(self.scoped("control", || {
-            ControlPipeline::new(&self.inner.device, self.workgroup_size())
+            Pipeline::control(&self.inner.device, self.workgroup_size())
         })?);
         *control = Some(pipeline.clone());
         Ok(pipeline)

@@ -8,7 +8,7 @@ use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
 use crate::gpu::context::GpuContext;
-use crate::gpu::pipeline::{ControlPipeline, FusedPipeline};
+use crate::gpu::pipeline::{in_order, Pipeline, COMMIT, SCAN};
 use crate::gpu::tracker::STATUS_BYTES;
 use crate::kernels::{Lanes, WINDOW, WINDOW_HEADER_BYTES};
 use crate::layout::{GroupSpec, TensorSpec};
@@ -81,8 +81,8 @@ struct Piece {
 }
 
 pub(crate) struct GpuGroup {
-    pipeline: Arc<FusedPipeline>,
-    control: Arc<ControlPipeline>,
+    pipeline: Arc<Pipeline>,
+    control: Arc<Pipeline>,
     /// The window of per-step scalars (`Window` in `shaders/fused.wgsl`).
     window: wgpu::Buffer,
     /// The step counter and non-finite count (`Status`).
@@ -346,10 +346,16 @@ impl GpuGroup {
                     .collect();
                 let theta = slice_binding(&piece.theta, &range);
                 let grad = || slice_binding(&piece.grad, &range);
-                let update = self
-                    .pipeline
-                    .bind(device, window(), status(), theta, grad(), &state);
-                let control = self.control.bind(device, window(), status(), grad());
+                let update = self.pipeline.bind(
+                    device,
+                    "bayesprop step",
+                    in_order([window(), status(), theta, grad()].into_iter().chain(state)),
+                );
+                let control = self.control.bind(
+                    device,
+                    "bayesprop control",
+                    in_order([window(), status(), grad()]),
+                );
                 Part {
                     range,
                     lanes,
@@ -361,9 +367,8 @@ impl GpuGroup {
         // The commit's gradient binding is unused; an empty piece binds its first element.
         piece.commit = Some(self.control.bind(
             device,
-            window(),
-            status(),
-            slice_binding(&piece.grad, &(0..1)),
+            "bayesprop control",
+            in_order([window(), status(), slice_binding(&piece.grad, &(0..1))]),
         ));
     }
 
@@ -405,15 +410,15 @@ impl GpuGroup {
         if policy != NonFinitePolicy::SkipElement {
             for part in parts() {
                 self.control
-                    .scan(pass, &part.control, part.lanes, len(part));
+                    .dispatch(pass, SCAN, &part.control, part.lanes, len(part));
             }
         }
         for part in parts() {
             self.pipeline
-                .dispatch(pass, &part.update, part.lanes, len(part));
+                .dispatch(pass, 0, &part.update, part.lanes, len(part));
         }
         if let Some(commit) = self.pieces.first().and_then(|p| p.commit.as_ref()) {
-            self.control.commit(pass, commit);
+            self.control.dispatch_one(pass, COMMIT, commit);
         }
     }
 

@@ -13,4 +13,4 @@ pub use context::{
 };
 pub use group::{binding_chunks, parts_of, BufferSlice, ExternalArena, WholeArena};
 pub use optimizer::GpuOptimizer;
-pub use pipeline::{ControlPipeline, FusedPipeline, WORKGROUP_SIZE};
+pub use pipeline::{Pipeline, WORKGROUP_SIZE};
