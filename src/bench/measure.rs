@@ -1,0 +1,254 @@
+//! Measuring one row: the optimizer's steps, and the touch and copy of the same arrays on
+//! the same device, alternating step by step.
+
+use std::time::Instant;
+
+use crate::bench::plan::Job;
+use crate::bench::roofline::{copy_cpu, synthetic, touch_cpu, GpuRoofline};
+use crate::bench::timing::PassTimer;
+use crate::bench::{Case, MANY_TENSORS_LEN};
+use crate::cpu::{CpuOptimizer, CpuPath};
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::gpu::{GpuContext, GpuOptimizer};
+use crate::layout::ParamGroups;
+use crate::Stepper;
+
+/// `/proc/loadavg`'s first three fields (Linux).
+pub(super) fn load_average() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    Some(
+        text.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
+}
+
+/// The parameters of a job: one tensor, or many of [`MANY_TENSORS_LEN`] elements.
+fn param_groups(job: &Job, theta0: &[f32]) -> Result<ParamGroups> {
+    match job.case {
+        Case::OneTensor => ParamGroups::single(job.config.clone(), theta0),
+        Case::ManyTensors => {
+            let mut groups = ParamGroups::new();
+            let group = groups.add_group("params", job.config.clone())?;
+            for (k, values) in theta0.chunks(MANY_TENSORS_LEN).enumerate() {
+                groups.add_tensor(group, &format!("t{k}"), &[values.len()], values)?;
+            }
+            Ok(groups)
+        }
+    }
+}
+
+/// The CPU, as `bench` names it in its rows.
+pub fn cpu_name(threads: usize) -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let plural = if threads == 1 { "" } else { "s" };
+    format!("{model}, {threads} thread{plural}")
+}
+
+/// Step, touch and copy times of one row, and how the device work was timed.
+pub(super) struct Samples {
+    pub(super) step: Vec<f64>,
+    pub(super) touch: Vec<f64>,
+    pub(super) copy: Vec<f64>,
+    pub(super) wall_per_step: Option<f64>,
+    pub(super) timing: &'static str,
+}
+
+/// One pass of one row: its samples and where they were taken.
+pub(super) struct Measured {
+    pub(super) samples: Samples,
+    pub(super) adapter: String,
+    pub(super) workgroup_size: Option<u32>,
+    pub(super) vec4: Option<bool>,
+}
+
+pub(super) fn measure(job: &Job, steps: usize, gpu: Option<&GpuContext>) -> Result<Measured> {
+    let n = job.n;
+    let theta0 = synthetic(n, 1, 1.0);
+    let grad = synthetic(n, 2, 1e-2);
+    let groups = param_groups(job, &theta0)?;
+    drop(theta0);
+    let states = job.config.used_state_names().len();
+    let (samples, adapter, workgroup_size, vec4) = match job.device {
+        Device::Reference | Device::Cpu => {
+            let (path, threads) = match job.device {
+                Device::Reference => (CpuPath::Reference, 1),
+                _ => (CpuPath::Parallel, rayon::current_num_threads()),
+            };
+            let mut optimizer =
+                CpuOptimizer::from_groups(&groups, path).with_nonfinite_policy(job.policy);
+            drop(groups);
+            let samples = measure_cpu(&mut optimizer, &grad, steps)?;
+            (samples, cpu_name(threads), None, None)
+        }
+        Device::Gpu => {
+            let ctx = gpu.expect("GPU jobs are planned only with a context");
+            let mut optimizer =
+                GpuOptimizer::from_groups(ctx, &groups)?.with_nonfinite_policy(job.policy);
+            drop(groups);
+            let mut roofline = GpuRoofline::over(ctx, &optimizer)?;
+            let samples = measure_gpu(ctx, &mut optimizer, &grad, &mut roofline, states, steps)?;
+            let info = ctx.adapter_info();
+            let adapter = format!("{} ({:?})", info.name, info.backend);
+            (
+                samples,
+                adapter,
+                Some(ctx.workgroup_size()),
+                Some(!ctx.scalar_only()),
+            )
+        }
+    };
+    Ok(Measured {
+        samples,
+        adapter,
+        workgroup_size,
+        vec4,
+    })
+}
+
+fn seconds(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64()
+}
+
+/// The touch and the copy of the optimizer's own arrays (group 0's arena, which is all of
+/// them in every case `bench` measures).
+fn touch_and_copy(optimizer: &mut CpuOptimizer, grad: &[f32], copy: &mut [f32]) -> (f64, f64) {
+    let (theta, mut states) = optimizer.arena_mut();
+    // The gradient is the arena itself in every case bench measures (no padding).
+    let grad = &grad[..theta.len()];
+    let start = Instant::now();
+    touch_cpu(theta, grad, &mut states);
+    let touch = seconds(start);
+    let start = Instant::now();
+    copy_cpu(theta, copy);
+    (touch, seconds(start))
+}
+
+fn measure_cpu(optimizer: &mut CpuOptimizer, grad: &[f32], steps: usize) -> Result<Samples> {
+    let mut copy = vec![0.0f32; optimizer.theta_slice().len()];
+    // Warm-up: page faults of fresh arrays, caches, rayon's threads.
+    optimizer.step(grad)?;
+    touch_and_copy(optimizer, grad, &mut copy);
+    let mut samples = Samples {
+        step: Vec::with_capacity(steps),
+        touch: Vec::with_capacity(steps),
+        copy: Vec::with_capacity(steps),
+        wall_per_step: None,
+        timing: "wall-clock",
+    };
+    for _ in 0..steps {
+        let start = Instant::now();
+        optimizer.step(grad)?;
+        samples.step.push(seconds(start));
+        let (touch, copied) = touch_and_copy(optimizer, grad, &mut copy);
+        samples.touch.push(touch);
+        samples.copy.push(copied);
+    }
+    Ok(samples)
+}
+
+fn wait(ctx: &GpuContext) -> Result<()> {
+    ctx.device()
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map(drop)
+        .map_err(|e| Error::Device(format!("waiting for the device: {e}")))
+}
+
+fn measure_gpu(
+    ctx: &GpuContext,
+    optimizer: &mut GpuOptimizer,
+    grad: &[f32],
+    roofline: &mut GpuRoofline,
+    states: usize,
+    steps: usize,
+) -> Result<Samples> {
+    // The gradient is uploaded once, then steps read it in place, as in a training loop whose
+    // gradients are computed on the device. Warm-up: pipelines, first use of the buffers.
+    optimizer.step(grad)?;
+    optimizer.step_device()?;
+    roofline.touch(states, None)?;
+    roofline.copy(None)?;
+    optimizer.step_reports()?;
+    wait(ctx)?;
+    // A timer holds at most `PassTimer::MAX_INTERVALS`: time the steps in batches of that
+    // many, reading each batch back before the next.
+    let batch = steps.min(PassTimer::MAX_INTERVALS as usize);
+    let capacity = batch as u32;
+    let timers = (
+        optimizer.time_passes(capacity),
+        PassTimer::new(ctx, capacity),
+        PassTimer::new(ctx, capacity),
+    );
+    let mut samples = if let (true, Some(mut touch), Some(mut copy)) = timers {
+        let mut samples = Samples {
+            step: Vec::with_capacity(steps),
+            touch: Vec::with_capacity(steps),
+            copy: Vec::with_capacity(steps),
+            wall_per_step: None,
+            timing: "timestamp-query",
+        };
+        for start in (0..steps).step_by(batch) {
+            for _ in start..steps.min(start + batch) {
+                optimizer.step_device()?;
+                roofline.touch(states, Some(&mut touch))?;
+                roofline.copy(Some(&mut copy))?;
+            }
+            samples.step.extend(optimizer.pass_seconds()?);
+            samples.touch.extend(touch.take_seconds(ctx)?);
+            samples.copy.extend(copy.take_seconds(ctx)?);
+        }
+        optimizer.time_passes(0);
+        samples
+    } else {
+        // No timestamps: wall clock over rounds of steps, each round waited for at its end.
+        let rounds = steps.min(5);
+        let per_round = steps.div_ceil(rounds);
+        let mut samples = Samples {
+            step: Vec::new(),
+            touch: Vec::new(),
+            copy: Vec::new(),
+            wall_per_step: None,
+            timing: "wall-clock",
+        };
+        for _ in 0..rounds {
+            let start = Instant::now();
+            for _ in 0..per_round {
+                optimizer.step_device()?;
+            }
+            wait(ctx)?;
+            samples.step.push(seconds(start) / per_round as f64);
+            let start = Instant::now();
+            for _ in 0..per_round {
+                roofline.touch(states, None)?;
+            }
+            wait(ctx)?;
+            samples.touch.push(seconds(start) / per_round as f64);
+            let start = Instant::now();
+            for _ in 0..per_round {
+                roofline.copy(None)?;
+            }
+            wait(ctx)?;
+            samples.copy.push(seconds(start) / per_round as f64);
+        }
+        samples
+    };
+    wait(ctx)?;
+    let start = Instant::now();
+    for _ in 0..steps {
+        optimizer.step_device()?;
+    }
+    optimizer.step_reports()?;
+    wait(ctx)?;
+    samples.wall_per_step = Some(seconds(start) / steps as f64);
+    Ok(samples)
+}

@@ -1,0 +1,132 @@
+//! Which rows `bench` measures, in which order, and whether the host can hold them.
+
+use crate::bench::{BenchOptions, Case, MANY_TENSORS, MANY_TENSORS_LEN};
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::optim::{NonFinitePolicy, OptimizerConfig};
+
+/// The memory the kernel can give without swapping (`MemAvailable` in `/proc/meminfo`, Linux),
+/// in bytes.
+pub(super) fn memory_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Host bytes a row holds at its peak (see `measure`): the gradient and θ₀'s copy in the
+/// groups, then on the CPU the optimizer's θ and state and the roofline's copy target.
+pub(super) fn host_bytes(job: &Job) -> u64 {
+    let vectors = match job.device {
+        Device::Reference | Device::Cpu => 3 + job.config.used_state_names().len(),
+        Device::Gpu => 3,
+    };
+    4 * job.n as u64 * vectors as u64
+}
+
+/// One row to measure.
+#[derive(Clone, Debug)]
+pub(super) struct Job {
+    pub(super) name: String,
+    pub(super) config: OptimizerConfig,
+    pub(super) n: usize,
+    pub(super) device: Device,
+    pub(super) case: Case,
+    pub(super) policy: NonFinitePolicy,
+}
+
+impl Job {
+    pub(super) fn label(&self) -> String {
+        format!(
+            "{} n={} {} {} {}",
+            self.name,
+            format_size(self.n),
+            self.device.name(),
+            self.case.name(),
+            self.policy.name()
+        )
+    }
+}
+
+/// Parses `1M`, `16M`, `64K` (binary: M = 2^20, K = 2^10) or a plain count.
+pub fn parse_size(text: &str) -> Result<usize> {
+    let t = text.trim();
+    let (digits, unit) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 1 << 10),
+        Some('M' | 'm') => (&t[..t.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|d| d.checked_mul(unit))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| Error::Unknown {
+            what: "size",
+            name: text.to_string(),
+            known: "a positive count, or one with K, M or G (binary: 16M = 16·2^20)".into(),
+        })
+}
+
+/// `4G` for 4·2^30, `16M` for 16·2^20, `64K` for 64·2^10, `10e6` for 10^7, or the plain count.
+pub fn format_size(n: usize) -> String {
+    match n {
+        n if n >= 1 << 30 && n % (1 << 30) == 0 => format!("{}G", n >> 30),
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{}M", n >> 20),
+        n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{}K", n >> 10),
+        n if n >= 1_000_000 && n % 1_000_000 == 0 => format!("{}e6", n / 1_000_000),
+        n => n.to_string(),
+    }
+}
+
+/// The rows `run` will measure, in order: by size (so the roofline arrays of one size are
+/// made once), then optimizer, then device.
+pub(super) fn plan(options: &BenchOptions, has_gpu: bool) -> Vec<Job> {
+    let devices: Vec<Device> = options
+        .devices
+        .iter()
+        .copied()
+        .filter(|&d| d != Device::Gpu || has_gpu)
+        .collect();
+    let job = |(name, config): &(String, OptimizerConfig), n, device, case, policy| Job {
+        name: name.clone(),
+        config: config.clone(),
+        n,
+        device,
+        case,
+        policy,
+    };
+    let mut jobs = Vec::new();
+    for &n in &options.sizes {
+        for optimizer in &options.optimizers {
+            for &device in &devices {
+                jobs.push(job(optimizer, n, device, Case::OneTensor, options.policy));
+            }
+        }
+        if let (true, Some(first)) = (options.extras, options.optimizers.first()) {
+            // The scan pass's cost: the same step with and without it.
+            let other = match options.policy {
+                NonFinitePolicy::SkipElement => NonFinitePolicy::SkipStep,
+                _ => NonFinitePolicy::SkipElement,
+            };
+            for &device in devices.iter().filter(|&&d| d != Device::Reference) {
+                jobs.push(job(first, n, device, Case::OneTensor, other));
+            }
+        }
+    }
+    if let (true, Some(first)) = (options.extras, options.optimizers.first()) {
+        let n = MANY_TENSORS * MANY_TENSORS_LEN;
+        for case in [Case::OneTensor, Case::ManyTensors] {
+            for &device in devices.iter().filter(|&&d| d != Device::Reference) {
+                jobs.push(job(first, n, device, case, options.policy));
+            }
+        }
+    }
+    jobs
+}
+
+/// How many rows `run` will measure (for a progress bar).
+pub fn job_count(options: &BenchOptions, has_gpu: bool) -> usize {
+    plan(options, has_gpu).len()
+}

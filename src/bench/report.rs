@@ -1,0 +1,320 @@
+//! A run's rows from its samples (medians, the roofline fraction, speedups), and the table
+//! and JSON that `bayesprop bench` prints.
+
+use crate::bench::measure::{Measured, Samples};
+use crate::bench::plan::{format_size, Job};
+use crate::bench::{Case, Report, Row, MANY_TENSORS, MANY_TENSORS_LEN};
+use crate::optim::NonFinitePolicy;
+
+pub(super) fn fill_speedups(rows: &mut [Row]) {
+    let cpu: Vec<Row> = rows.iter().filter(|r| r.device == "cpu").cloned().collect();
+    for row in rows.iter_mut().filter(|r| r.device == "gpu") {
+        row.gpu_cpu_speedup = cpu
+            .iter()
+            .find(|c| {
+                (&c.optimizer, c.n, &c.case, &c.policy)
+                    == (&row.optimizer, row.n, &row.case, &row.policy)
+            })
+            .map(|c| c.step_seconds_median / row.step_seconds_median);
+    }
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => 0.5 * (values[n / 2 - 1] + values[n / 2]),
+    }
+}
+
+/// The row of a job from all its passes: medians over the pooled samples.
+pub(super) fn row(job: &Job, passes: &[Measured]) -> Row {
+    let pooled = |f: fn(&Samples) -> &Vec<f64>| -> Vec<f64> {
+        passes
+            .iter()
+            .flat_map(|m| f(&m.samples).iter().copied())
+            .collect()
+    };
+    // Each touch was measured right after its step: their ratio shrugs off load changes.
+    let ratios = |m: &Measured| -> Vec<f64> {
+        let s = &m.samples;
+        s.touch.iter().zip(&s.step).map(|(t, s)| t / s).collect()
+    };
+    let mut per_pass: Vec<f64> = passes.iter().map(|m| median(&mut ratios(m))).collect();
+    let fraction = median(&mut passes.iter().flat_map(ratios).collect::<Vec<_>>());
+    per_pass.sort_by(f64::total_cmp);
+    let step = median(&mut pooled(|s| &s.step));
+    let touch = median(&mut pooled(|s| &s.touch));
+    let copy = median(&mut pooled(|s| &s.copy));
+    let mut walls: Vec<f64> = passes
+        .iter()
+        .filter_map(|m| m.samples.wall_per_step)
+        .collect();
+    let wall = if walls.is_empty() {
+        step
+    } else {
+        median(&mut walls)
+    };
+    let first = &passes[0];
+    let n = job.n;
+    let bytes_per_element = job.config.as_dyn().bytes_per_element();
+    let bytes = (bytes_per_element * n) as f64;
+    let gb_per_second = bytes / step / 1e9;
+    let roofline_gb_per_second = bytes / touch / 1e9;
+    Row {
+        optimizer: job.name.clone(),
+        n,
+        device: job.device.name().to_string(),
+        adapter: first.adapter.clone(),
+        step_seconds_median: step,
+        elements_per_second: n as f64 / step,
+        bytes_per_element,
+        gb_per_second,
+        roofline_gb_per_second,
+        roofline_fraction: fraction,
+        roofline_fraction_min: per_pass[0],
+        roofline_fraction_max: per_pass[per_pass.len() - 1],
+        runs: passes.len(),
+        copy_gb_per_second: 8.0 * n as f64 / copy / 1e9,
+        case: job.case.name().to_string(),
+        policy: job.policy.name().to_string(),
+        timing: first.samples.timing.to_string(),
+        wall_seconds_per_step: wall,
+        gpu_cpu_speedup: None,
+        workgroup_size: first.workgroup_size,
+        vec4: first.vec4,
+    }
+}
+
+impl Report {
+    /// The rows as one JSON array of objects.
+    pub fn json(&self) -> String {
+        serde_json::to_string_pretty(&self.rows).expect("rows serialize")
+    }
+
+    /// The rows of the matrix (one tensor, the matrix's policy).
+    pub fn matrix(&self) -> impl Iterator<Item = &Row> {
+        self.rows
+            .iter()
+            .filter(|r| r.case == Case::OneTensor.name() && r.policy == self.policy.name())
+    }
+
+    fn find(
+        &self,
+        optimizer: &str,
+        n: usize,
+        device: &str,
+        case: Case,
+        policy: &str,
+    ) -> Option<&Row> {
+        self.rows.iter().find(|r| {
+            r.optimizer == optimizer
+                && r.n == n
+                && r.device == device
+                && r.case == case.name()
+                && r.policy == policy
+        })
+    }
+
+    /// Step time of 10,000 tensors of 1,000 over one tensor of 10M, per device. Each row's
+    /// time is taken relative to its own touch (the same arrays at the same size), so a change
+    /// in machine load between the two rows cancels: the ratio of their roofline fractions.
+    pub fn many_tensor_ratios(&self) -> Vec<(String, String, f64)> {
+        let n = MANY_TENSORS * MANY_TENSORS_LEN;
+        self.rows
+            .iter()
+            .filter(|r| r.case == Case::ManyTensors.name())
+            .filter_map(|many| {
+                let one = self.find(
+                    &many.optimizer,
+                    n,
+                    &many.device,
+                    Case::OneTensor,
+                    &many.policy,
+                )?;
+                let ratio = one.roofline_fraction / many.roofline_fraction;
+                Some((many.optimizer.clone(), many.device.clone(), ratio))
+            })
+            .collect()
+    }
+
+    /// The scan pass's cost per optimizer, size and device: step time under `SkipStep` (with
+    /// the scan) over `SkipElement` (without), minus one; each relative to its own touch, as
+    /// in [`Report::many_tensor_ratios`].
+    pub fn scan_costs(&self) -> Vec<(String, usize, String, f64)> {
+        self.rows
+            .iter()
+            .filter(|r| r.policy == NonFinitePolicy::SkipElement.name())
+            .filter_map(|without| {
+                let with = self.find(
+                    &without.optimizer,
+                    without.n,
+                    &without.device,
+                    Case::OneTensor,
+                    NonFinitePolicy::SkipStep.name(),
+                )?;
+                let cost = without.roofline_fraction / with.roofline_fraction - 1.0;
+                Some((
+                    without.optimizer.clone(),
+                    without.n,
+                    without.device.clone(),
+                    cost,
+                ))
+            })
+            .collect()
+    }
+
+    /// The human-readable report: the table, then the many-tensor ratios and the scan costs.
+    pub fn table(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let header = [
+            "optimizer",
+            "n",
+            "device",
+            "step ms",
+            "Melem/s",
+            "GB/s",
+            "roof GB/s",
+            "of roof",
+            "copy GB/s",
+            "GPU/CPU",
+        ];
+        let mut lines: Vec<[String; 10]> = vec![header.map(String::from)];
+        let mut matrix: Vec<&Row> = self.matrix().collect();
+        matrix.sort_by(|a, b| {
+            (order_of(&a.optimizer, self), a.n, &a.device).cmp(&(
+                order_of(&b.optimizer, self),
+                b.n,
+                &b.device,
+            ))
+        });
+        for r in matrix {
+            lines.push([
+                r.optimizer.clone(),
+                format_size(r.n),
+                r.device.clone(),
+                format!("{:.3}", r.step_seconds_median * 1e3),
+                format!("{:.0}", r.elements_per_second / 1e6),
+                format!("{:.2}", r.gb_per_second),
+                format!("{:.2}", r.roofline_gb_per_second),
+                match r.runs {
+                    1 => format!("{:.2}", r.roofline_fraction),
+                    _ => format!(
+                        "{:.2} ({:.2}-{:.2})",
+                        r.roofline_fraction, r.roofline_fraction_min, r.roofline_fraction_max
+                    ),
+                },
+                format!("{:.2}", r.copy_gb_per_second),
+                r.gpu_cpu_speedup
+                    .map_or("-".to_string(), |s| format!("{s:.2}x")),
+            ]);
+        }
+        let widths: Vec<usize> = (0..10)
+            .map(|c| {
+                lines
+                    .iter()
+                    .map(|l| l[c].chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let runs = self.rows.first().map_or(1, |r| r.runs);
+        let _ = writeln!(
+            out,
+            "non-finite policy: {}; {runs} pass(es) pooled per row{}",
+            self.policy.name(),
+            if runs > 1 {
+                "; of roof: median over all samples (lowest-highest pass)"
+            } else {
+                ""
+            }
+        );
+        for (k, line) in lines.iter().enumerate() {
+            let cells: Vec<String> = line
+                .iter()
+                .zip(&widths)
+                .enumerate()
+                .map(|(c, (cell, &w))| match c {
+                    0 | 2 => format!("{cell:<w$}"),
+                    _ => format!("{cell:>w$}"),
+                })
+                .collect();
+            let _ = writeln!(out, "{}", cells.join("  ").trim_end());
+            if k == 0 {
+                let total = widths.iter().sum::<usize>() + 2 * (widths.len() - 1);
+                let _ = writeln!(out, "{}", "-".repeat(total));
+            }
+        }
+        for (optimizer, device, ratio) in self.many_tensor_ratios() {
+            let _ = writeln!(
+                out,
+                "many tensors ({optimizer}, {device}): {} takes {ratio:.2}x the step time of one tensor of 10M",
+                Case::ManyTensors.name()
+            );
+        }
+        for (optimizer, n, device, cost) in self.scan_costs() {
+            let _ = writeln!(
+                out,
+                "scan pass ({optimizer}, {device}, n={}): skip-step costs {:+.1}% over skip-element",
+                format_size(n),
+                100.0 * cost
+            );
+        }
+        let timings: Vec<String> = {
+            let mut t: Vec<String> = self
+                .rows
+                .iter()
+                .map(|r| format!("{} rows: {}", r.device, r.timing))
+                .collect();
+            t.sort();
+            t.dedup();
+            t
+        };
+        if !timings.is_empty() {
+            let _ = writeln!(out, "timing: {}", timings.join("; "));
+        }
+        for adapter in self.adapters() {
+            let _ = writeln!(out, "{adapter}");
+        }
+        if let Some((before, after)) = &self.load {
+            let _ = writeln!(
+                out,
+                "load average (1, 5, 15 min): {before} before, {after} after"
+            );
+        }
+        if let Some(why) = &self.gpu_missing {
+            let _ = writeln!(out, "{why}");
+        }
+        out
+    }
+
+    fn adapters(&self) -> Vec<String> {
+        let mut seen: Vec<String> = self
+            .rows
+            .iter()
+            .map(|r| match (r.workgroup_size, r.vec4) {
+                (Some(w), Some(v)) => format!(
+                    "{}: {} (workgroup size {w}, {})",
+                    r.device,
+                    r.adapter,
+                    if v { "vec4" } else { "scalar" }
+                ),
+                _ => format!("{}: {}", r.device, r.adapter),
+            })
+            .collect();
+        seen.sort();
+        seen.dedup();
+        seen
+    }
+}
+
+/// Optimizers in the order the rows first name them.
+fn order_of(optimizer: &str, report: &Report) -> usize {
+    report
+        .rows
+        .iter()
+        .position(|r| r.optimizer == optimizer)
+        .unwrap_or(usize::MAX)
+}
