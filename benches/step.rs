@@ -112,16 +112,26 @@ fn steps(c: &mut Criterion) {
                         let mut opt = GpuOptimizer::new(ctx, config.clone(), &theta0).unwrap();
                         // Upload the gradient once; steps then read it in place.
                         opt.step(&grad).unwrap();
-                        let timed = opt.time_passes(TIMED_BATCH);
+                        let timer = PassTimer::new(ctx, TIMED_BATCH);
+                        let timed = timer.is_some();
+                        let mut target = (opt, timer);
                         group.bench_function(id, |b| {
                             b.iter_custom(|iters| {
                                 gpu_time(
                                     ctx,
-                                    &mut opt,
+                                    &mut target,
                                     iters,
                                     timed,
-                                    |opt| opt.step_device().unwrap(),
-                                    |opt| opt.pass_seconds().unwrap(),
+                                    |(opt, timer)| {
+                                        if let Some(timer) = timer {
+                                            timer.time_next_step(opt);
+                                        }
+                                        opt.step_device().unwrap()
+                                    },
+                                    |(_, timer)| match timer {
+                                        Some(timer) => timer.take_seconds(ctx).unwrap(),
+                                        None => Vec::new(),
+                                    },
                                 )
                             })
                         });

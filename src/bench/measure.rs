@@ -185,11 +185,11 @@ fn measure_gpu(
     let batch = steps.min(PassTimer::MAX_INTERVALS as usize);
     let capacity = batch as u32;
     let timers = (
-        optimizer.time_passes(capacity),
+        PassTimer::new(ctx, capacity),
         PassTimer::new(ctx, capacity),
         PassTimer::new(ctx, capacity),
     );
-    let mut samples = if let (true, Some(mut touch), Some(mut copy)) = timers {
+    let mut samples = if let (Some(mut step), Some(mut touch), Some(mut copy)) = timers {
         let mut samples = Samples {
             step: Vec::with_capacity(steps),
             touch: Vec::with_capacity(steps),
@@ -199,15 +199,15 @@ fn measure_gpu(
         };
         for start in (0..steps).step_by(batch) {
             for _ in start..steps.min(start + batch) {
+                step.time_next_step(optimizer);
                 optimizer.step_device()?;
                 roofline.touch(states, Some(&mut touch))?;
                 roofline.copy(Some(&mut copy))?;
             }
-            samples.step.extend(optimizer.pass_seconds()?);
+            samples.step.extend(step.take_seconds(ctx)?);
             samples.touch.extend(touch.take_seconds(ctx)?);
             samples.copy.extend(copy.take_seconds(ctx)?);
         }
-        optimizer.time_passes(0);
         samples
     } else {
         // No timestamps: wall clock over rounds of steps, each round waited for at its end.

@@ -4,6 +4,7 @@
 
 use crate::error::Result;
 use crate::gpu::context::GpuContext;
+use crate::gpu::GpuOptimizer;
 
 /// Timestamps around up to `capacity` compute passes or encoder spans, read back together.
 pub struct PassTimer {
@@ -71,6 +72,16 @@ impl PassTimer {
     /// Whether another interval fits before [`PassTimer::take_seconds`].
     pub fn has_room(&self) -> bool {
         self.used < self.capacity
+    }
+
+    /// Makes `optimizer`'s next step one interval (its pass, on the device); false, and the
+    /// step untimed, when full.
+    pub fn time_next_step(&mut self, optimizer: &mut GpuOptimizer) -> bool {
+        let Some(k) = self.next() else {
+            return false;
+        };
+        optimizer.time_next_pass(&self.queries, 2 * k);
+        true
     }
 
     /// The timestamp writes that make the next compute pass one interval, or `None` when full.

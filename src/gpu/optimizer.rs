@@ -3,8 +3,6 @@
 
 use std::sync::Mutex;
 
-#[cfg(feature = "bench")]
-use crate::bench::timing::PassTimer;
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::gpu::context::GpuContext;
@@ -20,9 +18,9 @@ pub struct GpuOptimizer {
     layout: Layout,
     groups: Vec<GpuGroup>,
     tracker: Mutex<StepTracker>,
-    /// Timestamps around each step's pass, when a benchmark asks for them.
-    #[cfg(feature = "bench")]
-    timer: Option<PassTimer>,
+    /// Where the next step's pass writes its start and end timestamps (see
+    /// [`GpuOptimizer::time_next_pass`]).
+    next_pass_timestamps: Option<(wgpu::QuerySet, u32)>,
 }
 
 impl std::fmt::Debug for GpuOptimizer {
@@ -102,8 +100,7 @@ impl GpuOptimizer {
             tracker: Mutex::new(StepTracker::new(vec![0; built.len()])),
             groups: built,
             layout: groups.layout().clone(),
-            #[cfg(feature = "bench")]
-            timer: None,
+            next_pass_timestamps: None,
         })
     }
 
@@ -138,12 +135,15 @@ impl GpuOptimizer {
             })
             .collect();
         let readback = tracker.readback_buffer(device);
-        #[cfg(feature = "bench")]
-        let mut timer = self.timer.take();
-        #[cfg(feature = "bench")]
-        let timestamp_writes = timer.as_mut().and_then(PassTimer::pass_writes);
-        #[cfg(not(feature = "bench"))]
-        let timestamp_writes = None;
+        let timestamps = self.next_pass_timestamps.take();
+        let timestamp_writes =
+            timestamps
+                .as_ref()
+                .map(|(queries, index)| wgpu::ComputePassTimestampWrites {
+                    query_set: queries,
+                    beginning_of_pass_write_index: Some(*index),
+                    end_of_pass_write_index: Some(index + 1),
+                });
         let submitted = self.ctx.scoped("step", || {
             for (group, window) in self.groups.iter().zip(&windows) {
                 group.write_window(queue, window);
@@ -174,10 +174,6 @@ impl GpuOptimizer {
             }
             queue.submit([encoder.finish()]);
         });
-        #[cfg(feature = "bench")]
-        {
-            self.timer = timer;
-        }
         submitted?;
         tracker.submitted(
             self.layout.groups().iter().map(|g| g.policy).collect(),
@@ -186,23 +182,12 @@ impl GpuOptimizer {
         Ok(())
     }
 
-    /// Times the pass of each following step on the device with timestamp queries, keeping
-    /// up to `capacity` until [`GpuOptimizer::pass_seconds`] reads them (later steps go
-    /// untimed). Returns false, and times nothing, when the device has no timestamp queries.
-    #[cfg(feature = "bench")]
-    pub fn time_passes(&mut self, capacity: u32) -> bool {
-        self.timer = PassTimer::new(&self.ctx, capacity);
-        self.timer.is_some()
-    }
-
-    /// Device seconds of each timed step's pass since the last call, in order (waits for the
-    /// device). Empty unless [`GpuOptimizer::time_passes`] succeeded.
-    #[cfg(feature = "bench")]
-    pub fn pass_seconds(&mut self) -> Result<Vec<f64>> {
-        match &mut self.timer {
-            Some(timer) => timer.take_seconds(&self.ctx),
-            None => Ok(Vec::new()),
-        }
+    /// Makes the next step's pass write its start and end timestamps into `queries` at
+    /// `index` and `index + 1`, to measure its device time (`bench` does; the device needs
+    /// `TIMESTAMP_QUERY`, see [`GpuContext::has_timestamps`]). One step only: the steps after
+    /// it go untimed unless asked again.
+    pub fn time_next_pass(&mut self, queries: &wgpu::QuerySet, index: u32) {
+        self.next_pass_timestamps = Some((queries.clone(), index));
     }
 
     /// Where a tensor's θ lives on the device: buffer, byte offset and byte length.
