@@ -7,10 +7,11 @@
 //!
 //! Layout, one place per concern:
 //! - [`optim`]: configs and the table of optimizers;
-//! - [`reference`]: CPU twins of the kernels (f32 reference, f64 oracle);
+//! - [`reference`](mod@reference): CPU twins of the kernels (f32 reference, f64 oracle);
 //! - [`kernels`]: the WGSL sources in `shaders/` and their validation;
 //! - [`gpu`]: the wgpu host layer; [`cpu`]: the CPU optimizer with the same API;
 //! - [`validate`]: the agreement battery shared by the tests and `bayesprop validate`;
+//! - [`Device`]: where an optimizer steps, as the CLI, `bench` and `demo` name it.
 //!
 //! Behind cargo features (all on by default, for the binary): `bench` (step times against a
 //! roofline measured in the same run), `demo` (the digits experiments), `ndarray` (array views)
