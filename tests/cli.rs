@@ -418,15 +418,19 @@ fn starts_quietly_without_xdg_runtime_dir() {
         return;
     };
     let dir = TempDir::new("quiet");
-    let output = Command::new(env!("CARGO_BIN_EXE_bayesprop"))
-        .arg("info")
-        .current_dir(&dir.0)
-        .env_remove("XDG_RUNTIME_DIR")
-        .output()
-        .expect("the binary runs");
-    let stderr = text(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
-    assert!(!stderr.contains("XDG_RUNTIME_DIR"), "{stderr}");
+    // Unset, and set to what libwayland calls invalid (not an absolute path).
+    for value in [None, Some(""), Some("relative")] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_bayesprop"));
+        command.arg("info").current_dir(&dir.0);
+        match value {
+            None => command.env_remove("XDG_RUNTIME_DIR"),
+            Some(value) => command.env("XDG_RUNTIME_DIR", value),
+        };
+        let output = command.output().expect("the binary runs");
+        let stderr = text(&output.stderr);
+        assert!(output.status.success(), "{value:?}: {stderr}");
+        assert!(!stderr.contains("XDG_RUNTIME_DIR"), "{value:?}: {stderr}");
+    }
 }
 
 /// The subcommands that open the GPU.

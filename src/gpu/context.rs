@@ -129,13 +129,15 @@ fn instance(backends: Option<wgpu::Backends>) -> wgpu::Instance {
 /// compute; without `XDG_RUNTIME_DIR`, libwayland then prints `error: XDG_RUNTIME_DIR is
 /// invalid or not set in the environment` once per driver, which reads as a failure although
 /// nothing failed. An empty directory of our own (mode 0700, so no other user can plant a
-/// display socket in it) silences it; a variable the caller set is never touched.
+/// display socket in it) silences it; an absolute path the caller set is never touched.
 fn quiet_wayland() {
     #[cfg(target_os = "linux")]
     {
         static ONCE: std::sync::Once = std::sync::Once::new();
         ONCE.call_once(|| {
-            if std::env::var_os("XDG_RUNTIME_DIR").is_some_and(|v| !v.is_empty()) {
+            // libwayland accepts only an absolute path; anything else it reports the same way.
+            let set = std::env::var_os("XDG_RUNTIME_DIR");
+            if set.is_some_and(|v| std::path::Path::new(&v).is_absolute()) {
                 return;
             }
             if let Some(dir) = private_runtime_dir() {
