@@ -195,7 +195,7 @@ fn info() -> Result<ExitCode> {
 
 fn validate() -> Result<ExitCode> {
     for kernel in kernels::ALL {
-        let checked = kernel.validate().map_err(Error::Device)?;
+        let checked = kernel.validate()?;
         println!(
             "naga: {} ok (uniform block {} bytes, {} storage bindings)",
             kernel.name, checked.uniform_size, checked.storage_bindings

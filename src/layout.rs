@@ -32,6 +32,27 @@ pub struct GroupSpec {
     pub(crate) flat_window: Option<usize>,
 }
 
+/// One of a group's stored per-element vectors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stored {
+    Theta,
+    /// A state slot of the group's optimizer, by index.
+    State(usize),
+}
+
+impl GroupSpec {
+    /// θ, then the used state vectors in slot order, each with its SPEC name (`theta` for θ).
+    /// Checkpoints store a group in this order and comparisons walk it in this order, so it
+    /// is spelled out here alone.
+    pub fn vectors(&self) -> Vec<(&'static str, Stored)> {
+        let slots = self.config.as_dyn().state_slots();
+        let used = slots.iter().enumerate().filter(|(_, slot)| slot.used);
+        std::iter::once(("theta", Stored::Theta))
+            .chain(used.map(|(k, slot)| (slot.name, Stored::State(k))))
+            .collect()
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct TensorSpec {
     pub name: String,

@@ -217,6 +217,10 @@ fn damaged_and_mismatched_checkpoints_are_refused() {
     ] {
         let before = everything(target);
         let err = target.load(&path).unwrap_err();
+        assert!(
+            matches!(err, Error::CheckpointMismatch(_)),
+            "{what}: {err:?}"
+        );
         assert!(err.to_string().contains("does not match"), "{what}: {err}");
         assert_eq!(everything(target), before, "{what}");
     }

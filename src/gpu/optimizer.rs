@@ -340,11 +340,11 @@ impl Stepper for GpuOptimizer {
             .iter()
             .zip(self.layout.groups())
             .map(|(group, spec)| {
-                let slots = spec.config.as_dyn().state_slots();
-                let used = slots.iter().enumerate().filter(|(_, s)| s.used);
-                std::iter::once(("theta".to_string(), Vector::Theta))
-                    .chain(used.map(|(k, s)| (s.name.to_string(), Vector::State(k))))
-                    .map(|(name, vector)| Ok((name, group.read_arena(&self.ctx, vector)?)))
+                spec.vectors()
+                    .into_iter()
+                    .map(|(name, which)| {
+                        Ok((name.to_string(), group.read_arena(&self.ctx, which.into())?))
+                    })
                     .collect::<Result<Vec<_>>>()
             })
             .collect::<Result<Vec<_>>>()?;
@@ -361,14 +361,8 @@ impl Stepper for GpuOptimizer {
             for ((group, spec), (steps, vectors)) in
                 self.groups.iter().zip(self.layout.groups()).zip(&arenas)
             {
-                let slots = spec.config.as_dyn().state_slots();
-                let used = slots
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, s)| s.used)
-                    .map(|(k, _)| Vector::State(k));
-                for (vector, values) in std::iter::once(Vector::Theta).chain(used).zip(vectors) {
-                    group.write_arena(queue, vector, values);
+                for ((_, which), values) in spec.vectors().into_iter().zip(vectors) {
+                    group.write_arena(queue, which.into(), values);
                 }
                 group.write_step_counter(queue, *steps);
             }
