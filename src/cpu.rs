@@ -336,8 +336,8 @@ impl Stepper for CpuOptimizer {
     }
 
     /// The step count of group 0 (see [`CpuOptimizer::group_steps`] for every group).
-    fn steps_taken(&self) -> u64 {
-        self.groups.first().map(|g| g.t).unwrap_or(0)
+    fn steps_taken(&self) -> Result<u64> {
+        Ok(self.groups.first().map_or(0, |g| g.t))
     }
 
     fn step_reports(&mut self) -> Result<Vec<StepReport>> {

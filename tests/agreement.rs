@@ -177,5 +177,5 @@ fn an_empty_vector_steps_without_error() {
     let mut gpu = GpuOptimizer::new(&ctx, BayesConfig::default(), &[]).unwrap();
     gpu.step(&[]).unwrap();
     assert_eq!(gpu.theta().unwrap(), Vec::<f32>::new());
-    assert_eq!(gpu.steps_taken(), 1);
+    assert_eq!(gpu.steps_taken().unwrap(), 1);
 }

@@ -58,7 +58,7 @@ impl Checked {
             ulp <= self.bound,
             "GPU {what}[{at}] after step {} is {ulp} ULP from the CPU reference \
              ({} vs {}); bound {} ULP",
-            self.reference.steps_taken(),
+            self.reference.steps_taken().unwrap(),
             got[at],
             want[at],
             self.bound
@@ -76,7 +76,7 @@ impl Stepper for Checked {
     fn layout_mut(&mut self) -> &mut Layout {
         self.device.layout_mut()
     }
-    fn steps_taken(&self) -> u64 {
+    fn steps_taken(&self) -> bayesprop::Result<u64> {
         self.device.steps_taken()
     }
     fn set_config(&mut self, config: OptimizerConfig) -> bayesprop::Result<()> {

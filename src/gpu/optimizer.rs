@@ -290,11 +290,8 @@ impl Stepper for GpuOptimizer {
     }
 
     /// The step count of group 0 (see [`GpuOptimizer::group_steps`] for every group).
-    fn steps_taken(&self) -> u64 {
-        // A device error here also reaches the caller through the next step or readback.
-        self.group_steps()
-            .map(|t| t.first().copied().unwrap_or(0))
-            .unwrap_or(0)
+    fn steps_taken(&self) -> Result<u64> {
+        Ok(self.group_steps()?.first().copied().unwrap_or(0))
     }
 
     fn step_reports(&mut self) -> Result<Vec<StepReport>> {
