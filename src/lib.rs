@@ -34,7 +34,7 @@ pub use checkpoint::Checkpoint;
 pub use cpu::{CpuOptimizer, CpuPath};
 pub use error::{Error, Result};
 pub use gpu::{BufferSlice, ExternalArena, GpuContext, GpuOptimizer, GpuOptions};
-pub use layout::{GroupId, Layout, ParamGroups, TensorId};
+pub use layout::{GroupId, Layout, ParamGroups, Stored, TensorId};
 pub use optim::{BayesConfig, NonFinitePolicy, Optimizer, OptimizerConfig, SigmaInit, StepReport};
 
 /// What `CpuOptimizer` and `GpuOptimizer` share: step every group, read it back, change
