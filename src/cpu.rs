@@ -4,7 +4,7 @@ use rayon::prelude::*;
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{nonfinite_report, Error, Result};
-use crate::layout::{GroupId, GroupSpec, Layout, ParamGroups, Stored, TensorId};
+use crate::layout::{initial_state, GroupId, GroupSpec, Layout, ParamGroups, Stored, TensorId};
 use crate::optim::{NonFinitePolicy, OptimizerConfig, StepReport};
 use crate::Stepper;
 
@@ -66,23 +66,10 @@ pub(crate) struct CpuGroup {
 
 impl CpuGroup {
     fn new(spec: &GroupSpec, theta0: &[f32]) -> Self {
-        let state = spec
-            .config
-            .as_dyn()
-            .state_slots()
-            .iter()
-            .map(|slot| {
-                if slot.used {
-                    vec![slot.init; theta0.len()]
-                } else {
-                    Vec::new()
-                }
-            })
-            .collect();
         CpuGroup {
             t: 0,
             theta: theta0.to_vec(),
-            state,
+            state: initial_state(&spec.config, theta0.len()),
         }
     }
 

@@ -53,6 +53,23 @@ impl GroupSpec {
     }
 }
 
+/// A fresh state arena of `len` elements per slot of `config`'s optimizer, each at its start
+/// value, and empty where the options leave the slot unused: the layout the CPU steps (in f32)
+/// and the oracle (in f64) hand to the optimizer.
+pub(crate) fn initial_state<F: Copy + From<f32>>(
+    config: &OptimizerConfig,
+    len: usize,
+) -> Vec<Vec<F>> {
+    let slots = config.as_dyn().state_slots();
+    slots
+        .iter()
+        .map(|slot| match slot.used {
+            true => vec![F::from(slot.init); len],
+            false => Vec::new(),
+        })
+        .collect()
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct TensorSpec {
     pub name: String,

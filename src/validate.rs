@@ -6,7 +6,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::error::Result;
-use crate::layout::Stored;
+use crate::layout::{initial_state, Stored};
 use crate::optim::{AdamConfig, BayesConfig, OptimizerConfig, RmspropConfig, SgdConfig, SigmaInit};
 use crate::ulp::{max_ulp_distance, mean_ulps_from_exact};
 use crate::{CpuOptimizer, Stepper};
@@ -197,20 +197,11 @@ pub struct Oracle {
 
 impl Oracle {
     pub fn new(config: &OptimizerConfig, theta0: &[f32]) -> Self {
-        let state = config
-            .as_dyn()
-            .state_slots()
-            .iter()
-            .map(|slot| match slot.used {
-                true => vec![f64::from(slot.init); theta0.len()],
-                false => Vec::new(),
-            })
-            .collect();
         Oracle {
             config: config.clone(),
             t: 0,
             theta: theta0.iter().map(|&x| f64::from(x)).collect(),
-            state,
+            state: initial_state(config, theta0.len()),
         }
     }
 
