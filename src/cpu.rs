@@ -3,7 +3,7 @@
 use rayon::prelude::*;
 
 use crate::checkpoint::Checkpoint;
-use crate::error::{nonfinite_report, Error, Result};
+use crate::error::{nonfinite_report, Result};
 use crate::layout::{initial_state, GroupId, GroupSpec, Layout, ParamGroups, Stored, TensorId};
 use crate::optim::{NonFinitePolicy, OptimizerConfig, StepReport};
 use crate::Stepper;
@@ -334,14 +334,7 @@ impl Stepper for CpuOptimizer {
     /// `grad` holds every tensor's gradient, flat in registration order. Every group steps
     /// under its own policy; the first `NonFinitePolicy::Error` is returned after all have.
     fn step(&mut self, grad: &[f32]) -> Result<()> {
-        let expected = self.len();
-        if grad.len() != expected {
-            return Err(Error::LengthMismatch {
-                what: "gradient",
-                got: grad.len(),
-                expected,
-            });
-        }
+        self.layout.check_gradient(grad)?;
         self.calls += 1;
         let mut error = None;
         for (g, (group, spec)) in self.groups.iter_mut().zip(&self.layout.groups).enumerate() {

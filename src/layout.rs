@@ -123,6 +123,20 @@ impl Layout {
         self.tensors.iter().map(TensorSpec::len).sum()
     }
 
+    /// Refuses a flat gradient whose length is not [`Layout::total_len`], before any group
+    /// steps on it.
+    pub fn check_gradient(&self, grad: &[f32]) -> Result<()> {
+        let expected = self.total_len();
+        if grad.len() != expected {
+            return Err(Error::LengthMismatch {
+                what: "gradient",
+                got: grad.len(),
+                expected,
+            });
+        }
+        Ok(())
+    }
+
     pub fn tensor(&self, id: TensorId) -> Result<&TensorSpec> {
         self.tensors.get(id.0).ok_or_else(|| {
             Error::Layout(format!(

@@ -305,14 +305,7 @@ impl Stepper for GpuOptimizer {
 
     /// `grad` holds every tensor's gradient, flat in registration order.
     fn step(&mut self, grad: &[f32]) -> Result<()> {
-        let expected = self.len();
-        if grad.len() != expected {
-            return Err(Error::LengthMismatch {
-                what: "gradient",
-                got: grad.len(),
-                expected,
-            });
-        }
+        self.layout.check_gradient(grad)?;
         let queue = self.ctx.queue();
         self.ctx.scoped("uploading the gradient", || {
             for (g, group) in self.groups.iter().enumerate() {
