@@ -119,7 +119,7 @@ fn main() -> bayesprop::Result<()> {
 
     let b_theta = optimizer.tensor_values(b)?;
     let b_sigma = optimizer.tensor_state(b, "sigma")?;
-    println!("after {} steps:", optimizer.steps_taken());
+    println!("after {} steps:", optimizer.steps_taken()?);
     println!("  i  optimum  θ         σ (posterior variance)  curvature");
     for (i, (theta, sigma)) in b_theta.iter().zip(&b_sigma).enumerate() {
         // b starts at arena offset 32: element i of b is arena element 32 + i.

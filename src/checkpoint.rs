@@ -103,12 +103,7 @@ impl Checkpoint {
     /// Checks the checkpoint fits `layout` (the same groups, optimizers, tensors, shapes and
     /// state vectors), and returns per group each vector's arena (padding 0) and step count.
     pub(crate) fn to_arenas(&self, layout: &Layout) -> Result<Vec<(u64, Vec<Vec<f32>>)>> {
-        let mismatch = |what: String| {
-            Error::file(
-                "checkpoint",
-                format!("does not match this optimizer: {what}"),
-            )
-        };
+        let mismatch = Error::CheckpointMismatch;
         if self.groups.len() != layout.groups().len()
             || self.tensors.len() != layout.tensors().len()
         {
@@ -131,14 +126,12 @@ impl Checkpoint {
                     live.config.name()
                 )));
             }
-            let vectors = 1 + live.config.used_state_names().len();
+            let vectors = live.vectors().len();
             arenas.push((saved.steps, vec![vec![0.0; live.arena_len]; vectors]));
         }
         for (saved, live) in self.tensors.iter().zip(layout.tensors()) {
             let group = &layout.groups()[live.group.0];
-            let expected: Vec<&str> = std::iter::once("theta")
-                .chain(group.config.used_state_names())
-                .collect();
+            let expected: Vec<&str> = group.vectors().iter().map(|(name, _)| *name).collect();
             let names: Vec<&str> = saved.vectors.iter().map(|(n, _)| n.as_str()).collect();
             if saved.group != group.name
                 || saved.name != live.name

@@ -3,8 +3,8 @@
 use rayon::prelude::*;
 
 use crate::checkpoint::Checkpoint;
-use crate::error::{Error, Result};
-use crate::layout::{GroupId, GroupSpec, Layout, ParamGroups, TensorId};
+use crate::error::{nonfinite_report, Result};
+use crate::layout::{initial_state, GroupId, GroupSpec, Layout, ParamGroups, Stored, TensorId};
 use crate::optim::{NonFinitePolicy, OptimizerConfig, StepReport};
 use crate::Stepper;
 
@@ -66,23 +66,10 @@ pub(crate) struct CpuGroup {
 
 impl CpuGroup {
     fn new(spec: &GroupSpec, theta0: &[f32]) -> Self {
-        let state = spec
-            .config
-            .as_dyn()
-            .state_slots()
-            .iter()
-            .map(|slot| {
-                if slot.used {
-                    vec![slot.init; theta0.len()]
-                } else {
-                    Vec::new()
-                }
-            })
-            .collect();
         CpuGroup {
             t: 0,
             theta: theta0.to_vec(),
-            state,
+            state: initial_state(&spec.config, theta0.len()),
         }
     }
 
@@ -164,6 +151,20 @@ impl CpuGroup {
             }
             count
         })
+    }
+
+    fn vector(&self, which: Stored) -> &Vec<f32> {
+        match which {
+            Stored::Theta => &self.theta,
+            Stored::State(k) => &self.state[k],
+        }
+    }
+
+    fn vector_mut(&mut self, which: Stored) -> &mut Vec<f32> {
+        match which {
+            Stored::Theta => &mut self.theta,
+            Stored::State(k) => &mut self.state[k],
+        }
     }
 
     /// θ and every used state value of element `i`.
@@ -336,8 +337,8 @@ impl Stepper for CpuOptimizer {
     }
 
     /// The step count of group 0 (see [`CpuOptimizer::group_steps`] for every group).
-    fn steps_taken(&self) -> u64 {
-        self.groups.first().map(|g| g.t).unwrap_or(0)
+    fn steps_taken(&self) -> Result<u64> {
+        Ok(self.groups.first().map_or(0, |g| g.t))
     }
 
     fn step_reports(&mut self) -> Result<Vec<StepReport>> {
@@ -347,34 +348,16 @@ impl Stepper for CpuOptimizer {
     /// `grad` holds every tensor's gradient, flat in registration order. Every group steps
     /// under its own policy; the first `NonFinitePolicy::Error` is returned after all have.
     fn step(&mut self, grad: &[f32]) -> Result<()> {
-        let expected = self.len();
-        if grad.len() != expected {
-            return Err(Error::LengthMismatch {
-                what: "gradient",
-                got: grad.len(),
-                expected,
-            });
-        }
+        self.layout.check_gradient(grad)?;
         self.calls += 1;
         let mut error = None;
         for (g, (group, spec)) in self.groups.iter_mut().zip(&self.layout.groups).enumerate() {
             let arena = self.layout.arena_of(g, grad);
             let count = group.step(spec, self.path, &arena);
             if count > 0 {
-                let applied = spec.policy.applies(count);
-                self.reports.push(StepReport {
-                    call: self.calls,
-                    group: g,
-                    nonfinite: count,
-                    applied,
-                });
-                if spec.policy == NonFinitePolicy::Error && error.is_none() {
-                    error = Some(Error::NonFinite {
-                        step: self.calls,
-                        group: g,
-                        count,
-                    });
-                }
+                let (report, raised) = nonfinite_report(self.calls, g, count, spec.policy);
+                self.reports.push(report);
+                error = error.or(raised);
             }
         }
         error.map_or(Ok(()), Err)
@@ -394,12 +377,9 @@ impl Stepper for CpuOptimizer {
             .iter()
             .zip(self.layout.groups())
             .map(|(group, spec)| {
-                let names = std::iter::once("theta").chain(spec.config.used_state_names());
-                let vectors = std::iter::once(&group.theta)
-                    .chain(group.state.iter().filter(|v| !v.is_empty()));
-                names
-                    .zip(vectors)
-                    .map(|(n, v)| (n.to_string(), v.clone()))
+                spec.vectors()
+                    .into_iter()
+                    .map(|(name, which)| (name.to_string(), group.vector(which).clone()))
                     .collect()
             })
             .collect();
@@ -412,12 +392,11 @@ impl Stepper for CpuOptimizer {
 
     fn restore(&mut self, checkpoint: &Checkpoint) -> Result<()> {
         let arenas = checkpoint.to_arenas(&self.layout)?;
-        for (group, (steps, vectors)) in self.groups.iter_mut().zip(arenas) {
-            let mut vectors = vectors.into_iter();
+        let live = self.groups.iter_mut().zip(self.layout.groups());
+        for ((group, spec), (steps, vectors)) in live.zip(arenas) {
             group.t = steps;
-            group.theta = vectors.next().expect("theta comes first");
-            for state in group.state.iter_mut().filter(|v| !v.is_empty()) {
-                *state = vectors.next().expect("one vector per used state");
+            for ((_, which), values) in spec.vectors().into_iter().zip(vectors) {
+                *group.vector_mut(which) = values;
             }
         }
         Ok(())

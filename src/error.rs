@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use crate::optim::{NonFinitePolicy, StepReport};
+
 /// Every fallible operation in bayesprop returns this.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -57,6 +59,19 @@ pub enum Error {
     #[error("device error: {0}")]
     Device(String),
 
+    /// A WGSL module that naga refuses, with the diagnostic pointing into its source.
+    #[error("shader `{kernel}` at width {width}: {message}")]
+    Shader {
+        kernel: &'static str,
+        width: u32,
+        message: String,
+    },
+
+    /// A checkpoint that is well formed but holds other groups, optimizers, tensors, shapes or
+    /// state vectors than the optimizer it is restored into; nothing was changed.
+    #[error("checkpoint does not match this optimizer: {0}")]
+    CheckpointMismatch(String),
+
     /// A file that could not be read or written, or whose contents are wrong.
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },
@@ -95,4 +110,27 @@ impl Error {
             message: message.to_string(),
         }
     }
+}
+
+/// What a step that saw `count` non-finite gradient elements in `group` reports, and the
+/// error it raises under `NonFinitePolicy::Error`: built here alone, so that the CPU, which
+/// learns the count at once, and the GPU, which reads it back later, say the same thing.
+pub(crate) fn nonfinite_report(
+    call: u64,
+    group: usize,
+    count: u64,
+    policy: NonFinitePolicy,
+) -> (StepReport, Option<Error>) {
+    let report = StepReport {
+        call,
+        group,
+        nonfinite: count,
+        applied: policy.applies(count),
+    };
+    let error = (policy == NonFinitePolicy::Error).then_some(Error::NonFinite {
+        step: call,
+        group,
+        count,
+    });
+    (report, error)
 }

@@ -2,6 +2,8 @@
 
 use wgpu::naga;
 
+use crate::error::Error;
+
 /// The lane type `V` and the non-finite test, first in every module: one of these two.
 const LANES_4: &str = include_str!("../shaders/lanes_4.wgsl");
 const LANES_1: &str = include_str!("../shaders/lanes_1.wgsl");
@@ -103,53 +105,48 @@ impl Kernel {
 
     /// Parses and validates the module at both widths with naga, as wgpu would, without any
     /// adapter. Returns what it learned of the module's interface.
-    pub fn validate(&self) -> Result<ValidatedKernel, String> {
+    pub fn validate(&self) -> Result<ValidatedKernel, Error> {
         let mut checked = Vec::new();
         for lanes in Lanes::ALL {
             let source = self.source_for(lanes);
             let width = lanes.width();
-            let module = naga::front::wgsl::parse_str(&source).map_err(|e| {
-                format!(
-                    "{}: at width {width}: {}",
-                    self.name,
-                    e.emit_to_string(&source)
-                )
-            })?;
+            let refused = |message: String| Error::Shader {
+                kernel: self.name,
+                width,
+                message,
+            };
+            let module = naga::front::wgsl::parse_str(&source)
+                .map_err(|e| refused(e.emit_to_string(&source)))?;
             naga::valid::Validator::new(
                 naga::valid::ValidationFlags::all(),
                 naga::valid::Capabilities::empty(),
             )
             .validate(&module)
-            .map_err(|e| {
-                format!(
-                    "{}: at width {width}: {}",
-                    self.name,
-                    e.emit_to_string(&source)
-                )
-            })?;
-            checked.push(self.interface(&module)?);
+            .map_err(|e| refused(e.emit_to_string(&source)))?;
+            checked
+                .push(interface(&module).ok_or_else(|| refused("no uniform at binding 0".into()))?);
         }
         Ok(checked[0])
     }
+}
 
-    fn interface(&self, module: &naga::Module) -> Result<ValidatedKernel, String> {
-        let binding = |index: u32| {
-            module.global_variables.iter().find_map(|(_, var)| {
-                var.binding
-                    .as_ref()
-                    .filter(|b| b.group == 0 && b.binding == index)
-                    .map(|_| var)
-            })
-        };
-        let uniform =
-            binding(0).ok_or_else(|| format!("{}: no uniform at binding 0", self.name))?;
-        let uniform_size = module.types[uniform.ty].inner.size(module.to_ctx());
-        let storage_bindings = (1..=MAX_BINDING).filter(|&b| binding(b).is_some()).count() as u32;
-        Ok(ValidatedKernel {
-            uniform_size,
-            storage_bindings,
+/// What a fused kernel's bindings say of its interface; `None` without a uniform at binding 0.
+fn interface(module: &naga::Module) -> Option<ValidatedKernel> {
+    let binding = |index: u32| {
+        module.global_variables.iter().find_map(|(_, var)| {
+            var.binding
+                .as_ref()
+                .filter(|b| b.group == 0 && b.binding == index)
+                .map(|_| var)
         })
-    }
+    };
+    let uniform = binding(0)?;
+    let uniform_size = module.types[uniform.ty].inner.size(module.to_ctx());
+    let storage_bindings = (1..=MAX_BINDING).filter(|&b| binding(b).is_some()).count() as u32;
+    Some(ValidatedKernel {
+        uniform_size,
+        storage_bindings,
+    })
 }
 
 /// Bindings looked at by validation (lavapipe allows 32 storage buffers per stage).

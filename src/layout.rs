@@ -32,6 +32,44 @@ pub struct GroupSpec {
     pub(crate) flat_window: Option<usize>,
 }
 
+/// One of a group's stored per-element vectors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stored {
+    Theta,
+    /// A state slot of the group's optimizer, by index.
+    State(usize),
+}
+
+impl GroupSpec {
+    /// θ, then the used state vectors in slot order, each with its SPEC name (`theta` for θ).
+    /// Checkpoints store a group in this order and comparisons walk it in this order, so it
+    /// is spelled out here alone.
+    pub fn vectors(&self) -> Vec<(&'static str, Stored)> {
+        let slots = self.config.as_dyn().state_slots();
+        let used = slots.iter().enumerate().filter(|(_, slot)| slot.used);
+        std::iter::once(("theta", Stored::Theta))
+            .chain(used.map(|(k, slot)| (slot.name, Stored::State(k))))
+            .collect()
+    }
+}
+
+/// A fresh state arena of `len` elements per slot of `config`'s optimizer, each at its start
+/// value, and empty where the options leave the slot unused: the layout the CPU steps (in f32)
+/// and the oracle (in f64) hand to the optimizer.
+pub(crate) fn initial_state<F: Copy + From<f32>>(
+    config: &OptimizerConfig,
+    len: usize,
+) -> Vec<Vec<F>> {
+    let slots = config.as_dyn().state_slots();
+    slots
+        .iter()
+        .map(|slot| match slot.used {
+            true => vec![F::from(slot.init); len],
+            false => Vec::new(),
+        })
+        .collect()
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct TensorSpec {
     pub name: String,
@@ -83,6 +121,20 @@ impl Layout {
     /// Elements over all tensors, padding excluded: the length of a flat gradient.
     pub fn total_len(&self) -> usize {
         self.tensors.iter().map(TensorSpec::len).sum()
+    }
+
+    /// Refuses a flat gradient whose length is not [`Layout::total_len`], before any group
+    /// steps on it.
+    pub fn check_gradient(&self, grad: &[f32]) -> Result<()> {
+        let expected = self.total_len();
+        if grad.len() != expected {
+            return Err(Error::LengthMismatch {
+                what: "gradient",
+                got: grad.len(),
+                expected,
+            });
+        }
+        Ok(())
     }
 
     pub fn tensor(&self, id: TensorId) -> Result<&TensorSpec> {

@@ -42,7 +42,7 @@ pub use cpu::{CpuOptimizer, CpuPath};
 pub use device::Device;
 pub use error::{Error, Result};
 pub use gpu::{BufferSlice, ExternalArena, GpuContext, GpuOptimizer, GpuOptions};
-pub use layout::{GroupId, Layout, ParamGroups, TensorId};
+pub use layout::{GroupId, Layout, ParamGroups, Stored, TensorId};
 pub use optim::{BayesConfig, NonFinitePolicy, Optimizer, OptimizerConfig, SigmaInit, StepReport};
 
 /// What `CpuOptimizer` and `GpuOptimizer` share: step every group, read it back, change
@@ -64,8 +64,9 @@ pub trait Stepper {
     }
 
     /// Steps applied so far by group 0: the t of its last applied step. Steps skipped for
-    /// non-finite gradients do not count. On the GPU this waits for the steps in flight.
-    fn steps_taken(&self) -> u64;
+    /// non-finite gradients do not count. On the GPU this waits for the steps in flight, so a
+    /// device error met while waiting is returned here rather than hidden behind a stale count.
+    fn steps_taken(&self) -> Result<u64>;
 
     /// Group 0's config.
     fn config(&self) -> &OptimizerConfig {

@@ -38,9 +38,56 @@ pub fn max_ulp_distance(a: &[f32], b: &[f32]) -> (u64, usize) {
         )
 }
 
+/// How far `x` lies from an exact value, in ULPs of the f32 nearest to it, but in units no
+/// finer than `f32::MIN_POSITIVE` (2^-126): WGSL lets a GPU flush subnormals to zero, which
+/// moves a value by at most that. 0 when both are the same infinity or both NaN; infinite when
+/// only one is finite or NaN.
+pub fn ulps_from_exact(x: f32, exact: f64) -> f64 {
+    if !x.is_finite() || !exact.is_finite() {
+        let same = (x.is_nan() && exact.is_nan()) || f64::from(x) == exact;
+        return if same { 0.0 } else { f64::INFINITY };
+    }
+    let nearest = (exact.abs() as f32).min(f32::MAX);
+    let ulp = f64::from(f32::from_bits(nearest.to_bits() + 1)) - f64::from(nearest);
+    (f64::from(x) - exact).abs() / ulp.max(f64::from(f32::MIN_POSITIVE))
+}
+
+/// The mean of [`ulps_from_exact`] over a vector: 0 for an empty one.
+pub fn mean_ulps_from_exact(x: &[f32], exact: &[f64]) -> f64 {
+    assert_eq!(
+        x.len(),
+        exact.len(),
+        "mean_ulps_from_exact: slices differ in length"
+    );
+    if x.is_empty() {
+        return 0.0;
+    }
+    x.iter()
+        .zip(exact)
+        .map(|(&x, &e)| ulps_from_exact(x, e))
+        .sum::<f64>()
+        / x.len() as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn distance_from_exact_is_in_ulps_of_the_nearest_float() {
+        // 1 + 2^-23 is one ULP above 1; half of that is half an ULP.
+        assert_eq!(ulps_from_exact(1.0, 1.0 + f64::powi(2.0, -24)), 0.5);
+        assert_eq!(ulps_from_exact(-3.0, -3.0), 0.0);
+        let up_3000 = f32::from_bits(2.5f32.to_bits() + 3000);
+        assert_eq!(ulps_from_exact(up_3000, 2.5), 3000.0);
+        // A subnormal flushed to zero is at most one unit of 2^-126 away.
+        let subnormal = f64::from(f32::from_bits(1 << 20));
+        assert!(ulps_from_exact(0.0, subnormal) < 1.0);
+        assert_eq!(ulps_from_exact(f32::NAN, f64::NAN), 0.0);
+        assert_eq!(ulps_from_exact(f32::NAN, 1.0), f64::INFINITY);
+        assert_eq!(ulps_from_exact(f32::INFINITY, f64::INFINITY), 0.0);
+        assert_eq!(mean_ulps_from_exact(&[1.0, up_3000], &[1.0, 2.5]), 1500.0);
+    }
 
     #[test]
     fn neighbours_are_one_apart() {

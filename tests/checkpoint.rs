@@ -5,7 +5,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use bayesprop::validate::{gradient, initial_theta};
+use bayesprop::validate::gradient;
 use bayesprop::{
     BayesConfig, Checkpoint, CpuOptimizer, CpuPath, Error, GpuContext, GpuOptimizer, ParamGroups,
     Stepper,
@@ -17,39 +17,17 @@ fn scratch(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-/// Two groups of a few tensors, one with momentum, so every kind of state is saved.
+/// The two-group model with a few tensors, so every kind of state is saved.
 fn model() -> ParamGroups {
-    let mut groups = ParamGroups::new();
-    let a = groups
-        .add_group(
-            "decay",
-            BayesConfig {
-                weight_decay: 1e-2,
-                ..BayesConfig::bayes_adam()
-            },
-        )
-        .unwrap();
-    let b = groups.add_group("plain", BayesConfig::default()).unwrap();
-    for (k, (group, shape)) in [
-        (a, vec![5, 3]),
-        (b, vec![7]),
-        (a, vec![2, 2, 3]),
-        (b, vec![33]),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let len = shape.iter().product();
-        groups
-            .add_tensor(
-                group,
-                &format!("w{k}"),
-                &shape,
-                &initial_theta(len, k as u64),
-            )
-            .unwrap();
-    }
-    groups
+    common::two_groups(
+        "w",
+        &[
+            (0, vec![5, 3]),
+            (1, vec![7]),
+            (0, vec![2, 2, 3]),
+            (1, vec![33]),
+        ],
+    )
 }
 
 /// The gradient of step `t`, with a NaN at step 4 so a step is skipped and the saved step
@@ -112,7 +90,11 @@ fn resume_is_bit_exact_on_every_device_and_across_devices() {
             steps(&mut *straight, 1..=10);
             let mut resumed = make_loader();
             resumed.restore(&Checkpoint::load(&path).unwrap()).unwrap();
-            assert_eq!(resumed.steps_taken(), 5, "one of 6 steps was skipped");
+            assert_eq!(
+                resumed.steps_taken().unwrap(),
+                5,
+                "one of 6 steps was skipped"
+            );
             steps(&mut *resumed, 7..=10);
             let what = format!("saved on {saver}, resumed on {loader}");
             if *saver == *loader || ctx.as_ref().is_none_or(|c| c.is_software()) {
@@ -181,34 +163,16 @@ fn damaged_and_mismatched_checkpoints_are_refused() {
     }
     assert!(live.load(scratch("missing.safetensors")).is_err());
 
-    // Another layout: a tensor of another shape, another optimizer config shape, other names.
-    let mut other_shape = ParamGroups::new();
-    let a = other_shape
-        .add_group(
-            "decay",
-            BayesConfig {
-                weight_decay: 1e-2,
-                ..BayesConfig::bayes_adam()
-            },
-        )
-        .unwrap();
-    let b = other_shape
-        .add_group("plain", BayesConfig::default())
-        .unwrap();
-    for (k, (group, shape)) in [
-        (a, vec![3, 5]),
-        (b, vec![7]),
-        (a, vec![2, 2, 3]),
-        (b, vec![33]),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let len: usize = shape.iter().product();
-        other_shape
-            .add_tensor(group, &format!("w{k}"), &shape, &vec![0.0; len])
-            .unwrap();
-    }
+    // Another layout: a tensor of another shape.
+    let other_shape = common::two_groups(
+        "w",
+        &[
+            (0, vec![3, 5]),
+            (1, vec![7]),
+            (0, vec![2, 2, 3]),
+            (1, vec![33]),
+        ],
+    );
     let mut single = CpuOptimizer::new(BayesConfig::default(), &[0.0; 64]).unwrap();
     let mut shaped = CpuOptimizer::from_groups(&other_shape, CpuPath::Reference);
     for (what, target) in [
@@ -217,6 +181,10 @@ fn damaged_and_mismatched_checkpoints_are_refused() {
     ] {
         let before = everything(target);
         let err = target.load(&path).unwrap_err();
+        assert!(
+            matches!(err, Error::CheckpointMismatch(_)),
+            "{what}: {err:?}"
+        );
         assert!(err.to_string().contains("does not match"), "{what}: {err}");
         assert_eq!(everything(target), before, "{what}");
     }

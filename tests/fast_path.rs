@@ -3,6 +3,8 @@
 //! in the table and its options), across chunk boundaries and under every non-finite policy.
 //! No FMA is involved anywhere on the CPU, so the claim is bit identity, not a tolerance.
 
+mod common;
+
 use bayesprop::cpu::PARALLEL_CHUNK;
 use bayesprop::validate::{gradient, initial_theta, standard_battery};
 use bayesprop::{CpuOptimizer, CpuPath, NonFinitePolicy, OptimizerConfig, Stepper};
@@ -30,29 +32,6 @@ fn configs() -> Vec<(String, OptimizerConfig)> {
     seen
 }
 
-fn vectors(o: &dyn Stepper) -> Vec<Vec<f32>> {
-    let mut v = vec![o.theta().unwrap()];
-    for name in o.config().used_state_names() {
-        v.push(o.state(name).unwrap());
-    }
-    v
-}
-
-fn assert_same_bits(a: &[Vec<f32>], b: &[Vec<f32>], what: &str) {
-    for (k, (x, y)) in a.iter().zip(b).enumerate() {
-        let first = x
-            .iter()
-            .zip(y)
-            .position(|(p, q)| p.to_bits() != q.to_bits());
-        if let Some(i) = first {
-            panic!(
-                "{what}: vector {k} differs at element {i}: {} vs {}",
-                x[i], y[i]
-            );
-        }
-    }
-}
-
 #[test]
 fn parallel_path_equals_the_reference_bit_for_bit() {
     let theta0 = initial_theta(N, 5);
@@ -64,7 +43,11 @@ fn parallel_path_equals_the_reference_bit_for_bit() {
             fast.step(g).unwrap();
             reference.step(g).unwrap();
         }
-        assert_same_bits(&vectors(&fast), &vectors(&reference), &name);
+        common::assert_same_bits(
+            &common::snapshot(&fast),
+            &common::snapshot(&reference),
+            &name,
+        );
     }
 }
 
@@ -101,7 +84,7 @@ fn simd_loops_equal_one_element_at_a_time() {
         }
         let a: Vec<Vec<f32>> = std::iter::once(theta_a).chain(state_a).collect();
         let b: Vec<Vec<f32>> = std::iter::once(theta_b).chain(state_b).collect();
-        assert_same_bits(&a, &b, &name);
+        common::assert_same_bits(&a, &b, &name);
     }
 }
 
@@ -133,13 +116,21 @@ fn parallel_path_handles_non_finite_gradients_as_the_reference() {
                 let (a, b) = (fast.step(&g), reference.step(&g));
                 assert_eq!(a.is_err(), b.is_err(), "{what}: step {t}");
             }
-            assert_eq!(fast.steps_taken(), reference.steps_taken(), "{what}");
+            assert_eq!(
+                fast.steps_taken().unwrap(),
+                reference.steps_taken().unwrap(),
+                "{what}"
+            );
             assert_eq!(
                 fast.step_reports().unwrap(),
                 reference.step_reports().unwrap(),
                 "{what}"
             );
-            assert_same_bits(&vectors(&fast), &vectors(&reference), &what);
+            common::assert_same_bits(
+                &common::snapshot(&fast),
+                &common::snapshot(&reference),
+                &what,
+            );
         }
     }
 }

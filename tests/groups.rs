@@ -11,40 +11,18 @@ use bayesprop::{
     GpuOptimizer, GroupId, OptimizerConfig, ParamGroups, Stepper, TensorId,
 };
 
-/// Two groups, as in a real model: decayed weights, and biases/norms without decay; shapes
-/// whose sizes are not multiples of 4, so the arenas have padding.
+/// The two-group model with 40 tensors whose sizes are not multiples of 4, so the arenas
+/// have padding.
 fn model() -> (ParamGroups, Vec<(GroupId, Vec<usize>)>) {
-    let mut groups = ParamGroups::new();
-    let decay = groups
-        .add_group(
-            "decay",
-            BayesConfig {
-                weight_decay: 1e-2,
-                ..BayesConfig::bayes_adam()
-            },
-        )
-        .unwrap();
-    let no_decay = groups
-        .add_group("no_decay", BayesConfig::default())
-        .unwrap();
-    let shapes: Vec<(GroupId, Vec<usize>)> = (0..40)
+    let shapes: Vec<(usize, Vec<usize>)> = (0..40)
         .map(|k| match k % 3 {
-            0 => (decay, vec![7 + k, 5]),
-            1 => (no_decay, vec![13 + k]),
-            _ => (decay, vec![3, 1 + k, 2]),
+            0 => (0, vec![7 + k, 5]),
+            1 => (1, vec![13 + k]),
+            _ => (0, vec![3, 1 + k, 2]),
         })
         .collect();
-    for (k, (group, shape)) in shapes.iter().enumerate() {
-        let len = shape.iter().product();
-        groups
-            .add_tensor(
-                *group,
-                &format!("t{k}"),
-                shape,
-                &initial_theta(len, k as u64),
-            )
-            .unwrap();
-    }
+    let groups = common::two_groups("t", &shapes);
+    let shapes = shapes.into_iter().map(|(g, s)| (GroupId(g), s)).collect();
     (groups, shapes)
 }
 
@@ -89,23 +67,13 @@ fn run(optimizer: &mut dyn Stepper, shapes: &[(GroupId, Vec<usize>)], steps: u64
     optimizer.theta().unwrap()
 }
 
-fn assert_bits(a: &[f32], b: &[f32], what: &str) {
-    assert_eq!(a.len(), b.len(), "{what}");
-    let differing = a
-        .iter()
-        .zip(b)
-        .filter(|(x, y)| x.to_bits() != y.to_bits())
-        .count();
-    assert_eq!(differing, 0, "{what}: {differing} elements differ");
-}
-
 #[test]
 fn many_tensors_in_one_step_equal_each_tensor_alone() {
     let (groups, shapes) = model();
     let expected = per_tensor(&groups, &shapes, 12);
     for path in [CpuPath::Reference, CpuPath::Parallel] {
         let mut cpu = CpuOptimizer::from_groups(&groups, path);
-        assert_bits(&run(&mut cpu, &shapes, 12), &expected, &format!("{path:?}"));
+        common::assert_same_bits_flat(&run(&mut cpu, &shapes, 12), &expected, &format!("{path:?}"));
     }
     let Some(ctx) = common::gpu("many_tensors_in_one_step_equal_each_tensor_alone") else {
         return;
@@ -113,7 +81,7 @@ fn many_tensors_in_one_step_equal_each_tensor_alone() {
     let mut gpu = GpuOptimizer::from_groups(&ctx, &groups).unwrap();
     let got = run(&mut gpu, &shapes, 12);
     if ctx.is_software() {
-        assert_bits(&got, &expected, "gpu");
+        common::assert_same_bits_flat(&got, &expected, "gpu");
     }
     // Per tensor, on the host and as a device slice: σ is the posterior variance.
     let sigma = gpu.tensor_state(TensorId(1), "sigma").unwrap();
@@ -181,7 +149,7 @@ fn split_buffers_and_bindings_equal_whole_ones() {
     assert!(split.buffer_count() > 4, "{} buffers", split.buffer_count());
     assert!(split.chunk_count() > split.buffer_count());
     assert_eq!(whole.buffer_count(), 2);
-    assert_bits(
+    common::assert_same_bits_flat(
         &run(&mut split, &shapes, 8),
         &run(&mut whole, &shapes, 8),
         "split vs whole",
@@ -243,7 +211,7 @@ fn the_callers_own_buffers_are_used_in_place() {
     let mut user = GpuOptimizer::from_groups_in(&ctx, &groups, &arenas).unwrap();
     let mut owned = GpuOptimizer::from_groups(&ctx, &groups).unwrap();
     let expected = run(&mut owned, &shapes, 6);
-    assert_bits(
+    common::assert_same_bits_flat(
         &run(&mut user, &shapes, 6),
         &expected,
         "user buffers vs owned",
@@ -318,7 +286,7 @@ fn per_group_hyperparameters_change_between_steps() {
     let mut gpu = GpuOptimizer::from_groups(&ctx, &groups).unwrap();
     let got = scheduled(&mut gpu, &shapes);
     if ctx.is_software() {
-        assert_bits(&got, &expected, "gpu vs reference with a schedule");
+        common::assert_same_bits_flat(&got, &expected, "gpu vs reference with a schedule");
     }
     // A change that needs other state vectors is refused.
     let refused = gpu.set_group_config(GroupId(1), BayesConfig::bayes_adam().into());

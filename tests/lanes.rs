@@ -13,27 +13,6 @@ use bayesprop::{
 
 const STEPS: u64 = 5;
 
-fn vectors(o: &dyn Stepper) -> Vec<Vec<f32>> {
-    let mut v = vec![o.theta().unwrap()];
-    for name in o.config().used_state_names() {
-        v.push(o.state(name).unwrap());
-    }
-    v
-}
-
-fn assert_same_bits(a: &[Vec<f32>], b: &[Vec<f32>], what: &str) {
-    for (k, (x, y)) in a.iter().zip(b).enumerate() {
-        assert_eq!(x.len(), y.len(), "{what}: vector {k} length");
-        if let Some(i) = x
-            .iter()
-            .zip(y)
-            .position(|(p, q)| p.to_bits() != q.to_bits())
-        {
-            panic!("{what}: vector {k} differs at {i}: {} vs {}", x[i], y[i]);
-        }
-    }
-}
-
 /// Gradients with a NaN and an Inf in lanes 1 and 2 of one vec4 at step 2.
 fn grads(n: usize) -> Vec<Vec<f32>> {
     (1..=STEPS)
@@ -52,7 +31,7 @@ fn run(o: &mut dyn Stepper, grads: &[Vec<f32>]) -> Vec<Vec<f32>> {
     for g in grads {
         o.step(g).unwrap();
     }
-    vectors(o)
+    common::snapshot(o)
 }
 
 #[test]
@@ -107,7 +86,7 @@ fn a_tail_in_the_callers_buffers_runs_at_scalar_width_and_stays_in_the_arena() {
                 .with_nonfinite_policy(policy);
             let (a, b) = (run(&mut gpu, &grads), run(&mut reference, &grads));
             if ctx.is_software() {
-                assert_same_bits(&a, &b, &what);
+                common::assert_same_bits(&a, &b, &what);
             }
             for slice in [&arena.theta, &arena.grad] {
                 let after = ctx
@@ -147,7 +126,7 @@ fn vec4_and_scalar_widths_give_the_same_bits() {
                 1,
                 "{what}: padded, one vec4 dispatch"
             );
-            assert_same_bits(&run(&mut wide, &grads), &run(&mut narrow, &grads), &what);
+            common::assert_same_bits(&run(&mut wide, &grads), &run(&mut narrow, &grads), &what);
         }
     }
 }

@@ -32,43 +32,6 @@ fn count(g: &[f32]) -> u64 {
     g.iter().filter(|x| !x.is_finite()).count() as u64
 }
 
-type Factory<'a> = dyn FnMut(OptimizerConfig, &[f32]) -> Box<dyn Stepper> + 'a;
-
-fn devices(ctx: Option<&GpuContext>) -> Vec<(&'static str, Box<Factory<'_>>)> {
-    let mut devices: Vec<(&'static str, Box<Factory<'_>>)> = vec![
-        (
-            "reference",
-            Box::new(|c, t| Box::new(CpuOptimizer::reference(c, t).unwrap())),
-        ),
-        (
-            "cpu",
-            Box::new(|c, t| Box::new(CpuOptimizer::new(c, t).unwrap())),
-        ),
-    ];
-    if let Some(ctx) = ctx {
-        devices.push((
-            "gpu",
-            Box::new(move |c, t| Box::new(GpuOptimizer::new(ctx, c, t).unwrap())),
-        ));
-    }
-    devices
-}
-
-fn snapshot(o: &dyn Stepper) -> Vec<Vec<f32>> {
-    let mut v = vec![o.theta().unwrap()];
-    for name in o.config().used_state_names() {
-        v.push(o.state(name).unwrap());
-    }
-    v
-}
-
-fn assert_bits_eq(a: &[Vec<f32>], b: &[Vec<f32>], what: &str) {
-    for (k, (x, y)) in a.iter().zip(b).enumerate() {
-        let same = x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits());
-        assert!(same, "{what}: vector {k} differs");
-    }
-}
-
 /// Every optimizer, with the options that allocate all of its state.
 fn configs() -> Vec<OptimizerConfig> {
     let with = |name, settings: &[(&str, &str)]| {
@@ -87,7 +50,7 @@ fn configs() -> Vec<OptimizerConfig> {
 #[test]
 fn skip_step_equals_never_taking_the_step() {
     let ctx = common::gpu("skip_step_equals_never_taking_the_step");
-    for (device, mut make) in devices(ctx.as_ref()) {
+    for (device, mut make) in common::devices(ctx.as_ref()) {
         for config in configs() {
             let theta0 = initial_theta(N, 11);
             let mut subject = make(config.clone(), &theta0);
@@ -109,13 +72,17 @@ fn skip_step_equals_never_taking_the_step() {
             let what = format!("{device} {}", config.name());
             assert_eq!(subject.step_reports().unwrap(), expected_reports, "{what}");
             assert_eq!(
-                subject.steps_taken(),
+                subject.steps_taken().unwrap(),
                 STEPS - 12,
                 "{what}: skipped steps do not count"
             );
-            assert_bits_eq(&snapshot(&*subject), &snapshot(&clean), &what);
+            common::assert_same_bits(
+                &common::snapshot(&*subject),
+                &common::snapshot(&clean),
+                &what,
+            );
             assert!(
-                snapshot(&*subject)[0].iter().all(|x| x.is_finite()),
+                common::snapshot(&*subject)[0].iter().all(|x| x.is_finite()),
                 "{what}"
             );
         }
@@ -139,9 +106,9 @@ fn skip_element_case(ctx: Option<&GpuContext>, config: OptimizerConfig, theta0: 
         .with_nonfinite_policy(NonFinitePolicy::SkipElement);
     for t in 1..=STEPS {
         let g = poisoned(t);
-        let before = snapshot(&reference);
+        let before = common::snapshot(&reference);
         reference.step(&g).unwrap();
-        let after = snapshot(&reference);
+        let after = common::snapshot(&reference);
         for i in (0..N).filter(|&i| !g[i].is_finite()) {
             for (b, a) in before.iter().zip(&after) {
                 assert_eq!(
@@ -156,13 +123,13 @@ fn skip_element_case(ctx: Option<&GpuContext>, config: OptimizerConfig, theta0: 
             .count();
         assert!(moved > N / 2, "{name} step {t}: the other elements move");
     }
-    assert_eq!(reference.steps_taken(), STEPS);
-    let expected = snapshot(&reference);
+    assert_eq!(reference.steps_taken().unwrap(), STEPS);
+    let expected = common::snapshot(&reference);
     let expected_reports = reference.step_reports().unwrap();
     assert_eq!(expected_reports.len(), 12);
     assert!(expected_reports.iter().all(|r| r.applied));
 
-    for (device, mut make) in devices(ctx) {
+    for (device, mut make) in common::devices(ctx) {
         let mut subject = make(config.clone(), theta0);
         subject.set_nonfinite_policy(NonFinitePolicy::SkipElement);
         for t in 1..=STEPS {
@@ -173,9 +140,9 @@ fn skip_element_case(ctx: Option<&GpuContext>, config: OptimizerConfig, theta0: 
             expected_reports,
             "{name} on {device}"
         );
-        assert_eq!(subject.steps_taken(), STEPS, "{name} on {device}");
-        assert_bits_eq(
-            &snapshot(&*subject),
+        assert_eq!(subject.steps_taken().unwrap(), STEPS, "{name} on {device}");
+        common::assert_same_bits(
+            &common::snapshot(&*subject),
             &expected,
             &format!("{name} on {device}"),
         );
@@ -185,7 +152,7 @@ fn skip_element_case(ctx: Option<&GpuContext>, config: OptimizerConfig, theta0: 
 #[test]
 fn error_policy_reports_the_count_and_changes_nothing() {
     let ctx = common::gpu("error_policy_reports_the_count_and_changes_nothing");
-    for (device, mut make) in devices(ctx.as_ref()) {
+    for (device, mut make) in common::devices(ctx.as_ref()) {
         let theta0 = initial_theta(N, 11);
         let mut subject = make(BayesConfig::default().into(), &theta0);
         subject.set_nonfinite_policy(NonFinitePolicy::Error);
@@ -220,7 +187,11 @@ fn error_policy_reports_the_count_and_changes_nothing() {
         for t in (1..=5).filter(|&t| t != 3 && t != *call) {
             expected.step(&poisoned(t)).unwrap();
         }
-        assert_bits_eq(&snapshot(&*subject), &snapshot(&expected), device);
+        common::assert_same_bits(
+            &common::snapshot(&*subject),
+            &common::snapshot(&expected),
+            device,
+        );
     }
 }
 
@@ -262,6 +233,10 @@ fn skip_step_with_many_steps_in_flight() {
             clean.step(g).unwrap();
         }
     }
-    assert_eq!(gpu.steps_taken(), 16);
-    assert_bits_eq(&snapshot(&gpu), &snapshot(&clean), "gpu, many in flight");
+    assert_eq!(gpu.steps_taken().unwrap(), 16);
+    common::assert_same_bits(
+        &common::snapshot(&gpu),
+        &common::snapshot(&clean),
+        "gpu, many in flight",
+    );
 }

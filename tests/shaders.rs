@@ -40,6 +40,15 @@ fn a_broken_shader_is_reported_with_its_name() {
         preludes: &[],
         body: "@compute @workgroup_size(1) fn main() { let x: f32 = 1u; }",
     };
-    let message = broken.validate().unwrap_err();
-    assert!(message.starts_with("broken:"), "{message}");
+    match broken.validate() {
+        Err(bayesprop::Error::Shader {
+            kernel: "broken",
+            width: 4,
+            message,
+        }) => assert!(
+            message.contains("1u"),
+            "the diagnostic quotes the source: {message}"
+        ),
+        other => panic!("expected a shader error naming `broken` at width 4, got {other:?}"),
+    }
 }

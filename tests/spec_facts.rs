@@ -10,11 +10,10 @@
 mod common;
 
 use bayesprop::reference::bayes as reference;
-use bayesprop::ulp::max_ulp_distance;
-use bayesprop::validate::{self, HARDWARE_ULP_BOUND, SOFTWARE_ULP_BOUND};
+use bayesprop::validate::{self, Oracle, Rule};
 use bayesprop::{
     BayesConfig, Checkpoint, CpuOptimizer, GpuContext, GpuOptimizer, GroupId, Layout,
-    NonFinitePolicy, Optimizer, OptimizerConfig, SigmaInit, StepReport, Stepper,
+    NonFinitePolicy, Optimizer, OptimizerConfig, SigmaInit, StepReport, Stepper, Stored,
 };
 use ndarray::{s, Array1, Array2, ShapeBuilder};
 use rand::rngs::SmallRng;
@@ -28,41 +27,37 @@ fn cpu_reference(config: BayesConfig, theta0: &[f32]) -> Box<dyn Stepper> {
 }
 
 fn checked_gpu(ctx: &GpuContext) -> impl FnMut(BayesConfig, &[f32]) -> Box<dyn Stepper> + '_ {
-    let bound = if ctx.is_software() {
-        SOFTWARE_ULP_BOUND
-    } else {
-        HARDWARE_ULP_BOUND
-    };
+    let rule = Rule::for_adapter(ctx.is_software());
     move |config, theta0| {
         Box::new(Checked {
             device: GpuOptimizer::new(ctx, config, theta0).unwrap(),
             reference: CpuOptimizer::reference(config, theta0).unwrap(),
-            bound,
+            oracle: Oracle::new(&config.into(), theta0),
+            rule,
         })
     }
 }
 
-/// A GPU optimizer stepped in lockstep with the CPU reference: every read of θ or a state
-/// vector returns the device's values after asserting they are within `bound` ULP of the
-/// reference's (0 on software adapters).
+/// A GPU optimizer stepped in lockstep with the CPU reference and the f64 oracle: every read
+/// of θ or a state vector returns the device's values after asserting that they pass
+/// `validate`'s rule for the adapter (bit-identical to the reference on software adapters).
 struct Checked {
     device: GpuOptimizer,
     reference: CpuOptimizer,
-    bound: u64,
+    oracle: Oracle,
+    rule: Rule,
 }
 
 impl Checked {
     fn agree(&self, what: &str, got: Vec<f32>, want: Vec<f32>) -> Vec<f32> {
-        let (ulp, at) = max_ulp_distance(&got, &want);
-        assert!(
-            ulp <= self.bound,
-            "GPU {what}[{at}] after step {} is {ulp} ULP from the CPU reference \
-             ({} vs {}); bound {} ULP",
-            self.reference.steps_taken(),
-            got[at],
-            want[at],
-            self.bound
-        );
+        let t = self.reference.steps_taken().unwrap();
+        let which = match what {
+            "theta" => Stored::Theta,
+            name => Stored::State(self.reference.layout().slot(GroupId(0), name).unwrap()),
+        };
+        if let Err(why) = validate::judge(self.rule, t, &got, &want, self.oracle.vector(which)) {
+            panic!("GPU {what} after step {t}: {why}");
+        }
         got
     }
 }
@@ -76,11 +71,12 @@ impl Stepper for Checked {
     fn layout_mut(&mut self) -> &mut Layout {
         self.device.layout_mut()
     }
-    fn steps_taken(&self) -> u64 {
+    fn steps_taken(&self) -> bayesprop::Result<u64> {
         self.device.steps_taken()
     }
     fn set_config(&mut self, config: OptimizerConfig) -> bayesprop::Result<()> {
         self.reference.set_config(config.clone())?;
+        self.oracle.set_config(config.clone());
         self.device.set_config(config)
     }
     fn set_group_config(
@@ -89,6 +85,7 @@ impl Stepper for Checked {
         config: OptimizerConfig,
     ) -> bayesprop::Result<()> {
         self.reference.set_group_config(group, config.clone())?;
+        self.oracle.set_config(config.clone());
         self.device.set_group_config(group, config)
     }
     fn set_nonfinite_policy(&mut self, policy: NonFinitePolicy) {
@@ -108,6 +105,7 @@ impl Stepper for Checked {
     }
     fn step(&mut self, grad: &[f32]) -> bayesprop::Result<()> {
         self.reference.step(grad)?;
+        self.oracle.step(grad);
         self.device.step(grad)
     }
     fn theta(&self) -> bayesprop::Result<Vec<f32>> {

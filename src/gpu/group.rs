@@ -11,7 +11,7 @@ use crate::gpu::context::GpuContext;
 use crate::gpu::pipeline::{in_order, Pipeline, COMMIT, SCAN};
 use crate::gpu::tracker::STATUS_BYTES;
 use crate::kernels::{Lanes, WINDOW, WINDOW_HEADER_BYTES};
-use crate::layout::{GroupSpec, TensorSpec};
+use crate::layout::{GroupSpec, Stored, TensorSpec};
 use crate::optim::NonFinitePolicy;
 
 /// Where a vector starts on the device: a buffer and a byte offset.
@@ -50,6 +50,15 @@ pub(crate) enum Vector {
     Grad,
     /// A state slot, by index.
     State(usize),
+}
+
+impl From<Stored> for Vector {
+    fn from(which: Stored) -> Self {
+        match which {
+            Stored::Theta => Vector::Theta,
+            Stored::State(k) => Vector::State(k),
+        }
+    }
 }
 
 /// A range of a piece bound for one dispatch at one lane width.

@@ -289,11 +289,8 @@ impl Stepper for GpuOptimizer {
     }
 
     /// The step count of group 0 (see [`GpuOptimizer::group_steps`] for every group).
-    fn steps_taken(&self) -> u64 {
-        // A device error here also reaches the caller through the next step or readback.
-        self.group_steps()
-            .map(|t| t.first().copied().unwrap_or(0))
-            .unwrap_or(0)
+    fn steps_taken(&self) -> Result<u64> {
+        Ok(self.group_steps()?.first().copied().unwrap_or(0))
     }
 
     fn step_reports(&mut self) -> Result<Vec<StepReport>> {
@@ -307,14 +304,7 @@ impl Stepper for GpuOptimizer {
 
     /// `grad` holds every tensor's gradient, flat in registration order.
     fn step(&mut self, grad: &[f32]) -> Result<()> {
-        let expected = self.len();
-        if grad.len() != expected {
-            return Err(Error::LengthMismatch {
-                what: "gradient",
-                got: grad.len(),
-                expected,
-            });
-        }
+        self.layout.check_gradient(grad)?;
         let queue = self.ctx.queue();
         self.ctx.scoped("uploading the gradient", || {
             for (g, group) in self.groups.iter().enumerate() {
@@ -339,11 +329,11 @@ impl Stepper for GpuOptimizer {
             .iter()
             .zip(self.layout.groups())
             .map(|(group, spec)| {
-                let slots = spec.config.as_dyn().state_slots();
-                let used = slots.iter().enumerate().filter(|(_, s)| s.used);
-                std::iter::once(("theta".to_string(), Vector::Theta))
-                    .chain(used.map(|(k, s)| (s.name.to_string(), Vector::State(k))))
-                    .map(|(name, vector)| Ok((name, group.read_arena(&self.ctx, vector)?)))
+                spec.vectors()
+                    .into_iter()
+                    .map(|(name, which)| {
+                        Ok((name.to_string(), group.read_arena(&self.ctx, which.into())?))
+                    })
                     .collect::<Result<Vec<_>>>()
             })
             .collect::<Result<Vec<_>>>()?;
@@ -360,14 +350,8 @@ impl Stepper for GpuOptimizer {
             for ((group, spec), (steps, vectors)) in
                 self.groups.iter().zip(self.layout.groups()).zip(&arenas)
             {
-                let slots = spec.config.as_dyn().state_slots();
-                let used = slots
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, s)| s.used)
-                    .map(|(k, _)| Vector::State(k));
-                for (vector, values) in std::iter::once(Vector::Theta).chain(used).zip(vectors) {
-                    group.write_arena(queue, vector, values);
+                for ((_, which), values) in spec.vectors().into_iter().zip(vectors) {
+                    group.write_arena(queue, which.into(), values);
                 }
                 group.write_step_counter(queue, *steps);
             }

@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::sync::mpsc;
 
-use crate::error::{Error, Result};
+use crate::error::{nonfinite_report, Error, Result};
 use crate::kernels::WINDOW;
 use crate::optim::{NonFinitePolicy, StepReport};
 
@@ -130,19 +130,9 @@ impl StepTracker {
                 if nonfinite == 0 {
                     continue;
                 }
-                self.reports.push(StepReport {
-                    call: pending.call,
-                    group,
-                    nonfinite,
-                    applied: policy.applies(nonfinite),
-                });
-                if *policy == NonFinitePolicy::Error && self.error.is_none() {
-                    self.error = Some(Error::NonFinite {
-                        step: pending.call,
-                        group,
-                        count: nonfinite,
-                    });
-                }
+                let (report, raised) = nonfinite_report(pending.call, group, nonfinite, *policy);
+                self.reports.push(report);
+                self.error = self.error.take().or(raised);
             }
         }
         Ok(())
