@@ -56,7 +56,7 @@ pub struct Kernel {
 }
 
 /// A fused optimizer kernel: its entry point is `main`.
-const fn fused(name: &'static str, body: &'static str) -> Kernel {
+pub(crate) const fn fused(name: &'static str, body: &'static str) -> Kernel {
     Kernel {
         name,
         preludes: &[COMMON, FUSED],
@@ -64,11 +64,8 @@ const fn fused(name: &'static str, body: &'static str) -> Kernel {
     }
 }
 
-pub const BAYES: Kernel = fused("bayes", include_str!("../shaders/bayes.wgsl"));
-pub const SGD: Kernel = fused("sgd", include_str!("../shaders/sgd.wgsl"));
-pub const RMSPROP: Kernel = fused("rmsprop", include_str!("../shaders/rmsprop.wgsl"));
-/// `adam` and `adamw`: one kernel, the difference is in the uniforms.
-pub const ADAM: Kernel = fused("adam", include_str!("../shaders/adam.wgsl"));
+/// The optimizer kernels, one per config type of the optimizer table.
+pub use crate::optim::shaders::*;
 
 /// The per-group step control: entry points `scan` and `commit`.
 pub const CONTROL: Kernel = Kernel {
@@ -85,8 +82,19 @@ pub const TOUCH: Kernel = Kernel {
     body: include_str!("../shaders/touch.wgsl"),
 };
 
-/// Every module, for validation and `info`.
-pub const ALL: &[&Kernel] = &[&CONTROL, &BAYES, &SGD, &RMSPROP, &ADAM, &TOUCH];
+/// Every module, for validation and `info`: the control kernel, the optimizers' in table
+/// order, then the roofline's.
+pub const ALL: [&Kernel; OPTIMIZERS.len() + 2] = {
+    let mut all = [&CONTROL; OPTIMIZERS.len() + 2];
+    let mut i = 0;
+    while i < OPTIMIZERS.len() {
+        all[i + 1] = OPTIMIZERS[i];
+        i += 1;
+    }
+    all[OPTIMIZERS.len() + 1] = &TOUCH;
+    all
+};
+const OPTIMIZERS: &[&Kernel] = crate::optim::KERNELS;
 
 /// The entry point of every fused optimizer kernel.
 pub const ENTRY_POINT: &str = "main";
