@@ -4,7 +4,9 @@
 use crate::error::Result;
 use crate::kernels::{Kernel, ADAM};
 use crate::optim::config::config;
-use crate::optim::{bias_correction, check_field, flag, Optimizer, StateSlot};
+use crate::optim::{
+    bias_correction, check_betas, check_decay_factor, check_field, flag, Optimizer, StateSlot,
+};
 use crate::reference::adam::{self as reference, AdamScalars};
 
 /// Which of the two: they differ only in how weight decay is applied (and its default).
@@ -109,29 +111,9 @@ impl Optimizer for AdamConfig {
     fn validate(&self) -> Result<()> {
         let name = self.name();
         check_field(name, "lr", self.lr, self.lr >= 0.0, "lr >= 0")?;
-        check_field(
-            name,
-            "beta1",
-            self.beta1,
-            (0.0..1.0).contains(&self.beta1),
-            "0 <= beta1 < 1",
-        )?;
-        check_field(
-            name,
-            "beta2",
-            self.beta2,
-            (0.0..1.0).contains(&self.beta2),
-            "0 <= beta2 < 1",
-        )?;
+        check_betas(name, self.beta1, self.beta2)?;
         check_field(name, "eps", self.eps, self.eps >= 0.0, "eps >= 0")?;
-        // AdamW's factor 1 − lr·λ is passed to the kernel as f32, so it must be finite there.
-        check_field(
-            name,
-            "weight_decay",
-            self.weight_decay,
-            self.weight_decay >= 0.0 && ((1.0 - self.lr * self.weight_decay) as f32).is_finite(),
-            "weight_decay >= 0 with lr·weight_decay finite in f32",
-        )
+        check_decay_factor(name, self.lr, self.weight_decay)
     }
 
     fn state_slots(&self) -> Vec<StateSlot> {

@@ -345,6 +345,40 @@ pub(crate) fn check_field(
     }
 }
 
+/// `beta1` and `beta2` of the Adam-like optimizers: EMA factors in [0, 1).
+pub(crate) fn check_betas(optimizer: &'static str, beta1: f64, beta2: f64) -> Result<()> {
+    check_field(
+        optimizer,
+        "beta1",
+        beta1,
+        (0.0..1.0).contains(&beta1),
+        "0 <= beta1 < 1",
+    )?;
+    check_field(
+        optimizer,
+        "beta2",
+        beta2,
+        (0.0..1.0).contains(&beta2),
+        "0 <= beta2 < 1",
+    )
+}
+
+/// λ ≥ 0 of a decay that may be decoupled: its factor 1 − lr·λ is passed to the kernel as f32,
+/// so it must be finite there.
+pub(crate) fn check_decay_factor(
+    optimizer: &'static str,
+    lr: f64,
+    weight_decay: f64,
+) -> Result<()> {
+    check_field(
+        optimizer,
+        "weight_decay",
+        weight_decay,
+        weight_decay >= 0.0 && ((1.0 - lr * weight_decay) as f32).is_finite(),
+        "weight_decay >= 0 with lr·weight_decay finite in f32",
+    )
+}
+
 /// An option passed to a kernel as an f32 uniform: 1 on, 0 off.
 pub(crate) fn flag(on: bool) -> f64 {
     if on {
