@@ -55,5 +55,6 @@ pub(crate) use simd_fn;
 
 pub mod adam;
 pub mod bayes;
+pub mod lion;
 pub mod rmsprop;
 pub mod sgd;
