@@ -63,8 +63,7 @@ impl BayesConfig {
 
     /// The fixed point σ*(h) = η²/2 + η·sqrt(η²/4 + 1/h) of the variance update, in f64.
     pub fn sigma_star(&self, h: f64) -> f64 {
-        let eta_sq = self.eta * self.eta;
-        eta_sq / 2.0 + self.eta * (eta_sq / 4.0 + 1.0 / h).sqrt()
+        reference::sigma_star(&self.scalars(1), h)
     }
 
     /// Every scalar the kernel needs at step `t` (1-based), computed in f64. The reference
