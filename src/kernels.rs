@@ -6,9 +6,9 @@ use wgpu::naga;
 const LANES_4: &str = include_str!("../shaders/lanes_4.wgsl");
 const LANES_1: &str = include_str!("../shaders/lanes_1.wgsl");
 /// Element indexing and the per-group status: in every module.
-const COMMON: &str = include_str!("../shaders/common.wgsl");
+pub(crate) const COMMON: &str = include_str!("../shaders/common.wgsl");
 /// The binding convention of fused optimizer kernels: window of scalars, status, θ, g, state.
-const FUSED: &str = include_str!("../shaders/fused.wgsl");
+pub(crate) const FUSED: &str = include_str!("../shaders/fused.wgsl");
 
 /// Entries of per-step scalars in a group's uniform window (`WINDOW` in `shaders/fused.wgsl`).
 pub const WINDOW: usize = 8;
@@ -53,15 +53,6 @@ pub struct Kernel {
     pub preludes: &'static [&'static str],
     /// The shader file alone.
     pub body: &'static str,
-}
-
-/// A fused optimizer kernel: its entry point is `main`.
-pub(crate) const fn fused(name: &'static str, body: &'static str) -> Kernel {
-    Kernel {
-        name,
-        preludes: &[COMMON, FUSED],
-        body,
-    }
 }
 
 /// The optimizer kernels, one per config type of the optimizer table.

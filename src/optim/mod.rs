@@ -66,7 +66,7 @@ const ADAM_BATTERY: &[&str] = &[
 
 table::optimizer_table! {
     /// SPEC §2.
-    Bayes(BayesConfig), kernel BAYES = "bayes" {
+    Bayes(BayesConfig), kernel BAYES = "bayes" after "bayes_step" {
         "bayes" => BayesConfig::default(),
             battery &[
                 "eta=1e-6,1e-3,1,1e3 beta=0,0.9,0.999,0.999999 sigma_init=fixed_point,1e-2",
@@ -140,7 +140,7 @@ table::optimizer_table! {
             demo "lr" over LION_GRID;
     }
     /// SPEC §2b: `bayes` at the fixed point, σ computed from s.
-    BayesFp(BayesFpConfig), kernel BAYES_FP = "bayes_fp" {
+    BayesFp(BayesFpConfig), kernel BAYES_FP = "bayes_fp" after "bayes_step" {
         "bayes_fp" => BayesFpConfig::default(),
             battery &[
                 "eta=1e-6,1e-3,1,1e3 beta=0,0.9,0.999,0.999999",

@@ -49,12 +49,15 @@ pub fn settings(text: &str) -> impl Iterator<Item = (&str, &str)> {
 /// }
 /// ```
 ///
-/// `file` is `shaders/<file>.wgsl`, compiled as the fused kernel `CONST`.
+/// `file` is `shaders/<file>.wgsl`, compiled as the fused kernel `CONST` (entry point `main`,
+/// after `common.wgsl` and `fused.wgsl`); `kernel CONST = "file" after "shared"` also prepends
+/// `shaders/<shared>.wgsl`, code that two kernels share.
 macro_rules! optimizer_table {
     (
         $(
             $(#[$meta:meta])*
-            $variant:ident($config:ty), kernel $kernel:ident = $file:literal {
+            $variant:ident($config:ty), kernel $kernel:ident = $file:literal
+                $(after $prelude:literal)? {
                 $(
                     $($preset:ident)? $name:literal => $make:expr,
                         battery $battery:expr,
@@ -94,12 +97,21 @@ macro_rules! optimizer_table {
 
         /// The fused kernel of every config type, `shaders/<name>.wgsl` after the preludes.
         pub mod shaders {
-            use $crate::kernels::{fused, Kernel};
+            use $crate::kernels::{Kernel, COMMON, FUSED};
             $(
-                pub const $kernel: Kernel = fused(
-                    $file,
-                    include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file, ".wgsl")),
-                );
+                pub const $kernel: Kernel = Kernel {
+                    name: $file,
+                    preludes: &[
+                        COMMON,
+                        FUSED,
+                        $(include_str!(concat!(
+                            env!("CARGO_MANIFEST_DIR"), "/shaders/", $prelude, ".wgsl"
+                        )),)?
+                    ],
+                    body: include_str!(concat!(
+                        env!("CARGO_MANIFEST_DIR"), "/shaders/", $file, ".wgsl"
+                    )),
+                };
             )+
         }
 
