@@ -1,20 +1,6 @@
 // `bayes`, the seed's optimizer (SPEC §2): EMA of g², variance update and mean update in one
-// pass. CPU twin: src/reference/bayes.rs.
-
-struct Scalars {
-    beta: f32,
-    one_minus_beta: f32,
-    c2: f32,              // 1/(1 - beta^t) with bias correction, else 1
-    weight_decay: f32,
-    beta1: f32,           // momentum; 0 turns it off
-    one_minus_beta1: f32,
-    c1: f32,              // 1/(1 - beta1^t)
-    eta: f32,
-    eta_sq: f32,
-    eps_sq: f32,
-    pad0: f32,
-    pad1: f32,
-}
+// pass. After `bayes_step.wgsl` (the uniform block and the step's first half, shared with
+// `bayes_fp`). CPU twin: src/reference/bayes.rs.
 
 @group(0) @binding(4) var<storage, read_write> s: array<V>;
 @group(0) @binding(5) var<storage, read_write> sigma: array<V>;
@@ -29,20 +15,19 @@ fn update(i: u32, g: V, ok: B, p: Scalars) {
     let s_old = s[i];
     let sig0 = sigma[i];
 
-    let s_new = p.beta * s_old + p.one_minus_beta * g * g;
-    let s_hat = s_new * p.c2;
-    let h = s_hat + p.weight_decay;
-    let g_tilde = g + p.weight_decay * th;
-    var d = g_tilde;
+    var m_old = V(0.0);
     if p.beta1 > 0.0 {
-        let m_old = m[i];
-        let m_new = p.beta1 * m_old + p.one_minus_beta1 * g_tilde;
-        m[i] = select(m_old, m_new, ok);
-        d = m_new * p.c1;
+        m_old = m[i];
     }
-    // σ*(x) = η²/2 + η·sqrt(η²/4 + 1/x), at x = h + eps², where σ = 0 and h > 0
-    let x = h + p.eps_sq;
-    let star = p.eta_sq * 0.5 + p.eta * sqrt(p.eta_sq * 0.25 + 1.0 / x);
+    let c = curvature_and_direction(p, th, g, s_old, m_old);
+    if p.beta1 > 0.0 {
+        m[i] = select(m_old, c.m, ok);
+    }
+    let s_new = c.s;
+    let h = c.h;
+    let d = c.d;
+    // σ*(h + eps²), where σ = 0 and h > 0
+    let star = sigma_star(p, h + p.eps_sq);
     let sig1 = select(sig0, star, sig0 == V(0.0) & h > V(0.0));
     // where σ > 0: posterior variance σ/(1 + hσ), exact for h = 0, then diffusion by η²
     let live = sig1 > V(0.0);

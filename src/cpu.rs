@@ -1,10 +1,15 @@
 //! `CpuOptimizer`: the same API as `GpuOptimizer`, with θ and state in host memory.
 
+use std::borrow::Cow;
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{nonfinite_report, Result};
-use crate::layout::{initial_state, GroupId, GroupSpec, Layout, ParamGroups, Stored, TensorId};
+use crate::layout::{
+    initial_state, GroupId, GroupSpec, Layout, ParamGroups, StateSource, Stored, TensorId,
+};
 use crate::optim::{NonFinitePolicy, OptimizerConfig, StepReport};
 use crate::Stepper;
 
@@ -284,8 +289,27 @@ impl CpuOptimizer {
     /// A tensor's state vector by its SPEC name, e.g. `sigma`, the posterior variance.
     pub fn tensor_state(&self, id: TensorId, name: &str) -> Result<Vec<f32>> {
         let t = self.layout.tensor(id)?;
-        let slot = self.layout.slot(t.group, name)?;
-        Ok(self.groups[t.group.0].state[slot][t.range()].to_vec())
+        match self.layout.state_source(t.group, name)? {
+            StateSource::Slot(slot) => Ok(self.groups[t.group.0].state[slot][t.range()].to_vec()),
+            StateSource::Derived => self.derived(t.group, name, t.range()),
+        }
+    }
+
+    /// A derived vector of `range` of a group's arena.
+    fn derived(&self, group: GroupId, name: &str, range: Range<usize>) -> Result<Vec<f32>> {
+        let arenas = &self.groups[group.0];
+        let stored: Vec<&[f32]> = arenas
+            .state
+            .iter()
+            .map(|v| {
+                if v.is_empty() {
+                    &v[..]
+                } else {
+                    &v[range.clone()]
+                }
+            })
+            .collect();
+        self.layout.derive_state(group, name, arenas.t, &stored)
     }
 
     /// Each group's applied step count.
@@ -319,8 +343,15 @@ impl CpuOptimizer {
             .iter()
             .enumerate()
             .map(|(g, group)| match name {
-                None => Ok(&group.theta),
-                Some(n) => Ok(&group.state[self.layout.slot(GroupId(g), n)?]),
+                None => Ok(Cow::Borrowed(&group.theta[..])),
+                Some(n) => match self.layout.state_source(GroupId(g), n)? {
+                    StateSource::Slot(slot) => Ok(Cow::Borrowed(&group.state[slot][..])),
+                    StateSource::Derived => Ok(Cow::Owned(self.derived(
+                        GroupId(g),
+                        n,
+                        0..group.theta.len(),
+                    )?)),
+                },
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(self.layout.flatten(&arenas))

@@ -10,7 +10,7 @@ const LANES_1: &str = include_str!("../shaders/lanes_1.wgsl");
 /// Element indexing and the per-group status: in every module.
 pub(crate) const COMMON: &str = include_str!("../shaders/common.wgsl");
 /// The binding convention of fused optimizer kernels: window of scalars, status, θ, g, state.
-const FUSED: &str = include_str!("../shaders/fused.wgsl");
+pub(crate) const FUSED: &str = include_str!("../shaders/fused.wgsl");
 
 /// Entries of per-step scalars in a group's uniform window (`WINDOW` in `shaders/fused.wgsl`).
 pub const WINDOW: usize = 8;
@@ -57,20 +57,8 @@ pub struct Kernel {
     pub body: &'static str,
 }
 
-/// A fused optimizer kernel: its entry point is `main`.
-const fn fused(name: &'static str, body: &'static str) -> Kernel {
-    Kernel {
-        name,
-        preludes: &[COMMON, FUSED],
-        body,
-    }
-}
-
-pub const BAYES: Kernel = fused("bayes", include_str!("../shaders/bayes.wgsl"));
-pub const SGD: Kernel = fused("sgd", include_str!("../shaders/sgd.wgsl"));
-pub const RMSPROP: Kernel = fused("rmsprop", include_str!("../shaders/rmsprop.wgsl"));
-/// `adam` and `adamw`: one kernel, the difference is in the uniforms.
-pub const ADAM: Kernel = fused("adam", include_str!("../shaders/adam.wgsl"));
+/// The optimizer kernels, one per config type of the optimizer table.
+pub use crate::optim::shaders::*;
 
 /// The per-group step control: entry points `scan` and `commit`.
 pub const CONTROL: Kernel = Kernel {
@@ -79,10 +67,18 @@ pub const CONTROL: Kernel = Kernel {
     body: include_str!("../shaders/control.wgsl"),
 };
 
-/// Every module, for validation and `info`.
-/// Every module of the core, for validation and `info` (`bench`'s roofline kernel is
-/// `bench::touch::TOUCH`).
-pub const ALL: &[&Kernel] = &[&CONTROL, &BAYES, &SGD, &RMSPROP, &ADAM];
+/// Every module of the core, for validation and `info`: the control kernel, then the
+/// optimizers' in table order (`bench`'s roofline kernel is `bench::touch::TOUCH`).
+pub const ALL: [&Kernel; OPTIMIZERS.len() + 1] = {
+    let mut all = [&CONTROL; OPTIMIZERS.len() + 1];
+    let mut i = 0;
+    while i < OPTIMIZERS.len() {
+        all[i + 1] = OPTIMIZERS[i];
+        i += 1;
+    }
+    all
+};
+const OPTIMIZERS: &[&Kernel] = crate::optim::KERNELS;
 
 /// The entry point of every fused optimizer kernel.
 pub const ENTRY_POINT: &str = "main";

@@ -177,6 +177,44 @@ impl Layout {
             })
     }
 
+    /// Where a group's vector `name` is read from: a used state slot, or derived from them.
+    pub(crate) fn state_source(&self, group: GroupId, name: &str) -> Result<StateSource> {
+        let optimizer = self.group(group)?.config.as_dyn();
+        match self.slot(group, name) {
+            Ok(slot) => Ok(StateSource::Slot(slot)),
+            Err(_) if optimizer.derived_state_names().contains(&name) => Ok(StateSource::Derived),
+            Err(Error::Unknown { what, name, known }) => Err(Error::Unknown {
+                what,
+                name,
+                known: std::iter::once(known.as_str())
+                    .chain(optimizer.derived_state_names().iter().copied())
+                    .filter(|k| !k.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A group's derived vector `name`, for the elements whose stored states are `stored`
+    /// (slot order, unused slots empty), after `t` applied steps.
+    pub(crate) fn derive_state(
+        &self,
+        group: GroupId,
+        name: &str,
+        t: u64,
+        stored: &[&[f32]],
+    ) -> Result<Vec<f32>> {
+        let optimizer = self.group(group)?.config.as_dyn();
+        optimizer
+            .derived_state(name, t, stored)
+            .ok_or_else(|| Error::Unknown {
+                what: "derived state",
+                name: name.to_string(),
+                known: optimizer.derived_state_names().join(", "),
+            })
+    }
+
     /// Replaces one group's hyperparameters (validated; the same state vectors).
     pub fn set_group_config(&mut self, group: GroupId, config: OptimizerConfig) -> Result<()> {
         config.validate()?;
@@ -244,6 +282,15 @@ impl Layout {
         }
         flat
     }
+}
+
+/// Where a state vector read by name comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StateSource {
+    /// The used state slot with this index.
+    Slot(usize),
+    /// Computed from the stored states on request ([`crate::Optimizer::derived_state`]).
+    Derived,
 }
 
 /// Groups and tensors, with θ₀ for each tensor. Build a `CpuOptimizer` or `GpuOptimizer` from

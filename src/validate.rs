@@ -5,9 +5,9 @@
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::layout::{initial_state, Stored};
-use crate::optim::{AdamConfig, BayesConfig, OptimizerConfig, RmspropConfig, SgdConfig, SigmaInit};
+use crate::optim::{OptimizerConfig, Row, TABLE};
 use crate::ulp::{max_ulp_distance, mean_ulps_from_exact};
 use crate::{CpuOptimizer, Stepper};
 
@@ -275,259 +275,88 @@ pub fn gradient(n: usize, seed: u64, t: u64) -> Vec<f32> {
         .collect()
 }
 
-fn bayes_case(name: String, config: BayesConfig, n: usize) -> Case {
-    case(name, config, n)
-}
+/// Size, steps and seed of a case whose row does not set them.
+const CASE_N: usize = 4099;
+const CASE_STEPS: u64 = 100;
+const CASE_SEED: u64 = 2024;
 
-fn case(name: String, config: impl Into<OptimizerConfig>, n: usize) -> Case {
-    Case {
-        name,
-        config: config.into(),
-        n,
-        steps: 100,
-        seed: 2024,
-    }
-}
-
-/// The classic optimizers of SPEC §3: defaults, every option alone and combined, and the
-/// regimes (tiny and large lr, beta2 and alpha near 1).
-fn classic_battery() -> Vec<Case> {
-    let sgd = SgdConfig::default;
-    let momentum = SgdConfig {
-        momentum: 0.9,
-        ..sgd()
-    };
-    let sgd_rows = [
-        ("defaults", sgd()),
-        (
-            "weight_decay=0.01",
-            SgdConfig {
-                weight_decay: 0.01,
-                ..sgd()
-            },
-        ),
-        ("momentum=0.9", momentum),
-        (
-            "momentum=0.9 dampening=0.5",
-            SgdConfig {
-                dampening: 0.5,
-                ..momentum
-            },
-        ),
-        (
-            "momentum=0.9 nesterov",
-            SgdConfig {
-                nesterov: true,
-                ..momentum
-            },
-        ),
-        (
-            "momentum=0.9 nesterov weight_decay=0.01",
-            SgdConfig {
-                nesterov: true,
-                weight_decay: 0.01,
-                ..momentum
-            },
-        ),
-        (
-            "lr=1e-8 momentum=0.9",
-            SgdConfig {
-                lr: 1e-8,
-                ..momentum
-            },
-        ),
-        (
-            "lr=10 weight_decay=0.01",
-            SgdConfig {
-                lr: 10.0,
-                weight_decay: 0.01,
-                ..sgd()
-            },
-        ),
-    ];
-    let rmsprop = RmspropConfig::default;
-    let rmsprop_rows = [
-        ("defaults", rmsprop()),
-        (
-            "weight_decay=0.01",
-            RmspropConfig {
-                weight_decay: 0.01,
-                ..rmsprop()
-            },
-        ),
-        (
-            "centered",
-            RmspropConfig {
-                centered: true,
-                ..rmsprop()
-            },
-        ),
-        (
-            "momentum=0.9",
-            RmspropConfig {
-                momentum: 0.9,
-                ..rmsprop()
-            },
-        ),
-        (
-            "centered momentum=0.9 weight_decay=0.01",
-            RmspropConfig {
-                centered: true,
-                momentum: 0.9,
-                weight_decay: 0.01,
-                ..rmsprop()
-            },
-        ),
-        (
-            "alpha=0.999999",
-            RmspropConfig {
-                alpha: 0.999999,
-                ..rmsprop()
-            },
-        ),
-        (
-            "lr=1e-8",
-            RmspropConfig {
-                lr: 1e-8,
-                ..rmsprop()
-            },
-        ),
-        (
-            "lr=10 centered",
-            RmspropConfig {
-                lr: 10.0,
-                centered: true,
-                ..rmsprop()
-            },
-        ),
-    ];
-    let mut adam_rows = Vec::new();
-    for base in [AdamConfig::adam(), AdamConfig::adamw()] {
-        adam_rows.extend([
-            ("defaults", base),
-            (
-                "weight_decay=0.1",
-                AdamConfig {
-                    weight_decay: 0.1,
-                    ..base
-                },
-            ),
-            (
-                "amsgrad",
-                AdamConfig {
-                    amsgrad: true,
-                    ..base
-                },
-            ),
-            (
-                "beta2=0.999999",
-                AdamConfig {
-                    beta2: 0.999999,
-                    ..base
-                },
-            ),
-            (
-                "beta1=0 beta2=0",
-                AdamConfig {
-                    beta1: 0.0,
-                    beta2: 0.0,
-                    ..base
-                },
-            ),
-            ("lr=1e-8", AdamConfig { lr: 1e-8, ..base }),
-            (
-                "lr=10 amsgrad",
-                AdamConfig {
-                    lr: 10.0,
-                    amsgrad: true,
-                    ..base
-                },
-            ),
-        ]);
-    }
-    let named = |name: &str, config: OptimizerConfig| {
-        case(format!("{} {name}", config.name()), config, 4099)
-    };
-    sgd_rows
-        .into_iter()
-        .map(|(name, c)| named(name, c.into()))
-        .chain(
-            rmsprop_rows
-                .into_iter()
-                .map(|(name, c)| named(name, c.into())),
-        )
-        .chain(adam_rows.into_iter().map(|(name, c)| named(name, c.into())))
-        .chain([case("adam n=257".into(), AdamConfig::adam(), 257)])
-        .collect()
-}
-
-/// The standard battery: the regimes of SPEC §5 at one size, then the sizes that exercise the
-/// dispatch edges (1, not a multiple of the workgroup, one past it, > 65,535 workgroups / 4),
-/// then the classic optimizers with every option.
+/// The standard battery: every row of the optimizer table's battery, expanded. Bayes's rows
+/// cover the regimes of SPEC §5 and the sizes that exercise the dispatch edges; the classic
+/// optimizers' rows cover their defaults, every option alone and combined, and the regimes
+/// (tiny and large lr, beta2 and alpha near 1).
+///
+/// Panics on a row the table's own tests reject (an unknown key or an invalid config): the
+/// rows are code, not input.
 pub fn standard_battery() -> Vec<Case> {
     let mut cases = Vec::new();
-    let betas = [0.0, 0.9, 0.999, 0.999999];
-    for eta in [0.0, 1e-6, 1e-3, 1.0, 1e3] {
-        for beta in betas {
-            for sigma_init in [SigmaInit::FixedPoint, SigmaInit::Value(1e-2)] {
-                if eta == 0.0 && sigma_init == SigmaInit::FixedPoint {
-                    continue; // a configuration error by SPEC §2
-                }
-                let config = BayesConfig {
-                    eta,
-                    beta,
-                    sigma_init,
-                    ..BayesConfig::default()
-                };
-                let init = match sigma_init {
-                    SigmaInit::FixedPoint => "fixed_point".to_string(),
-                    SigmaInit::Value(v) => format!("{v}"),
-                };
-                cases.push(bayes_case(
-                    format!("bayes eta={eta:e} beta={beta} sigma_init={init}"),
-                    config,
-                    4099,
-                ));
+    for row in TABLE {
+        for &line in row.battery {
+            for settings in expand(line) {
+                cases.push(
+                    battery_case(row, &settings)
+                        .unwrap_or_else(|e| panic!("battery row {} {line:?}: {e}", row.name)),
+                );
             }
         }
     }
-    let options = [
-        (
-            "weight_decay=0.01",
-            BayesConfig {
-                weight_decay: 0.01,
-                ..Default::default()
-            },
-        ),
-        ("momentum=0.9 (bayes_adam)", BayesConfig::bayes_adam()),
-        (
-            "bias_correction=false",
-            BayesConfig {
-                bias_correction: false,
-                ..Default::default()
-            },
-        ),
-        (
-            "seed form: no bias correction, sigma_init=1e-3",
-            BayesConfig {
-                bias_correction: false,
-                sigma_init: SigmaInit::Value(1e-3),
-                ..Default::default()
-            },
-        ),
-    ];
-    for (name, config) in options {
-        cases.push(bayes_case(format!("bayes {name}"), config, 4099));
-    }
-    for n in [1, 3, 255, 256, 257, 1_000_003] {
-        cases.push(bayes_case(
-            format!("bayes n={n}"),
-            BayesConfig::default(),
-            n,
-        ));
-    }
-    cases.extend(classic_battery());
     cases
+}
+
+/// Every combination of a row's `a,b,c` value lists, as plain settings strings.
+fn expand(line: &str) -> Vec<String> {
+    line.split_whitespace()
+        .fold(vec![String::new()], |prefixes, token| {
+            let (key, values) = match token.split_once('=') {
+                Some((key, values)) => (Some(key), values.split(',').collect()),
+                None => (None, vec![token]),
+            };
+            prefixes
+                .iter()
+                .flat_map(|prefix| {
+                    values.iter().map(move |value| {
+                        let token = match key {
+                            Some(key) => format!("{key}={value}"),
+                            None => value.to_string(),
+                        };
+                        if prefix.is_empty() {
+                            token
+                        } else {
+                            format!("{prefix} {token}")
+                        }
+                    })
+                })
+                .collect()
+        })
+}
+
+/// One case of `row` from a plain settings string: `n=N` is the size, the rest configure it.
+fn battery_case(row: &Row, settings: &str) -> Result<Case> {
+    let mut n = CASE_N;
+    let mut config = (row.config)();
+    for (key, value) in crate::optim::settings(settings) {
+        if key == "n" {
+            n = value.parse().map_err(|_| Error::Unknown {
+                what: "battery size",
+                name: value.to_string(),
+                known: "a number of elements".into(),
+            })?;
+        } else {
+            config.as_dyn_mut().set(key, value)?;
+        }
+    }
+    config.validate()?;
+    let settings = if settings.is_empty() {
+        "defaults"
+    } else {
+        settings
+    };
+    Ok(Case {
+        name: format!("{} {settings}", row.name),
+        config,
+        n,
+        steps: CASE_STEPS,
+        seed: CASE_SEED,
+    })
 }
 
 /// Makes the optimizer under test from a config and θ₀.
@@ -579,4 +408,58 @@ pub fn run_case(case: &Case, rule: Rule, device: &mut DeviceFactory<'_>) -> Resu
         worst: worst.1,
         oracle: closest,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_expand_to_every_combination_in_order() {
+        assert_eq!(expand(""), [""]);
+        assert_eq!(expand("amsgrad n=3"), ["amsgrad n=3"]);
+        assert_eq!(
+            expand("eta=0,1 centered beta=2,3"),
+            [
+                "eta=0 centered beta=2",
+                "eta=0 centered beta=3",
+                "eta=1 centered beta=2",
+                "eta=1 centered beta=3",
+            ]
+        );
+    }
+
+    #[test]
+    fn case_names_and_sizes_come_from_the_rows() {
+        let cases = standard_battery();
+        let names: Vec<_> = cases.iter().map(|c| c.name.as_str()).collect();
+        for name in [
+            "bayes eta=1e-6 beta=0.999999 sigma_init=fixed_point",
+            "bayes_adam defaults",
+            "sgd momentum=0.9 nesterov",
+            "adamw lr=10 amsgrad",
+        ] {
+            assert!(names.contains(&name), "{name} not in {names:?}");
+        }
+        let sizes = cases.iter().find(|c| c.name == "bayes n=1000003").unwrap();
+        assert_eq!((sizes.n, sizes.steps), (1_000_003, CASE_STEPS));
+        let nesterov = &cases[names
+            .iter()
+            .position(|&n| n == "sgd momentum=0.9 nesterov")
+            .unwrap()];
+        assert_eq!(
+            nesterov.config,
+            crate::optim::SgdConfig::builder()
+                .momentum(0.9)
+                .nesterov(true)
+                .build()
+                .unwrap()
+                .into()
+        );
+        // Names are unique, so `validate`'s output and test failures point at one case.
+        let mut unique = names.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len());
+    }
 }

@@ -461,7 +461,10 @@ fn invalid_options_give_errors_that_name_the_field() {
     match OptimizerConfig::default_for("adagrad") {
         Err(Error::Unknown { what, known, .. }) => {
             assert_eq!(what, "optimizer");
-            assert_eq!(known, "bayes, sgd, rmsprop, adam, adamw, bayes_adam");
+            assert_eq!(
+                known,
+                "bayes, sgd, rmsprop, adam, adamw, lion, bayes_fp, bayes_adam"
+            );
         }
         other => panic!("expected Unknown, got {other:?}"),
     }
@@ -473,7 +476,10 @@ fn every_name_has_torchs_defaults_and_settings_keep_the_variant() {
         .iter()
         .map(|c| c.name())
         .collect();
-    assert_eq!(names, ["bayes", "sgd", "rmsprop", "adam", "adamw"]);
+    assert_eq!(
+        names,
+        ["bayes", "sgd", "rmsprop", "adam", "adamw", "lion", "bayes_fp"]
+    );
     for config in OptimizerConfig::all_defaults() {
         assert_eq!(OptimizerConfig::default_for(config.name()).unwrap(), config);
         config.validate().unwrap();

@@ -256,7 +256,7 @@ fn an_optimizer_missing_from_the_table_is_a_skip_line_not_a_crash() {
     let missing = Contender {
         name: "no_such_optimizer",
         knob: "lr",
-        fixed: &[],
+        fixed: "",
         grid: [1e-3; 5],
     };
     let budget = Budget {

@@ -2,7 +2,7 @@
 //!
 //! Trains a softmax regression and a one-hidden-layer MLP on the UCI optical digits (embedded,
 //! see `data/README.md`) with every optimizer of the comparison, each stepping on the chosen
-//! device, each with a small sweep of its learning rate (η for `bayes` and `bayes_adam`) picked
+//! device, each with a small sweep of its learning rate (η for the `bayes` family) picked
 //! on the validation split. Gradients are computed on the CPU by hand-derived backprop
 //! ([`model`]). Then it measures the theory's regimes on a noisy quadratic ([`regimes`]) and
 //! writes `loss.svg`, `sigma.svg`, `regimes.svg` and `results.md` ([`plots`], [`Report`]).
@@ -23,7 +23,7 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::error::Result;
-use crate::optim::OptimizerConfig;
+use crate::optim::{settings, OptimizerConfig, TABLE};
 use crate::{CpuOptimizer, GpuContext, GpuOptimizer, GpuOptions, Stepper};
 
 pub use model::Model;
@@ -92,63 +92,37 @@ impl Device {
 pub struct Contender {
     /// Its name in the optimizer table.
     pub name: &'static str,
-    /// The swept setting: `lr`, or `eta` for `bayes` and `bayes_adam`.
+    /// The swept setting: `lr`, or `eta` for the `bayes` family.
     pub knob: &'static str,
-    /// Settings every run of it gets, besides the swept one (defaults otherwise).
-    pub fixed: &'static [(&'static str, &'static str)],
+    /// Settings every run of it gets, besides the swept one (defaults otherwise), as
+    /// `KEY=VALUE` separated by spaces.
+    pub fixed: &'static str,
     /// The full sweep, ascending, in half-decade steps; a budget may take the middle values.
     pub grid: [f64; 5],
 }
 
-/// Half-decade grids centred where each family's learning rate works on these models: a
-/// 500-step trial (Adam, RMSProp and SGD with momentum written out by hand, `bayes` from this
-/// crate) put each one's best value inside its grid on both models. `bayes` at small η steps
-/// like RMSProp with lr η but its σ relaxes to σ*(h) only slowly (see `sigma.svg`); its best η
-/// here is a decade below the Adam family's best lr.
-const BAYES_GRID: [f64; 5] = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2];
-const ADAPTIVE_GRID: [f64; 5] = [1e-3, 3e-3, 1e-2, 3e-2, 1e-1];
-const SGD_GRID: [f64; 5] = [3e-2, 1e-1, 3e-1, 1.0, 3.0];
-
-/// The comparison: SPEC §2's `bayes` and its `bayes_adam` preset against SPEC §3's classics
-/// (every setting but the swept one at its torch.optim default; SGD with momentum 0.9).
-pub const CONTENDERS: [Contender; 6] = [
-    Contender {
-        name: "bayes",
-        knob: "eta",
-        fixed: &[],
-        grid: BAYES_GRID,
-    },
-    Contender {
-        name: "bayes_adam",
-        knob: "eta",
-        fixed: &[],
-        grid: BAYES_GRID,
-    },
-    Contender {
-        name: "rmsprop",
-        knob: "lr",
-        fixed: &[],
-        grid: ADAPTIVE_GRID,
-    },
-    Contender {
-        name: "adam",
-        knob: "lr",
-        fixed: &[],
-        grid: ADAPTIVE_GRID,
-    },
-    Contender {
-        name: "adamw",
-        knob: "lr",
-        fixed: &[],
-        grid: ADAPTIVE_GRID,
-    },
-    Contender {
-        name: "sgd",
-        knob: "lr",
-        fixed: &[("momentum", "0.9")],
-        grid: SGD_GRID,
-    },
-];
+/// The comparison: one contender per row of the optimizer table, with the row's sweep (every
+/// setting but the swept one at its torch.optim default; SGD with momentum 0.9).
+pub const CONTENDERS: [Contender; TABLE.len()] = {
+    let mut contenders = [Contender {
+        name: "",
+        knob: "",
+        fixed: "",
+        grid: [0.0; 5],
+    }; TABLE.len()];
+    let mut i = 0;
+    while i < TABLE.len() {
+        let row = &TABLE[i];
+        contenders[i] = Contender {
+            name: row.name,
+            knob: row.demo.knob,
+            fixed: row.demo.fixed,
+            grid: row.demo.grid,
+        };
+        i += 1;
+    }
+    contenders
+};
 
 impl Contender {
     /// The `k` values in the middle of the grid (all five for k ≥ 5, the middle one for k ≤ 1):
@@ -162,11 +136,7 @@ impl Contender {
     /// The validated config for one value of the sweep.
     pub fn config(&self, value: f64) -> Result<OptimizerConfig> {
         let value = format!("{value:e}");
-        let settings = self
-            .fixed
-            .iter()
-            .copied()
-            .chain(std::iter::once((self.knob, value.as_str())));
+        let settings = settings(self.fixed).chain(std::iter::once((self.knob, value.as_str())));
         OptimizerConfig::from_settings(self.name, settings)
     }
 }

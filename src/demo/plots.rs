@@ -10,23 +10,31 @@ use plotters::prelude::*;
 use crate::demo::train::{Run, SIGMA_QUANTILES};
 use crate::demo::{fmt_value, Entry, Model, Report};
 use crate::error::{Error, Result};
+use crate::optim::TABLE;
 
 type Plot<T = ()> = std::result::Result<T, Box<dyn StdError>>;
 
 const CAPTION: (&str, u32) = ("sans-serif", 20);
 const LABEL: (&str, u32) = ("sans-serif", 14);
 
-/// One colour per optimizer, the same in every figure.
+/// Colours by row of the optimizer table (Tableau's, in the order the demo first used them).
+const PALETTE: [RGBColor; 10] = [
+    RGBColor(214, 39, 40),
+    RGBColor(255, 127, 14),
+    RGBColor(90, 90, 90),
+    RGBColor(44, 160, 44),
+    RGBColor(31, 119, 180),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(23, 190, 207),
+    RGBColor(188, 189, 34),
+];
+
+/// One colour per optimizer, the same in every figure: its row's in the palette.
 pub fn color(optimizer: &str) -> RGBColor {
-    match optimizer {
-        "bayes" => RGBColor(214, 39, 40),
-        "bayes_adam" => RGBColor(255, 127, 14),
-        "rmsprop" => RGBColor(44, 160, 44),
-        "adam" => RGBColor(31, 119, 180),
-        "adamw" => RGBColor(148, 103, 189),
-        "sgd" => RGBColor(90, 90, 90),
-        _ => RGBColor(140, 86, 75),
-    }
+    let row = TABLE.iter().position(|row| row.name == optimizer);
+    PALETTE[row.unwrap_or(PALETTE.len() - 1) % PALETTE.len()]
 }
 
 fn save(path: &Path, draw: impl FnOnce(&Path) -> Plot) -> Result<()> {

@@ -146,10 +146,29 @@ impl Report {
             "- Training: {} steps per run, minibatches of {} in the same seeded order and from the same θ₀ for every optimizer; every optimizer steps on the device above.",
             b.steps, b.batch
         );
+        // What the table's demo rows say: the knobs other than lr, and the fixed settings.
+        let mut knobs: Vec<(&str, Vec<&str>)> = Vec::new();
+        for c in b.contenders.iter().filter(|c| c.knob != "lr") {
+            match knobs.iter_mut().find(|(knob, _)| *knob == c.knob) {
+                Some((_, names)) => names.push(c.name),
+                None => knobs.push((c.knob, vec![c.name])),
+            }
+        }
+        let knobs: Vec<String> = knobs
+            .iter()
+            .map(|(knob, names)| format!(" (`{knob}` for {})", names.join(", ")))
+            .collect();
+        let fixed: String = b
+            .contenders
+            .iter()
+            .filter(|c| !c.fixed.is_empty())
+            .map(|c| format!(", {} runs with {}", c.name, c.fixed))
+            .collect();
         let _ = writeln!(
             md,
-            "- Sweep: {} values of each optimizer's learning rate (`eta` for bayes and bayes_adam); the value with the lowest validation loss is chosen; the test split is read only for the chosen run. `*` marks a chosen value at either end of the values tried (the best may lie outside them). Other settings are the torch.optim defaults (adamw: weight_decay 1e-2), sgd has momentum 0.9.",
-            b.sweep
+            "- Sweep: {} values of each optimizer's learning rate{}; the value with the lowest validation loss is chosen; the test split is read only for the chosen run. `*` marks a chosen value at either end of the values tried (the best may lie outside them). Other settings are each optimizer's defaults (torch.optim's for the classic ones; adamw: weight_decay 1e-2){fixed}.",
+            b.sweep,
+            knobs.concat()
         );
         let _ = writeln!(
             md,

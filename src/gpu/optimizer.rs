@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::gpu::context::GpuContext;
 use crate::gpu::group::{BufferSlice, ExternalArena, GpuGroup, Vector, WholeArena};
 use crate::gpu::tracker::{StepTracker, STATUS_BYTES};
-use crate::layout::{GroupId, Layout, ParamGroups, TensorId, TensorSpec};
+use crate::layout::{GroupId, Layout, ParamGroups, StateSource, TensorId, TensorSpec};
 use crate::optim::{NonFinitePolicy, OptimizerConfig, StepReport};
 use crate::Stepper;
 
@@ -216,9 +216,29 @@ impl GpuOptimizer {
 
     /// A tensor's state vector, read back to the host (waits for the device).
     pub fn tensor_state(&self, id: TensorId, name: &str) -> Result<Vec<f32>> {
-        let (slice, bytes) = self.tensor_state_slice(id, name)?;
-        self.ctx
-            .read_f32(&slice.buffer, slice.offset, (bytes / 4) as usize)
+        let t = self.layout.tensor(id)?;
+        match self.layout.state_source(t.group, name)? {
+            StateSource::Slot(_) => {
+                let (slice, bytes) = self.tensor_state_slice(id, name)?;
+                self.ctx
+                    .read_f32(&slice.buffer, slice.offset, (bytes / 4) as usize)
+            }
+            StateSource::Derived => Ok(self.derived(t.group, name)?[t.range()].to_vec()),
+        }
+    }
+
+    /// A group's derived vector over its whole arena, from its stored states read back.
+    fn derived(&self, group: GroupId, name: &str) -> Result<Vec<f32>> {
+        let t = self.group_steps()?[group.0];
+        let slots = self.layout.group(group)?.config.as_dyn().state_slots();
+        let stored = (0..slots.len())
+            .map(|k| match slots[k].used {
+                true => self.groups[group.0].read_arena(&self.ctx, Vector::State(k)),
+                false => Ok(Vec::new()),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let stored: Vec<&[f32]> = stored.iter().map(Vec::as_slice).collect();
+        self.layout.derive_state(group, name, t, &stored)
     }
 
     /// A tensor's θ, read back to the host (waits for the device).
@@ -269,7 +289,10 @@ impl GpuOptimizer {
             .enumerate()
             .map(|(g, group)| {
                 let vector = match name {
-                    Some(n) => Vector::State(self.layout.slot(GroupId(g), n)?),
+                    Some(n) => match self.layout.state_source(GroupId(g), n)? {
+                        StateSource::Slot(slot) => Vector::State(slot),
+                        StateSource::Derived => return self.derived(GroupId(g), n),
+                    },
                     None => Vector::Theta,
                 };
                 group.read_arena(&self.ctx, vector)

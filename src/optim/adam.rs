@@ -1,15 +1,16 @@
 //! `adam` and `adamw` with torch.optim.Adam's and AdamW's semantics (SPEC §3): one config,
 //! whose variant chooses coupled or decoupled weight decay, validation and per-step scalars.
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::kernels::{Kernel, ADAM};
+use crate::optim::config::config;
 use crate::optim::{
-    bias_correction, check_field, flag, parse_bool, parse_f64, Optimizer, StateSlot,
+    bias_correction, check_betas, check_decay_factor, check_field, flag, Optimizer, StateSlot,
 };
 use crate::reference::adam::{self as reference, AdamScalars};
 
 /// Which of the two: they differ only in how weight decay is applied (and its default).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum AdamVariant {
     /// Coupled decay: g ← g + λθ.
     Adam,
@@ -27,44 +28,33 @@ impl AdamVariant {
     }
 }
 
-/// Hyperparameters of `adam` and `adamw`, with torch's names and defaults. Start from
-/// [`AdamConfig::adam`] or [`AdamConfig::adamw`] (or `default()`, which is `adam`), or build
-/// with [`AdamConfig::builder`].
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct AdamConfig {
-    pub variant: AdamVariant,
-    /// Learning rate, ≥ 0.
-    pub lr: f64,
-    /// EMA factor of g, in [0, 1).
-    pub beta1: f64,
-    /// EMA factor of g², in [0, 1).
-    pub beta2: f64,
-    /// Added to sqrt(v̂), ≥ 0.
-    pub eps: f64,
-    /// λ ≥ 0 (default 0 for adam, 1e-2 for adamw).
-    pub weight_decay: f64,
-    /// Divide by the running maximum of v (allocated only then).
-    pub amsgrad: bool,
-}
-
-impl Default for AdamConfig {
-    fn default() -> Self {
-        Self::adam()
+config! {
+    /// Hyperparameters of `adam` and `adamw`, with torch's names and defaults. Start from
+    /// [`AdamConfig::adam`] or [`AdamConfig::adamw`] (or `default()`, which is `adam`), or
+    /// build with [`AdamConfig::builder`].
+    pub struct AdamConfig, builder AdamConfigBuilder {
+        @fixed {
+            variant: AdamVariant = AdamVariant::Adam,
+        }
+        /// Learning rate, ≥ 0.
+        lr: f64 = 1e-3,
+        /// EMA factor of g, in [0, 1).
+        beta1: f64 = 0.9,
+        /// EMA factor of g², in [0, 1).
+        beta2: f64 = 0.999,
+        /// Added to sqrt(v̂), ≥ 0.
+        eps: f64 = 1e-8,
+        /// λ ≥ 0 (default 0 for adam, 1e-2 for adamw).
+        weight_decay: f64 = 0.0,
+        /// Divide by the running maximum of v (allocated only then).
+        amsgrad: bool = false,
     }
 }
 
 impl AdamConfig {
     /// torch.optim.Adam's defaults.
     pub fn adam() -> Self {
-        AdamConfig {
-            variant: AdamVariant::Adam,
-            lr: 1e-3,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-            amsgrad: false,
-        }
+        Self::default()
     }
 
     /// torch.optim.AdamW's defaults.
@@ -121,29 +111,9 @@ impl Optimizer for AdamConfig {
     fn validate(&self) -> Result<()> {
         let name = self.name();
         check_field(name, "lr", self.lr, self.lr >= 0.0, "lr >= 0")?;
-        check_field(
-            name,
-            "beta1",
-            self.beta1,
-            (0.0..1.0).contains(&self.beta1),
-            "0 <= beta1 < 1",
-        )?;
-        check_field(
-            name,
-            "beta2",
-            self.beta2,
-            (0.0..1.0).contains(&self.beta2),
-            "0 <= beta2 < 1",
-        )?;
+        check_betas(name, self.beta1, self.beta2)?;
         check_field(name, "eps", self.eps, self.eps >= 0.0, "eps >= 0")?;
-        // AdamW's factor 1 − lr·λ is passed to the kernel as f32, so it must be finite there.
-        check_field(
-            name,
-            "weight_decay",
-            self.weight_decay,
-            self.weight_decay >= 0.0 && ((1.0 - self.lr * self.weight_decay) as f32).is_finite(),
-            "weight_decay >= 0 with lr·weight_decay finite in f32",
-        )
+        check_decay_factor(name, self.lr, self.weight_decay)
     }
 
     fn state_slots(&self) -> Vec<StateSlot> {
@@ -182,63 +152,5 @@ impl Optimizer for AdamConfig {
             panic!("{} has 3 state slots, got {}", self.name(), state.len())
         };
         reference::step(&self.scalars(t), theta, grad, m, v, v_max);
-    }
-
-    fn set(&mut self, key: &str, value: &str) -> Result<()> {
-        let name = self.name();
-        match key {
-            "lr" => self.lr = parse_f64(name, "lr", value)?,
-            "beta1" => self.beta1 = parse_f64(name, "beta1", value)?,
-            "beta2" => self.beta2 = parse_f64(name, "beta2", value)?,
-            "eps" => self.eps = parse_f64(name, "eps", value)?,
-            "weight_decay" => self.weight_decay = parse_f64(name, "weight_decay", value)?,
-            "amsgrad" => self.amsgrad = parse_bool(name, "amsgrad", value)?,
-            _ => {
-                return Err(Error::Unknown {
-                    what: match self.variant {
-                        AdamVariant::Adam => "adam option",
-                        AdamVariant::AdamW => "adamw option",
-                    },
-                    name: key.to_string(),
-                    known: "lr, beta1, beta2, eps, weight_decay, amsgrad".to_string(),
-                })
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Builder for [`AdamConfig`]; `build` validates.
-#[derive(Clone, Copy, Debug)]
-pub struct AdamConfigBuilder(AdamConfig);
-
-impl AdamConfigBuilder {
-    pub fn lr(mut self, lr: f64) -> Self {
-        self.0.lr = lr;
-        self
-    }
-    pub fn beta1(mut self, beta1: f64) -> Self {
-        self.0.beta1 = beta1;
-        self
-    }
-    pub fn beta2(mut self, beta2: f64) -> Self {
-        self.0.beta2 = beta2;
-        self
-    }
-    pub fn eps(mut self, eps: f64) -> Self {
-        self.0.eps = eps;
-        self
-    }
-    pub fn weight_decay(mut self, lambda: f64) -> Self {
-        self.0.weight_decay = lambda;
-        self
-    }
-    pub fn amsgrad(mut self, on: bool) -> Self {
-        self.0.amsgrad = on;
-        self
-    }
-    pub fn build(self) -> Result<AdamConfig> {
-        self.0.validate()?;
-        Ok(self.0)
     }
 }

@@ -2,13 +2,14 @@
 
 use crate::error::{Error, Result};
 use crate::kernels::{Kernel, BAYES};
-use crate::optim::{bias_correction, parse_bool, parse_f64, Optimizer, StateSlot};
+use crate::optim::config::{config, Setting};
+use crate::optim::{bias_correction, Optimizer, StateSlot};
 use crate::reference::bayes::{self as reference, BayesScalars};
 
 const NAME: &str = "bayes";
 
 /// How σ starts (SPEC §2).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum SigmaInit {
     /// σ starts at 0 ("no belief yet") and each element is set to the fixed point σ*(h) of its
     /// first curvature h > 0.
@@ -17,34 +18,32 @@ pub enum SigmaInit {
     Value(f64),
 }
 
-/// Hyperparameters of `bayes`. Build with [`BayesConfig::builder`] or start from `default()`.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct BayesConfig {
-    /// EMA factor of g², in [0, 1).
-    pub beta: f64,
-    /// Diffusion standard deviation per step, ≥ 0.
-    pub eta: f64,
-    /// Floor used only in the fixed-point initialisation, > 0.
-    pub eps: f64,
-    /// Divide the EMA by (1 − beta^t), as Adam does.
-    pub bias_correction: bool,
-    pub sigma_init: SigmaInit,
-    /// λ ≥ 0: a Gaussian prior N(0, 1/λ) on θ.
-    pub weight_decay: f64,
-    /// β₁ in [0, 1): EMA of the prior-adjusted gradient; 0 turns it off.
-    pub momentum: f64,
+config! {
+    /// Hyperparameters of `bayes`. Build with [`BayesConfig::builder`] or start from
+    /// `default()`.
+    pub struct BayesConfig, builder BayesConfigBuilder {
+        /// EMA factor of g², in [0, 1).
+        beta: f64 = 0.999,
+        /// Diffusion standard deviation per step, ≥ 0.
+        eta: f64 = 1e-3,
+        /// Floor used only in the fixed-point initialisation, > 0.
+        eps: f64 = 1e-8,
+        /// Divide the EMA by (1 − beta^t), as Adam does.
+        bias_correction: bool = true,
+        /// How σ starts.
+        sigma_init: SigmaInit = SigmaInit::FixedPoint,
+        /// λ ≥ 0: a Gaussian prior N(0, 1/λ) on θ.
+        weight_decay: f64 = 0.0,
+        /// β₁ in [0, 1): EMA of the prior-adjusted gradient; 0 turns it off.
+        momentum: f64 = 0.0,
+    }
 }
 
-impl Default for BayesConfig {
-    fn default() -> Self {
-        BayesConfig {
-            beta: 0.999,
-            eta: 1e-3,
-            eps: 1e-8,
-            bias_correction: true,
-            sigma_init: SigmaInit::FixedPoint,
-            weight_decay: 0.0,
-            momentum: 0.0,
+impl Setting for SigmaInit {
+    fn parse_setting(optimizer: &'static str, field: &'static str, value: &str) -> Result<Self> {
+        match value.trim() {
+            "fixed_point" | "FixedPoint" => Ok(SigmaInit::FixedPoint),
+            v => Ok(SigmaInit::Value(f64::parse_setting(optimizer, field, v)?)),
         }
     }
 }
@@ -64,8 +63,7 @@ impl BayesConfig {
 
     /// The fixed point σ*(h) = η²/2 + η·sqrt(η²/4 + 1/h) of the variance update, in f64.
     pub fn sigma_star(&self, h: f64) -> f64 {
-        let eta_sq = self.eta * self.eta;
-        eta_sq / 2.0 + self.eta * (eta_sq / 4.0 + 1.0 / h).sqrt()
+        reference::sigma_star(&self.scalars(1), h)
     }
 
     /// Every scalar the kernel needs at step `t` (1-based), computed in f64. The reference
@@ -211,70 +209,5 @@ impl Optimizer for BayesConfig {
             panic!("bayes has 3 state slots, got {}", state.len())
         };
         reference::step(&self.scalars(t), theta, grad, s, sigma, m);
-    }
-
-    fn set(&mut self, key: &str, value: &str) -> Result<()> {
-        match key {
-            "beta" => self.beta = parse_f64(NAME, "beta", value)?,
-            "eta" => self.eta = parse_f64(NAME, "eta", value)?,
-            "eps" => self.eps = parse_f64(NAME, "eps", value)?,
-            "bias_correction" => self.bias_correction = parse_bool(NAME, "bias_correction", value)?,
-            "sigma_init" => {
-                self.sigma_init = match value.trim() {
-                    "fixed_point" | "FixedPoint" => SigmaInit::FixedPoint,
-                    v => SigmaInit::Value(parse_f64(NAME, "sigma_init", v)?),
-                }
-            }
-            "weight_decay" => self.weight_decay = parse_f64(NAME, "weight_decay", value)?,
-            "momentum" => self.momentum = parse_f64(NAME, "momentum", value)?,
-            _ => {
-                return Err(Error::Unknown {
-                    what: "bayes option",
-                    name: key.to_string(),
-                    known: "beta, eta, eps, bias_correction, sigma_init, weight_decay, momentum"
-                        .to_string(),
-                })
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Builder for [`BayesConfig`]; `build` validates.
-#[derive(Clone, Copy, Debug)]
-pub struct BayesConfigBuilder(BayesConfig);
-
-impl BayesConfigBuilder {
-    pub fn beta(mut self, beta: f64) -> Self {
-        self.0.beta = beta;
-        self
-    }
-    pub fn eta(mut self, eta: f64) -> Self {
-        self.0.eta = eta;
-        self
-    }
-    pub fn eps(mut self, eps: f64) -> Self {
-        self.0.eps = eps;
-        self
-    }
-    pub fn bias_correction(mut self, on: bool) -> Self {
-        self.0.bias_correction = on;
-        self
-    }
-    pub fn sigma_init(mut self, init: SigmaInit) -> Self {
-        self.0.sigma_init = init;
-        self
-    }
-    pub fn weight_decay(mut self, lambda: f64) -> Self {
-        self.0.weight_decay = lambda;
-        self
-    }
-    pub fn momentum(mut self, beta1: f64) -> Self {
-        self.0.momentum = beta1;
-        self
-    }
-    pub fn build(self) -> Result<BayesConfig> {
-        self.0.validate()?;
-        Ok(self.0)
     }
 }

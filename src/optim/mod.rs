@@ -1,14 +1,27 @@
-//! The optimizer table: one config type per optimizer, and the one enum that lists them.
+//! The optimizer table: one config type per optimizer, and [`TABLE`], the one list of them.
 //!
-//! Adding an optimizer of SPEC §3 takes a config here (`optim/<name>.rs`, implementing
-//! [`Optimizer`]), a CPU reference (`reference/<name>.rs`), a shader (`shaders/<name>.wgsl`),
-//! and one row in [`OptimizerConfig`]. The host layers, the CLI, `validate` and the tests are
-//! driven by this table and need no change.
+//! Adding an optimizer of SPEC §3 takes (as `lion` took, in one commit):
+//! - its config, `optim/<name>.rs`: the struct declared with `config!` (one line per
+//!   hyperparameter: name, type, default, doc; the builder, `--set` and the known keys come from
+//!   it), and [`Optimizer`] (ranges, state slots, uniforms, the reference and oracle steps);
+//! - its CPU reference, `reference/<name>.rs`, generic over f32/f64, its `step` through
+//!   `simd_fn!` (the fast CPU path);
+//! - its fused kernel, `shaders/<name>.wgsl`, written over the lane type `V`;
+//! - one row in the `optimizer_table!` below: its name, config type, kernel, presets, its
+//!   `validate` battery rows and its demo row, and its `pub mod`/`pub use` lines above it;
+//! - tests of its own semantics.
+//!
+//! The host layers, the CLI, `validate`, `replay`, `bench` and the demo are driven by this
+//! table and need no change.
 
 pub mod adam;
 pub mod bayes;
+pub mod bayes_fp;
+pub mod config;
+pub mod lion;
 pub mod rmsprop;
 pub mod sgd;
+pub mod table;
 
 use std::fmt;
 
@@ -17,8 +30,128 @@ use crate::kernels::Kernel;
 
 pub use adam::{AdamConfig, AdamConfigBuilder, AdamVariant};
 pub use bayes::{BayesConfig, BayesConfigBuilder, SigmaInit};
+pub use bayes_fp::{BayesFpConfig, BayesFpConfigBuilder};
+pub use config::Hyperparameters;
+pub use lion::{LionConfig, LionConfigBuilder};
 pub use rmsprop::{RmspropConfig, RmspropConfigBuilder};
 pub use sgd::{SgdConfig, SgdConfigBuilder};
+pub use table::{settings, DemoRow, Row};
+
+/// Half-decade grids of the demo, centred where each family's learning rate works on its
+/// models: a 500-step trial (Adam, RMSProp and SGD with momentum written out by hand, `bayes`
+/// from this crate) put each one's best value inside its grid on both models. `bayes` at small
+/// η steps like RMSProp with lr η but its σ relaxes to σ*(h) only slowly; its best η there is a
+/// decade below the Adam family's best lr.
+const BAYES_GRID: [f64; 5] = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2];
+const ADAPTIVE_GRID: [f64; 5] = [1e-3, 3e-3, 1e-2, 3e-2, 1e-1];
+const SGD_GRID: [f64; 5] = [3e-2, 1e-1, 3e-1, 1.0, 3.0];
+/// Measured (full demo budget, `bayes`'s grid): `bayes_fp`'s best η was 1e-2 on the softmax, at
+/// the grid's top, and 1e-3 on the MLP; this grid holds both inside.
+const BAYES_FP_GRID: [f64; 5] = [3e-4, 1e-3, 3e-3, 1e-2, 3e-2];
+/// Lion's authors advise an lr 3–10× below AdamW's. Measured (full demo budget): best at 1e-3
+/// on the softmax and at 1e-4 on the MLP, so the grid reaches 3e-5.
+const LION_GRID: [f64; 5] = [3e-5, 1e-4, 3e-4, 1e-3, 3e-3];
+
+/// `adam` and `adamw` differ only in their weight decay: the same cases for both.
+const ADAM_BATTERY: &[&str] = &[
+    "",
+    "weight_decay=0.1",
+    "amsgrad",
+    "beta2=0.999999",
+    "beta1=0 beta2=0",
+    "lr=1e-8",
+    "lr=10 amsgrad",
+    "n=257",
+];
+
+table::optimizer_table! {
+    /// SPEC §2.
+    Bayes(BayesConfig), kernel BAYES = "bayes" after "bayes_step" {
+        "bayes" => BayesConfig::default(),
+            battery &[
+                "eta=1e-6,1e-3,1,1e3 beta=0,0.9,0.999,0.999999 sigma_init=fixed_point,1e-2",
+                // η = 0 has no fixed point to start from (SPEC §2)
+                "eta=0 beta=0,0.9,0.999,0.999999 sigma_init=1e-2",
+                "weight_decay=0.01",
+                "bias_correction=false",
+                // the seed's form
+                "bias_correction=false sigma_init=1e-3",
+                // the dispatch edges: 1, not a multiple of the workgroup, one past it, and
+                // more than 65,535 workgroups of vec4
+                "n=1,3,255,256,257,1000003",
+            ],
+            demo "eta" over BAYES_GRID;
+        preset "bayes_adam" => BayesConfig::bayes_adam(),
+            battery &[""],
+            demo "eta" over BAYES_GRID;
+    }
+    /// SPEC §3, torch.optim.SGD.
+    Sgd(SgdConfig), kernel SGD = "sgd" {
+        "sgd" => SgdConfig::default(),
+            battery &[
+                "",
+                "weight_decay=0.01",
+                "momentum=0.9",
+                "momentum=0.9 dampening=0.5",
+                "momentum=0.9 nesterov",
+                "momentum=0.9 nesterov weight_decay=0.01",
+                "lr=1e-8 momentum=0.9",
+                "lr=10 weight_decay=0.01",
+            ],
+            demo "lr" over SGD_GRID, fixed "momentum=0.9";
+    }
+    /// SPEC §3, torch.optim.RMSprop.
+    Rmsprop(RmspropConfig), kernel RMSPROP = "rmsprop" {
+        "rmsprop" => RmspropConfig::default(),
+            battery &[
+                "",
+                "weight_decay=0.01",
+                "centered",
+                "momentum=0.9",
+                "centered momentum=0.9 weight_decay=0.01",
+                "alpha=0.999999",
+                "lr=1e-8",
+                "lr=10 centered",
+            ],
+            demo "lr" over ADAPTIVE_GRID;
+    }
+    /// `adam` and `adamw` (SPEC §3, torch.optim.Adam and AdamW): one kernel, the variant picks
+    /// the weight decay.
+    Adam(AdamConfig), kernel ADAM = "adam" {
+        "adam" => AdamConfig::adam(),
+            battery ADAM_BATTERY,
+            demo "lr" over ADAPTIVE_GRID;
+        "adamw" => AdamConfig::adamw(),
+            battery ADAM_BATTERY,
+            demo "lr" over ADAPTIVE_GRID;
+    }
+    /// SPEC §3, Lion as lion-pytorch and optax.
+    Lion(LionConfig), kernel LION = "lion" {
+        "lion" => LionConfig::default(),
+            battery &[
+                "",
+                "weight_decay=0.1",
+                "beta1=0 beta2=0",
+                "beta2=0.999999",
+                "lr=1e-8",
+                "lr=10 weight_decay=0.01",
+                "n=257",
+            ],
+            demo "lr" over LION_GRID;
+    }
+    /// SPEC §2b: `bayes` at the fixed point, σ computed from s.
+    BayesFp(BayesFpConfig), kernel BAYES_FP = "bayes_fp" after "bayes_step" {
+        "bayes_fp" => BayesFpConfig::default(),
+            battery &[
+                "eta=1e-6,1e-3,1,1e3 beta=0,0.9,0.999,0.999999",
+                "weight_decay=0.01",
+                "momentum=0.9",
+                "bias_correction=false",
+                "n=1,257",
+            ],
+            demo "eta" over BAYES_FP_GRID;
+    }
+}
 
 /// What a step does with NaN or ±Inf gradient elements (SPEC §4). They never reach the state.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -90,9 +223,9 @@ pub struct StateSlot {
     pub used: bool,
 }
 
-/// What every optimizer config provides to the host layers. Object safe, so the table below can
-/// hand out `&dyn Optimizer`.
-pub trait Optimizer: fmt::Debug + Send + Sync {
+/// What every optimizer config provides to the host layers. Object safe, so the table can hand
+/// out `&dyn Optimizer`. Its keys and `--set` come from the config's declaration (`config!`).
+pub trait Optimizer: Hyperparameters + fmt::Debug + Send + Sync {
     /// The SPEC name (`bayes`, …).
     fn name(&self) -> &'static str;
 
@@ -118,7 +251,24 @@ pub trait Optimizer: fmt::Debug + Send + Sync {
 
     /// Sets one hyperparameter from text, by its SPEC name (the CLI's `--set KEY=VALUE`).
     /// The config is not validated here; call [`Optimizer::validate`] afterwards.
-    fn set(&mut self, key: &str, value: &str) -> Result<()>;
+    fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        let name = self.name();
+        self.set_key(name, key, value)
+    }
+
+    /// Vectors read like states but computed from the stored ones on request (none by default;
+    /// `bayes_fp`'s σ). Checkpoints do not carry them.
+    fn derived_state_names(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// The derived vector `name` of elements whose stored states are `stored` (in slot order,
+    /// unused slots empty, any common length), after `t` applied steps; `None` if `name` is
+    /// not one of [`Optimizer::derived_state_names`].
+    fn derived_state(&self, name: &str, t: u64, stored: &[&[f32]]) -> Option<Vec<f32>> {
+        let _ = (name, t, stored);
+        None
+    }
 
     /// Bytes moved per element per step: read θ, g and each used state, write θ and each state.
     fn bytes_per_element(&self) -> usize {
@@ -127,47 +277,29 @@ pub trait Optimizer: fmt::Debug + Send + Sync {
     }
 }
 
-/// The table of optimizers. Everything that must work for every optimizer iterates this.
-#[derive(Clone, Debug, PartialEq)]
-pub enum OptimizerConfig {
-    Bayes(BayesConfig),
-    Sgd(SgdConfig),
-    Rmsprop(RmspropConfig),
-    /// `adam` and `adamw`: one kernel, the variant picks the weight decay.
-    Adam(AdamConfig),
-}
-
 impl OptimizerConfig {
     /// Every optimizer, one default config per name (presets are not listed).
     pub fn all_defaults() -> Vec<OptimizerConfig> {
-        vec![
-            OptimizerConfig::Bayes(BayesConfig::default()),
-            OptimizerConfig::Sgd(SgdConfig::default()),
-            OptimizerConfig::Rmsprop(RmspropConfig::default()),
-            OptimizerConfig::Adam(AdamConfig::adam()),
-            OptimizerConfig::Adam(AdamConfig::adamw()),
-        ]
+        TABLE
+            .iter()
+            .filter(|row| !row.preset)
+            .map(|row| (row.config)())
+            .collect()
     }
-
-    /// Presets: a name for a config of another optimizer.
-    const PRESETS: &'static [&'static str] = &["bayes_adam"];
 
     /// The default config of the named optimizer (presets included).
     pub fn default_for(name: &str) -> Result<OptimizerConfig> {
-        match name {
-            "bayes" => Ok(OptimizerConfig::Bayes(BayesConfig::default())),
-            "bayes_adam" => Ok(OptimizerConfig::Bayes(BayesConfig::bayes_adam())),
-            "sgd" => Ok(OptimizerConfig::Sgd(SgdConfig::default())),
-            "rmsprop" => Ok(OptimizerConfig::Rmsprop(RmspropConfig::default())),
-            "adam" => Ok(OptimizerConfig::Adam(AdamConfig::adam())),
-            "adamw" => Ok(OptimizerConfig::Adam(AdamConfig::adamw())),
-            _ => Err(Error::Unknown {
+        match TABLE.iter().find(|row| row.name == name) {
+            Some(row) => Ok((row.config)()),
+            None => Err(Error::Unknown {
                 what: "optimizer",
                 name: name.to_string(),
-                known: Self::all_defaults()
+                // optimizers first, then the presets
+                known: TABLE
                     .iter()
-                    .map(|c| c.as_dyn().name())
-                    .chain(Self::PRESETS.iter().copied())
+                    .filter(|row| !row.preset)
+                    .chain(TABLE.iter().filter(|row| row.preset))
+                    .map(|row| row.name)
                     .collect::<Vec<_>>()
                     .join(", "),
             }),
@@ -185,24 +317,6 @@ impl OptimizerConfig {
         }
         config.validate()?;
         Ok(config)
-    }
-
-    pub fn as_dyn(&self) -> &dyn Optimizer {
-        match self {
-            OptimizerConfig::Bayes(c) => c,
-            OptimizerConfig::Sgd(c) => c,
-            OptimizerConfig::Rmsprop(c) => c,
-            OptimizerConfig::Adam(c) => c,
-        }
-    }
-
-    pub fn as_dyn_mut(&mut self) -> &mut dyn Optimizer {
-        match self {
-            OptimizerConfig::Bayes(c) => c,
-            OptimizerConfig::Sgd(c) => c,
-            OptimizerConfig::Rmsprop(c) => c,
-            OptimizerConfig::Adam(c) => c,
-        }
     }
 
     pub fn name(&self) -> &'static str {
@@ -245,30 +359,6 @@ impl OptimizerConfig {
     }
 }
 
-impl From<BayesConfig> for OptimizerConfig {
-    fn from(c: BayesConfig) -> Self {
-        OptimizerConfig::Bayes(c)
-    }
-}
-
-impl From<SgdConfig> for OptimizerConfig {
-    fn from(c: SgdConfig) -> Self {
-        OptimizerConfig::Sgd(c)
-    }
-}
-
-impl From<RmspropConfig> for OptimizerConfig {
-    fn from(c: RmspropConfig) -> Self {
-        OptimizerConfig::Rmsprop(c)
-    }
-}
-
-impl From<AdamConfig> for OptimizerConfig {
-    fn from(c: AdamConfig) -> Self {
-        OptimizerConfig::Adam(c)
-    }
-}
-
 /// Parses a finite number for `--set`, with an error that names the field.
 pub(crate) fn parse_f64(optimizer: &'static str, field: &'static str, value: &str) -> Result<f64> {
     value
@@ -304,6 +394,40 @@ pub(crate) fn check_field(
     } else {
         Err(Error::config(optimizer, field, value, allowed))
     }
+}
+
+/// `beta1` and `beta2` of the Adam-like optimizers: EMA factors in [0, 1).
+pub(crate) fn check_betas(optimizer: &'static str, beta1: f64, beta2: f64) -> Result<()> {
+    check_field(
+        optimizer,
+        "beta1",
+        beta1,
+        (0.0..1.0).contains(&beta1),
+        "0 <= beta1 < 1",
+    )?;
+    check_field(
+        optimizer,
+        "beta2",
+        beta2,
+        (0.0..1.0).contains(&beta2),
+        "0 <= beta2 < 1",
+    )
+}
+
+/// λ ≥ 0 of a decay that may be decoupled: its factor 1 − lr·λ is passed to the kernel as f32,
+/// so it must be finite there.
+pub(crate) fn check_decay_factor(
+    optimizer: &'static str,
+    lr: f64,
+    weight_decay: f64,
+) -> Result<()> {
+    check_field(
+        optimizer,
+        "weight_decay",
+        weight_decay,
+        weight_decay >= 0.0 && ((1.0 - lr * weight_decay) as f32).is_finite(),
+        "weight_decay >= 0 with lr·weight_decay finite in f32",
+    )
 }
 
 /// An option passed to a kernel as an f32 uniform: 1 on, 0 off.

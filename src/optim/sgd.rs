@@ -3,36 +3,26 @@
 
 use crate::error::{Error, Result};
 use crate::kernels::{Kernel, SGD};
-use crate::optim::{check_field, flag, parse_bool, parse_f64, Optimizer, StateSlot};
+use crate::optim::config::config;
+use crate::optim::{check_field, flag, Optimizer, StateSlot};
 use crate::reference::sgd::{self as reference, SgdScalars};
 
 const NAME: &str = "sgd";
 
-/// Hyperparameters of `sgd`, with torch's names and defaults. Build with
-/// [`SgdConfig::builder`] or start from `default()`.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct SgdConfig {
-    /// Learning rate, ≥ 0.
-    pub lr: f64,
-    /// μ ≥ 0; 0 turns momentum off (and its buffer `b` is not allocated).
-    pub momentum: f64,
-    /// Fraction of the gradient held back from the buffer after the first step.
-    pub dampening: f64,
-    /// Step along g + μ·b instead of b; needs momentum > 0 and dampening = 0.
-    pub nesterov: bool,
-    /// λ ≥ 0, added to the gradient as λθ.
-    pub weight_decay: f64,
-}
-
-impl Default for SgdConfig {
-    fn default() -> Self {
-        SgdConfig {
-            lr: 1e-3,
-            momentum: 0.0,
-            dampening: 0.0,
-            nesterov: false,
-            weight_decay: 0.0,
-        }
+config! {
+    /// Hyperparameters of `sgd`, with torch's names and defaults. Build with
+    /// [`SgdConfig::builder`] or start from `default()`.
+    pub struct SgdConfig, builder SgdConfigBuilder {
+        /// Learning rate, ≥ 0.
+        lr: f64 = 1e-3,
+        /// μ ≥ 0; 0 turns momentum off (and its buffer `b` is not allocated).
+        momentum: f64 = 0.0,
+        /// Fraction of the gradient held back from the buffer after the first step.
+        dampening: f64 = 0.0,
+        /// Step along g + μ·b instead of b; needs momentum > 0 and dampening = 0.
+        nesterov: bool = false,
+        /// λ ≥ 0, added to the gradient as λθ.
+        weight_decay: f64 = 0.0,
     }
 }
 
@@ -123,54 +113,5 @@ impl Optimizer for SgdConfig {
             panic!("sgd has 1 state slot, got {}", state.len())
         };
         reference::step(&self.scalars(t), theta, grad, b);
-    }
-
-    fn set(&mut self, key: &str, value: &str) -> Result<()> {
-        match key {
-            "lr" => self.lr = parse_f64(NAME, "lr", value)?,
-            "momentum" => self.momentum = parse_f64(NAME, "momentum", value)?,
-            "dampening" => self.dampening = parse_f64(NAME, "dampening", value)?,
-            "nesterov" => self.nesterov = parse_bool(NAME, "nesterov", value)?,
-            "weight_decay" => self.weight_decay = parse_f64(NAME, "weight_decay", value)?,
-            _ => {
-                return Err(Error::Unknown {
-                    what: "sgd option",
-                    name: key.to_string(),
-                    known: "lr, momentum, dampening, nesterov, weight_decay".to_string(),
-                })
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Builder for [`SgdConfig`]; `build` validates.
-#[derive(Clone, Copy, Debug)]
-pub struct SgdConfigBuilder(SgdConfig);
-
-impl SgdConfigBuilder {
-    pub fn lr(mut self, lr: f64) -> Self {
-        self.0.lr = lr;
-        self
-    }
-    pub fn momentum(mut self, momentum: f64) -> Self {
-        self.0.momentum = momentum;
-        self
-    }
-    pub fn dampening(mut self, dampening: f64) -> Self {
-        self.0.dampening = dampening;
-        self
-    }
-    pub fn nesterov(mut self, on: bool) -> Self {
-        self.0.nesterov = on;
-        self
-    }
-    pub fn weight_decay(mut self, lambda: f64) -> Self {
-        self.0.weight_decay = lambda;
-        self
-    }
-    pub fn build(self) -> Result<SgdConfig> {
-        self.0.validate()?;
-        Ok(self.0)
     }
 }

@@ -82,26 +82,13 @@ fn update<F: Float, const MAY_INIT: bool>(
 ) {
     let zero = F::zero();
     let one = F::one();
-    let half = F::from(0.5).unwrap();
-    let quarter = F::from(0.25).unwrap();
     let th = *theta;
     let sig0 = *sigma;
 
-    let s_new = p.beta * *s + p.one_minus_beta * g * g;
-    let s_hat = s_new * p.c2;
-    let h = s_hat + p.weight_decay;
-    let g_tilde = g + p.weight_decay * th;
-    let d = match m {
-        Some(m) => {
-            *m = p.beta1 * *m + p.one_minus_beta1 * g_tilde;
-            *m * p.c1
-        }
-        None => g_tilde,
-    };
-    // σ*(x) = η²/2 + η·sqrt(η²/4 + 1/x), at x = h + eps², where σ = 0 and h > 0
+    let (s_new, h, d) = curvature_and_direction(p, th, g, *s, m);
+    // σ*(h + eps²), where σ = 0 and h > 0
     let sig1 = if MAY_INIT {
-        let x = h + p.eps_sq;
-        let star = p.eta_sq * half + p.eta * (p.eta_sq * quarter + one / x).sqrt();
+        let star = sigma_star(p, h + p.eps_sq);
         if sig0 == zero && h > zero {
             star
         } else {
@@ -116,6 +103,39 @@ fn update<F: Float, const MAY_INIT: bool>(
     *theta = if live { th - post * d } else { th };
     *s = s_new;
     *sigma = if live { post } else { sig1 };
+}
+
+/// The first half of SPEC §2's step, shared with `bayes_fp`: s's new EMA, the curvature
+/// h = ŝ + λ, and the direction d (g̃ = g + λθ, or its momentum with `m`, updated here).
+#[inline(always)]
+pub fn curvature_and_direction<F: Float>(
+    p: &BayesScalars<F>,
+    theta: F,
+    g: F,
+    s: F,
+    m: Option<&mut F>,
+) -> (F, F, F) {
+    let s_new = p.beta * s + p.one_minus_beta * g * g;
+    let s_hat = s_new * p.c2;
+    let h = s_hat + p.weight_decay;
+    let g_tilde = g + p.weight_decay * theta;
+    let d = match m {
+        Some(m) => {
+            *m = p.beta1 * *m + p.one_minus_beta1 * g_tilde;
+            *m * p.c1
+        }
+        None => g_tilde,
+    };
+    (s_new, h, d)
+}
+
+/// σ*(x) = η²/2 + η·sqrt(η²/4 + 1/x), the fixed point of the variance update at curvature x,
+/// from the kernel's f32 (or the oracle's f64) scalars. Shared with `bayes_fp`, whose σ it is.
+#[inline(always)]
+pub fn sigma_star<F: Float>(p: &BayesScalars<F>, x: F) -> F {
+    let half = F::from(0.5).unwrap();
+    let quarter = F::from(0.25).unwrap();
+    p.eta_sq * half + p.eta * (p.eta_sq * quarter + F::one() / x).sqrt()
 }
 
 simd_fn! {

@@ -55,5 +55,7 @@ pub(crate) use simd_fn;
 
 pub mod adam;
 pub mod bayes;
+pub mod bayes_fp;
+pub mod lion;
 pub mod rmsprop;
 pub mod sgd;

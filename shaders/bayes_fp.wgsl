@@ -1,0 +1,25 @@
+// `bayes_fp` (SPEC §2b): `bayes` held at the fixed point σ*(h + eps²) of the current curvature,
+// so σ is not stored. EMA of g², direction and mean update in one pass. After
+// `bayes_step.wgsl` (the uniform block and the step's first half, shared with `bayes`). CPU
+// twin: src/reference/bayes_fp.rs.
+
+@group(0) @binding(4) var<storage, read_write> s: array<V>;
+// Bound to a 16-byte placeholder when momentum is off; then never read or written.
+@group(0) @binding(5) var<storage, read_write> m: array<V>;
+
+fn update(i: u32, g: V, ok: B, p: Scalars) {
+    let th = theta[i];
+    let s_old = s[i];
+    var m_old = V(0.0);
+    if p.beta1 > 0.0 {
+        m_old = m[i];
+    }
+    let c = curvature_and_direction(p, th, g, s_old, m_old);
+    if p.beta1 > 0.0 {
+        m[i] = select(m_old, c.m, ok);
+    }
+    let sigma = sigma_star(p, c.h + p.eps_sq);
+
+    s[i] = select(s_old, c.s, ok);
+    theta[i] = select(th, th - sigma * c.d, ok);
+}

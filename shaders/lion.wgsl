@@ -1,0 +1,29 @@
+// `lion` (SPEC §3, Lion as lion-pytorch and optax): decoupled weight decay, a step of ±lr along
+// the sign of an interpolation of momentum and gradient, then the momentum's EMA, in one pass.
+// CPU twin: src/reference/lion.rs.
+
+struct Scalars {
+    lr: f32,
+    beta1: f32,            // interpolation of m and g into c, whose sign is stepped along
+    one_minus_beta1: f32,
+    beta2: f32,            // EMA factor of m
+    one_minus_beta2: f32,
+    decay_factor: f32,     // 1 − lr·λ (decoupled, as AdamW)
+    pad0: f32,
+    pad1: f32,
+}
+
+@group(0) @binding(4) var<storage, read_write> m: array<V>;
+
+fn update(i: u32, g: V, ok: B, p: Scalars) {
+    let th_old = theta[i];
+    let m_old = m[i];
+    let th = th_old * p.decay_factor;
+    let c = p.beta1 * m_old + p.one_minus_beta1 * g;
+    // ±lr, or +0 where c = ±0 (sign(0) = 0). Not lr·sign(c): for c = −0 that is −0, and
+    // θ − (−0) would turn θ = −0 into +0 where the CPU twin keeps it.
+    let step = select(select(V(0.0), V(-p.lr), c < V(0.0)), V(p.lr), c > V(0.0));
+    let m_new = p.beta2 * m_old + p.one_minus_beta2 * g;
+    m[i] = select(m_old, m_new, ok);
+    theta[i] = select(th_old, th - step, ok);
+}
