@@ -12,8 +12,8 @@ struct Scalars {
     eta: f32,
     eta_sq: f32,
     eps_sq: f32,
-    pad0: f32,
-    pad1: f32,
+    bound: f32,           // 1: sigma_max = fixed_point, σ ≤ σ*(h + eps²); 0: none
+    pad: f32,
 }
 
 @group(0) @binding(4) var<storage, read_write> s: array<V>;
@@ -22,8 +22,9 @@ struct Scalars {
 @group(0) @binding(6) var<storage, read_write> m: array<V>;
 
 // Branch-free per element, as the CPU twin's `update_element`: σ*(x) is computed for every
-// element and selected, which gives the same bits as branching. (The CPU loop also skips
-// σ*(x) in blocks where no σ is 0; a GPU has arithmetic to spare, so this kernel does not.)
+// element and selected, which gives the same bits as branching. (Without the bound the CPU
+// loop skips σ*(x) in blocks where no σ is 0; a GPU has arithmetic to spare, so this kernel
+// does not.)
 fn update(i: u32, g: V, ok: B, p: Scalars) {
     let th = theta[i];
     let s_old = s[i];
@@ -40,13 +41,16 @@ fn update(i: u32, g: V, ok: B, p: Scalars) {
         m[i] = select(m_old, m_new, ok);
         d = m_new * p.c1;
     }
-    // σ*(x) = η²/2 + η·sqrt(η²/4 + 1/x), at x = h + eps², where σ = 0 and h > 0
+    // σ*(x) = η²/2 + η·sqrt(η²/4 + 1/x), at x = h + eps²: σ's start where σ = 0 and h > 0,
+    // and its bound under sigma_max = fixed_point
     let x = h + p.eps_sq;
     let star = p.eta_sq * 0.5 + p.eta * sqrt(p.eta_sq * 0.25 + 1.0 / x);
     let sig1 = select(sig0, star, sig0 == V(0.0) & h > V(0.0));
     // where σ > 0: posterior variance σ/(1 + hσ), exact for h = 0, then diffusion by η²
     let live = sig1 > V(0.0);
-    let post = sig1 / (1.0 + h * sig1) + p.eta_sq;
+    let unbounded = sig1 / (1.0 + h * sig1) + p.eta_sq;
+    // min(σ, σ*) spelled as a comparison, as the CPU twin does (`min` may differ on NaN)
+    let post = select(unbounded, select(unbounded, star, unbounded > star), p.bound > 0.0);
     let th_new = select(th, th - post * d, live);
     let sig_new = select(sig1, post, live);
 

@@ -219,7 +219,7 @@ fn validate() -> Result<ExitCode> {
         }
     );
     println!(
-        "{:<58} {:>9} {:>5} {:>8} {:>6}  {:<28} result",
+        "{:<64} {:>9} {:>5} {:>8} {:>6}  {:<28} result",
         "case", "n", "steps", "max ULP", "bound", "worst at"
     );
     let start = Instant::now();
@@ -231,7 +231,7 @@ fn validate() -> Result<ExitCode> {
         let verdict = if outcome.passed() { "ok" } else { "FAIL" };
         failed += usize::from(!outcome.passed());
         println!(
-            "{:<58} {:>9} {:>5} {:>8} {:>6}  {:<28} {verdict}",
+            "{:<64} {:>9} {:>5} {:>8} {:>6}  {:<28} {verdict}",
             case.name, case.n, case.steps, outcome.max_ulp, outcome.bound, outcome.worst
         );
     }

@@ -35,7 +35,9 @@ pub use cpu::{CpuOptimizer, CpuPath};
 pub use error::{Error, Result};
 pub use gpu::{BufferSlice, ExternalArena, GpuContext, GpuOptimizer, GpuOptions};
 pub use layout::{GroupId, Layout, ParamGroups, TensorId};
-pub use optim::{BayesConfig, NonFinitePolicy, Optimizer, OptimizerConfig, SigmaInit, StepReport};
+pub use optim::{
+    BayesConfig, NonFinitePolicy, Optimizer, OptimizerConfig, SigmaInit, SigmaMax, StepReport,
+};
 
 /// What `CpuOptimizer` and `GpuOptimizer` share: step every group, read it back, change
 /// hyperparameters between steps.

@@ -5,7 +5,9 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::error::Result;
-use crate::optim::{AdamConfig, BayesConfig, OptimizerConfig, RmspropConfig, SgdConfig, SigmaInit};
+use crate::optim::{
+    AdamConfig, BayesConfig, OptimizerConfig, RmspropConfig, SgdConfig, SigmaInit, SigmaMax,
+};
 use crate::ulp::max_ulp_distance;
 use crate::{CpuOptimizer, Stepper};
 
@@ -18,7 +20,8 @@ pub const SOFTWARE_ULP_BOUND: u64 = 0;
 /// allows 2.5 ULP). Provisional: not yet measured on hardware (see the README).
 pub const HARDWARE_ULP_BOUND: u64 = 4096;
 
-/// One battery case: an optimizer config, a size, a number of steps and an input seed.
+/// One battery case: an optimizer config, a size, a number of steps, an input seed and the
+/// gradient stream.
 #[derive(Clone, Debug)]
 pub struct Case {
     pub name: String,
@@ -26,6 +29,26 @@ pub struct Case {
     pub n: usize,
     pub steps: u64,
     pub seed: u64,
+    pub stream: Stream,
+}
+
+/// The gradients a case steps on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    /// [`gradient`]: a fixed scale per element, 1e-8 … 1e4.
+    Standard,
+    /// [`rising_gradient`]: tiny first gradients, then large ones.
+    Rising,
+}
+
+impl Stream {
+    /// The gradient of step `t`.
+    pub fn gradient(self, n: usize, seed: u64, t: u64) -> Vec<f32> {
+        match self {
+            Stream::Standard => gradient(n, seed, t),
+            Stream::Rising => rising_gradient(n, seed, t),
+        }
+    }
 }
 
 /// The largest ULP distance of one case, over θ and every state vector, after step 1 and after
@@ -77,6 +100,31 @@ pub fn gradient(n: usize, seed: u64, t: u64) -> Vec<f32> {
         .collect()
 }
 
+/// The gradient of step `t` for curvature that rises: each element's first 1 … 20 steps have a
+/// scale log-uniform over 1e-17 … 1e-3 (round-off, or a rarely active feature), every later
+/// step one over 1e-2 … 1e2, times a persistent bias plus noise. Every 5th element's early
+/// gradients are exactly 0 instead (a sparse row that wakes up). Under `sigma_max = none` σ
+/// starts far above the fixed point of the later curvature; this is where the bound binds.
+pub fn rising_gradient(n: usize, seed: u64, t: u64) -> Vec<f32> {
+    let mut scales = SmallRng::seed_from_u64(seed ^ 0x0d15_ea5e);
+    let mut noise = SmallRng::seed_from_u64(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ t ^ 0xf00d);
+    (0..n)
+        .map(|i| {
+            let tiny = 10f64.powf(scales.random_range(-17.0..-3.0));
+            let large = 10f64.powf(scales.random_range(-2.0..2.0));
+            let quiet: u64 = scales.random_range(1..=20);
+            let bias: f64 = scales.random_range(-1.0..1.0);
+            let scale = if t <= quiet { tiny } else { large };
+            let g = scale * (bias + noise.random_range(-1.0..1.0));
+            if i % 5 == 1 && t <= quiet {
+                0.0
+            } else {
+                g as f32
+            }
+        })
+        .collect()
+}
+
 fn bayes_case(name: String, config: BayesConfig, n: usize) -> Case {
     case(name, config, n)
 }
@@ -88,6 +136,7 @@ fn case(name: String, config: impl Into<OptimizerConfig>, n: usize) -> Case {
         n,
         steps: 100,
         seed: 2024,
+        stream: Stream::Standard,
     }
 }
 
@@ -275,23 +324,65 @@ pub fn standard_battery() -> Vec<Case> {
                 if eta == 0.0 && sigma_init == SigmaInit::FixedPoint {
                     continue; // a configuration error by SPEC §2
                 }
+                // The bound needs eta > 0 (SPEC §2); eta = 0 runs unbounded.
+                let sigma_max = if eta == 0.0 {
+                    SigmaMax::None
+                } else {
+                    SigmaMax::FixedPoint
+                };
                 let config = BayesConfig {
                     eta,
                     beta,
                     sigma_init,
+                    sigma_max,
                     ..BayesConfig::default()
                 };
-                let init = match sigma_init {
-                    SigmaInit::FixedPoint => "fixed_point".to_string(),
-                    SigmaInit::Value(v) => format!("{v}"),
-                };
-                cases.push(bayes_case(
-                    format!("bayes eta={eta:e} beta={beta} sigma_init={init}"),
-                    config,
-                    4099,
-                ));
+                cases.push(bayes_case(bayes_name(&config), config, 4099));
             }
         }
+    }
+    // Unbounded, and both bounds on streams whose curvature rises after tiny first gradients.
+    for eta in [1e-6, 1e-3, 1.0, 1e3] {
+        for sigma_init in [SigmaInit::FixedPoint, SigmaInit::Value(1e-2)] {
+            for sigma_max in [SigmaMax::FixedPoint, SigmaMax::None] {
+                let config = BayesConfig {
+                    eta,
+                    sigma_init,
+                    sigma_max,
+                    ..BayesConfig::default()
+                };
+                if sigma_max == SigmaMax::None {
+                    cases.push(bayes_case(bayes_name(&config), config, 4099));
+                }
+                let mut rising =
+                    bayes_case(format!("{} rising", bayes_name(&config)), config, 4099);
+                rising.stream = Stream::Rising;
+                cases.push(rising);
+            }
+        }
+    }
+    for (name, config) in [
+        ("momentum=0.9 (bayes_adam)", BayesConfig::bayes_adam()),
+        (
+            "weight_decay=0.01 sigma_max=none",
+            BayesConfig {
+                weight_decay: 0.01,
+                sigma_max: SigmaMax::None,
+                ..Default::default()
+            },
+        ),
+        (
+            "weight_decay=0.01 momentum=0.9",
+            BayesConfig {
+                weight_decay: 0.01,
+                momentum: 0.9,
+                ..Default::default()
+            },
+        ),
+    ] {
+        let mut rising = bayes_case(format!("bayes {name} rising"), config, 4099);
+        rising.stream = Stream::Rising;
+        cases.push(rising);
     }
     let options = [
         (
@@ -310,10 +401,11 @@ pub fn standard_battery() -> Vec<Case> {
             },
         ),
         (
-            "seed form: no bias correction, sigma_init=1e-3",
+            "seed form (no bias correction, σ₀=1e-3, no bound)",
             BayesConfig {
                 bias_correction: false,
                 sigma_init: SigmaInit::Value(1e-3),
+                sigma_max: SigmaMax::None,
                 ..Default::default()
             },
         ),
@@ -332,6 +424,25 @@ pub fn standard_battery() -> Vec<Case> {
     cases
 }
 
+/// `bayes eta=… beta=… sigma_init=… sigma_max=none`, beta and sigma_max only where they are
+/// not the default.
+fn bayes_name(config: &BayesConfig) -> String {
+    let init = match config.sigma_init {
+        SigmaInit::FixedPoint => "fixed_point".to_string(),
+        SigmaInit::Value(v) => format!("{v}"),
+    };
+    let bound = match config.sigma_max {
+        SigmaMax::FixedPoint => "",
+        SigmaMax::None => " sigma_max=none",
+    };
+    let beta = if config.beta == BayesConfig::default().beta {
+        String::new()
+    } else {
+        format!(" beta={}", config.beta)
+    };
+    format!("bayes eta={:e}{beta} sigma_init={init}{bound}", config.eta)
+}
+
 /// Makes the optimizer under test from a config and θ₀.
 pub type DeviceFactory<'a> = dyn FnMut(&OptimizerConfig, &[f32]) -> Result<Box<dyn Stepper>> + 'a;
 
@@ -343,7 +454,7 @@ pub fn run_case(case: &Case, bound: u64, device: &mut DeviceFactory<'_>) -> Resu
     let mut reference = CpuOptimizer::reference(case.config.clone(), &theta0)?;
     let mut worst = (0u64, String::from("-"));
     for t in 1..=case.steps {
-        let grad = gradient(case.n, case.seed, t);
+        let grad = case.stream.gradient(case.n, case.seed, t);
         subject.step(&grad)?;
         reference.step(&grad)?;
         if t == 1 || t == case.steps {

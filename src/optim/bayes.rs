@@ -2,7 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::kernels::{Kernel, BAYES};
-use crate::optim::{bias_correction, parse_bool, parse_f64, Optimizer, StateSlot};
+use crate::optim::{bias_correction, flag, parse_bool, parse_f64, Optimizer, StateSlot};
 use crate::reference::bayes::{self as reference, BayesScalars};
 
 const NAME: &str = "bayes";
@@ -17,6 +17,18 @@ pub enum SigmaInit {
     Value(f64),
 }
 
+/// Whether σ is bounded by the fixed point of the current curvature (SPEC §2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SigmaMax {
+    /// σ never exceeds σ*(h + eps²), the fixed point of the current curvature: after a rise
+    /// of the curvature σ drops to it at once instead of relaxing at rate hσ per step.
+    /// Needs eta > 0.
+    #[default]
+    FixedPoint,
+    /// No bound: the rule without it.
+    None,
+}
+
 /// Hyperparameters of `bayes`. Build with [`BayesConfig::builder`] or start from `default()`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BayesConfig {
@@ -24,11 +36,12 @@ pub struct BayesConfig {
     pub beta: f64,
     /// Diffusion standard deviation per step, ≥ 0.
     pub eta: f64,
-    /// Floor used only in the fixed-point initialisation, > 0.
+    /// Curvature floor (eps²) inside σ*, the fixed point that initialises and bounds σ, > 0.
     pub eps: f64,
     /// Divide the EMA by (1 − beta^t), as Adam does.
     pub bias_correction: bool,
     pub sigma_init: SigmaInit,
+    pub sigma_max: SigmaMax,
     /// λ ≥ 0: a Gaussian prior N(0, 1/λ) on θ.
     pub weight_decay: f64,
     /// β₁ in [0, 1): EMA of the prior-adjusted gradient; 0 turns it off.
@@ -43,6 +56,7 @@ impl Default for BayesConfig {
             eps: 1e-8,
             bias_correction: true,
             sigma_init: SigmaInit::FixedPoint,
+            sigma_max: SigmaMax::FixedPoint,
             weight_decay: 0.0,
             momentum: 0.0,
         }
@@ -92,7 +106,8 @@ impl BayesConfig {
             eta: self.eta,
             eta_sq: self.eta * self.eta,
             eps_sq: self.eps * self.eps,
-            pad: [0.0; 2],
+            bound: flag(self.sigma_max == SigmaMax::FixedPoint),
+            pad: 0.0,
         }
     }
 
@@ -172,6 +187,15 @@ impl Optimizer for BayesConfig {
             }
             SigmaInit::FixedPoint => {}
         }
+        if self.sigma_max == SigmaMax::FixedPoint && self.eta as f32 == 0.0 {
+            return Err(Error::config(
+                NAME,
+                "sigma_max",
+                "fixed_point",
+                "none when eta = 0 in f32 (the fixed point of eta = 0 is σ = 0, which would \
+                 stop learning): set sigma_max=none, or eta > 0",
+            ));
+        }
         Ok(())
     }
 
@@ -225,13 +249,28 @@ impl Optimizer for BayesConfig {
                     v => SigmaInit::Value(parse_f64(NAME, "sigma_init", v)?),
                 }
             }
+            "sigma_max" => {
+                self.sigma_max = match value.trim() {
+                    "fixed_point" | "FixedPoint" => SigmaMax::FixedPoint,
+                    "none" | "None" => SigmaMax::None,
+                    _ => {
+                        return Err(Error::config(
+                            NAME,
+                            "sigma_max",
+                            value,
+                            "fixed_point or none",
+                        ))
+                    }
+                }
+            }
             "weight_decay" => self.weight_decay = parse_f64(NAME, "weight_decay", value)?,
             "momentum" => self.momentum = parse_f64(NAME, "momentum", value)?,
             _ => {
                 return Err(Error::Unknown {
                     what: "bayes option",
                     name: key.to_string(),
-                    known: "beta, eta, eps, bias_correction, sigma_init, weight_decay, momentum"
+                    known: "beta, eta, eps, bias_correction, sigma_init, sigma_max, weight_decay, \
+                            momentum"
                         .to_string(),
                 })
             }
@@ -263,6 +302,10 @@ impl BayesConfigBuilder {
     }
     pub fn sigma_init(mut self, init: SigmaInit) -> Self {
         self.0.sigma_init = init;
+        self
+    }
+    pub fn sigma_max(mut self, bound: SigmaMax) -> Self {
+        self.0.sigma_max = bound;
         self
     }
     pub fn weight_decay(mut self, lambda: f64) -> Self {

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::kernels::Kernel;
 
 pub use adam::{AdamConfig, AdamConfigBuilder, AdamVariant};
-pub use bayes::{BayesConfig, BayesConfigBuilder, SigmaInit};
+pub use bayes::{BayesConfig, BayesConfigBuilder, SigmaInit, SigmaMax};
 pub use rmsprop::{RmspropConfig, RmspropConfigBuilder};
 pub use sgd::{SgdConfig, SgdConfigBuilder};
 
