@@ -3,7 +3,8 @@
 //! Fused optimizer steps for wgpu, with an exact CPU reference. Training is filtering: keep a
 //! Gaussian belief (mean θ, diagonal variance σ) over the parameters, update it with each batch
 //! by Bayes' rule on a quadratic model of the loss, then widen it by η². The variance is the
-//! learning rate. `SPEC.md` (see the README) states every update rule exactly.
+//! learning rate. `docs/rules.md` in the repository states every update rule exactly; comments
+//! cite its sections as "SPEC §N".
 //!
 //! Layout, one place per concern:
 //! - [`optim`]: configs and the table of optimizers;
