@@ -8,8 +8,9 @@
 @group(0) @binding(6) var<storage, read_write> m: array<V>;
 
 // Branch-free per element, as the CPU twin's `update_element`: σ*(x) is computed for every
-// element and selected, which gives the same bits as branching. (The CPU loop also skips
-// σ*(x) in blocks where no σ is 0; a GPU has arithmetic to spare, so this kernel does not.)
+// element and selected, which gives the same bits as branching. (Without the bound the CPU
+// loop skips σ*(x) in blocks where no σ is 0; a GPU has arithmetic to spare, so this kernel
+// does not.)
 fn update(i: u32, g: V, ok: B, p: Scalars) {
     let th = theta[i];
     let s_old = s[i];
@@ -26,12 +27,15 @@ fn update(i: u32, g: V, ok: B, p: Scalars) {
     let s_new = c.s;
     let h = c.h;
     let d = c.d;
-    // σ*(h + eps²), where σ = 0 and h > 0
+    // σ*(h + eps²): σ's start where σ = 0 and h > 0, and its bound under
+    // sigma_max = fixed_point
     let star = sigma_star(p, h + p.eps_sq);
     let sig1 = select(sig0, star, sig0 == V(0.0) & h > V(0.0));
     // where σ > 0: posterior variance σ/(1 + hσ), exact for h = 0, then diffusion by η²
     let live = sig1 > V(0.0);
-    let post = sig1 / (1.0 + h * sig1) + p.eta_sq;
+    let unbounded = sig1 / (1.0 + h * sig1) + p.eta_sq;
+    // min(σ, σ*) spelled as a comparison, as the CPU twin does (`min` may differ on NaN)
+    let post = select(unbounded, select(unbounded, star, unbounded > star), p.bound > 0.0);
     let th_new = select(th, th - post * d, live);
     let sig_new = select(sig1, post, live);
 

@@ -12,8 +12,8 @@ struct Scalars {
     eta: f32,
     eta_sq: f32,
     eps_sq: f32,
-    pad0: f32,
-    pad1: f32,
+    bound: f32,           // bayes: 1 with sigma_max = fixed_point (σ ≤ σ*(h + eps²)), 0 with none
+    pad: f32,
 }
 
 struct Curvature {

@@ -263,7 +263,7 @@ fn validate(gpu: &GpuArgs) -> Result<ExitCode> {
         Rule::Oracle => "mean ULP <= limit",
     };
     println!(
-        "{:<58} {:>9} {:>5} {:>8} {:>22}  {:<28} result",
+        "{:<64} {:>9} {:>5} {:>8} {:>22}  {:<28} result",
         "case", "n", "steps", "max ULP", measure, "worst at"
     );
     let start = Instant::now();
@@ -276,7 +276,7 @@ fn validate(gpu: &GpuArgs) -> Result<ExitCode> {
         failed += usize::from(!outcome.passed());
         let (check, at) = outcome.check();
         println!(
-            "{:<58} {:>9} {:>5} {:>8} {check:>22}  {at:<28} {verdict}",
+            "{:<64} {:>9} {:>5} {:>8} {check:>22}  {at:<28} {verdict}",
             case.name, case.n, case.steps, outcome.max_ulp
         );
     }

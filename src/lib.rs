@@ -3,7 +3,8 @@
 //! Fused optimizer steps for wgpu, with an exact CPU reference. Training is filtering: keep a
 //! Gaussian belief (mean θ, diagonal variance σ) over the parameters, update it with each batch
 //! by Bayes' rule on a quadratic model of the loss, then widen it by η². The variance is the
-//! learning rate. `SPEC.md` (see the README) states every update rule exactly.
+//! learning rate. `docs/rules.md` in the repository states every update rule exactly; comments
+//! cite its sections as "SPEC §N".
 //!
 //! Layout, one place per concern:
 //! - [`optim`]: configs and the table of optimizers;
@@ -43,7 +44,9 @@ pub use device::Device;
 pub use error::{Error, Result};
 pub use gpu::{BufferSlice, ExternalArena, GpuContext, GpuOptimizer, GpuOptions};
 pub use layout::{GroupId, Layout, ParamGroups, Stored, TensorId};
-pub use optim::{BayesConfig, NonFinitePolicy, Optimizer, OptimizerConfig, SigmaInit, StepReport};
+pub use optim::{
+    BayesConfig, NonFinitePolicy, Optimizer, OptimizerConfig, SigmaInit, SigmaMax, StepReport,
+};
 
 /// What `CpuOptimizer` and `GpuOptimizer` share: step every group, read it back, change
 /// hyperparameters between steps.

@@ -91,7 +91,8 @@ impl Rule {
     }
 }
 
-/// One battery case: an optimizer config, a size, a number of steps and an input seed.
+/// One battery case: an optimizer config, a size, a number of steps, an input seed and the
+/// gradient stream.
 #[derive(Clone, Debug)]
 pub struct Case {
     pub name: String,
@@ -99,6 +100,26 @@ pub struct Case {
     pub n: usize,
     pub steps: u64,
     pub seed: u64,
+    pub stream: Stream,
+}
+
+/// The gradients a case steps on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    /// [`gradient`]: a fixed scale per element, 1e-8 … 1e4.
+    Standard,
+    /// [`rising_gradient`]: tiny first gradients, then large ones.
+    Rising,
+}
+
+impl Stream {
+    /// The gradient of step `t`.
+    pub fn gradient(self, n: usize, seed: u64, t: u64) -> Vec<f32> {
+        match self {
+            Stream::Standard => gradient(n, seed, t),
+            Stream::Rising => rising_gradient(n, seed, t),
+        }
+    }
 }
 
 /// Under [`Rule::Oracle`], the vector whose device error came closest to its limit (or went
@@ -275,6 +296,31 @@ pub fn gradient(n: usize, seed: u64, t: u64) -> Vec<f32> {
         .collect()
 }
 
+/// The gradient of step `t` for curvature that rises: each element's first 1 … 20 steps have a
+/// scale log-uniform over 1e-17 … 1e-3 (round-off, or a rarely active feature), every later
+/// step one over 1e-2 … 1e2, times a persistent bias plus noise. Every 5th element's early
+/// gradients are exactly 0 instead (a sparse row that wakes up). Under `sigma_max = none` σ
+/// starts far above the fixed point of the later curvature; this is where the bound binds.
+pub fn rising_gradient(n: usize, seed: u64, t: u64) -> Vec<f32> {
+    let mut scales = SmallRng::seed_from_u64(seed ^ 0x0d15_ea5e);
+    let mut noise = SmallRng::seed_from_u64(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ t ^ 0xf00d);
+    (0..n)
+        .map(|i| {
+            let tiny = 10f64.powf(scales.random_range(-17.0..-3.0));
+            let large = 10f64.powf(scales.random_range(-2.0..2.0));
+            let quiet: u64 = scales.random_range(1..=20);
+            let bias: f64 = scales.random_range(-1.0..1.0);
+            let scale = if t <= quiet { tiny } else { large };
+            let g = scale * (bias + noise.random_range(-1.0..1.0));
+            if i % 5 == 1 && t <= quiet {
+                0.0
+            } else {
+                g as f32
+            }
+        })
+        .collect()
+}
+
 /// Size, steps and seed of a case whose row does not set them.
 const CASE_N: usize = 4099;
 const CASE_STEPS: u64 = 100;
@@ -332,6 +378,7 @@ fn expand(line: &str) -> Vec<String> {
 /// One case of `row` from a plain settings string: `n=N` is the size, the rest configure it.
 fn battery_case(row: &Row, settings: &str) -> Result<Case> {
     let mut n = CASE_N;
+    let mut stream = Stream::Standard;
     let mut config = (row.config)();
     for (key, value) in crate::optim::settings(settings) {
         if key == "n" {
@@ -340,6 +387,18 @@ fn battery_case(row: &Row, settings: &str) -> Result<Case> {
                 name: value.to_string(),
                 known: "a number of elements".into(),
             })?;
+        } else if key == "stream" {
+            stream = match value {
+                "standard" => Stream::Standard,
+                "rising" => Stream::Rising,
+                _ => {
+                    return Err(Error::Unknown {
+                        what: "battery stream",
+                        name: value.to_string(),
+                        known: "standard, rising".into(),
+                    })
+                }
+            };
         } else {
             config.as_dyn_mut().set(key, value)?;
         }
@@ -356,6 +415,7 @@ fn battery_case(row: &Row, settings: &str) -> Result<Case> {
         n,
         steps: CASE_STEPS,
         seed: CASE_SEED,
+        stream,
     })
 }
 
@@ -374,7 +434,7 @@ pub fn run_case(case: &Case, rule: Rule, device: &mut DeviceFactory<'_>) -> Resu
     let mut worst = (0u64, String::from("-"));
     let mut closest: Option<OracleErrors> = None;
     for t in 1..=case.steps {
-        let grad = gradient(case.n, case.seed, t);
+        let grad = case.stream.gradient(case.n, case.seed, t);
         subject.step(&grad)?;
         reference.step(&grad)?;
         if let Some(oracle) = &mut oracle {

@@ -2,7 +2,7 @@
 //! `Error::Config` naming its field, through the builder and through `--set` style settings,
 //! never a panic. (How a `Stepper` takes configs between steps is in tests/stepper.rs.)
 
-use bayesprop::{BayesConfig, Error, OptimizerConfig, SigmaInit};
+use bayesprop::{BayesConfig, Error, OptimizerConfig, SigmaInit, SigmaMax};
 use proptest::prelude::*;
 
 const NUMERIC_FIELDS: [&str; 6] = [
@@ -90,6 +90,7 @@ fn defaults_and_presets_are_valid() {
     BayesConfig::builder()
         .eta(0.0)
         .sigma_init(SigmaInit::Value(1e-3))
+        .sigma_max(SigmaMax::None)
         .build()
         .unwrap();
 }
@@ -146,7 +147,70 @@ fn eta_zero_requires_a_value() {
             "settings eta = 0",
         );
     }
-    OptimizerConfig::from_settings("bayes", [("eta", "0"), ("sigma_init", "0.5")]).unwrap();
+    OptimizerConfig::from_settings(
+        "bayes",
+        [("eta", "0"), ("sigma_init", "0.5"), ("sigma_max", "none")],
+    )
+    .unwrap();
+}
+
+/// The bound σ ≤ σ*(h) needs η > 0: at η = 0 the fixed point is 0. The error names both
+/// fields and says what to set instead; it comes through the builder and the settings.
+#[test]
+fn eta_zero_requires_sigma_max_none() {
+    let result = BayesConfig::builder()
+        .eta(0.0)
+        .sigma_init(SigmaInit::Value(0.5))
+        .build();
+    let message = expect_config_error(result, "sigma_max", "eta = 0, sigma_max = fixed_point");
+    assert!(message.contains("fixed_point"), "{message}");
+    assert!(message.contains("eta = 0"), "{message}");
+    assert!(message.contains("set sigma_max=none"), "{message}");
+    // A tiny η is 0 in f32, where the kernel sees it.
+    let tiny = BayesConfig::builder()
+        .eta(1e-46)
+        .sigma_init(SigmaInit::Value(0.5))
+        .build();
+    expect_config_error(tiny, "sigma_max", "eta = 1e-46");
+    for settings in [
+        [
+            ("eta", "0"),
+            ("sigma_init", "0.5"),
+            ("sigma_max", "fixed_point"),
+        ],
+        [
+            ("sigma_max", "FixedPoint"),
+            ("sigma_init", "0.5"),
+            ("eta", "0.0"),
+        ],
+    ] {
+        expect_config_error(
+            OptimizerConfig::from_settings("bayes", settings),
+            "sigma_max",
+            "settings eta = 0",
+        );
+    }
+    // Unknown spellings are refused, with the two that exist.
+    for bad in ["", "off", "fixed", "1"] {
+        let message = expect_config_error(
+            OptimizerConfig::from_settings("bayes", [("sigma_max", bad)]),
+            "sigma_max",
+            bad,
+        );
+        assert!(message.contains("fixed_point or none"), "{message}");
+    }
+    for (text, want) in [
+        ("none", SigmaMax::None),
+        (" fixed_point ", SigmaMax::FixedPoint),
+    ] {
+        let OptimizerConfig::Bayes(c) =
+            OptimizerConfig::from_settings("bayes", [("sigma_max", text)]).unwrap()
+        else {
+            unreachable!()
+        };
+        assert_eq!(c.sigma_max, want, "{text:?}");
+    }
+    assert_eq!(BayesConfig::default().sigma_max, SigmaMax::FixedPoint);
 }
 
 #[test]
@@ -402,8 +466,10 @@ proptest! {
         momentum in any_value(),
         sigma in prop::option::of(any_value()),
         bias_correction in any::<bool>(),
+        bounded in any::<bool>(),
     ) {
         let sigma_init = sigma.map_or(SigmaInit::FixedPoint, SigmaInit::Value);
+        let sigma_max = if bounded { SigmaMax::FixedPoint } else { SigmaMax::None };
         let result = std::panic::catch_unwind(|| {
             BayesConfig::builder()
                 .beta(beta)
@@ -411,6 +477,7 @@ proptest! {
                 .eps(eps)
                 .bias_correction(bias_correction)
                 .sigma_init(sigma_init)
+                .sigma_max(sigma_max)
                 .weight_decay(weight_decay)
                 .momentum(momentum)
                 .build()
@@ -444,10 +511,16 @@ proptest! {
             spec_bad.push("sigma_init");
             bad.push("sigma_init");
         }
+        // SPEC: `sigma_max = fixed_point` requires η > 0 (in f32, as above).
+        if bounded && eta as f32 == 0.0 {
+            spec_bad.push("sigma_max");
+            bad.push("sigma_max");
+        }
         match &result {
             Ok(config) => {
                 prop_assert!(bad.is_empty(), "accepted although {bad:?} are out of range");
                 prop_assert_eq!(config.sigma_init, sigma_init);
+                prop_assert_eq!(config.sigma_max, sigma_max);
                 prop_assert_eq!(config.bias_correction, bias_correction);
             }
             Err(e @ Error::Config { field, allowed, .. }) => {

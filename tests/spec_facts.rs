@@ -10,12 +10,14 @@
 mod common;
 
 use bayesprop::reference::bayes as reference;
+use bayesprop::ulp::max_ulp_distance;
 use bayesprop::validate::{self, Oracle, Rule};
 use bayesprop::{
     BayesConfig, Checkpoint, CpuOptimizer, GpuContext, GpuOptimizer, GroupId, Layout,
-    NonFinitePolicy, Optimizer, OptimizerConfig, SigmaInit, StepReport, Stepper, Stored,
+    NonFinitePolicy, Optimizer, OptimizerConfig, SigmaInit, SigmaMax, StepReport, Stepper, Stored,
 };
 use ndarray::{s, Array1, Array2, ShapeBuilder};
+use proptest::prelude::*;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -150,6 +152,8 @@ on_cpu_and_gpu!(
     large_eta_is_sgd_with_lr_eta_squared,
     small_eta_at_the_fixed_point_is_rmsprop,
     eta_zero_variance_follows_the_one_over_t_law,
+    step_is_bounded_under_sigma_max,
+    bound_binds_only_by_rounding_when_curvature_never_rises,
 );
 
 fn rel(got: f64, want: f64) -> f64 {
@@ -488,6 +492,7 @@ fn eta_zero_variance_follows_the_one_over_t_law(make: &mut Factory) {
                 bias_correction,
                 weight_decay,
                 sigma_init: SigmaInit::Value(sigma0),
+                sigma_max: SigmaMax::None,
                 ..BayesConfig::default()
             };
             let mut rng = SmallRng::seed_from_u64(5);
@@ -543,6 +548,201 @@ fn eta_zero_variance_follows_the_one_over_t_law(make: &mut Factory) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Fact 6: sigma_max = fixed_point, λ = 0, β₁ = 0: |Δθ| ≤ η/sqrt((1 − β)·c2) + η²·|g|.
+// ---------------------------------------------------------------------------------------------
+
+/// A sparse stream per element: each step active with the element's own probability, and then
+/// a magnitude log-uniform over 1e-12 … 1e2 and a random sign; inactive steps are 0.
+fn sparse_streams(n: usize, steps: u64, seed: u64) -> Vec<Vec<f32>> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let active: Vec<f64> = (0..n)
+        .map(|_| [0.02, 0.2, 0.7, 1.0][rng.random_range(0..4)])
+        .collect();
+    (0..steps)
+        .map(|_| {
+            active
+                .iter()
+                .map(|&p| {
+                    if !rng.random_bool(p) {
+                        return 0.0;
+                    }
+                    let g = 10f64.powf(rng.random_range(-12.0..2.0)) as f32;
+                    if rng.random_bool(0.5) {
+                        g
+                    } else {
+                        -g
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Steps `config` over `grads` from θ₀ = 0 and returns, over every element and step, the
+/// largest (|Δθ| − ½ ulp(θ)) / (η/sqrt((1 − β)·c2) + η²·|g|) and how many steps exceed 1:
+/// the bound up to the rounding of θ − σ·d itself.
+fn worst_step_ratio(make: &mut Factory, config: BayesConfig, grads: &[Vec<f32>]) -> (f64, usize) {
+    let n = grads[0].len();
+    let mut opt = make(config, &vec![0.0; n]);
+    let mut before = opt.theta().unwrap();
+    let (mut worst, mut over) = (0f64, 0);
+    for (k, g) in grads.iter().enumerate() {
+        let t = k as u64 + 1;
+        opt.step(g).unwrap();
+        let after = opt.theta().unwrap();
+        let c2 = if config.bias_correction {
+            1.0 / (1.0 - config.beta.powi(t as i32))
+        } else {
+            1.0
+        };
+        for i in 0..n {
+            let bound = config.eta / ((1.0 - config.beta) * c2).sqrt()
+                + config.eta * config.eta * (g[i] as f64).abs();
+            let step = (after[i] as f64 - before[i] as f64).abs() - 0.5 * ulp(after[i]);
+            let ratio = step / bound;
+            worst = worst.max(ratio);
+            over += usize::from(ratio > 1.0);
+        }
+        before = after;
+    }
+    (worst, over)
+}
+
+fn step_is_bounded_under_sigma_max(make: &mut Factory) {
+    use proptest::test_runner::{Config, TestRunner};
+    let (n, steps) = (64, 40);
+    let mut runner = TestRunner::new(Config {
+        cases: 48,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let worst = std::cell::Cell::new(0f64);
+    // The runner takes an `Fn`; each case borrows the factory in turn.
+    let factory = std::cell::RefCell::new(make);
+    let strategy = (
+        prop::sample::select(vec![0.0, 0.9, 0.99, 0.999]),
+        -4.0f64..0.5,
+        any::<bool>(),
+        prop::sample::select(vec![
+            SigmaInit::FixedPoint,
+            SigmaInit::Value(1e-2),
+            SigmaInit::Value(1e3),
+        ]),
+        any::<u64>(),
+    );
+    runner
+        .run(
+            &strategy,
+            |(beta, log_eta, bias_correction, sigma_init, seed)| {
+                let config = BayesConfig {
+                    beta,
+                    eta: 10f64.powf(log_eta),
+                    bias_correction,
+                    sigma_init,
+                    ..BayesConfig::default()
+                };
+                let grads = sparse_streams(n, steps, seed);
+                let (ratio, over) = worst_step_ratio(&mut **factory.borrow_mut(), config, &grads);
+                worst.set(worst.get().max(ratio));
+                // Measured over 8 runs of 48 cases, reference and lavapipe: at most 1 + 9.6e-8
+                // (1.6 × 2⁻²⁴: σ* and σ·d each round once). Asserted at 1 + 4 × 2⁻²⁴.
+                prop_assert!(
+                    ratio <= 1.0 + 2.4e-7,
+                    "{config:?}: |Δθ| reached {ratio} times the bound ({over} steps over it)"
+                );
+                Ok(())
+            },
+        )
+        .unwrap();
+    // Without the bound the same kind of streams break it: the test can fail.
+    let make = factory.into_inner();
+    let grads = sparse_streams(n, steps, 7);
+    let unbounded = BayesConfig {
+        sigma_max: SigmaMax::None,
+        ..BayesConfig::default()
+    };
+    let (ratio_none, over_none) = worst_step_ratio(make, unbounded, &grads);
+    let (ratio_bound, _) = worst_step_ratio(make, BayesConfig::default(), &grads);
+    eprintln!(
+        "fact 6: bounded, worst |Δθ| / bound = 1 + {:e}; unbounded, {over_none} of {} steps over \
+         it, the worst {ratio_none:e} times",
+        worst.get().max(ratio_bound) - 1.0,
+        n * steps as usize
+    );
+    assert!(ratio_bound <= 1.0 + 2.4e-7);
+    assert!(over_none > 0, "sigma_max = none never broke the bound");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fact 7: when |g| never increases (h never rises) and h ≫ eps², fixed_point and none agree to
+// a few ULP per step.
+// ---------------------------------------------------------------------------------------------
+
+fn bound_binds_only_by_rounding_when_curvature_never_rises(make: &mut Factory) {
+    let (n, steps) = (256usize, 100u64);
+    let mut rng = SmallRng::seed_from_u64(17);
+    // |g_t| = a·r^t, a log-uniform over 1e-3 … 1e2, r in [0.9, 1], random signs per step.
+    let shape: Vec<(f64, f64)> = (0..n)
+        .map(|_| {
+            (
+                10f64.powf(rng.random_range(-3.0..2.0)),
+                rng.random_range(0.9..=1.0),
+            )
+        })
+        .collect();
+    let grads: Vec<Vec<f32>> = (1..=steps)
+        .map(|t| {
+            shape
+                .iter()
+                .map(|&(a, r)| {
+                    let g = (a * r.powi(t as i32)) as f32;
+                    if rng.random_bool(0.5) {
+                        g
+                    } else {
+                        -g
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let theta0: Vec<f32> = (0..n).map(|_| rng.random_range(1.0..10.0)).collect();
+    let mut worst_per_step = 0f64;
+    for (eta, beta, sigma_init) in [
+        (1e-3, 0.999, SigmaInit::FixedPoint),
+        (1e-2, 0.9, SigmaInit::FixedPoint),
+        (1e-1, 0.99, SigmaInit::Value(1e-6)),
+    ] {
+        let config = |sigma_max| BayesConfig {
+            eta,
+            beta,
+            sigma_init,
+            sigma_max,
+            ..BayesConfig::default()
+        };
+        let mut bounded = make(config(SigmaMax::FixedPoint), &theta0);
+        let mut free = make(config(SigmaMax::None), &theta0);
+        for (k, g) in grads.iter().enumerate() {
+            let t = k as f64 + 1.0;
+            bounded.step(g).unwrap();
+            free.step(g).unwrap();
+            for (what, a, b) in [
+                ("θ", bounded.theta().unwrap(), free.theta().unwrap()),
+                ("σ", sigma(&*bounded), sigma(&*free)),
+            ] {
+                let (d, at) = max_ulp_distance(&a, &b);
+                worst_per_step = worst_per_step.max(d as f64 / t);
+                // Measured: at most 1.0 ULP per step (σ or θ, reference and lavapipe).
+                assert!(
+                    d as f64 <= 2.0 * t,
+                    "eta={eta} beta={beta}: {what}[{at}] differs by {d} ULP after step {t}"
+                );
+            }
+        }
+    }
+    eprintln!("fact 7: fixed_point against none: at most {worst_per_step:.2} ULP per step");
+}
+
+// ---------------------------------------------------------------------------------------------
 // The f64 oracle against the f32 reference.
 // ---------------------------------------------------------------------------------------------
 
@@ -581,6 +781,7 @@ fn f64_oracle_and_f32_reference_agree() {
                 eta: 0.0,
                 beta: 0.99,
                 sigma_init: SigmaInit::Value(1e-2),
+                sigma_max: SigmaMax::None,
                 ..BayesConfig::default()
             },
             1.0,

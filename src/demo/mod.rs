@@ -1,7 +1,8 @@
 //! `bayesprop demo`: show it learning.
 //!
 //! Trains a softmax regression and a one-hidden-layer MLP on the UCI optical digits (embedded,
-//! see `data/README.md`) with every optimizer of the comparison, each stepping on the chosen
+//! see `data/README.md`), and a logistic regression on a sparse power-law problem generated from
+//! a seed ([`sparse`]), with every optimizer of the comparison, each stepping on the chosen
 //! device, each with a small sweep of its learning rate (η for the `bayes` family) picked
 //! on the validation split. Gradients are computed on the CPU by hand-derived backprop
 //! ([`model`]). Then it measures the theory's regimes on a noisy quadratic ([`regimes`]) and
@@ -15,6 +16,7 @@ pub mod model;
 pub mod plots;
 pub mod regimes;
 pub mod render;
+pub mod sparse;
 pub mod train;
 
 use std::path::Path;
@@ -101,15 +103,19 @@ pub struct Contender {
     pub grid: [f64; 5],
 }
 
+/// Runs beside the table's rows: `bayes` without the bound on σ (SPEC §2), to show what the
+/// bound does.
+pub const ABLATIONS: [Contender; 1] = [Contender {
+    name: "bayes",
+    knob: "eta",
+    fixed: "sigma_max=none",
+    grid: crate::optim::ADAPTIVE_GRID,
+}];
+
 /// The comparison: one contender per row of the optimizer table, with the row's sweep (every
-/// setting but the swept one at its torch.optim default; SGD with momentum 0.9).
-pub const CONTENDERS: [Contender; TABLE.len()] = {
-    let mut contenders = [Contender {
-        name: "",
-        knob: "",
-        fixed: "",
-        grid: [0.0; 5],
-    }; TABLE.len()];
+/// setting but the swept one at its default; SGD with momentum 0.9), then the ablations.
+pub const CONTENDERS: [Contender; TABLE.len() + ABLATIONS.len()] = {
+    let mut contenders = [ABLATIONS[0]; TABLE.len() + ABLATIONS.len()];
     let mut i = 0;
     while i < TABLE.len() {
         let row = &TABLE[i];
@@ -121,10 +127,24 @@ pub const CONTENDERS: [Contender; TABLE.len()] = {
         };
         i += 1;
     }
+    while i < contenders.len() {
+        contenders[i] = ABLATIONS[i - TABLE.len()];
+        i += 1;
+    }
     contenders
 };
 
 impl Contender {
+    /// The row's name in tables and legends: the optimizer, then its fixed settings
+    /// (`bayes sigma_max=none`, `sgd momentum=0.9`).
+    pub fn label(&self) -> String {
+        if self.fixed.is_empty() {
+            self.name.to_string()
+        } else {
+            format!("{} {}", self.name, self.fixed)
+        }
+    }
+
     /// The `k` values in the middle of the grid (all five for k ≥ 5, the middle one for k ≤ 1):
     /// half-decade steps around the grid's centre.
     pub fn sweep(&self, k: usize) -> Vec<f64> {
@@ -163,8 +183,7 @@ pub struct Budget {
 }
 
 impl Budget {
-    /// `--quick`: 3-value sweeps, short runs; well under a minute in a release build on two
-    /// cores.
+    /// `--quick`: 3-value sweeps, short runs; under a minute in a release build on two cores.
     pub fn quick() -> Self {
         Budget {
             name: "quick".into(),
@@ -173,7 +192,7 @@ impl Budget {
             hidden: 64,
             eval_every: 10,
             sweep: 3,
-            models: vec![Model::Softmax, Model::Mlp { hidden: 64 }],
+            models: vec![Model::Softmax, Model::Mlp { hidden: 64 }, Model::Sparse],
             contenders: CONTENDERS.to_vec(),
             regimes: RegimeSettings {
                 h: 1.0,
@@ -195,7 +214,7 @@ impl Budget {
             eval_every: 25,
             sweep: 5,
             hidden: 128,
-            models: vec![Model::Softmax, Model::Mlp { hidden: 128 }],
+            models: vec![Model::Softmax, Model::Mlp { hidden: 128 }, Model::Sparse],
             regimes: RegimeSettings {
                 replicas: 2048,
                 steps: 1500,
@@ -309,7 +328,8 @@ fn progress_bar(enabled: bool, total: u64) -> ProgressBar {
 pub fn run(device: &Device, options: &DemoOptions) -> Result<Report> {
     let start = Instant::now();
     let budget = &options.budget;
-    let data = data::split(&data::load_digits()?, options.seed);
+    let digits = data::split(&data::load_digits()?, options.seed);
+    let sparse = sparse::generate(options.seed);
     let schedule = Schedule {
         steps: budget.steps,
         batch: budget.batch,
@@ -320,11 +340,15 @@ pub fn run(device: &Device, options: &DemoOptions) -> Result<Report> {
     let mut entries = Vec::new();
     for &model in &budget.models {
         let theta0 = model.init(options.seed.wrapping_add(2));
+        let data = match model {
+            Model::Sparse => &sparse,
+            Model::Softmax | Model::Mlp { .. } => &digits,
+        };
         let task = train::Task {
             device,
             model,
             theta0: &theta0,
-            data: &data,
+            data,
             schedule: &schedule,
         };
         for &contender in &budget.contenders {
@@ -343,7 +367,8 @@ pub fn run(device: &Device, options: &DemoOptions) -> Result<Report> {
             for value in values {
                 progress.set_message(format!(
                     "{model} {} {}={value:e}",
-                    contender.name, contender.knob
+                    contender.label(),
+                    contender.knob
                 ));
                 let result = contender
                     .config(value)
@@ -356,7 +381,7 @@ pub fn run(device: &Device, options: &DemoOptions) -> Result<Report> {
             entries.push(Entry {
                 model,
                 contender,
-                outcome: Outcome::Trained(choose(model, runs, &data)),
+                outcome: Outcome::Trained(choose(model, runs, data)),
             });
         }
     }
@@ -369,7 +394,11 @@ pub fn run(device: &Device, options: &DemoOptions) -> Result<Report> {
         device_short: device.short(),
         budget: budget.clone(),
         seed: options.seed,
-        split_sizes: (data.train.len(), data.validation.len(), data.test.len()),
+        split_sizes: (
+            digits.train.len(),
+            digits.validation.len(),
+            digits.test.len(),
+        ),
         entries,
         regimes,
         wall_s: start.elapsed().as_secs_f64(),

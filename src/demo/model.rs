@@ -13,6 +13,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::demo::data::{CLASSES, FEATURES};
+use crate::demo::sparse;
 
 /// The float types the models compute in.
 pub trait Float:
@@ -42,13 +43,17 @@ impl Float for f64 {
     }
 }
 
-/// A classifier of `FEATURES` inputs into `CLASSES` classes.
+/// A classifier: of the digits' `FEATURES` pixels into `CLASSES` classes, or of the sparse
+/// problem's binary features into two.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Model {
-    /// Multinomial logistic regression: logits = x·W + b.
+    /// Multinomial logistic regression of the digits: logits = x·W + b.
     Softmax,
     /// One hidden layer of `hidden` tanh units: logits = tanh(x·W1 + b1)·W2 + b2.
     Mlp { hidden: usize },
+    /// Logistic regression (a two-class softmax) of the sparse power-law problem
+    /// ([`crate::demo::sparse`]).
+    Sparse,
 }
 
 impl fmt::Display for Model {
@@ -56,6 +61,7 @@ impl fmt::Display for Model {
         match self {
             Model::Softmax => write!(f, "softmax"),
             Model::Mlp { hidden } => write!(f, "mlp-{hidden}"),
+            Model::Sparse => write!(f, "sparse-logistic"),
         }
     }
 }
@@ -64,12 +70,23 @@ impl Model {
     /// Length of θ.
     pub fn num_params(&self) -> usize {
         match *self {
-            Model::Softmax => FEATURES * CLASSES + CLASSES,
+            Model::Softmax | Model::Sparse => {
+                let (inputs, classes) = self.dims();
+                inputs * classes + classes
+            }
             Model::Mlp { hidden } => FEATURES * hidden + hidden + hidden * CLASSES + CLASSES,
         }
     }
 
-    /// θ₀: zeros for softmax regression (its loss is convex); for the MLP, weights uniform in
+    /// Input width and number of classes.
+    pub fn dims(&self) -> (usize, usize) {
+        match *self {
+            Model::Softmax | Model::Mlp { .. } => (FEATURES, CLASSES),
+            Model::Sparse => (sparse::FEATURES, sparse::CLASSES),
+        }
+    }
+
+    /// θ₀: zeros for the linear models (their loss is convex); for the MLP, weights uniform in
     /// ±1/sqrt(fan_in) from a seeded generator and zero biases.
     pub fn init(&self, seed: u64) -> Vec<f32> {
         let mut theta = vec![0.0f32; self.num_params()];
@@ -98,18 +115,19 @@ impl Model {
         y: &[usize],
         grad: Option<&mut [F]>,
     ) -> F {
+        let (inputs, classes) = self.dims();
         assert_eq!(theta.len(), self.num_params(), "θ length");
-        assert_eq!(x.ncols(), FEATURES, "input width");
+        assert_eq!(x.ncols(), inputs, "input width");
         assert_eq!(x.nrows(), y.len(), "one label per row");
         match *self {
-            Model::Softmax => {
-                let (w, b) = linear(theta, FEATURES, CLASSES);
+            Model::Softmax | Model::Sparse => {
+                let (w, b) = linear(theta, inputs, classes);
                 let mut z = x.dot(&w);
                 z += &b;
                 let loss = softmax_cross_entropy(&mut z, y);
                 if let Some(grad) = grad {
                     // z now holds dL/dz.
-                    let (mut gw, mut gb) = linear_mut(grad, FEATURES, CLASSES);
+                    let (mut gw, mut gb) = linear_mut(grad, inputs, classes);
                     gw.assign(&x.t().dot(&z));
                     gb.assign(&z.sum_axis(Axis(0)));
                 }
@@ -174,8 +192,9 @@ impl Model {
 
     fn logits(&self, theta: &[f32], x: ArrayView2<'_, f32>) -> Array2<f32> {
         match *self {
-            Model::Softmax => {
-                let (w, b) = linear(theta, FEATURES, CLASSES);
+            Model::Softmax | Model::Sparse => {
+                let (inputs, classes) = self.dims();
+                let (w, b) = linear(theta, inputs, classes);
                 x.dot(&w) + b
             }
             Model::Mlp { hidden } => {

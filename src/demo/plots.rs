@@ -8,9 +8,8 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use crate::demo::train::{Run, SIGMA_QUANTILES};
-use crate::demo::{fmt_value, Entry, Model, Report};
+use crate::demo::{fmt_value, Entry, Model, Report, CONTENDERS};
 use crate::error::{Error, Result};
-use crate::optim::TABLE;
 
 type Plot<T = ()> = std::result::Result<T, Box<dyn StdError>>;
 
@@ -31,9 +30,11 @@ const PALETTE: [RGBColor; 10] = [
     RGBColor(188, 189, 34),
 ];
 
-/// One colour per optimizer, the same in every figure: its row's in the palette.
-pub fn color(optimizer: &str) -> RGBColor {
-    let row = TABLE.iter().position(|row| row.name == optimizer);
+/// One colour per contender (by its label), the same in every figure: the table's rows in
+/// order, then the ablations.
+pub fn color(label: &str) -> RGBColor {
+    let row = (CONTENDERS.iter().position(|c| c.label() == label))
+        .or_else(|| CONTENDERS.iter().position(|c| c.name == label));
     PALETTE[row.unwrap_or(PALETTE.len() - 1) % PALETTE.len()]
 }
 
@@ -125,7 +126,7 @@ fn loss_panel(area: &DrawingArea<SVGBackend<'_>, Shift>, report: &Report, model:
         })
         .draw()?;
     for (entry, run) in runs {
-        let c = color(entry.contender.name);
+        let c = color(&entry.contender.label());
         let points: Vec<(f64, f64)> = run
             .curve
             .iter()
@@ -136,7 +137,7 @@ fn loss_panel(area: &DrawingArea<SVGBackend<'_>, Shift>, report: &Report, model:
             .draw_series(LineSeries::new(points, c.stroke_width(2)))?
             .label(format!(
                 "{} {}={} (final {:.3})",
-                entry.contender.name,
+                entry.contender.label(),
                 entry.contender.knob,
                 fmt_value(run.value),
                 run.final_loss()
@@ -154,7 +155,8 @@ fn loss_panel(area: &DrawingArea<SVGBackend<'_>, Shift>, report: &Report, model:
 }
 
 /// `sigma.svg`: quantiles of σ over training for `bayes`' chosen run on each model, with the
-/// fixed point σ*(h) of the median curvature.
+/// fixed point σ*(h) of the median curvature; beside it the ablation without the bound
+/// (`sigma_max=none`): its median, its 95% quantile and its own σ*(h).
 pub fn sigma(path: &Path, report: &Report) -> Result<()> {
     save(path, |path| {
         let models = &report.budget.models;
@@ -170,19 +172,25 @@ pub fn sigma(path: &Path, report: &Report) -> Result<()> {
     })
 }
 
-fn sigma_panel(area: &DrawingArea<SVGBackend<'_>, Shift>, report: &Report, model: Model) -> Plot {
-    let run = report
+/// The chosen run of the row labelled `label` on `model`, if it recorded σ.
+fn sigma_run<'a>(report: &'a Report, model: Model, label: &str) -> Option<&'a Run> {
+    report
         .entries
         .iter()
-        .filter(|e| e.model == model && e.contender.name == "bayes")
-        .find_map(|e| e.chosen());
-    let Some(run) = run.filter(|r| !r.sigma.is_empty()) else {
+        .filter(|e| e.model == model && e.contender.label() == label)
+        .find_map(|e| e.chosen())
+        .filter(|r| !r.sigma.is_empty())
+}
+
+fn sigma_panel(area: &DrawingArea<SVGBackend<'_>, Shift>, report: &Report, model: Model) -> Plot {
+    let Some(run) = sigma_run(report, model, "bayes") else {
         return empty_panel(
             area,
             &format!("{model}: σ of bayes"),
             "no bayes run to show (see results.md)",
         );
     };
+    let ablation = sigma_run(report, model, "bayes sigma_max=none");
     let last = run.sigma.last().expect("not empty");
     let caption = format!(
         "{model}: σ of bayes, η={} ({}% of elements at σ=0)",
@@ -192,10 +200,11 @@ fn sigma_panel(area: &DrawingArea<SVGBackend<'_>, Shift>, report: &Report, model
     let (lo, hi) = log_bounds(
         run.sigma
             .iter()
+            .chain(ablation.iter().flat_map(|r| &r.sigma))
             .flat_map(|p| p.quantiles.iter().copied().chain([p.sigma_star])),
     );
     // Room above the bands for the legend.
-    let hi = hi * 30.0;
+    let hi = hi * 1e3;
     let first = run.sigma[0].step as f64;
     let mut chart = ChartBuilder::on(area)
         .caption(caption, CAPTION)
@@ -253,8 +262,39 @@ fn sigma_panel(area: &DrawingArea<SVGBackend<'_>, Shift>, report: &Report, model
             5,
             BLACK.stroke_width(2),
         ))?
-        .label("σ*(h) at the median h = ŝ + λ")
+        .label("σ*(h) at the median h = ŝ + λ (the bound)")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2)));
+    if let Some(free) = ablation {
+        let a = color("bayes sigma_max=none");
+        let eta = fmt_value(free.value);
+        chart
+            .draw_series(LineSeries::new(
+                free.sigma.iter().map(|p| (p.step as f64, p.quantiles[2])),
+                a.stroke_width(2),
+            ))?
+            .label(format!("sigma_max=none (η={eta}): σ, median"))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], a.stroke_width(2)));
+        chart
+            .draw_series(DashedLineSeries::new(
+                free.sigma.iter().map(|p| (p.step as f64, p.quantiles[4])),
+                3,
+                3,
+                a.stroke_width(2),
+            ))?
+            .label(format!("sigma_max=none: σ, {}% quantile", pct(4)))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], a.stroke_width(1)));
+        chart
+            .draw_series(DashedLineSeries::new(
+                free.sigma.iter().map(|p| (p.step as f64, p.sigma_star)),
+                8,
+                5,
+                a.mix(0.6).stroke_width(1),
+            ))?
+            .label("sigma_max=none: σ*(h) at its median h")
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], a.mix(0.6).stroke_width(1))
+            });
+    }
     chart
         .configure_series_labels()
         .label_font(LABEL)

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::demo::{plots, Outcome, Report};
+use crate::demo::{plots, sparse, Outcome, Report};
 use crate::error::{Error, Result};
 
 /// A hyperparameter value as the tables and legends print it.
@@ -25,7 +25,7 @@ impl Report {
         );
         let _ = writeln!(t, "|---|---|---|---|---:|---:|---:|---:|---:|---:|");
         for e in &self.entries {
-            let (model, name) = (e.model, e.contender.name);
+            let (model, name) = (e.model, e.contender.label());
             let dev = self.device_short;
             match &e.outcome {
                 Outcome::Skipped(why) => {
@@ -111,7 +111,7 @@ impl Report {
                 t,
                 "| {} | {} | {} |",
                 e.model,
-                e.contender.name,
+                e.contender.label(),
                 cells.join("; ")
             );
         }
@@ -136,6 +136,14 @@ impl Report {
             .iter()
             .map(|m| format!("{m} ({} parameters)", m.num_params()))
             .collect();
+        let _ = writeln!(
+            md,
+            "- Sparse problem: a seeded synthetic logistic regression (`src/demo/sparse.rs`): {} binary features whose frequencies follow a power law, 0.5·(j + 1)^−0.8 (98% of features are on in fewer than 5% of samples, half in fewer than 0.35%), labels drawn from sigmoid(x·w + b) with w ~ N(0, 1.5²); split {} train / {} validation / {} test.",
+            sparse::FEATURES,
+            sparse::TRAIN,
+            sparse::VALIDATION,
+            sparse::TEST
+        );
         let _ = writeln!(
             md,
             "- Models: {}; mean cross-entropy, gradients by hand-derived backprop on the CPU.",

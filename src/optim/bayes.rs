@@ -3,7 +3,7 @@
 use crate::error::{Error, Result};
 use crate::kernels::{Kernel, BAYES};
 use crate::optim::config::{config, Setting};
-use crate::optim::{bias_correction, Optimizer, StateSlot};
+use crate::optim::{bias_correction, flag, Optimizer, StateSlot};
 use crate::reference::bayes::{self as reference, BayesScalars};
 
 const NAME: &str = "bayes";
@@ -18,6 +18,18 @@ pub enum SigmaInit {
     Value(f64),
 }
 
+/// Whether σ is bounded by the fixed point of the current curvature (SPEC §2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum SigmaMax {
+    /// σ never exceeds σ*(h + eps²), the fixed point of the current curvature: after a rise
+    /// of the curvature σ drops to it at once instead of relaxing at rate hσ per step.
+    /// Needs eta > 0.
+    #[default]
+    FixedPoint,
+    /// No bound: the rule without it.
+    None,
+}
+
 config! {
     /// Hyperparameters of `bayes`. Build with [`BayesConfig::builder`] or start from
     /// `default()`.
@@ -26,12 +38,14 @@ config! {
         beta: f64 = 0.999,
         /// Diffusion standard deviation per step, ≥ 0.
         eta: f64 = 1e-3,
-        /// Floor used only in the fixed-point initialisation, > 0.
+        /// Curvature floor (eps²) inside σ*, the fixed point that initialises and bounds σ, > 0.
         eps: f64 = 1e-8,
         /// Divide the EMA by (1 − beta^t), as Adam does.
         bias_correction: bool = true,
         /// How σ starts.
         sigma_init: SigmaInit = SigmaInit::FixedPoint,
+        /// Whether σ is bounded by σ*(h + eps²) of the current curvature.
+        sigma_max: SigmaMax = SigmaMax::FixedPoint,
         /// λ ≥ 0: a Gaussian prior N(0, 1/λ) on θ.
         weight_decay: f64 = 0.0,
         /// β₁ in [0, 1): EMA of the prior-adjusted gradient; 0 turns it off.
@@ -44,6 +58,21 @@ impl Setting for SigmaInit {
         match value.trim() {
             "fixed_point" | "FixedPoint" => Ok(SigmaInit::FixedPoint),
             v => Ok(SigmaInit::Value(f64::parse_setting(optimizer, field, v)?)),
+        }
+    }
+}
+
+impl Setting for SigmaMax {
+    fn parse_setting(optimizer: &'static str, field: &'static str, value: &str) -> Result<Self> {
+        match value.trim() {
+            "fixed_point" | "FixedPoint" => Ok(SigmaMax::FixedPoint),
+            "none" | "None" => Ok(SigmaMax::None),
+            _ => Err(Error::config(
+                optimizer,
+                field,
+                value,
+                "fixed_point or none",
+            )),
         }
     }
 }
@@ -90,7 +119,8 @@ impl BayesConfig {
             eta: self.eta,
             eta_sq: self.eta * self.eta,
             eps_sq: self.eps * self.eps,
-            pad: [0.0; 2],
+            bound: flag(self.sigma_max == SigmaMax::FixedPoint),
+            pad: 0.0,
         }
     }
 
@@ -169,6 +199,15 @@ impl Optimizer for BayesConfig {
                 ))
             }
             SigmaInit::FixedPoint => {}
+        }
+        if self.sigma_max == SigmaMax::FixedPoint && self.eta as f32 == 0.0 {
+            return Err(Error::config(
+                NAME,
+                "sigma_max",
+                "fixed_point",
+                "none when eta = 0 in f32 (the fixed point of eta = 0 is σ = 0, which would \
+                 stop learning): set sigma_max=none, or eta > 0",
+            ));
         }
         Ok(())
     }

@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::kernels::Kernel;
 
 pub use adam::{AdamConfig, AdamConfigBuilder, AdamVariant};
-pub use bayes::{BayesConfig, BayesConfigBuilder, SigmaInit};
+pub use bayes::{BayesConfig, BayesConfigBuilder, SigmaInit, SigmaMax};
 pub use bayes_fp::{BayesFpConfig, BayesFpConfigBuilder};
 pub use config::Hyperparameters;
 pub use lion::{LionConfig, LionConfigBuilder};
@@ -39,15 +39,11 @@ pub use table::{settings, DemoRow, Row};
 
 /// Half-decade grids of the demo, centred where each family's learning rate works on its
 /// models: a 500-step trial (Adam, RMSProp and SGD with momentum written out by hand, `bayes`
-/// from this crate) put each one's best value inside its grid on both models. `bayes` at small
-/// η steps like RMSProp with lr η but its σ relaxes to σ*(h) only slowly; its best η there is a
-/// decade below the Adam family's best lr.
-const BAYES_GRID: [f64; 5] = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2];
-const ADAPTIVE_GRID: [f64; 5] = [1e-3, 3e-3, 1e-2, 3e-2, 1e-1];
+/// from this crate) put each one's best value inside its grid on the digits models. `bayes` and
+/// `bayes_fp` at small η step like RMSProp with lr η, so the whole adaptive family (the bayes
+/// rows, rmsprop, adam, adamw) sweeps the same grid.
+pub(crate) const ADAPTIVE_GRID: [f64; 5] = [1e-3, 3e-3, 1e-2, 3e-2, 1e-1];
 const SGD_GRID: [f64; 5] = [3e-2, 1e-1, 3e-1, 1.0, 3.0];
-/// Measured (full demo budget, `bayes`'s grid): `bayes_fp`'s best η was 1e-2 on the softmax, at
-/// the grid's top, and 1e-3 on the MLP; this grid holds both inside.
-const BAYES_FP_GRID: [f64; 5] = [3e-4, 1e-3, 3e-3, 1e-2, 3e-2];
 /// Lion's authors advise an lr 3–10× below AdamW's. Measured (full demo budget): best at 1e-3
 /// on the softmax and at 1e-4 on the MLP, so the grid reaches 3e-5.
 const LION_GRID: [f64; 5] = [3e-5, 1e-4, 3e-4, 1e-3, 3e-3];
@@ -70,20 +66,27 @@ table::optimizer_table! {
         "bayes" => BayesConfig::default(),
             battery &[
                 "eta=1e-6,1e-3,1,1e3 beta=0,0.9,0.999,0.999999 sigma_init=fixed_point,1e-2",
-                // η = 0 has no fixed point to start from (SPEC §2)
-                "eta=0 beta=0,0.9,0.999,0.999999 sigma_init=1e-2",
+                // η = 0 has no fixed point to start from or bound by (SPEC §2)
+                "eta=0 beta=0,0.9,0.999,0.999999 sigma_init=1e-2 sigma_max=none",
+                // without the bound; and with and without it on streams whose curvature
+                // rises after tiny first gradients (1e-17 … 1e-3), where it binds
+                "eta=1e-6,1e-3,1,1e3 sigma_init=fixed_point,1e-2 sigma_max=none",
+                "eta=1e-6,1e-3,1,1e3 sigma_init=fixed_point,1e-2 sigma_max=fixed_point,none \
+                 stream=rising",
                 "weight_decay=0.01",
+                "weight_decay=0.01 sigma_max=none stream=rising",
+                "weight_decay=0.01 momentum=0.9 stream=rising",
                 "bias_correction=false",
                 // the seed's form
-                "bias_correction=false sigma_init=1e-3",
+                "bias_correction=false sigma_init=1e-3 sigma_max=none",
                 // the dispatch edges: 1, not a multiple of the workgroup, one past it, and
                 // more than 65,535 workgroups of vec4
                 "n=1,3,255,256,257,1000003",
             ],
-            demo "eta" over BAYES_GRID;
+            demo "eta" over ADAPTIVE_GRID;
         preset "bayes_adam" => BayesConfig::bayes_adam(),
-            battery &[""],
-            demo "eta" over BAYES_GRID;
+            battery &["", "stream=rising"],
+            demo "eta" over ADAPTIVE_GRID;
     }
     /// SPEC §3, torch.optim.SGD.
     Sgd(SgdConfig), kernel SGD = "sgd" {
@@ -149,7 +152,7 @@ table::optimizer_table! {
                 "bias_correction=false",
                 "n=1,257",
             ],
-            demo "eta" over BAYES_FP_GRID;
+            demo "eta" over ADAPTIVE_GRID;
     }
 }
 

@@ -20,8 +20,10 @@ pub struct BayesScalars<F> {
     pub eta: F,
     pub eta_sq: F,
     pub eps_sq: F,
+    /// 1 with `sigma_max = fixed_point` (σ never exceeds σ*(h + eps²)), 0 with `none`.
+    pub bound: F,
     /// Uniform blocks are sized in multiples of 16 bytes.
-    pub pad: [F; 2],
+    pub pad: F,
 }
 
 // SAFETY: `repr(C)` with only f32 fields: no padding, every bit pattern valid.
@@ -43,7 +45,8 @@ impl BayesScalars<f64> {
             eta: r(self.eta),
             eta_sq: r(self.eta_sq),
             eps_sq: r(self.eps_sq),
-            pad: [0.0; 2],
+            bound: r(self.bound),
+            pad: 0.0,
         }
     }
 }
@@ -67,12 +70,11 @@ pub fn update_element<F: Float>(
     update::<F, true>(p, theta, g, s, sigma, m)
 }
 
-/// [`update_element`], with σ*(x) left out when `MAY_INIT` is false: the caller has checked
-/// that σ ≠ 0, where σ*(x) is never selected. The bits are the same; the square root and one
-/// of the two divisions per element are saved, which the fast CPU path needs to keep up with
-/// memory on few cores.
+/// [`update_element`], with σ*(x) left out when `STAR` is false: the caller has checked that
+/// the bound is off and σ ≠ 0, where σ*(x) is never selected. The bits are the same; the
+/// square root and one of the two divisions per element are saved.
 #[inline(always)]
-fn update<F: Float, const MAY_INIT: bool>(
+fn update<F: Float, const STAR: bool>(
     p: &BayesScalars<F>,
     theta: &mut F,
     g: F,
@@ -86,20 +88,25 @@ fn update<F: Float, const MAY_INIT: bool>(
     let sig0 = *sigma;
 
     let (s_new, h, d) = curvature_and_direction(p, th, g, *s, m);
-    // σ*(h + eps²), where σ = 0 and h > 0
-    let sig1 = if MAY_INIT {
+    // where σ > 0: posterior variance σ/(1 + hσ), exact for h = 0, then diffusion by η²
+    let (sig1, post) = if STAR {
+        // σ*(h + eps²): σ's start where σ = 0 and h > 0, and its bound under
+        // sigma_max = fixed_point
         let star = sigma_star(p, h + p.eps_sq);
-        if sig0 == zero && h > zero {
+        let sig1 = if sig0 == zero && h > zero { star } else { sig0 };
+        let post = sig1 / (one + h * sig1) + p.eta_sq;
+        // min(σ, σ*) spelled as a comparison, which Rust and WGSL evaluate alike for every
+        // input (their `min`s differ on NaN)
+        let post = if p.bound > zero && post > star {
             star
         } else {
-            sig0
-        }
+            post
+        };
+        (sig1, post)
     } else {
-        sig0
+        (sig0, sig0 / (one + h * sig0) + p.eta_sq)
     };
-    // where σ > 0: posterior variance σ/(1 + hσ), exact for h = 0, then diffusion by η²
     let live = sig1 > zero;
-    let post = sig1 / (one + h * sig1) + p.eta_sq;
     *theta = if live { th - post * d } else { th };
     *s = s_new;
     *sigma = if live { post } else { sig1 };
@@ -157,8 +164,14 @@ simd_fn! {
         if momentum {
             assert_eq!(m.len(), n, "momentum state length");
         }
-        // Blocks that stay in L1 between the look at σ and the update, so that σ*(x) is
-        // computed only in blocks where some σ is still 0 (usually the first step alone).
+        if p.bound > F::zero() {
+            // The bound needs σ*(x) at every element and every step: nothing to skip.
+            let m = if momentum { Some(m) } else { None };
+            block::<F, true>(p, (theta, grad, s, sigma, m));
+            return;
+        }
+        // Unbounded, σ*(x) is needed only where σ is still 0 (usually the first step alone):
+        // blocks that stay in L1 between the look at σ and the update skip it elsewhere.
         const BLOCK: usize = 256;
         for start in (0..n).step_by(BLOCK) {
             let end = n.min(start + BLOCK);
@@ -193,10 +206,7 @@ type Block<'a, F> = (
 
 /// One loop per case, so that each compiles to SIMD.
 #[inline(always)]
-fn block<F: Float, const MAY_INIT: bool>(
-    p: &BayesScalars<F>,
-    (theta, grad, s, sigma, m): Block<F>,
-) {
+fn block<F: Float, const STAR: bool>(p: &BayesScalars<F>, (theta, grad, s, sigma, m): Block<F>) {
     let n = theta.len();
     let (grad, s, sigma) = (&grad[..n], &mut s[..n], &mut sigma[..n]);
     match m {
@@ -204,12 +214,12 @@ fn block<F: Float, const MAY_INIT: bool>(
             let m = &mut m[..n];
             for i in 0..n {
                 let m = Some(&mut m[i]);
-                update::<F, MAY_INIT>(p, &mut theta[i], grad[i], &mut s[i], &mut sigma[i], m);
+                update::<F, STAR>(p, &mut theta[i], grad[i], &mut s[i], &mut sigma[i], m);
             }
         }
         None => {
             for i in 0..n {
-                update::<F, MAY_INIT>(p, &mut theta[i], grad[i], &mut s[i], &mut sigma[i], None);
+                update::<F, STAR>(p, &mut theta[i], grad[i], &mut s[i], &mut sigma[i], None);
             }
         }
     }
@@ -238,7 +248,7 @@ pub fn step_views<F: Float>(
 mod tests {
     use super::*;
 
-    /// `step` computes σ*(x) only in blocks where some σ is 0; the bits must be those of
+    /// `step` without the bound computes σ*(x) only in blocks where some σ is 0; the bits must be those of
     /// [`update_element`] everywhere, in blocks of every mix: all σ = 0, none, and some, with
     /// h = 0 elements (g = 0, no decay) that keep σ = 0.
     #[test]
@@ -255,7 +265,8 @@ mod tests {
             eta: 1e-2,
             eta_sq: 1e-4,
             eps_sq: 1e-16,
-            pad: [0.0; 2],
+            bound: 0.0,
+            pad: 0.0,
         }
         .to_f32();
         // Block 0: σ all 0; block 1: none 0; blocks 2 and 3: every 7th 0.
@@ -293,5 +304,138 @@ mod tests {
         }
         // Some h = 0 elements kept σ = 0, so later blocks really mix.
         assert!(mixed > 0);
+    }
+
+    /// The element step as it was before `sigma_max` existed, copied verbatim (less the
+    /// const generic): `sigma_max = none` must keep its bits.
+    fn unbounded_before_sigma_max(
+        p: &BayesScalars<f32>,
+        theta: &mut f32,
+        g: f32,
+        s: &mut f32,
+        sigma: &mut f32,
+        m: Option<&mut f32>,
+    ) {
+        let th = *theta;
+        let sig0 = *sigma;
+        let s_new = p.beta * *s + p.one_minus_beta * g * g;
+        let s_hat = s_new * p.c2;
+        let h = s_hat + p.weight_decay;
+        let g_tilde = g + p.weight_decay * th;
+        let d = match m {
+            Some(m) => {
+                *m = p.beta1 * *m + p.one_minus_beta1 * g_tilde;
+                *m * p.c1
+            }
+            None => g_tilde,
+        };
+        let x = h + p.eps_sq;
+        let star = p.eta_sq * 0.5 + p.eta * (p.eta_sq * 0.25 + 1.0 / x).sqrt();
+        let sig1 = if sig0 == 0.0 && h > 0.0 { star } else { sig0 };
+        let live = sig1 > 0.0;
+        let post = sig1 / (1.0 + h * sig1) + p.eta_sq;
+        *theta = if live { th - post * d } else { th };
+        *s = s_new;
+        *sigma = if live { post } else { sig1 };
+    }
+
+    /// `sigma_max = none` reproduces the rule before the bound bit for bit, through `step`
+    /// (both block shapes) and `update_element`, over the validate battery's regimes and
+    /// streams with tiny first gradients, where the bound would bind.
+    #[test]
+    fn sigma_max_none_keeps_the_bits_of_the_unbounded_rule() {
+        use crate::optim::{BayesConfig, SigmaInit, SigmaMax};
+        let n = 1000;
+        let mut configs = Vec::new();
+        for eta in [0.0, 1e-6, 1e-3, 1.0, 1e3] {
+            for (beta, momentum, weight_decay) in [(0.999, 0.0, 0.0), (0.9, 0.9, 1e-2)] {
+                for sigma_init in [SigmaInit::FixedPoint, SigmaInit::Value(1e-2)] {
+                    if eta == 0.0 && sigma_init == SigmaInit::FixedPoint {
+                        continue;
+                    }
+                    configs.push(BayesConfig {
+                        eta,
+                        beta,
+                        momentum,
+                        weight_decay,
+                        sigma_init,
+                        sigma_max: SigmaMax::None,
+                        ..BayesConfig::default()
+                    });
+                }
+            }
+        }
+        let mut changed = 0;
+        for config in configs {
+            let theta0 = crate::validate::initial_theta(n, 9);
+            let sigma0 = match config.sigma_init {
+                SigmaInit::FixedPoint => 0.0,
+                SigmaInit::Value(v) => v as f32,
+            };
+            let mut new = (
+                theta0.clone(),
+                vec![0f32; n],
+                vec![sigma0; n],
+                vec![0f32; n],
+            );
+            let mut old = new.clone();
+            for t in 1..=60 {
+                let p = config.scalars(t).to_f32();
+                let g = crate::validate::rising_gradient(n, 9, t);
+                let m: &mut [f32] = if config.momentum > 0.0 {
+                    &mut new.3
+                } else {
+                    &mut []
+                };
+                step(&p, &mut new.0, &g, &mut new.1, &mut new.2, m);
+                for (i, &g) in g.iter().enumerate() {
+                    let m = (config.momentum > 0.0).then_some(&mut old.3[i]);
+                    unbounded_before_sigma_max(
+                        &p,
+                        &mut old.0[i],
+                        g,
+                        &mut old.1[i],
+                        &mut old.2[i],
+                        m,
+                    );
+                }
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&new.0), bits(&old.0), "{config:?}: θ at step {t}");
+                assert_eq!(bits(&new.1), bits(&old.1), "{config:?}: s at step {t}");
+                assert_eq!(bits(&new.2), bits(&old.2), "{config:?}: σ at step {t}");
+                assert_eq!(bits(&new.3), bits(&old.3), "{config:?}: m at step {t}");
+            }
+            // The bound changes these streams, so the comparison is not vacuous.
+            let bounded = BayesConfig {
+                sigma_max: SigmaMax::FixedPoint,
+                ..config
+            };
+            if bounded.eta > 0.0 {
+                let (mut th, mut s, mut sg, mut m) = (
+                    theta0.clone(),
+                    vec![0f32; n],
+                    vec![sigma0; n],
+                    vec![0f32; n],
+                );
+                for t in 1..=60 {
+                    let m: &mut [f32] = if config.momentum > 0.0 {
+                        &mut m
+                    } else {
+                        &mut []
+                    };
+                    let g = crate::validate::rising_gradient(n, 9, t);
+                    step(
+                        &bounded.scalars(t).to_f32(),
+                        &mut th,
+                        &g,
+                        &mut s,
+                        &mut sg,
+                        m,
+                    );
+                }
+                changed += usize::from(sg != old.2);
+            }
+        }
+        assert!(changed > 0, "the bound never changed σ on these streams");
     }
 }
