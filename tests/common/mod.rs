@@ -2,6 +2,9 @@
 //! under test; snapshots of θ and the state and their bitwise comparison; the two-group model.
 #![allow(dead_code)]
 
+#[cfg(feature = "cli")]
+pub mod cli;
+
 use bayesprop::validate::initial_theta;
 use bayesprop::{
     BayesConfig, CpuOptimizer, Error, GpuContext, GpuOptimizer, OptimizerConfig, ParamGroups,
