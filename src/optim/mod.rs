@@ -157,7 +157,10 @@ table::optimizer_table! {
 }
 
 /// What a step does with NaN or ±Inf gradient elements (SPEC §4). They never reach the state.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum NonFinitePolicy {
     /// The whole step of the group changes nothing and its step counter does not advance
     /// (like a gradient scaler's found-inf).
