@@ -18,6 +18,16 @@ struct Status {
     nonfinite: atomic<u32>,  // non-finite gradient elements seen in the current step
 }
 
+// The gradient transform of a step (SPEC §4b), one for every group: g ← g / scale · factor.
+// The host writes scale and clip_norm (or copies a device scale in); `reduce` in control.wgsl
+// writes norm and factor.
+struct Transform {
+    scale: f32,
+    clip_norm: f32,  // M; unused (and factor 1) without clipping
+    norm: f32,       // ‖g / scale‖ over the finite elements of every group
+    factor: f32,     // min(1, M / (norm + 1e-6))
+}
+
 fn element_index(workgroup: vec3<u32>, workgroups: vec3<u32>, local: u32) -> u32 {
     return (workgroup.y * workgroups.x + workgroup.x) * WORKGROUP_SIZE + local;
 }

@@ -1,19 +1,36 @@
 // Per-group step control, around the fused update of a group (after the lane width and
-// common.wgsl):
-//   scan    counts the group's non-finite gradients before the update (SkipStep and Error
-//           only: it reads g once more, 4 bytes per element)
+// common.wgsl), and the global norm of the gradient transform:
+//   scan    one read of g / scale: counts the group's non-finite elements before the update
+//           (SkipStep and Error), and with clipping writes one partial sum of the squares of
+//           the finite ones per workgroup (any policy)
+//   reduce  one workgroup: sums every group's partials, then writes the norm and clip factor
 //   commit  advances the group's step counter if the step was applied
+//
+// The order of every addition is the one src/transform.rs defines, so that the CPU reference
+// gets the same bits: a workgroup is 256 invocations (the host compiles this module with
+// WORKGROUP_SIZE = NORM_LANES), a block of 1,024 elements at vec4 width, halved in shared
+// memory; the partials are summed lane by lane, then halved.
+
+const NORM_LANES: u32 = 256u;
+const NORM_EPS: f32 = 1e-6;
 
 struct WindowHeader {
     base: u32,
     policy: u32,
-    pad0: u32,
+    norm: u32,   // 1: the scan writes partial sums of squares (clipping is on)
     pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> header: WindowHeader;
 @group(0) @binding(1) var<storage, read_write> status: Status;
 @group(0) @binding(2) var<storage, read> grad: array<V>;
+// This binding's region of the partials: one per workgroup (see src/transform.rs); for
+// `reduce`, every region of every group.
+@group(0) @binding(3) var<storage, read_write> partials: array<f32>;
+@group(1) @binding(0) var<storage, read_write> transform: Transform;
+
+var<workgroup> squares: array<V, NORM_LANES>;
+var<workgroup> sums: array<f32, NORM_LANES>;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn scan(
@@ -22,11 +39,54 @@ fn scan(
     @builtin(local_invocation_index) local: u32,
 ) {
     let i = element_index(workgroup, workgroups, local);
+    var square = V(0.0);
     if i < arrayLength(&grad) {
-        let bad = nonfinite_lanes(grad[i]);
-        if bad > 0u {
-            atomicAdd(&status.nonfinite, bad);
+        let u = grad[i] / transform.scale;
+        // Under SkipElement the update counts, element by element.
+        if header.policy != POLICY_SKIP_ELEMENT {
+            let bad = nonfinite_lanes(u);
+            if bad > 0u {
+                atomicAdd(&status.nonfinite, bad);
+            }
         }
+        square = select(V(0.0), u * u, finite(u));
+    }
+    if header.norm == 0u {
+        return;
+    }
+    squares[local] = square;
+    for (var s = NORM_LANES / 2u; s > 0u; s = s / 2u) {
+        workgroupBarrier();
+        if local < s {
+            squares[local] = squares[local] + squares[local + s];
+        }
+    }
+    // A workgroup of the 2-D grid's last row may lie wholly past the end: it owns no slot.
+    let block = workgroup.y * workgroups.x + workgroup.x;
+    if local == 0u && block * NORM_LANES < arrayLength(&grad) {
+        partials[block] = lane_sum(squares[0]);
+    }
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn reduce(@builtin(local_invocation_index) local: u32) {
+    var sum = 0.0;
+    for (var k = local; k < arrayLength(&partials); k = k + NORM_LANES) {
+        sum = sum + partials[k];
+    }
+    sums[local] = sum;
+    for (var s = NORM_LANES / 2u; s > 0u; s = s / 2u) {
+        workgroupBarrier();
+        if local < s {
+            sums[local] = sums[local] + sums[local + s];
+        }
+    }
+    if local == 0u {
+        let norm = sqrt(sums[0]);
+        let m = transform.clip_norm;
+        transform.norm = norm;
+        // As a comparison rather than min(), so that M = inf gives 1 even for norm = inf.
+        transform.factor = select(1.0, m / (norm + NORM_EPS), m < norm + NORM_EPS);
     }
 }
 

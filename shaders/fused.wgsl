@@ -8,6 +8,9 @@
 //   @binding(2) storage  theta    read_write, array<V>
 //   @binding(3) storage  grad     read, array<V>
 //   @binding(4..) storage state   read_write, array<V>, in the optimizer's state-slot order
+//   @group(1) @binding(0) storage Transform  read: the step's gradient transform, shared by
+//                                 every group (its scale and clip factor apply to the raw g
+//                                 before anything else; 1 and 1 leave g's bits as they are)
 //
 // Why a window: under SkipStep the device decides whether a step is applied, so the host does
 // not know the device's t when it records the next step without waiting for it. It uploads
@@ -28,6 +31,7 @@ struct Window {
 @group(0) @binding(1) var<storage, read_write> status: Status;
 @group(0) @binding(2) var<storage, read_write> theta: array<V>;
 @group(0) @binding(3) var<storage, read> grad: array<V>;
+@group(1) @binding(0) var<storage, read> transform: Transform;
 
 // The scalars of the step being applied.
 fn step_scalars() -> Scalars {
@@ -62,7 +66,7 @@ fn main(
     if i >= arrayLength(&theta) {
         return;
     }
-    let g = grad[i];
+    let g = grad[i] / transform.scale * transform.factor;
     let ok = admit(g);
     if !any(ok) {
         return;

@@ -10,6 +10,10 @@ fn finite(x: V) -> B {
     return (bitcast<U>(x) & 0x7f800000u) != 0x7f800000u;
 }
 
+fn lane_sum(x: V) -> f32 {
+    return x;
+}
+
 // 1 if x is NaN or ±Inf, else 0.
 fn nonfinite_lanes(x: V) -> u32 {
     return select(0u, 1u, !finite(x));

@@ -11,6 +11,11 @@ fn finite(x: V) -> B {
     return (bitcast<U>(x) & U(0x7f800000u)) != U(0x7f800000u);
 }
 
+// The lanes' sum in the order of the norm's halving tree (src/transform.rs): strides 2, 1.
+fn lane_sum(x: V) -> f32 {
+    return (x.x + x.z) + (x.y + x.w);
+}
+
 // How many lanes of x are NaN or ±Inf.
 fn nonfinite_lanes(x: V) -> u32 {
     let bad = select(U(0u), U(1u), !finite(x));

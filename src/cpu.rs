@@ -6,12 +6,32 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::checkpoint::Checkpoint;
-use crate::error::{nonfinite_report, Result};
+use crate::error::{nonfinite_report, Error, Result};
 use crate::layout::{
     initial_state, GroupId, GroupSpec, Layout, ParamGroups, StateSource, Stored, TensorId,
 };
 use crate::optim::{NonFinitePolicy, OptimizerConfig, StepReport};
+use crate::transform::{self, GradTransform, NormReport};
 use crate::Stepper;
+
+/// A step's gradient transform, known before any group updates: g ← g / scale · factor, and
+/// the non-finite count of g / scale that the scan found in this group.
+#[derive(Clone, Copy, Debug)]
+struct Transformed {
+    scale: f32,
+    factor: f32,
+    count: u64,
+}
+
+impl Transformed {
+    /// g / S · c, as the device computes it, or g itself without a transform.
+    fn apply(this: Option<Self>, grad: &[f32]) -> std::borrow::Cow<'_, [f32]> {
+        match this {
+            None => std::borrow::Cow::Borrowed(grad),
+            Some(x) => grad.iter().map(|g| g / x.scale * x.factor).collect(),
+        }
+    }
+}
 
 /// Which CPU implementation steps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,24 +129,29 @@ impl CpuGroup {
 
     /// `step` on the fast path. Under `SkipElement` each job checks its own chunk just before
     /// updating it; under `SkipStep` and `Error` the whole group must be checked before any
-    /// element changes, which costs one more parallel read of g.
-    fn step_parallel(&mut self, spec: &GroupSpec, grad: &[f32]) -> u64 {
-        let optimizer = spec.config.as_dyn();
+    /// element changes, which costs one more parallel read of g (the transform's scan, when
+    /// there is one, has counted already). Each job transforms its chunk while it is in cache.
+    fn step_parallel(&mut self, spec: &GroupSpec, grad: &[f32], xf: Option<Transformed>) -> u64 {
+        let t = self.t + 1;
+        let config = spec.config_at(t);
+        let optimizer = config.as_dyn();
         if spec.policy != NonFinitePolicy::SkipElement {
-            let count: u64 = grad.par_chunks(PARALLEL_CHUNK).map(count_nonfinite).sum();
+            let count: u64 = match xf {
+                Some(x) => x.count,
+                None => grad.par_chunks(PARALLEL_CHUNK).map(count_nonfinite).sum(),
+            };
             if count > 0 {
                 return count;
             }
-            self.t += 1;
-            let t = self.t;
+            self.t = t;
             return self.for_each_chunk(grad, |theta, grad, state| {
-                optimizer.reference_step(t, theta, grad, state);
+                optimizer.reference_step(t, theta, &Transformed::apply(xf, grad), state);
                 0
             });
         }
-        self.t += 1;
-        let t = self.t;
+        self.t = t;
         self.for_each_chunk(grad, |theta, grad, state| {
+            let grad = &*Transformed::apply(xf, grad);
             let count = count_nonfinite(grad);
             if count == 0 {
                 optimizer.reference_step(t, theta, grad, state);
@@ -192,10 +217,16 @@ impl CpuGroup {
 
     /// One step of the group, under its non-finite policy. Returns the count of non-finite
     /// gradient elements it saw.
-    fn step(&mut self, spec: &GroupSpec, path: CpuPath, grad: &[f32]) -> u64 {
+    fn step(
+        &mut self,
+        spec: &GroupSpec,
+        path: CpuPath,
+        grad: &[f32],
+        xf: Option<Transformed>,
+    ) -> u64 {
         match path {
-            CpuPath::Reference => self.step_reference(spec, grad),
-            CpuPath::Parallel => self.step_parallel(spec, grad),
+            CpuPath::Reference => self.step_reference(spec, &Transformed::apply(xf, grad)),
+            CpuPath::Parallel => self.step_parallel(spec, grad, xf),
         }
     }
 
@@ -212,8 +243,10 @@ impl CpuGroup {
         let kept: Vec<_> = nonfinite.iter().map(|&i| (i, self.element(i))).collect();
         self.t += 1;
         let mut state: Vec<&mut [f32]> = self.state.iter_mut().map(|v| &mut v[..]).collect();
-        let optimizer = spec.config.as_dyn();
-        optimizer.reference_step(self.t, &mut self.theta, grad, &mut state);
+        let config = spec.config_at(self.t);
+        config
+            .as_dyn()
+            .reference_step(self.t, &mut self.theta, grad, &mut state);
         for (i, values) in kept {
             self.restore_element(i, values);
         }
@@ -230,6 +263,9 @@ pub struct CpuOptimizer {
     /// Step calls made, applied or not.
     calls: u64,
     reports: Vec<StepReport>,
+    norms: Vec<NormReport>,
+    /// Step calls in a row in which some group skipped.
+    consecutive_skips: u64,
 }
 
 impl CpuOptimizer {
@@ -267,6 +303,8 @@ impl CpuOptimizer {
                 .collect(),
             calls: 0,
             reports: Vec::new(),
+            norms: Vec::new(),
+            consecutive_skips: 0,
         }
     }
 
@@ -376,21 +414,76 @@ impl Stepper for CpuOptimizer {
         Ok(std::mem::take(&mut self.reports))
     }
 
+    fn norm_reports(&mut self) -> Result<Vec<NormReport>> {
+        Ok(std::mem::take(&mut self.norms))
+    }
+
+    fn set_grad_transform(&mut self, transform: GradTransform) -> Result<()> {
+        self.layout.set_transform(transform)?;
+        self.consecutive_skips = 0;
+        Ok(())
+    }
+
     /// `grad` holds every tensor's gradient, flat in registration order. Every group steps
     /// under its own policy; the first `NonFinitePolicy::Error` is returned after all have.
     fn step(&mut self, grad: &[f32]) -> Result<()> {
         self.layout.check_gradient(grad)?;
+        let transform = self.layout.transform;
+        if let Some(limit) = transform.max_consecutive_skips {
+            if self.consecutive_skips >= limit {
+                return Err(Error::TooManySkips { count: limit });
+            }
+        }
         self.calls += 1;
+        let arenas: Vec<_> = (0..self.groups.len())
+            .map(|g| self.layout.arena_of(g, grad))
+            .collect();
+        // The transform's scan: every group's non-finite count and partial sums of squares in
+        // one read of g, reduced in the order the device follows (see `transform`).
+        let transformed: Option<Vec<Transformed>> = (!transform.is_identity()).then(|| {
+            let parallel = self.path == CpuPath::Parallel;
+            let scans: Vec<(u64, Vec<f32>)> = arenas
+                .iter()
+                .map(|a| transform::scan_arena(a, transform.grad_scale, parallel))
+                .collect();
+            let partials: Vec<f32> = scans.iter().flat_map(|(_, p)| p.iter().copied()).collect();
+            let (norm, factor) = transform::norm_and_factor(
+                transform::reduce_partials(&partials),
+                transform.clip_norm,
+            );
+            if transform.clip_norm.is_some() {
+                self.norms.push(NormReport {
+                    call: self.calls,
+                    norm,
+                    factor,
+                });
+            }
+            scans
+                .iter()
+                .map(|(count, _)| Transformed {
+                    scale: transform.grad_scale,
+                    factor,
+                    count: *count,
+                })
+                .collect()
+        });
         let mut error = None;
+        let mut skipped = false;
         for (g, (group, spec)) in self.groups.iter_mut().zip(&self.layout.groups).enumerate() {
-            let arena = self.layout.arena_of(g, grad);
-            let count = group.step(spec, self.path, &arena);
+            let xf = transformed.as_ref().map(|x| x[g]);
+            let count = group.step(spec, self.path, &arenas[g], xf);
             if count > 0 {
                 let (report, raised) = nonfinite_report(self.calls, g, count, spec.policy);
+                skipped |= !report.applied;
                 self.reports.push(report);
                 error = error.or(raised);
             }
         }
+        self.consecutive_skips = if skipped {
+            self.consecutive_skips + 1
+        } else {
+            0
+        };
         error.map_or(Ok(()), Err)
     }
 
@@ -423,6 +516,7 @@ impl Stepper for CpuOptimizer {
 
     fn restore(&mut self, checkpoint: &Checkpoint) -> Result<()> {
         let arenas = checkpoint.to_arenas(&self.layout)?;
+        self.consecutive_skips = 0;
         let live = self.groups.iter_mut().zip(self.layout.groups());
         for ((group, spec), (steps, vectors)) in live.zip(arenas) {
             group.t = steps;

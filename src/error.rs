@@ -55,6 +55,12 @@ pub enum Error {
     #[error("step {step} saw {count} non-finite gradient element(s) (NaN or ±Inf) in group {group} and changed nothing there (non-finite policy: error)")]
     NonFinite { step: u64, group: usize, count: u64 },
 
+    /// `max_consecutive_skips`: that many steps in a row were skipped for non-finite
+    /// gradients, so this step call was refused and changed nothing (as optax's
+    /// `apply_if_finite`). Restoring a checkpoint or setting the transform again resets it.
+    #[error("{count} step(s) in a row were skipped for non-finite gradients (max_consecutive_skips = {count}); refusing to step further")]
+    TooManySkips { count: u64 },
+
     /// An error reported by the device: validation, out of memory, device lost, mapping.
     #[error("device error: {0}")]
     Device(String),

@@ -7,6 +7,8 @@
 
 use crate::error::{Error, Result};
 use crate::optim::{NonFinitePolicy, OptimizerConfig};
+use crate::schedule::{self, HyperSchedule};
+use crate::transform::GradTransform;
 
 /// Tensor offsets in an arena are multiples of this many elements (16 bytes).
 pub const TENSOR_ALIGN: usize = 4;
@@ -24,6 +26,8 @@ pub struct GroupSpec {
     pub name: String,
     pub config: OptimizerConfig,
     pub policy: NonFinitePolicy,
+    /// Schedules of its float hyperparameters, at most one per hyperparameter.
+    pub schedules: Vec<HyperSchedule>,
     /// Elements in the group's arena: its tensors and the padding between them.
     pub arena_len: usize,
     /// Where the arena starts in a flat vector of every tensor, when it is exactly a window of
@@ -101,12 +105,22 @@ impl TensorSpec {
     }
 }
 
-/// The groups and tensors of a running optimizer, CPU or GPU: where each tensor lives, and
-/// each group's config and policy, which may change between steps.
+impl GroupSpec {
+    /// The config of applied step `t` (1-based): the group's config with its schedules
+    /// applied.
+    pub fn config_at(&self, t: u64) -> std::borrow::Cow<'_, OptimizerConfig> {
+        schedule::config_at(&self.config, &self.schedules, t)
+    }
+}
+
+/// The groups and tensors of a running optimizer, CPU or GPU: where each tensor lives, each
+/// group's config, policy and schedules, and the gradient transform over all groups, all of
+/// which may change between steps.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Layout {
     pub(crate) groups: Vec<GroupSpec>,
     pub(crate) tensors: Vec<TensorSpec>,
+    pub(crate) transform: GradTransform,
 }
 
 impl Layout {
@@ -116,6 +130,18 @@ impl Layout {
 
     pub fn tensors(&self) -> &[TensorSpec] {
         &self.tensors
+    }
+
+    /// What every step does to the raw gradient before the update.
+    pub fn transform(&self) -> &GradTransform {
+        &self.transform
+    }
+
+    /// Replaces the gradient transform (validated).
+    pub fn set_transform(&mut self, transform: GradTransform) -> Result<()> {
+        transform.validate()?;
+        self.transform = transform;
+        Ok(())
     }
 
     /// Elements over all tensors, padding excluded: the length of a flat gradient.
@@ -205,7 +231,9 @@ impl Layout {
         t: u64,
         stored: &[&[f32]],
     ) -> Result<Vec<f32>> {
-        let optimizer = self.group(group)?.config.as_dyn();
+        // The config of step t: a scheduled η is in σ*.
+        let config = self.group(group)?.config_at(t);
+        let optimizer = config.as_dyn();
         optimizer
             .derived_state(name, t, stored)
             .ok_or_else(|| Error::Unknown {
@@ -215,11 +243,15 @@ impl Layout {
             })
     }
 
-    /// Replaces one group's hyperparameters (validated; the same state vectors).
+    /// Replaces one group's hyperparameters (validated; the same state vectors, and a float
+    /// for each scheduled hyperparameter).
     pub fn set_group_config(&mut self, group: GroupId, config: OptimizerConfig) -> Result<()> {
         config.validate()?;
         let spec = self.group_mut(group)?;
         spec.config.check_same_layout(&config)?;
+        for s in &spec.schedules {
+            s.check_applies_to(&config)?;
+        }
         spec.config = config;
         Ok(())
     }
@@ -229,10 +261,47 @@ impl Layout {
         config.validate()?;
         for group in &self.groups {
             group.config.check_same_layout(config)?;
+            for s in &group.schedules {
+                s.check_applies_to(config)?;
+            }
         }
         for group in &mut self.groups {
             group.config = config.clone();
         }
+        Ok(())
+    }
+
+    /// Schedules a float hyperparameter of one group, replacing any schedule it had.
+    pub fn set_group_schedule(&mut self, group: GroupId, schedule: HyperSchedule) -> Result<()> {
+        let spec = self.group_mut(group)?;
+        schedule.check_applies_to(&spec.config)?;
+        spec.schedules.retain(|s| s.hyper != schedule.hyper);
+        spec.schedules.push(schedule);
+        Ok(())
+    }
+
+    /// Schedules a float hyperparameter of every group, or of none if one lacks it.
+    pub fn set_schedule_everywhere(&mut self, schedule: &HyperSchedule) -> Result<()> {
+        for group in &self.groups {
+            schedule.check_applies_to(&group.config)?;
+        }
+        for g in 0..self.groups.len() {
+            self.set_group_schedule(GroupId(g), schedule.clone())?;
+        }
+        Ok(())
+    }
+
+    /// Replaces one group's schedules (checked; none changes if one does not apply).
+    pub fn set_group_schedules(
+        &mut self,
+        group: GroupId,
+        schedules: Vec<HyperSchedule>,
+    ) -> Result<()> {
+        let spec = self.group_mut(group)?;
+        for s in &schedules {
+            s.check_applies_to(&spec.config)?;
+        }
+        spec.schedules = schedules;
         Ok(())
     }
 
@@ -328,6 +397,7 @@ impl ParamGroups {
             name: name.to_string(),
             config,
             policy: NonFinitePolicy::default(),
+            schedules: Vec::new(),
             arena_len: 0,
             flat_window: None,
         });

@@ -32,6 +32,8 @@ pub mod kernels;
 pub mod layout;
 pub mod optim;
 pub mod reference;
+pub mod schedule;
+pub mod transform;
 pub mod ulp;
 pub mod validate;
 
@@ -47,6 +49,8 @@ pub use layout::{GroupId, Layout, ParamGroups, Stored, TensorId};
 pub use optim::{
     BayesConfig, NonFinitePolicy, Optimizer, OptimizerConfig, SigmaInit, SigmaMax, StepReport,
 };
+pub use schedule::{HyperSchedule, Schedule};
+pub use transform::{GradTransform, NormReport};
 
 /// What `CpuOptimizer` and `GpuOptimizer` share: step every group, read it back, change
 /// hyperparameters between steps.
@@ -100,6 +104,30 @@ pub trait Stepper {
     fn set_group_policy(&mut self, group: GroupId, policy: NonFinitePolicy) -> Result<()> {
         self.layout_mut().set_group_policy(group, policy)
     }
+
+    /// What every step does to the raw gradient before the update (SPEC §4b).
+    fn grad_transform(&self) -> GradTransform {
+        *self.layout().transform()
+    }
+
+    /// Unscaling, clipping and the limit on skipped steps, from the next step on; validated.
+    /// Resets the count of steps skipped in a row.
+    fn set_grad_transform(&mut self, transform: GradTransform) -> Result<()>;
+
+    /// Schedules a float hyperparameter of every group by its SPEC name (`lr`, `eta`, …),
+    /// replacing any schedule of that hyperparameter; an error, and no change, if a group's
+    /// optimizer has no such float.
+    fn set_schedule(&mut self, schedule: HyperSchedule) -> Result<()> {
+        self.layout_mut().set_schedule_everywhere(&schedule)
+    }
+
+    fn set_group_schedule(&mut self, group: GroupId, schedule: HyperSchedule) -> Result<()> {
+        self.layout_mut().set_group_schedule(group, schedule)
+    }
+
+    /// The global gradient norm and clip factor of each step since the last call, while
+    /// clipping is on (waiting for the device to finish them, as `step_reports`).
+    fn norm_reports(&mut self) -> Result<Vec<NormReport>>;
 
     /// Reports of the steps since the last call that saw non-finite gradients (waiting for the
     /// device to finish them), or the [`Error::NonFinite`] of a step under

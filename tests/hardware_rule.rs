@@ -7,7 +7,8 @@ use bayesprop::reference::adam::AdamScalars;
 use bayesprop::reference::bayes::BayesScalars;
 use bayesprop::validate::{self, Case, Rule};
 use bayesprop::{
-    Checkpoint, CpuOptimizer, Error, GroupId, Layout, OptimizerConfig, StepReport, Stepper,
+    Checkpoint, CpuOptimizer, Error, GradTransform, GroupId, Layout, NormReport, OptimizerConfig,
+    StepReport, Stepper,
 };
 
 /// How far the degraded device moves θ, in ULP.
@@ -28,6 +29,12 @@ impl Stepper for Degraded {
     }
     fn step_reports(&mut self) -> bayesprop::Result<Vec<StepReport>> {
         self.0.step_reports()
+    }
+    fn set_grad_transform(&mut self, transform: GradTransform) -> bayesprop::Result<()> {
+        self.0.set_grad_transform(transform)
+    }
+    fn norm_reports(&mut self) -> bayesprop::Result<Vec<NormReport>> {
+        self.0.norm_reports()
     }
     fn step(&mut self, grad: &[f32]) -> bayesprop::Result<()> {
         self.0.step(grad)
@@ -168,6 +175,18 @@ impl Stepper for Hardware {
         Ok(self.t)
     }
     fn step_reports(&mut self) -> bayesprop::Result<Vec<StepReport>> {
+        Ok(Vec::new())
+    }
+    /// The emulation steps on the raw gradient only.
+    fn set_grad_transform(&mut self, transform: GradTransform) -> bayesprop::Result<()> {
+        match transform.is_identity() {
+            true => Ok(()),
+            false => Err(Error::Device(
+                "the hardware emulation has no gradient transform".into(),
+            )),
+        }
+    }
+    fn norm_reports(&mut self) -> bayesprop::Result<Vec<NormReport>> {
         Ok(Vec::new())
     }
     fn step(&mut self, grad: &[f32]) -> bayesprop::Result<()> {

@@ -13,8 +13,9 @@ use bayesprop::reference::bayes as reference;
 use bayesprop::ulp::max_ulp_distance;
 use bayesprop::validate::{self, Oracle, Rule};
 use bayesprop::{
-    BayesConfig, Checkpoint, CpuOptimizer, GpuContext, GpuOptimizer, GroupId, Layout,
-    NonFinitePolicy, Optimizer, OptimizerConfig, SigmaInit, SigmaMax, StepReport, Stepper, Stored,
+    BayesConfig, Checkpoint, CpuOptimizer, Error, GpuContext, GpuOptimizer, GradTransform, GroupId,
+    HyperSchedule, Layout, NonFinitePolicy, NormReport, Optimizer, OptimizerConfig, SigmaInit,
+    SigmaMax, StepReport, Stepper, Stored,
 };
 use ndarray::{s, Array1, Array2, ShapeBuilder};
 use proptest::prelude::*;
@@ -104,6 +105,25 @@ impl Stepper for Checked {
     }
     fn step_reports(&mut self) -> bayesprop::Result<Vec<StepReport>> {
         self.device.step_reports()
+    }
+    /// The oracle steps on the raw gradient with fixed hyperparameters, so the facts run
+    /// without transforms or schedules (tests/train.rs checks those on every device).
+    fn set_grad_transform(&mut self, transform: GradTransform) -> bayesprop::Result<()> {
+        match transform.is_identity() {
+            true => Ok(()),
+            false => Err(Error::Device(
+                "the checked device has no gradient transform".into(),
+            )),
+        }
+    }
+    fn set_schedule(&mut self, _: HyperSchedule) -> bayesprop::Result<()> {
+        Err(Error::Device("the checked device has no schedules".into()))
+    }
+    fn set_group_schedule(&mut self, _: GroupId, _: HyperSchedule) -> bayesprop::Result<()> {
+        Err(Error::Device("the checked device has no schedules".into()))
+    }
+    fn norm_reports(&mut self) -> bayesprop::Result<Vec<NormReport>> {
+        self.device.norm_reports()
     }
     fn step(&mut self, grad: &[f32]) -> bayesprop::Result<()> {
         self.reference.step(grad)?;

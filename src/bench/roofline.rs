@@ -381,7 +381,7 @@ impl GpuRoofline {
                 });
                 for (range, lanes, group) in &touch.parts {
                     let n = (range.end - range.start) as u32;
-                    touch.pipeline.dispatch(&mut pass, 0, group, *lanes, n);
+                    touch.pipeline.dispatch(&mut pass, 0, &[group], *lanes, n);
                 }
             }
             ctx.queue().submit([encoder.finish()]);

@@ -396,9 +396,7 @@ impl GpuContext {
         if let Some(p) = control.as_ref() {
             return Ok(p.clone());
         }
-        let pipeline = Arc::new(self.scoped("control", || {
-            Pipeline::control(&self.inner.device, self.workgroup_size())
-        })?);
+        let pipeline = Arc::new(self.scoped("control", || Pipeline::control(&self.inner.device))?);
         *control = Some(pipeline.clone());
         Ok(pipeline)
     }

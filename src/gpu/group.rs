@@ -8,11 +8,11 @@ use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
 use crate::gpu::context::GpuContext;
-use crate::gpu::pipeline::{in_order, Pipeline, COMMIT, SCAN};
+use crate::gpu::pipeline::{in_order, Pipeline, COMMIT, NORM_LANES, REDUCE, SCAN};
 use crate::gpu::tracker::STATUS_BYTES;
 use crate::kernels::{Lanes, WINDOW, WINDOW_HEADER_BYTES};
 use crate::layout::{GroupSpec, Stored, TensorSpec};
-use crate::optim::NonFinitePolicy;
+use crate::transform::PARTIAL_ALIGN;
 
 /// Where a vector starts on the device: a buffer and a byte offset.
 #[derive(Clone, Debug)]
@@ -67,7 +67,20 @@ struct Part {
     range: Range<u64>,
     lanes: Lanes,
     update: wgpu::BindGroup,
-    control: wgpu::BindGroup,
+    /// Bound by [`GpuGroup::bind_control`], once the partials are allocated.
+    control: Option<wgpu::BindGroup>,
+}
+
+impl Part {
+    /// Slots of the part's region of the partials: one per scan workgroup, then zeros up to
+    /// the alignment (see [`crate::transform`]).
+    fn partial_slots(&self) -> u64 {
+        let per_workgroup = u64::from(NORM_LANES * self.lanes.width());
+        (self.range.end - self.range.start)
+            .div_ceil(per_workgroup)
+            .max(1)
+            .next_multiple_of(PARTIAL_ALIGN as u64)
+    }
 }
 
 /// A stretch of the group's arena that lives in one buffer of each kind.
@@ -97,6 +110,9 @@ pub(crate) struct GpuGroup {
     /// The step counter and non-finite count (`Status`).
     pub status: wgpu::Buffer,
     pieces: Vec<Piece>,
+    /// The optimizer's transform buffer, as group 1 of the update and of the control.
+    transform_update: wgpu::BindGroup,
+    transform_control: wgpu::BindGroup,
 }
 
 /// Splits `n` elements into ranges whose bytes fit one storage binding and whose offsets meet
@@ -178,6 +194,7 @@ impl GpuGroup {
         tensors: &[&TensorSpec],
         theta0: &[f32],
         external: Option<ExternalArena>,
+        transform: &wgpu::Buffer,
     ) -> Result<Self> {
         let limits = ctx.limits();
         let max_elements = (limits.max_buffer_size / 4) as usize;
@@ -309,12 +326,16 @@ impl GpuGroup {
             mapped_at_creation: false,
         });
 
+        let transform_update = pipeline.bind_transform(device, transform);
+        let transform_control = control.bind_transform(device, transform);
         let mut group = GpuGroup {
             pipeline,
             control,
             window,
             status,
             pieces: Vec::new(),
+            transform_update,
+            transform_control,
         };
         group.pieces = ctx.scoped("binding buffers", || {
             let mut pieces = pieces;
@@ -354,50 +375,124 @@ impl GpuGroup {
                     })
                     .collect();
                 let theta = slice_binding(&piece.theta, &range);
-                let grad = || slice_binding(&piece.grad, &range);
+                let grad = slice_binding(&piece.grad, &range);
                 let update = self.pipeline.bind(
                     device,
                     "bayesprop step",
-                    in_order([window(), status(), theta, grad()].into_iter().chain(state)),
-                );
-                let control = self.control.bind(
-                    device,
-                    "bayesprop control",
-                    in_order([window(), status(), grad()]),
+                    in_order([window(), status(), theta, grad].into_iter().chain(state)),
                 );
                 Part {
                     range,
                     lanes,
                     update,
-                    control,
+                    control: None,
                 }
             })
             .collect();
-        // The commit's gradient binding is unused; an empty piece binds its first element.
-        piece.commit = Some(self.control.bind(
-            device,
-            "bayesprop control",
-            in_order([window(), status(), slice_binding(&piece.grad, &(0..1))]),
-        ));
     }
 
-    /// The window uniform for a step: header, then the scalars of every t in `steps`.
+    /// Slots of the partials the group's scan writes: one region per bound part.
+    pub fn partial_slots(&self) -> u64 {
+        self.parts().map(Part::partial_slots).sum()
+    }
+
+    /// Binds the scan of every part to its region of `partials`, from slot `base` on, and
+    /// the commit; returns the slot after the group's last region. With `base` = `None`
+    /// every part binds the first [`PARTIAL_ALIGN`] slots, which a scan without clipping
+    /// never writes.
+    pub fn bind_control(
+        &mut self,
+        device: &wgpu::Device,
+        partials: &wgpu::Buffer,
+        base: Option<u64>,
+    ) -> u64 {
+        let mut next = base.unwrap_or(0);
+        let first_region = wgpu::BufferBinding {
+            buffer: partials,
+            offset: 0,
+            size: wgpu::BufferSize::new(PARTIAL_ALIGN as u64 * 4),
+        };
+        let window = self.window.as_entire_buffer_binding();
+        let status = self.status.as_entire_buffer_binding();
+        for piece in &mut self.pieces {
+            for part in &mut piece.parts {
+                let slots = part.partial_slots();
+                let region = match base {
+                    Some(_) => wgpu::BufferBinding {
+                        buffer: partials,
+                        offset: next * 4,
+                        size: wgpu::BufferSize::new(slots * 4),
+                    },
+                    None => first_region.clone(),
+                };
+                let grad = slice_binding(&piece.grad, &part.range);
+                part.control = Some(self.control.bind(
+                    device,
+                    "bayesprop control",
+                    in_order([window.clone(), status.clone(), grad, region]),
+                ));
+                next += slots;
+            }
+            // The commit's gradient and partials are unused; an empty piece binds its first
+            // element.
+            piece.commit = Some(self.control.bind(
+                device,
+                "bayesprop commit",
+                in_order([
+                    window.clone(),
+                    status.clone(),
+                    slice_binding(&piece.grad, &(0..1)),
+                    first_region.clone(),
+                ]),
+            ));
+        }
+        next
+    }
+
+    /// The bind group of `reduce`, over every region of `partials` (the group's own window,
+    /// status and gradient are bound, unused).
+    pub fn bind_reduce(&self, device: &wgpu::Device, partials: &wgpu::Buffer) -> wgpu::BindGroup {
+        let piece = &self.pieces[0];
+        self.control.bind(
+            device,
+            "bayesprop norm",
+            in_order([
+                self.window.as_entire_buffer_binding(),
+                self.status.as_entire_buffer_binding(),
+                slice_binding(&piece.grad, &(0..1)),
+                partials.as_entire_buffer_binding(),
+            ]),
+        )
+    }
+
+    /// Records the sum of every group's partials into the norm and clip factor.
+    pub fn encode_reduce(&self, pass: &mut wgpu::ComputePass<'_>, reduce: &wgpu::BindGroup) {
+        self.control
+            .dispatch_one(pass, REDUCE, &[reduce, &self.transform_control]);
+    }
+
+    fn parts(&self) -> impl Iterator<Item = &Part> {
+        self.pieces.iter().flat_map(|p| &p.parts)
+    }
+
+    /// The window uniform for a step: header (with `norm`, whether the scan writes partial
+    /// sums of squares), then the scalars of every t in `steps`, schedules applied.
     pub fn window_bytes(
         &self,
         spec: &GroupSpec,
         base: u64,
         steps: std::ops::RangeInclusive<u64>,
+        norm: bool,
     ) -> Vec<u8> {
-        let optimizer = spec.config.as_dyn();
         let mut bytes = Vec::with_capacity(WINDOW_HEADER_BYTES + WINDOW * 64);
         bytes.extend_from_slice(bytemuck::cast_slice(&[
             base as u32,
             spec.policy as u32,
-            0,
+            u32::from(norm),
             0,
         ]));
         for t in steps {
-            bytes.extend_from_slice(&optimizer.uniform_bytes(t));
+            bytes.extend_from_slice(&spec.config_at(t).as_dyn().uniform_bytes(t));
         }
         bytes
     }
@@ -411,23 +506,34 @@ impl GpuGroup {
         encoder.clear_buffer(&self.status, 4, Some(4));
     }
 
-    /// Records the group's step: the scan for non-finite gradients (SkipStep and Error), the
-    /// fused update of every chunk, and the commit of its step counter.
-    pub fn encode(&self, policy: NonFinitePolicy, pass: &mut wgpu::ComputePass<'_>) {
-        let parts = || self.pieces.iter().flat_map(|p| &p.parts);
-        let len = |part: &Part| (part.range.end - part.range.start) as u32;
-        if policy != NonFinitePolicy::SkipElement {
-            for part in parts() {
-                self.control
-                    .dispatch(pass, SCAN, &part.control, part.lanes, len(part));
-            }
+    /// Records the group's scan: its non-finite count and, with clipping, its partials.
+    pub fn encode_scan(&self, pass: &mut wgpu::ComputePass<'_>) {
+        for part in self.parts() {
+            let control = part.control.as_ref().expect("bound by bind_control");
+            self.control.dispatch(
+                pass,
+                SCAN,
+                &[control, &self.transform_control],
+                part.lanes,
+                part_len(part),
+            );
         }
-        for part in parts() {
-            self.pipeline
-                .dispatch(pass, 0, &part.update, part.lanes, len(part));
+    }
+
+    /// Records the fused update of every chunk and the commit of the step counter.
+    pub fn encode_update(&self, pass: &mut wgpu::ComputePass<'_>) {
+        for part in self.parts() {
+            self.pipeline.dispatch(
+                pass,
+                0,
+                &[&part.update, &self.transform_update],
+                part.lanes,
+                part_len(part),
+            );
         }
         if let Some(commit) = self.pieces.first().and_then(|p| p.commit.as_ref()) {
-            self.control.dispatch_one(pass, COMMIT, commit);
+            self.control
+                .dispatch_one(pass, COMMIT, &[commit, &self.transform_control]);
         }
     }
 
@@ -513,6 +619,10 @@ impl GpuGroup {
     pub fn piece_count(&self) -> usize {
         self.pieces.len()
     }
+}
+
+fn part_len(part: &Part) -> u32 {
+    (part.range.end - part.range.start) as u32
 }
 
 /// `values` followed by zeros up to `len` elements (at least one element).

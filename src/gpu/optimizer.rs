@@ -7,9 +7,10 @@ use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::gpu::context::GpuContext;
 use crate::gpu::group::{BufferSlice, ExternalArena, GpuGroup, Vector, WholeArena};
-use crate::gpu::tracker::{StepTracker, STATUS_BYTES};
+use crate::gpu::tracker::{StepTracker, STATUS_BYTES, TRANSFORM_BYTES};
 use crate::layout::{GroupId, Layout, ParamGroups, StateSource, TensorId, TensorSpec};
 use crate::optim::{NonFinitePolicy, OptimizerConfig, StepReport};
+use crate::transform::{GradTransform, NormReport, PARTIAL_ALIGN};
 use crate::Stepper;
 
 /// Parameter groups on the device.
@@ -21,6 +22,14 @@ pub struct GpuOptimizer {
     /// Where the next step's pass writes its start and end timestamps (see
     /// [`GpuOptimizer::time_next_pass`]).
     next_pass_timestamps: Option<(wgpu::QuerySet, u32)>,
+    /// The step's gradient transform (`Transform` in shaders/common.wgsl), shared by every
+    /// group.
+    transform: wgpu::Buffer,
+    /// The bind group of `reduce` over every group's partial sums of squares, bound the
+    /// first time a step clips (a scan that does not clip writes none).
+    reduce: Option<wgpu::BindGroup>,
+    /// Where the caller's kernels write the loss scale, when it is not the host's.
+    device_scale: Option<BufferSlice>,
 }
 
 impl std::fmt::Debug for GpuOptimizer {
@@ -78,7 +87,19 @@ impl GpuOptimizer {
                 limit: "2^32 elements",
             });
         }
-        let built = groups
+        if groups.groups().is_empty() {
+            return Err(Error::Layout("no parameter groups".into()));
+        }
+        let device = ctx.device();
+        let transform = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("bayesprop transform"),
+            size: TRANSFORM_BYTES,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let mut built = groups
             .groups()
             .iter()
             .enumerate()
@@ -92,16 +113,81 @@ impl GpuOptimizer {
                     &tensors,
                     groups.arena_theta0(GroupId(g)),
                     external,
+                    &transform,
                 )
             })
             .collect::<Result<Vec<_>>>()?;
+        ctx.scoped("binding the step control", || {
+            let placeholder = partials_buffer(device, PARTIAL_ALIGN as u64);
+            for group in &mut built {
+                group.bind_control(device, &placeholder, None);
+            }
+        })?;
         Ok(GpuOptimizer {
             ctx: ctx.clone(),
             tracker: Mutex::new(StepTracker::new(vec![0; built.len()])),
             groups: built,
             layout: groups.layout().clone(),
             next_pass_timestamps: None,
+            transform,
+            reduce: None,
+            device_scale: None,
         })
+    }
+
+    /// Allocates the partial sums of squares of every group's scan and binds the scans to
+    /// their regions and `reduce` to all of them, once, on the first step that clips.
+    fn bind_norm(&mut self) -> Result<()> {
+        if self.reduce.is_some() {
+            return Ok(());
+        }
+        let slots: u64 = self.groups.iter().map(GpuGroup::partial_slots).sum();
+        let limits = self.ctx.limits();
+        let allowed = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
+        if slots * 4 > allowed {
+            return Err(Error::TooLarge {
+                what: "the partial sums of the gradient norm",
+                needed: slots * 4,
+                allowed,
+                limit: "max_storage_buffer_binding_size",
+            });
+        }
+        let device = self.ctx.device();
+        let groups = &mut self.groups;
+        let reduce = self.ctx.scoped("binding the gradient norm", || {
+            let partials = partials_buffer(device, slots);
+            let mut base = 0;
+            for group in groups.iter_mut() {
+                base = group.bind_control(device, &partials, Some(base));
+            }
+            groups[0].bind_reduce(device, &partials)
+        })?;
+        self.reduce = Some(reduce);
+        Ok(())
+    }
+
+    /// Divides every step's gradient by the f32 at `scale`, which the caller's kernels write
+    /// (a loss scaler's), instead of the host `grad_scale`; `None` goes back to the host
+    /// value. It is copied inside each step's command encoder, so each step reads the value
+    /// its own commands left there. The buffer needs COPY_SRC; the offset is a multiple of 4.
+    pub fn set_grad_scale_buffer(&mut self, scale: Option<BufferSlice>) -> Result<()> {
+        if let Some(slice) = &scale {
+            if !slice.buffer.usage().contains(wgpu::BufferUsages::COPY_SRC)
+                || !slice.offset.is_multiple_of(4)
+                || slice.offset + 4 > slice.buffer.size()
+            {
+                return Err(Error::Layout(format!(
+                    "the grad scale buffer needs COPY_SRC usage and an f32 at a multiple of 4 \
+                     bytes inside it (offset {}, size {})",
+                    slice.offset,
+                    slice.buffer.size()
+                )));
+            }
+        }
+        self.device_scale = scale;
+        Ok(())
     }
 
     /// Sets the non-finite policy of every group (builder style).
@@ -118,12 +204,22 @@ impl GpuOptimizer {
 
     /// Encodes every group into one pass and submits once; never waits for the device.
     fn submit_step(&mut self) -> Result<()> {
+        if self.layout.transform.clip_norm.is_some() {
+            self.bind_norm()?;
+        }
         let (device, queue) = (self.ctx.device(), self.ctx.queue());
         let mut tracker = self.tracker.lock().unwrap();
         tracker.resolve(device, false)?;
         if let Some(error) = tracker.take_error() {
             return Err(error);
         }
+        let transform = self.layout.transform;
+        if let Some(limit) = transform.max_consecutive_skips {
+            if tracker.consecutive_skips >= limit {
+                return Err(Error::TooManySkips { count: limit });
+            }
+        }
+        let norm = transform.clip_norm.is_some();
         if !tracker.window_has_room() {
             // The device is a whole window of steps behind: wait before adding one more.
             tracker.resolve(device, true)?;
@@ -131,7 +227,7 @@ impl GpuOptimizer {
         let windows: Vec<Vec<u8>> = (0..self.groups.len())
             .map(|g| {
                 let (base, steps) = tracker.next_window(g);
-                self.groups[g].window_bytes(&self.layout.groups()[g], base, steps)
+                self.groups[g].window_bytes(&self.layout.groups()[g], base, steps, norm)
             })
             .collect();
         let readback = tracker.readback_buffer(device);
@@ -148,19 +244,39 @@ impl GpuOptimizer {
             for (group, window) in self.groups.iter().zip(&windows) {
                 group.write_window(queue, window);
             }
+            // Without clipping the factor stays 1: `reduce` does not run.
+            let clip_norm = transform.clip_norm.unwrap_or(0.0);
+            queue.write_buffer(
+                &self.transform,
+                0,
+                bytemuck::cast_slice(&[transform.grad_scale, clip_norm, 0.0, 1.0]),
+            );
             let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("bayesprop step"),
             });
             for group in &self.groups {
                 group.clear_count(&mut encoder);
             }
+            if let Some(scale) = &self.device_scale {
+                encoder.copy_buffer_to_buffer(&scale.buffer, scale.offset, &self.transform, 0, 4);
+            }
             {
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some("bayesprop step"),
                     timestamp_writes,
                 });
+                // Every scan before the norm, the norm before any update: one read of g
+                // gives the counts and the norm, and the updates apply the factor.
                 for (group, spec) in self.groups.iter().zip(self.layout.groups()) {
-                    group.encode(spec.policy, &mut pass);
+                    if norm || spec.policy != NonFinitePolicy::SkipElement {
+                        group.encode_scan(&mut pass);
+                    }
+                }
+                if let (true, Some(reduce)) = (norm, &self.reduce) {
+                    self.groups[0].encode_reduce(&mut pass, reduce);
+                }
+                for group in &self.groups {
+                    group.encode_update(&mut pass);
                 }
             }
             for (g, group) in self.groups.iter().enumerate() {
@@ -172,11 +288,19 @@ impl GpuOptimizer {
                     STATUS_BYTES,
                 );
             }
+            encoder.copy_buffer_to_buffer(
+                &self.transform,
+                0,
+                &readback,
+                self.groups.len() as u64 * STATUS_BYTES,
+                TRANSFORM_BYTES,
+            );
             queue.submit([encoder.finish()]);
         });
         submitted?;
         tracker.submitted(
             self.layout.groups().iter().map(|g| g.policy).collect(),
+            norm,
             readback,
         );
         Ok(())
@@ -302,6 +426,17 @@ impl GpuOptimizer {
     }
 }
 
+/// Partial sums of squares, `slots` f32, zeroed at creation: the slots past each region's
+/// blocks are never written, and add nothing.
+fn partials_buffer(device: &wgpu::Device, slots: u64) -> wgpu::Buffer {
+    device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("bayesprop norm partials"),
+        size: slots * 4,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    })
+}
+
 impl Stepper for GpuOptimizer {
     fn layout(&self) -> &Layout {
         &self.layout
@@ -323,6 +458,24 @@ impl Stepper for GpuOptimizer {
             Some(error) => Err(error),
             None => Ok(tracker.take_reports()),
         }
+    }
+
+    /// The norms travel with the statuses each step already copies back (16 bytes more), so
+    /// steps never wait for them; this call waits for the steps in flight, as `step_reports`.
+    fn norm_reports(&mut self) -> Result<Vec<NormReport>> {
+        let mut tracker = self.tracker.lock().unwrap();
+        tracker.resolve(self.ctx.device(), true)?;
+        Ok(tracker.take_norms())
+    }
+
+    /// The count of steps skipped in a row is reset; on the GPU it is learned as statuses
+    /// are read back, so the refusal may come a few calls late unless something waited.
+    fn set_grad_transform(&mut self, transform: GradTransform) -> Result<()> {
+        self.layout.set_transform(transform)?;
+        let mut tracker = self.tracker.lock().unwrap();
+        tracker.resolve(self.ctx.device(), true)?;
+        tracker.consecutive_skips = 0;
+        Ok(())
     }
 
     /// `grad` holds every tensor's gradient, flat in registration order.
@@ -380,6 +533,7 @@ impl Stepper for GpuOptimizer {
             }
         })?;
         tracker.restored(arenas.iter().map(|(steps, _)| *steps).collect());
+        tracker.consecutive_skips = 0;
         Ok(())
     }
 }

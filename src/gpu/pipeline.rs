@@ -31,19 +31,26 @@ impl Shape {
         (x, groups.div_ceil(x))
     }
 
-    /// Records `pipelines` at width `lanes` over `n` elements (one invocation per lane group).
+    /// Records `pipelines` at width `lanes` over `n` elements (one invocation per lane group),
+    /// with `bind_groups` at groups 0, 1, ….
     fn dispatch(
         &self,
         pass: &mut wgpu::ComputePass<'_>,
         pipelines: &ByWidth,
         lanes: Lanes,
-        bind_group: &wgpu::BindGroup,
+        bind_groups: &[&wgpu::BindGroup],
         n: u32,
     ) {
         let (x, y) = self.grid(n / lanes.width());
         pass.set_pipeline(pipelines.get(lanes));
-        pass.set_bind_group(0, bind_group, &[]);
+        set_bind_groups(pass, bind_groups);
         pass.dispatch_workgroups(x, y, 1);
+    }
+}
+
+fn set_bind_groups(pass: &mut wgpu::ComputePass<'_>, bind_groups: &[&wgpu::BindGroup]) {
+    for (index, group) in (0..).zip(bind_groups) {
+        pass.set_bind_group(index, *group, &[]);
     }
 }
 
@@ -61,18 +68,25 @@ impl ByWidth {
 }
 
 /// Each entry point of one kernel at both lane widths, its bind group layout and its dispatch
-/// shape.
+/// shape; for the fused and control kernels also the layout of group 1, the step's gradient
+/// transform.
 #[derive(Debug)]
 pub struct Pipeline {
     /// In the order of the entry points given to [`Pipeline::new`].
     entries: Vec<ByWidth>,
     layout: wgpu::BindGroupLayout,
+    transform_layout: Option<wgpu::BindGroupLayout>,
     shape: Shape,
 }
 
 /// The step control's entry points, as [`Pipeline::control`] compiles them.
 pub(crate) const SCAN: usize = 0;
-pub(crate) const COMMIT: usize = 1;
+pub(crate) const REDUCE: usize = 1;
+pub(crate) const COMMIT: usize = 2;
+
+/// Invocations per workgroup of `shaders/control.wgsl`, whatever the context's size: its
+/// scan and reduce sum in the fixed order of [`crate::transform`], 256 lanes wide.
+pub const NORM_LANES: u32 = crate::transform::REDUCE_LANES as u32;
 
 pub(crate) fn uniform(binding: u32) -> wgpu::BindGroupLayoutEntry {
     wgpu::BindGroupLayoutEntry {
@@ -119,17 +133,44 @@ impl Pipeline {
         workgroup_size: u32,
         constants: &[(&str, f64)],
     ) -> Self {
+        Self::with_transform(
+            device,
+            kernel,
+            bindings,
+            None,
+            entry_points,
+            workgroup_size,
+            constants,
+        )
+    }
+
+    /// [`Pipeline::new`] with the transform buffer at group 1, binding 0 (read-only or not).
+    fn with_transform(
+        device: &wgpu::Device,
+        kernel: &Kernel,
+        bindings: &[wgpu::BindGroupLayoutEntry],
+        transform_read_only: Option<bool>,
+        entry_points: &[&str],
+        workgroup_size: u32,
+        constants: &[(&str, f64)],
+    ) -> Self {
         let constants: Vec<_> = [("WORKGROUP_SIZE", workgroup_size as f64)]
             .into_iter()
             .chain(constants.iter().copied())
             .collect();
-        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some(kernel.name),
-            entries: bindings,
-        });
+        let layout_of = |entries: &[wgpu::BindGroupLayoutEntry]| {
+            device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(kernel.name),
+                entries,
+            })
+        };
+        let layout = layout_of(bindings);
+        let transform_layout =
+            transform_read_only.map(|read_only| layout_of(&[storage(0, read_only)]));
         let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: Some(kernel.name),
-            bind_group_layouts: &[Some(&layout)],
+            bind_group_layouts: &[Some(&layout), transform_layout.as_ref()]
+                [..1 + usize::from(transform_layout.is_some())],
             immediate_size: 0,
         });
         let modules = Lanes::ALL.map(|lanes| {
@@ -159,12 +200,14 @@ impl Pipeline {
         Pipeline {
             entries,
             layout,
+            transform_layout,
             shape: Shape::of(device, workgroup_size),
         }
     }
 
     /// A fused optimizer kernel with `states` state bindings, by the binding convention of
-    /// `shaders/fused.wgsl`: window at 0, status at 1, θ at 2, g at 3, state slots from 4.
+    /// `shaders/fused.wgsl`: window at 0, status at 1, θ at 2, g at 3, state slots from 4; the
+    /// transform at group 1.
     pub(crate) fn fused(
         device: &wgpu::Device,
         kernel: &Kernel,
@@ -178,28 +221,56 @@ impl Pipeline {
             storage(3, true),
         ];
         bindings.extend((0..states).map(|k| storage(4 + k, false)));
-        Self::new(
+        Self::with_transform(
             device,
             kernel,
             &bindings,
+            Some(true),
             &[ENTRY_POINT],
             workgroup_size,
             &[],
         )
     }
 
-    /// `shaders/control.wgsl`: window header at 0, status at 1, g at 2; entry points
-    /// [`SCAN`] and [`COMMIT`].
-    pub(crate) fn control(device: &wgpu::Device, workgroup_size: u32) -> Self {
-        let bindings = [uniform(0), storage(1, false), storage(2, true)];
-        Self::new(
+    /// `shaders/control.wgsl`: window header at 0, status at 1, g at 2, the partial sums of
+    /// squares at 3, the transform at group 1; entry points [`SCAN`], [`REDUCE`] and
+    /// [`COMMIT`]. Always [`NORM_LANES`] invocations per workgroup: the norm's order needs it.
+    pub(crate) fn control(device: &wgpu::Device) -> Self {
+        let bindings = [
+            uniform(0),
+            storage(1, false),
+            storage(2, true),
+            storage(3, false),
+        ];
+        Self::with_transform(
             device,
             &CONTROL,
             &bindings,
-            &["scan", "commit"],
-            workgroup_size,
+            Some(false),
+            &["scan", "reduce", "commit"],
+            NORM_LANES,
             &[],
         )
+    }
+
+    /// The bind group of the optimizer's transform buffer (group 1).
+    pub(crate) fn bind_transform(
+        &self,
+        device: &wgpu::Device,
+        transform: &wgpu::Buffer,
+    ) -> wgpu::BindGroup {
+        let layout = self
+            .transform_layout
+            .as_ref()
+            .expect("a fused or control pipeline");
+        device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("bayesprop transform"),
+            layout,
+            entries: &[wgpu::BindGroupEntry {
+                binding: 0,
+                resource: wgpu::BindingResource::Buffer(transform.as_entire_buffer_binding()),
+            }],
+        })
     }
 
     /// A bind group of `buffers` at their bindings (see [`in_order`]).
@@ -224,28 +295,31 @@ impl Pipeline {
     }
 
     /// Records entry point `entry` over one bound range of `n` elements into the caller's
-    /// pass, at width `lanes` (with [`Lanes::Four`], `n` is a multiple of 4).
+    /// pass, at width `lanes` (with [`Lanes::Four`], `n` is a multiple of 4), with
+    /// `bind_groups` at groups 0, 1, … (the transform's second, for the fused and control
+    /// kernels).
     pub fn dispatch(
         &self,
         pass: &mut wgpu::ComputePass<'_>,
         entry: usize,
-        bind_group: &wgpu::BindGroup,
+        bind_groups: &[&wgpu::BindGroup],
         lanes: Lanes,
         n: u32,
     ) {
         self.shape
-            .dispatch(pass, &self.entries[entry], lanes, bind_group, n);
+            .dispatch(pass, &self.entries[entry], lanes, bind_groups, n);
     }
 
-    /// Records one workgroup of entry point `entry` (the commit of a group's step).
+    /// Records one workgroup of entry point `entry` (the norm's reduce, the commit of a
+    /// group's step).
     pub fn dispatch_one(
         &self,
         pass: &mut wgpu::ComputePass<'_>,
         entry: usize,
-        bind_group: &wgpu::BindGroup,
+        bind_groups: &[&wgpu::BindGroup],
     ) {
         pass.set_pipeline(self.entries[entry].get(Lanes::Four));
-        pass.set_bind_group(0, bind_group, &[]);
+        set_bind_groups(pass, bind_groups);
         pass.dispatch_workgroups(1, 1, 1);
     }
 }

@@ -11,13 +11,20 @@ use std::sync::mpsc;
 use crate::error::{nonfinite_report, Error, Result};
 use crate::kernels::WINDOW;
 use crate::optim::{NonFinitePolicy, StepReport};
+use crate::transform::NormReport;
 
 /// Bytes of one group's status on the device: `t: u32`, `nonfinite: u32`.
 pub(crate) const STATUS_BYTES: u64 = 8;
 
+/// Bytes of the step's transform (`Transform` in shaders/common.wgsl), read back after every
+/// group's status: scale, clip norm, norm, factor.
+pub(crate) const TRANSFORM_BYTES: u64 = 16;
+
 struct Pending {
     call: u64,
     policies: Vec<NonFinitePolicy>,
+    /// Whether the step computed the norm (clipping on).
+    norm: bool,
     buffer: wgpu::Buffer,
     mapped: mpsc::Receiver<Result<(), wgpu::BufferAsyncError>>,
 }
@@ -33,6 +40,9 @@ pub(crate) struct StepTracker {
     /// Readback buffers ready for reuse.
     free: Vec<wgpu::Buffer>,
     reports: Vec<StepReport>,
+    norms: Vec<NormReport>,
+    /// Resolved step calls in a row in which some group skipped.
+    pub consecutive_skips: u64,
     /// A `NonFinitePolicy::Error` step not yet returned to the caller.
     error: Option<Error>,
 }
@@ -47,6 +57,8 @@ impl StepTracker {
             pending: VecDeque::new(),
             free: Vec::new(),
             reports: Vec::new(),
+            norms: Vec::new(),
+            consecutive_skips: 0,
             error: None,
         }
     }
@@ -66,7 +78,7 @@ impl StepTracker {
 
     /// A buffer to copy the next step's statuses into.
     pub fn readback_buffer(&mut self, device: &wgpu::Device) -> wgpu::Buffer {
-        let size = STATUS_BYTES * self.resolved_t.len() as u64;
+        let size = STATUS_BYTES * self.resolved_t.len() as u64 + TRANSFORM_BYTES;
         self.free.pop().unwrap_or_else(|| {
             device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("bayesprop status readback"),
@@ -78,7 +90,7 @@ impl StepTracker {
     }
 
     /// Records a submitted step whose statuses are being copied into `buffer`.
-    pub fn submitted(&mut self, policies: Vec<NonFinitePolicy>, buffer: wgpu::Buffer) {
+    pub fn submitted(&mut self, policies: Vec<NonFinitePolicy>, norm: bool, buffer: wgpu::Buffer) {
         self.calls += 1;
         let (tx, mapped) = mpsc::channel();
         buffer
@@ -87,6 +99,7 @@ impl StepTracker {
         self.pending.push_back(Pending {
             call: self.calls,
             policies,
+            norm,
             buffer,
             mapped,
         });
@@ -124,6 +137,16 @@ impl StepTracker {
             pending.buffer.unmap();
             self.free.push(pending.buffer);
             self.resolved_calls = pending.call;
+            let groups = pending.policies.len();
+            if pending.norm {
+                let transform = &words[2 * groups..];
+                self.norms.push(NormReport {
+                    call: pending.call,
+                    norm: f32::from_bits(transform[2]),
+                    factor: f32::from_bits(transform[3]),
+                });
+            }
+            let mut skipped = false;
             for (group, policy) in pending.policies.iter().enumerate() {
                 let (t, nonfinite) = (words[2 * group] as u64, words[2 * group + 1] as u64);
                 self.resolved_t[group] = t;
@@ -131,9 +154,15 @@ impl StepTracker {
                     continue;
                 }
                 let (report, raised) = nonfinite_report(pending.call, group, nonfinite, *policy);
+                skipped |= !report.applied;
                 self.reports.push(report);
                 self.error = self.error.take().or(raised);
             }
+            self.consecutive_skips = if skipped {
+                self.consecutive_skips + 1
+            } else {
+                0
+            };
         }
         Ok(())
     }
@@ -145,6 +174,10 @@ impl StepTracker {
 
     pub fn take_reports(&mut self) -> Vec<StepReport> {
         std::mem::take(&mut self.reports)
+    }
+
+    pub fn take_norms(&mut self) -> Vec<NormReport> {
+        std::mem::take(&mut self.norms)
     }
 
     /// Sets each group's step counter as known to the host (after a restore wrote it to the
