@@ -8,6 +8,7 @@ use rand::{Rng, SeedableRng};
 use crate::error::{Error, Result};
 use crate::layout::{initial_state, Stored};
 use crate::optim::{OptimizerConfig, Row, TABLE};
+use crate::transform::GradTransform;
 use crate::ulp::{max_ulp_distance, mean_ulps_from_exact};
 use crate::{CpuOptimizer, Stepper};
 
@@ -100,6 +101,8 @@ impl Rule {
 pub struct Case {
     pub name: String,
     pub config: OptimizerConfig,
+    /// Unscaling and clipping before the update (identity in most cases).
+    pub transform: GradTransform,
     pub n: usize,
     pub steps: u64,
     pub seed: u64,
@@ -231,6 +234,7 @@ impl Outcome {
 pub struct Oracle {
     config: OptimizerConfig,
     t: u64,
+    transform: GradTransform,
     theta: Vec<f64>,
     state: Vec<Vec<f64>>,
 }
@@ -240,6 +244,7 @@ impl Oracle {
         Oracle {
             config: config.clone(),
             t: 0,
+            transform: GradTransform::default(),
             theta: theta0.iter().map(|&x| f64::from(x)).collect(),
             state: initial_state(config, theta0.len()),
         }
@@ -247,7 +252,15 @@ impl Oracle {
 
     pub fn step(&mut self, grad: &[f32]) {
         self.t += 1;
-        let grad: Vec<f64> = grad.iter().map(|&g| f64::from(g)).collect();
+        // SPEC §4b in f64: unscaled, then clipped by the norm of the finite elements.
+        let scale = f64::from(self.transform.grad_scale);
+        let mut grad: Vec<f64> = grad.iter().map(|&g| f64::from(g) / scale).collect();
+        if let Some(m) = self.transform.clip_norm {
+            let finite = grad.iter().filter(|u| u.is_finite());
+            let norm = finite.map(|u| u * u).sum::<f64>().sqrt();
+            let factor = (f64::from(m) / (norm + 1e-6)).min(1.0);
+            grad.iter_mut().for_each(|u| *u *= factor);
+        }
         let mut state: Vec<&mut [f64]> = self.state.iter_mut().map(|v| &mut v[..]).collect();
         self.config
             .as_dyn()
@@ -257,6 +270,11 @@ impl Oracle {
     /// New hyperparameters from the next step on, as `Stepper::set_config`.
     pub fn set_config(&mut self, config: OptimizerConfig) {
         self.config = config;
+    }
+
+    /// Unscaling and clipping from the next step on, as `Stepper::set_grad_transform`.
+    pub fn set_transform(&mut self, transform: GradTransform) {
+        self.transform = transform;
     }
 
     pub fn vector(&self, which: Stored) -> &[f64] {
@@ -378,35 +396,43 @@ fn expand(line: &str) -> Vec<String> {
         })
 }
 
-/// One case of `row` from a plain settings string: `n=N` is the size, the rest configure it.
+/// One case of `row` from a plain settings string: `n=N` is the size, `grad_scale=S` and
+/// `clip_norm=M` the gradient transform (SPEC §4b), the rest configure the optimizer.
 fn battery_case(row: &Row, settings: &str) -> Result<Case> {
     let mut n = CASE_N;
     let mut stream = Stream::Standard;
     let mut config = (row.config)();
+    let mut transform = GradTransform::default();
+    fn number<T: std::str::FromStr>(what: &'static str, value: &str) -> Result<T> {
+        value.parse().map_err(|_| Error::Unknown {
+            what,
+            name: value.to_string(),
+            known: "a number".into(),
+        })
+    }
     for (key, value) in crate::optim::settings(settings) {
-        if key == "n" {
-            n = value.parse().map_err(|_| Error::Unknown {
-                what: "battery size",
-                name: value.to_string(),
-                known: "a number of elements".into(),
-            })?;
-        } else if key == "stream" {
-            stream = match value {
-                "standard" => Stream::Standard,
-                "rising" => Stream::Rising,
-                _ => {
-                    return Err(Error::Unknown {
-                        what: "battery stream",
-                        name: value.to_string(),
-                        known: "standard, rising".into(),
-                    })
+        match key {
+            "n" => n = number("battery size", value)?,
+            "grad_scale" => transform.grad_scale = number("battery grad_scale", value)?,
+            "clip_norm" => transform.clip_norm = Some(number("battery clip_norm", value)?),
+            "stream" => {
+                stream = match value {
+                    "standard" => Stream::Standard,
+                    "rising" => Stream::Rising,
+                    _ => {
+                        return Err(Error::Unknown {
+                            what: "battery stream",
+                            name: value.to_string(),
+                            known: "standard, rising".into(),
+                        })
+                    }
                 }
-            };
-        } else {
-            config.as_dyn_mut().set(key, value)?;
+            }
+            _ => config.as_dyn_mut().set(key, value)?,
         }
     }
     config.validate()?;
+    transform.validate()?;
     let settings = if settings.is_empty() {
         "defaults"
     } else {
@@ -415,6 +441,7 @@ fn battery_case(row: &Row, settings: &str) -> Result<Case> {
     Ok(Case {
         name: format!("{} {settings}", row.name),
         config,
+        transform,
         n,
         steps: CASE_STEPS,
         seed: CASE_SEED,
@@ -432,8 +459,14 @@ pub fn run_case(case: &Case, rule: Rule, device: &mut DeviceFactory<'_>) -> Resu
     let theta0 = initial_theta(case.n, case.seed);
     let mut subject = device(&case.config, &theta0)?;
     let mut reference = CpuOptimizer::reference(case.config.clone(), &theta0)?;
-    let mut oracle = (rule == Rule::Oracle).then(|| Oracle::new(&case.config, &theta0));
+    let mut oracle = (rule == Rule::Oracle).then(|| {
+        let mut oracle = Oracle::new(&case.config, &theta0);
+        oracle.set_transform(case.transform);
+        oracle
+    });
     let vectors = reference.layout().groups()[0].vectors();
+    subject.set_grad_transform(case.transform)?;
+    reference.set_grad_transform(case.transform)?;
     let mut worst = (0u64, String::from("-"));
     let mut closest: Option<OracleErrors> = None;
     for t in 1..=case.steps {

@@ -7,7 +7,7 @@ mod common;
 
 use bayesprop::cpu::PARALLEL_CHUNK;
 use bayesprop::validate::{gradient, initial_theta, standard_battery};
-use bayesprop::{CpuOptimizer, CpuPath, NonFinitePolicy, OptimizerConfig, Stepper};
+use bayesprop::{CpuOptimizer, CpuPath, GradTransform, NonFinitePolicy, OptimizerConfig, Stepper};
 
 /// Crosses two chunk boundaries, and its last chunk is not a multiple of any SIMD width.
 const N: usize = 2 * PARALLEL_CHUNK + 1001;
@@ -89,7 +89,8 @@ fn simd_loops_equal_one_element_at_a_time() {
 }
 
 /// Non-finite gradients in some chunks and not others: every policy gives the reference's
-/// bits, step counts and reports.
+/// bits, step counts and reports, without and with unscaling and clipping (then the norms
+/// too).
 #[test]
 fn parallel_path_handles_non_finite_gradients_as_the_reference() {
     let theta0 = initial_theta(N, 6);
@@ -102,13 +103,24 @@ fn parallel_path_handles_non_finite_gradients_as_the_reference() {
         }
         g
     };
-    for config in OptimizerConfig::all_defaults() {
-        for policy in NonFinitePolicy::ALL {
-            let what = format!("{} {}", config.name(), policy.name());
+    let clipped = GradTransform {
+        grad_scale: 256.0,
+        clip_norm: Some(3.0),
+        ..GradTransform::default()
+    };
+    let cases = OptimizerConfig::all_defaults()
+        .into_iter()
+        .flat_map(|c| NonFinitePolicy::ALL.map(|p| (c.clone(), p)))
+        .flat_map(|(c, p)| [GradTransform::default(), clipped].map(|x| (c.clone(), p, x)));
+    for (config, policy, transform) in cases {
+        {
+            let what = format!("{} {} {transform:?}", config.name(), policy.name());
             let make = |path| {
-                CpuOptimizer::with_path(config.clone(), &theta0, path)
+                let mut o = CpuOptimizer::with_path(config.clone(), &theta0, path)
                     .unwrap()
-                    .with_nonfinite_policy(policy)
+                    .with_nonfinite_policy(policy);
+                o.set_grad_transform(transform).unwrap();
+                o
             };
             let (mut fast, mut reference) = (make(CpuPath::Parallel), make(CpuPath::Reference));
             for t in 1..=4 {
@@ -124,6 +136,11 @@ fn parallel_path_handles_non_finite_gradients_as_the_reference() {
             assert_eq!(
                 fast.step_reports().unwrap(),
                 reference.step_reports().unwrap(),
+                "{what}"
+            );
+            assert_eq!(
+                fast.norm_reports().unwrap(),
+                reference.norm_reports().unwrap(),
                 "{what}"
             );
             common::assert_same_bits(

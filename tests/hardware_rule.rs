@@ -222,11 +222,12 @@ impl Stepper for Hardware {
 fn emulated_cases() -> Vec<Case> {
     let cases: Vec<Case> = validate::standard_battery()
         .into_iter()
+        // The emulation steps on the raw gradient: no transform cases.
         .filter(|c| {
             matches!(
                 c.config,
                 OptimizerConfig::Adam(_) | OptimizerConfig::Bayes(_)
-            )
+            ) && c.transform.is_identity()
         })
         .collect();
     assert!(

@@ -9,8 +9,8 @@ use bayesprop::optim::{AdamConfig, SgdConfig};
 use bayesprop::ulp::max_ulp_distance;
 use bayesprop::validate::{gradient, initial_theta};
 use bayesprop::{
-    BayesConfig, BufferSlice, CpuOptimizer, CpuPath, Error, GpuOptimizer, GradTransform,
-    NonFinitePolicy, NormReport, OptimizerConfig, Stepper,
+    BayesConfig, BufferSlice, CpuOptimizer, CpuPath, Error, GpuContext, GpuOptimizer, GpuOptions,
+    GradTransform, NonFinitePolicy, NormReport, OptimizerConfig, Stepper,
 };
 
 /// Two groups (bayes and adam) of uneven sizes, several blocks of the norm each, so that the
@@ -309,4 +309,52 @@ fn a_schedule_is_the_config_with_the_product() {
     }
     let refused = scheduled.set_schedule("lr:constant".parse().unwrap());
     assert!(refused.unwrap_err().to_string().contains("eta"));
+}
+
+/// Where a group spans several storage bindings, each binding sums into its own region of
+/// partials, so the sum's order is no longer the reference's: the norm still repeats run to
+/// run to the bit, and stays within float rounding of the reference's. Partials that do not
+/// fit one binding are refused, naming the limit.
+#[test]
+fn split_bindings_clip_deterministically() {
+    let Some(ctx) = common::gpu("split_bindings_clip_deterministically") else {
+        return;
+    };
+    let limited = |binding: u64| {
+        GpuContext::with_options(&GpuOptions {
+            limits: Some(bayesprop::wgpu::Limits {
+                max_storage_buffer_binding_size: binding,
+                ..ctx.limits()
+            }),
+            ..GpuOptions::from_env()
+        })
+        .unwrap()
+    };
+    let small = limited(4096);
+    let p = groups();
+    let mut reference = CpuOptimizer::from_groups(&p, CpuPath::Reference);
+    configure(&mut reference);
+    let (_, want) = run(&mut reference, 6);
+    let mut runs = (0..2).map(|_| {
+        let mut split = GpuOptimizer::from_groups(&small, &p).unwrap();
+        assert!(split.chunk_count() > 2, "{} bindings", split.chunk_count());
+        configure(&mut split);
+        run(&mut split, 6)
+    });
+    let (first, second) = (runs.next().unwrap(), runs.next().unwrap());
+    assert_eq!(first, second);
+    for (got, want) in first.1.iter().zip(&want) {
+        let relative = ((got.norm - want.norm) / want.norm).abs();
+        assert!(relative < 1e-6, "{got:?} vs {want:?}");
+    }
+
+    let mut tiny = GpuOptimizer::from_groups(&limited(256), &p).unwrap();
+    configure(&mut tiny);
+    let refused = tiny.step(&grad(tiny.len(), 1)).unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("max_storage_buffer_binding_size"),
+        "{refused}"
+    );
 }

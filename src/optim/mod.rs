@@ -58,6 +58,8 @@ const ADAM_BATTERY: &[&str] = &[
     "lr=1e-8",
     "lr=10 amsgrad",
     "n=257",
+    // the training step around the update (SPEC §4b): unscaling and a clip that binds
+    "grad_scale=65536 clip_norm=0.5",
 ];
 
 table::optimizer_table! {
@@ -82,6 +84,11 @@ table::optimizer_table! {
                 // the dispatch edges: 1, not a multiple of the workgroup, one past it, and
                 // more than 65,535 workgroups of vec4
                 "n=1,3,255,256,257,1000003",
+                // SPEC §4b: unscaling alone, a clip that binds (the battery's gradients reach
+                // 1e4), and the norm's partial sums over every lane of the reduce (977 blocks)
+                "grad_scale=1024",
+                "clip_norm=1",
+                "n=1000003 clip_norm=10",
             ],
             demo "eta" over ADAPTIVE_GRID;
         preset "bayes_adam" => BayesConfig::bayes_adam(),
@@ -100,6 +107,8 @@ table::optimizer_table! {
                 "momentum=0.9 nesterov weight_decay=0.01",
                 "lr=1e-8 momentum=0.9",
                 "lr=10 weight_decay=0.01",
+                // SPEC §4b: a scale below 1 and a clip that does not bind
+                "momentum=0.9 grad_scale=0.125 clip_norm=1e9",
             ],
             demo "lr" over SGD_GRID, fixed "momentum=0.9";
     }
