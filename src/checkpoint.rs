@@ -2,9 +2,10 @@
 //!
 //! Tensors are named `group.tensor.vector` (`theta` for the parameters, then the optimizer's
 //! state by its SPEC name, e.g. `decay.w1.sigma`). The header's metadata holds a JSON manifest
-//! (format version, each group's optimizer, hyperparameters, non-finite policy and step count)
-//! and a CRC-32 of every tensor's bytes, so a flipped bit in the data is caught as well as a
-//! broken header. A checkpoint is device independent: saved on the GPU, it loads on the CPU.
+//! (format version, each group's optimizer config, non-finite policy, schedules and step
+//! count, and the gradient transform) and a CRC-32 of the manifest and of every tensor's
+//! bytes, so a changed digit in the manifest is caught as well as a flipped bit in the data or
+//! a broken header. A checkpoint is device independent: saved on the GPU, it loads on the CPU.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -13,24 +14,30 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::layout::Layout;
-use crate::optim::NonFinitePolicy;
+use crate::layout::{GroupId, Layout};
+use crate::optim::{NonFinitePolicy, OptimizerConfig};
+use crate::schedule::HyperSchedule;
+use crate::transform::GradTransform;
 
 const FORMAT: &str = "bayesprop-checkpoint";
-const VERSION: u32 = 1;
+/// 2: configs, policies, schedules and the transform as JSON, and the manifest's own CRC.
+const VERSION: u32 = 2;
 const MANIFEST_KEY: &str = "bayesprop";
 const CHECKSUM_KEY: &str = "crc32";
+/// The manifest's entry among the checksums (tensor names always hold two dots).
+const MANIFEST_CHECKSUM: &str = "manifest";
 
-/// One group's record.
+/// One group's record. [`Checkpoint::restore_settings`] (or `Stepper::restore_all`) puts its
+/// config, policy and schedules back; a plain restore keeps those of the optimizer restored
+/// into, as a config file would.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GroupState {
     pub name: String,
+    /// The SPEC name of its optimizer.
     pub optimizer: String,
-    /// The hyperparameters it was saved with, for the record (`Debug` of the config): loading
-    /// keeps those of the optimizer loaded into, as a config file would.
-    pub hyperparameters: String,
-    /// `skip-step`, `skip-element` or `error`.
-    pub policy: String,
+    pub config: OptimizerConfig,
+    pub policy: NonFinitePolicy,
+    pub schedules: Vec<HyperSchedule>,
     /// Steps applied.
     pub steps: u64,
 }
@@ -49,6 +56,8 @@ pub struct TensorState {
 pub struct Checkpoint {
     pub groups: Vec<GroupState>,
     pub tensors: Vec<TensorState>,
+    /// The gradient transform it was saved with.
+    pub transform: GradTransform,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -56,8 +65,16 @@ struct Manifest {
     format: String,
     version: u32,
     groups: Vec<GroupState>,
+    transform: GradTransform,
     /// Tensor names (`group.tensor`) in registration order, with their vectors.
     tensors: Vec<(String, Vec<String>)>,
+}
+
+/// How errors name checkpoint bytes that are not a file.
+const BYTES_ORIGIN: &str = "<checkpoint bytes>";
+
+fn crc(bytes: &[u8]) -> String {
+    format!("{:08x}", crc32fast::hash(bytes))
 }
 
 fn key(group: &str, tensor: &str, vector: &str) -> String {
@@ -79,8 +96,9 @@ impl Checkpoint {
             .map(|(g, &steps)| GroupState {
                 name: g.name.clone(),
                 optimizer: g.config.name().to_string(),
-                hyperparameters: format!("{:?}", g.config),
-                policy: g.policy.name().to_string(),
+                config: g.config.clone(),
+                policy: g.policy,
+                schedules: g.schedules.clone(),
                 steps,
             })
             .collect();
@@ -97,7 +115,38 @@ impl Checkpoint {
                     .collect(),
             })
             .collect();
-        Checkpoint { groups, tensors }
+        Checkpoint {
+            groups,
+            tensors,
+            transform: *layout.transform(),
+        }
+    }
+
+    /// `layout` with the saved configs, policies, schedules and transform, each checked as
+    /// the setters check them (the same optimizers and state vectors); `layout` itself is
+    /// not changed, so a caller applies the result only once the state is restored too.
+    pub fn restore_settings(&self, layout: &Layout) -> Result<Layout> {
+        let mut restored = layout.clone();
+        if self.groups.len() != layout.groups().len() {
+            return Err(Error::file(
+                "checkpoint",
+                format!(
+                    "does not match this optimizer: {} group(s), expected {}",
+                    self.groups.len(),
+                    layout.groups().len()
+                ),
+            ));
+        }
+        for (g, saved) in self.groups.iter().enumerate() {
+            let id = GroupId(g);
+            // The schedules go first: the saved config must take them, not the live one.
+            restored.set_group_schedules(id, Vec::new())?;
+            restored.set_group_config(id, saved.config.clone())?;
+            restored.set_group_schedules(id, saved.schedules.clone())?;
+            restored.set_group_policy(id, saved.policy)?;
+        }
+        restored.set_transform(self.transform)?;
+        Ok(restored)
     }
 
     /// Checks the checkpoint fits `layout` (the same groups, optimizers, tensors, shapes and
@@ -163,46 +212,7 @@ impl Checkpoint {
     /// Writes the checkpoint atomically: a temporary file beside `path`, fsync, rename.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        // safetensors stores little-endian bytes.
-        let mut data = Vec::new();
-        let mut manifest_tensors = Vec::new();
-        for t in &self.tensors {
-            let mut names = Vec::new();
-            for (vector, values) in &t.vectors {
-                let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-                data.push((key(&t.group, &t.name, vector), t.shape.clone(), bytes));
-                names.push(vector.clone());
-            }
-            manifest_tensors.push((format!("{}.{}", t.group, t.name), names));
-        }
-        let mut views = Vec::new();
-        let mut checksums = HashMap::new();
-        for (name, shape, bytes) in &data {
-            checksums.insert(name.clone(), format!("{:08x}", crc32fast::hash(bytes)));
-            let view =
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
-                    .map_err(|e| Error::file(path, format!("tensor {name}: {e}")))?;
-            views.push((name.clone(), view));
-        }
-        let manifest = Manifest {
-            format: FORMAT.into(),
-            version: VERSION,
-            groups: self.groups.clone(),
-            tensors: manifest_tensors,
-        };
-        let metadata = HashMap::from([
-            (
-                MANIFEST_KEY.to_string(),
-                serde_json::to_string(&manifest).expect("serializable"),
-            ),
-            (
-                CHECKSUM_KEY.to_string(),
-                serde_json::to_string(&checksums).expect("serializable"),
-            ),
-        ]);
-        let bytes =
-            safetensors::serialize(views, Some(metadata)).map_err(|e| Error::file(path, e))?;
-
+        let bytes = self.serialize(path)?;
         let file_name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -225,27 +235,95 @@ impl Checkpoint {
         })
     }
 
+    /// The checkpoint as the bytes of a safetensors file, for callers who keep state in
+    /// their own storage.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        self.serialize(Path::new(BYTES_ORIGIN))
+    }
+
+    /// A checkpoint from the bytes of [`Checkpoint::to_bytes`] or of a saved file, checked as
+    /// [`Checkpoint::load`] checks a file.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        Self::deserialize(bytes, Path::new(BYTES_ORIGIN))
+    }
+
+    /// The safetensors bytes; `origin` names the destination in errors.
+    fn serialize(&self, origin: &Path) -> Result<Vec<u8>> {
+        // safetensors stores little-endian bytes.
+        let mut data = Vec::new();
+        let mut manifest_tensors = Vec::new();
+        for t in &self.tensors {
+            let mut names = Vec::new();
+            for (vector, values) in &t.vectors {
+                let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                data.push((key(&t.group, &t.name, vector), t.shape.clone(), bytes));
+                names.push(vector.clone());
+            }
+            manifest_tensors.push((format!("{}.{}", t.group, t.name), names));
+        }
+        let mut views = Vec::new();
+        let mut checksums = HashMap::new();
+        for (name, shape, bytes) in &data {
+            checksums.insert(name.clone(), crc(bytes));
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                    .map_err(|e| Error::file(origin, format!("tensor {name}: {e}")))?;
+            views.push((name.clone(), view));
+        }
+        let manifest = Manifest {
+            format: FORMAT.into(),
+            version: VERSION,
+            groups: self.groups.clone(),
+            transform: self.transform,
+            tensors: manifest_tensors,
+        };
+        let manifest = serde_json::to_string(&manifest).expect("serializable");
+        checksums.insert(MANIFEST_CHECKSUM.to_string(), crc(manifest.as_bytes()));
+        let metadata = HashMap::from([
+            (MANIFEST_KEY.to_string(), manifest),
+            (
+                CHECKSUM_KEY.to_string(),
+                serde_json::to_string(&checksums).expect("serializable"),
+            ),
+        ]);
+        safetensors::serialize(views, Some(metadata)).map_err(|e| Error::file(origin, e))
+    }
+
     /// Reads and checks a checkpoint: the safetensors header, the manifest and its version,
     /// and every tensor's CRC-32.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|e| Error::file(path, e))?;
+        Self::deserialize(&bytes, path)
+    }
+
+    /// Checks and reads safetensors bytes; `path` names their origin in errors.
+    fn deserialize(bytes: &[u8], path: &Path) -> Result<Self> {
         let corrupt =
             |what: String| Error::file(path, format!("not a valid bayesprop checkpoint: {what}"));
         let (_, header) =
-            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(e.to_string()))?;
+            safetensors::SafeTensors::read_metadata(bytes).map_err(|e| corrupt(e.to_string()))?;
         let tensors =
-            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| corrupt(e.to_string()))?;
+            safetensors::SafeTensors::deserialize(bytes).map_err(|e| corrupt(e.to_string()))?;
         let metadata = header.metadata().clone().unwrap_or_default();
         let field = |key: &str| {
             metadata
                 .get(key)
                 .ok_or_else(|| corrupt(format!("no `{key}` metadata")))
         };
-        let manifest: Manifest = serde_json::from_str(field(MANIFEST_KEY)?)
-            .map_err(|e| corrupt(format!("manifest: {e}")))?;
         let checksums: HashMap<String, String> = serde_json::from_str(field(CHECKSUM_KEY)?)
             .map_err(|e| corrupt(format!("checksums: {e}")))?;
+        // Step counts, configs and schedules decide the resumed run as much as the tensors.
+        let manifest_text = field(MANIFEST_KEY)?;
+        if checksums.get(MANIFEST_CHECKSUM) != Some(&crc(manifest_text.as_bytes())) {
+            return Err(corrupt(
+                "manifest: checksum mismatch (step counts, configs, policies, schedules or the \
+                 transform were altered)"
+                    .into(),
+            ));
+        }
+        let manifest: Manifest =
+            serde_json::from_str(manifest_text).map_err(|e| corrupt(format!("manifest: {e}")))?;
         if manifest.format != FORMAT || manifest.version != VERSION {
             return Err(corrupt(format!(
                 "format {} version {}, expected {FORMAT} version {VERSION}",
@@ -274,8 +352,7 @@ impl Checkpoint {
                         view.dtype()
                     )));
                 }
-                let crc = format!("{:08x}", crc32fast::hash(view.data()));
-                if checksums.get(&name) != Some(&crc) {
+                if checksums.get(&name) != Some(&crc(view.data())) {
                     return Err(corrupt(format!(
                         "{name}: checksum mismatch (the data is damaged)"
                     )));
@@ -290,14 +367,10 @@ impl Checkpoint {
             }
             states.push(state);
         }
-        for g in &manifest.groups {
-            g.policy
-                .parse::<NonFinitePolicy>()
-                .map_err(|e| corrupt(format!("group {}: {e}", g.name)))?;
-        }
         Ok(Checkpoint {
             groups: manifest.groups,
             tensors: states,
+            transform: manifest.transform,
         })
     }
 }

@@ -168,8 +168,21 @@ pub trait Stepper {
     fn checkpoint(&self) -> Result<Checkpoint>;
 
     /// Restores a checkpoint of the same groups, optimizers, tensors and shapes; on a
-    /// mismatch nothing changes. The hyperparameters and policies stay those of `self`.
+    /// mismatch nothing changes. The hyperparameters, policies, schedules and transform stay
+    /// those of `self` (see [`Stepper::restore_all`]).
     fn restore(&mut self, checkpoint: &Checkpoint) -> Result<()>;
+
+    /// [`Stepper::restore`], and the saved configs, policies, schedules and gradient
+    /// transform too: going on from here is the saved run going on. Nothing changes unless
+    /// all of it fits.
+    fn restore_all(&mut self, checkpoint: &Checkpoint) -> Result<()> {
+        let settings = checkpoint.restore_settings(self.layout())?;
+        self.restore(checkpoint)?;
+        let transform = *settings.transform();
+        *self.layout_mut() = settings;
+        // Through the setter, which also resets the count of steps skipped in a row.
+        self.set_grad_transform(transform)
+    }
 
     /// Saves a checkpoint atomically (safetensors; see [`checkpoint`]).
     fn save(&self, path: impl AsRef<std::path::Path>) -> Result<()>
@@ -186,5 +199,14 @@ pub trait Stepper {
     {
         let checkpoint = Checkpoint::load(path)?;
         self.restore(&checkpoint)
+    }
+
+    /// [`Stepper::load`] with the saved settings too, as [`Stepper::restore_all`].
+    fn load_all(&mut self, path: impl AsRef<std::path::Path>) -> Result<()>
+    where
+        Self: Sized,
+    {
+        let checkpoint = Checkpoint::load(path)?;
+        self.restore_all(&checkpoint)
     }
 }

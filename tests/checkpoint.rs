@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use bayesprop::validate::gradient;
 use bayesprop::{
-    BayesConfig, Checkpoint, CpuOptimizer, CpuPath, Error, GpuContext, GpuOptimizer, ParamGroups,
-    Stepper,
+    BayesConfig, Checkpoint, CpuOptimizer, CpuPath, Error, GpuContext, GpuOptimizer, GradTransform,
+    GroupId, NonFinitePolicy, ParamGroups, Stepper,
 };
 
 fn scratch(name: &str) -> PathBuf {
@@ -118,7 +118,12 @@ fn save_and_load_through_the_stepper_methods() {
     let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap())
         .unwrap()
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
+        // Other tests save into the same folder at the same time: only this file's own.
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".methods.safetensors.tmp")
+        })
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
@@ -210,4 +215,108 @@ fn checkpoints_are_plain_safetensors() {
     let sigma = file.tensor("decay.w2.sigma").unwrap();
     assert_eq!(sigma.shape(), &[2, 2, 3]);
     assert_eq!(sigma.dtype(), safetensors::Dtype::F32);
+}
+
+/// Settings that make a run differ from the defaults in every saved way: a changed config, a
+/// policy, a schedule and clipping with unscaling.
+fn train_settings(o: &mut dyn Stepper) {
+    o.set_group_config(
+        GroupId(1),
+        BayesConfig {
+            eta: 3e-3,
+            ..BayesConfig::default()
+        }
+        .into(),
+    )
+    .unwrap();
+    o.set_group_policy(GroupId(0), NonFinitePolicy::SkipElement)
+        .unwrap();
+    o.set_schedule("eta:cosine:warmup=2,total=9,final=0.1".parse().unwrap())
+        .unwrap();
+    o.set_grad_transform(GradTransform {
+        grad_scale: 8.0,
+        clip_norm: Some(0.5),
+        max_consecutive_skips: Some(3),
+    })
+    .unwrap();
+}
+
+/// `restore_all` puts back the configs, policies, schedules and transform: a fresh optimizer
+/// with default settings goes on exactly as the saved run, on every device and across devices;
+/// a plain `restore` keeps the live settings.
+#[test]
+fn restore_all_resumes_the_whole_training_step() {
+    let ctx = common::gpu("restore_all_resumes_the_whole_training_step");
+    let devices = devices(ctx.as_ref());
+    for (saver, make_saver) in &devices {
+        let mut first = make_saver();
+        train_settings(&mut *first);
+        steps(&mut *first, 1..=5);
+        let bytes = first.checkpoint().unwrap().to_bytes().unwrap();
+        for (loader, make_loader) in &devices {
+            let mut straight = make_loader();
+            train_settings(&mut *straight);
+            steps(&mut *straight, 1..=10);
+            let mut resumed = make_loader();
+            resumed
+                .restore_all(&Checkpoint::from_bytes(&bytes).unwrap())
+                .unwrap();
+            assert_eq!(resumed.layout(), straight.layout());
+            steps(&mut *resumed, 6..=10);
+            let what = format!("saved on {saver}, resumed on {loader}");
+            if *saver == *loader || ctx.as_ref().is_none_or(|c| c.is_software()) {
+                assert_eq!(everything(&*resumed), everything(&*straight), "{what}");
+            }
+        }
+    }
+    let mut saved = CpuOptimizer::from_groups(&model(), CpuPath::Reference);
+    train_settings(&mut saved);
+    let mut plain = CpuOptimizer::from_groups(&model(), CpuPath::Reference);
+    let before = plain.layout().clone();
+    plain.restore(&saved.checkpoint().unwrap()).unwrap();
+    assert_eq!(plain.layout(), &before);
+}
+
+/// The checksum covers the manifest: one changed digit of a step count, a hyperparameter, a
+/// schedule or the transform is refused like a flipped data bit, and changes nothing.
+#[test]
+fn an_altered_manifest_is_refused() {
+    let mut saved = CpuOptimizer::from_groups(&model(), CpuPath::Reference);
+    train_settings(&mut saved);
+    steps(&mut saved, 1..=3);
+    let good = saved.checkpoint().unwrap().to_bytes().unwrap();
+    assert_eq!(
+        Checkpoint::from_bytes(&good).unwrap(),
+        saved.checkpoint().unwrap()
+    );
+    let mut live = CpuOptimizer::from_groups(&model(), CpuPath::Reference);
+    steps(&mut live, 1..=2);
+    let before = (everything(&live), live.layout().clone());
+    // The manifest is a JSON string inside the header's JSON, so its quotes are escaped.
+    for (what, from, to) in [
+        ("a step count", r#"\"steps\":3"#, r#"\"steps\":7"#),
+        ("a hyperparameter", r#"\"eta\":0.003"#, r#"\"eta\":0.004"#),
+        ("a schedule", r#"\"total\":9"#, r#"\"total\":8"#),
+        (
+            "the transform",
+            r#"\"clip_norm\":0.5"#,
+            r#"\"clip_norm\":0.7"#,
+        ),
+    ] {
+        let at = good
+            .windows(from.len())
+            .position(|w| w == from.as_bytes())
+            .unwrap_or_else(|| panic!("{what}: no {from} in the header"));
+        let mut altered = good.clone();
+        altered[at..at + to.len()].copy_from_slice(to.as_bytes());
+        let err = Checkpoint::from_bytes(&altered).unwrap_err();
+        assert!(
+            err.to_string().contains("manifest: checksum"),
+            "{what}: {err}"
+        );
+        let path = scratch(&format!("altered {what}.safetensors"));
+        std::fs::write(&path, &altered).unwrap();
+        assert!(live.load_all(&path).is_err(), "{what}");
+        assert_eq!((everything(&live), live.layout().clone()), before, "{what}");
+    }
 }
