@@ -9,8 +9,8 @@ use bayesprop::validate::{self, Rule};
 #[cfg(feature = "bench")]
 use bayesprop::Device;
 use bayesprop::{
-    kernels, Checkpoint, CpuOptimizer, Error, GpuContext, GpuOptimizer, NonFinitePolicy,
-    OptimizerConfig, Result, Stepper,
+    kernels, Checkpoint, CpuOptimizer, Error, GpuContext, GpuOptimizer, GradTransform, GroupId,
+    HyperSchedule, NonFinitePolicy, OptimizerConfig, Result, Stepper,
 };
 use clap::{Args, Parser, Subcommand};
 use ndarray::{Array1, Array2};
@@ -183,8 +183,29 @@ struct ReplayArgs {
     /// Save a checkpoint here after the last step (safetensors, written atomically).
     #[arg(long)]
     state_out: Option<PathBuf>,
+    /// Divide every gradient by S > 0 first (a loss scale) [1, or the checkpoint's].
+    #[arg(long, value_name = "S", allow_hyphen_values = true)]
+    grad_scale: Option<String>,
+    /// Clip the global norm of the unscaled gradient (finite elements) to M > 0, as
+    /// torch.nn.utils.clip_grad_norm_ [off, or the checkpoint's]; `inf` only measures it.
+    #[arg(long, value_name = "M", allow_hyphen_values = true)]
+    clip_norm: Option<String>,
+    /// Multiply a float hyperparameter by a factor of the applied step t, e.g.
+    /// `eta:cosine:warmup=10,total=100,final=0.1`; KIND is constant, linear:warmup=W,
+    /// cosine:warmup=W,total=T,final=F or step:every=K,gamma=G. Repeatable, one per
+    /// hyperparameter; replaces the checkpoint's schedule of that hyperparameter.
+    #[arg(long = "schedule", value_name = "HYPER:KIND[:k=v,...]")]
+    schedules: Vec<String>,
     #[command(flatten)]
     gpu: GpuArgs,
+}
+
+/// A flag's number, with an error that names the flag.
+fn number_flag(flag: &'static str, value: &str) -> Result<f32> {
+    value
+        .trim()
+        .parse::<f32>()
+        .map_err(|_| Error::config("replay", flag, value, "a number"))
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -314,6 +335,28 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode> {
         })
         .collect::<Result<Vec<_>>>()?;
     let config = OptimizerConfig::from_settings(&args.optimizer, settings)?;
+    // Every flag is checked before anything is read or written.
+    let schedules = args
+        .schedules
+        .iter()
+        .map(|s| s.parse::<HyperSchedule>())
+        .collect::<Result<Vec<_>>>()?;
+    let grad_scale = args
+        .grad_scale
+        .as_deref()
+        .map(|v| number_flag("--grad-scale", v))
+        .transpose()?;
+    let clip_norm = args
+        .clip_norm
+        .as_deref()
+        .map(|v| number_flag("--clip-norm", v))
+        .transpose()?;
+    let with_flags = |mut transform: GradTransform| {
+        transform.grad_scale = grad_scale.unwrap_or(transform.grad_scale);
+        transform.clip_norm = clip_norm.or(transform.clip_norm);
+        transform.validate().map(|()| transform)
+    };
+    with_flags(GradTransform::default())?;
     let theta0: Array1<f32> = read_npy(&args.params, "(N,)")?;
     let grads: Array2<f32> = read_npy(&args.grads, "(T, N)")?;
     let n = theta0.len();
@@ -335,8 +378,22 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode> {
         }
     };
     optimizer.set_nonfinite_policy(args.nonfinite);
+    let mut transform = GradTransform::default();
     if let Some(path) = &args.state_in {
-        optimizer.restore(&Checkpoint::load(path)?)?;
+        // θ, state and step counts; the saved transform and schedules unless flags say
+        // otherwise. The config and policy stay those of the flags, as before.
+        let checkpoint = Checkpoint::load(path)?;
+        optimizer.restore(&checkpoint)?;
+        transform = checkpoint.transform;
+        for (g, saved) in checkpoint.groups.iter().enumerate() {
+            for schedule in &saved.schedules {
+                optimizer.set_group_schedule(GroupId(g), schedule.clone())?;
+            }
+        }
+    }
+    optimizer.set_grad_transform(with_flags(transform)?)?;
+    for schedule in schedules {
+        optimizer.set_schedule(schedule)?;
     }
     let mut out = Array2::<f32>::zeros(grads.dim());
     for (grad, mut row) in grads.rows().into_iter().zip(out.rows_mut()) {

@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bayesprop::validate::{self, Oracle, Rule};
-use bayesprop::{CpuOptimizer, OptimizerConfig, Stepper, Stored};
+use bayesprop::{BayesConfig, CpuOptimizer, Optimizer, OptimizerConfig, Stepper, Stored};
 use ndarray::{Array1, Array2};
 use ndarray_npy::{read_npy, write_npy};
 
@@ -77,7 +77,17 @@ fn write_inputs(dir: &TempDir, t: usize, n: usize) -> (Array1<f32>, Array2<f32>)
 
 /// Runs `replay` with `extra` arguments; returns θ after each step, asserting success.
 fn replay_ok(dir: &TempDir, device: &str, extra: &[&str]) -> Array2<f32> {
-    let out = format!("out-{device}.npy");
+    replay_with(
+        dir,
+        device,
+        "grads.npy",
+        &format!("out-{device}.npy"),
+        extra,
+    )
+}
+
+/// `replay_ok` on the gradients in `grads`, writing θ to `out`.
+fn replay_with(dir: &TempDir, device: &str, grads: &str, out: &str, extra: &[&str]) -> Array2<f32> {
     let mut args = vec![
         "replay",
         "--optimizer",
@@ -85,9 +95,9 @@ fn replay_ok(dir: &TempDir, device: &str, extra: &[&str]) -> Array2<f32> {
         "--params",
         "params.npy",
         "--grads",
-        "grads.npy",
+        grads,
         "--out",
-        &out,
+        out,
         "--device",
         device,
     ];
@@ -99,7 +109,7 @@ fn replay_ok(dir: &TempDir, device: &str, extra: &[&str]) -> Array2<f32> {
         output.status,
         text(&output.stderr)
     );
-    read_npy(dir.join(&out)).unwrap()
+    read_npy(dir.join(out)).unwrap()
 }
 
 /// θ after each step from the in-process reference.
@@ -477,5 +487,246 @@ fn an_adapter_flag_that_matches_nothing_says_so() {
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
         assert!(stderr.contains("no such adapter"), "{stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+/// The schedules of SPEC §4b, each with its CLI spelling and the factor from its definition.
+/// A schedule's factor as a function of t.
+type Factor = fn(f64) -> f64;
+
+const SCHEDULES: [(&str, Factor); 4] = [
+    ("constant", |_| 1.0),
+    ("linear:warmup=5", |t| (t / 5.0).min(1.0)),
+    ("cosine:warmup=3,total=20,final=0.1", |t| {
+        if t <= 3.0 {
+            t / 3.0
+        } else {
+            let p = ((t - 3.0) / 17.0).min(1.0);
+            0.1 + 0.9 * (1.0 + (std::f64::consts::PI * p).cos()) / 2.0
+        }
+    }),
+    ("step:every=4,gamma=0.5", |t| 0.5f64.powf((t / 4.0).floor())),
+];
+
+const LOSS_SCALE: f32 = 128.0;
+const CLIP_NORM: f64 = 20.0;
+
+/// θ after each step in f64 of SPEC §4b around `bayes`: g / S, the norm of that, the clip
+/// factor min(1, M / (N + 1e-6)), and η times the schedule's factor, written here from the
+/// definitions; the update is the crate's f64 oracle of SPEC §2. Also whether any step clipped.
+fn float64_path(theta0: &Array1<f32>, scaled: &Array2<f32>, factor: Factor) -> (Array2<f64>, bool) {
+    let base = BayesConfig::default();
+    let mut theta: Vec<f64> = theta0.iter().map(|&x| x as f64).collect();
+    let slots = base.state_slots();
+    let mut state: Vec<Vec<f64>> = slots
+        .iter()
+        .map(|s| match s.used {
+            true => vec![s.init as f64; theta.len()],
+            false => Vec::new(),
+        })
+        .collect();
+    let mut out = Array2::zeros(scaled.dim());
+    let mut clipped = false;
+    for (k, row) in scaled.rows().into_iter().enumerate() {
+        let t = k as u64 + 1;
+        let unscaled: Vec<f64> = row.iter().map(|&g| g as f64 / LOSS_SCALE as f64).collect();
+        let norm = unscaled.iter().map(|u| u * u).sum::<f64>().sqrt();
+        let c = (CLIP_NORM / (norm + 1e-6)).min(1.0);
+        clipped |= c < 1.0;
+        let grad: Vec<f64> = unscaled.iter().map(|u| u * c).collect();
+        let config = BayesConfig {
+            eta: base.eta * factor(t as f64),
+            ..base
+        };
+        let mut views: Vec<&mut [f64]> = state.iter_mut().map(|v| &mut v[..]).collect();
+        config.oracle_step(t, &mut theta, &grad, &mut views);
+        out.row_mut(k).assign(&Array1::from(theta.clone()));
+    }
+    (out, clipped)
+}
+
+/// The largest error of any element, relative to the largest |θ| along that element's f64
+/// path (so that an element passing through 0 is judged by its scale, not by the crossing).
+fn path_relative_error(got: &Array2<f32>, want: &Array2<f64>) -> f64 {
+    (0..want.ncols())
+        .map(|i| {
+            let scale = want.column(i).iter().fold(0f64, |m, x| m.max(x.abs()));
+            let err = got
+                .column(i)
+                .iter()
+                .zip(want.column(i))
+                .fold(0f64, |m, (&g, &w)| m.max((g as f64 - w).abs()));
+            err / scale
+        })
+        .fold(0.0, f64::max)
+}
+
+/// Gradients times the loss scale, as a mixed-precision run hands them over.
+fn write_scaled_inputs(dir: &TempDir, t: usize, n: usize) -> (Array1<f32>, Array2<f32>) {
+    let (theta0, grads) = inputs(t, n);
+    let scaled = grads.mapv(|g| g * LOSS_SCALE);
+    write_npy(dir.join("params.npy"), &theta0).unwrap();
+    write_npy(dir.join("grads.npy"), &scaled).unwrap();
+    (theta0, scaled)
+}
+
+/// `--grad-scale`, `--clip-norm` and each schedule kind agree with the f64 definitions on every
+/// device, to path-relative error 1e-5.
+#[test]
+fn replay_unscales_clips_and_schedules_as_defined() {
+    let gpu = common::gpu("replay_unscales_clips_and_schedules_as_defined").is_some();
+    let dir = TempDir::new("train");
+    let (theta0, scaled) = write_scaled_inputs(&dir, 24, 64);
+    let scale = LOSS_SCALE.to_string();
+    let clip = CLIP_NORM.to_string();
+    let devices: &[&str] = if gpu {
+        &["reference", "cpu", "gpu"]
+    } else {
+        &["reference", "cpu"]
+    };
+    for (spelling, factor) in SCHEDULES {
+        let (want, clipped) = float64_path(&theta0, &scaled, factor);
+        assert!(clipped, "no step clipped: the check would not see clipping");
+        let schedule = format!("eta:{spelling}");
+        for device in devices {
+            let got = replay_ok(
+                &dir,
+                device,
+                &[
+                    "--grad-scale",
+                    &scale,
+                    "--clip-norm",
+                    &clip,
+                    "--schedule",
+                    &schedule,
+                ],
+            );
+            let err = path_relative_error(&got, &want);
+            eprintln!("{schedule} on {device}: path-relative error {err:e}");
+            assert!(err <= 1e-5, "{schedule} on {device}: {err:e}");
+        }
+    }
+}
+
+/// Stopping after 8 steps with `--state-out` and going on with `--state-in` alone (the
+/// transform and the schedule come back from the checkpoint) is the straight run, bit for bit.
+#[test]
+fn a_split_replay_resumes_schedule_and_clipping_bit_exactly() {
+    let gpu = common::gpu("a_split_replay_resumes_schedule_and_clipping_bit_exactly").is_some();
+    let dir = TempDir::new("split");
+    let (_, scaled) = write_scaled_inputs(&dir, 20, 64);
+    write_npy(
+        dir.join("first.npy"),
+        &scaled.slice(ndarray::s![..8, ..]).to_owned(),
+    )
+    .unwrap();
+    write_npy(
+        dir.join("rest.npy"),
+        &scaled.slice(ndarray::s![8.., ..]).to_owned(),
+    )
+    .unwrap();
+    let scale = LOSS_SCALE.to_string();
+    let clip = CLIP_NORM.to_string();
+    let flags = [
+        "--grad-scale",
+        &scale,
+        "--clip-norm",
+        &clip,
+        "--schedule",
+        "eta:cosine:warmup=3,total=20,final=0.1",
+    ];
+    let devices: &[&str] = if gpu {
+        &["reference", "cpu", "gpu"]
+    } else {
+        &["reference", "cpu"]
+    };
+    for device in devices {
+        let straight = replay_ok(&dir, device, &flags);
+        let state = format!("state-{device}.safetensors");
+        let mut first_flags = flags.to_vec();
+        first_flags.extend(["--state-out", &state]);
+        let first = replay_with(&dir, device, "first.npy", "first-out.npy", &first_flags);
+        let rest = replay_with(
+            &dir,
+            device,
+            "rest.npy",
+            "rest-out.npy",
+            &["--state-in", &state],
+        );
+        let joined = ndarray::concatenate(ndarray::Axis(0), &[first.view(), rest.view()]).unwrap();
+        assert_bits_equal(
+            &joined,
+            &straight,
+            &format!("split vs straight on {device}"),
+        );
+        // Without the checkpoint's settings the rest would differ: the check can fail.
+        let plain = replay_with(
+            &dir,
+            device,
+            "rest.npy",
+            "plain-out.npy",
+            &[
+                "--state-in",
+                &state,
+                "--clip-norm",
+                "inf",
+                "--schedule",
+                "eta:constant",
+            ],
+        );
+        assert_ne!(
+            plain, rest,
+            "{device}: flags did not override the checkpoint"
+        );
+    }
+}
+
+/// Bad transform and schedule values: one line naming the flag or key, exit 2, no output and
+/// no checkpoint written.
+#[test]
+fn replay_refuses_bad_transforms_and_schedules() {
+    let dir = TempDir::new("train-errors");
+    write_inputs(&dir, 4, 6);
+    let with = |extra: &[&'static str]| {
+        let mut args = vec![
+            "--optimizer",
+            "bayes",
+            "--params",
+            "params.npy",
+            "--grads",
+            "grads.npy",
+            "--state-out",
+            "never.safetensors",
+        ];
+        args.extend_from_slice(extra);
+        args
+    };
+    for (extra, mentions) in [
+        (&["--clip-norm", "-1"][..], &["clip_norm", "-1", "> 0"][..]),
+        (&["--clip-norm", "abc"], &["--clip-norm", "abc", "a number"]),
+        (&["--grad-scale", "0"], &["grad_scale", "0", "> 0"]),
+        (&["--grad-scale", "-2"], &["grad_scale", "> 0"]),
+        (
+            &["--schedule", "eta:exp"],
+            &["schedule kind", "exp", "cosine"],
+        ),
+        (
+            &["--schedule", "eta:linear:length=3"],
+            &["linear:length", "warmup"],
+        ),
+        (
+            &["--schedule", "eta:cosine:warmup=10,total=10,final=0.1"],
+            &["total", "total > warmup"],
+        ),
+        (
+            &["--schedule", "eta:cosine:warmup=1,total=10,final=2"],
+            &["final", "0 <= final <= 1"],
+        ),
+        (&["--schedule", "eta:linear:warmup=0"], &["warmup", ">= 1"]),
+        (&["--schedule", "lr:constant"], &["lr", "eta"]),
+        (&["--schedule", "eta"], &["HYPER:KIND"]),
+    ] {
+        replay_fails(&dir, &with(extra), mentions);
+        assert!(!dir.join("never.safetensors").exists(), "{extra:?}");
     }
 }
