@@ -4,6 +4,7 @@
 
 mod common;
 
+use bayesprop::kernels::WINDOW;
 use bayesprop::layout::ParamGroups;
 use bayesprop::optim::{AdamConfig, SgdConfig};
 use bayesprop::ulp::max_ulp_distance;
@@ -101,6 +102,17 @@ fn gpu_is_the_reference_to_the_bit_norms_included() {
     let (got, got_norms) = run(&mut gpu, 12);
     assert_device_agrees(ctx.is_software(), (&got, &got_norms), (&want, &want_norms));
     assert_eq!(gpu.group_steps().unwrap(), vec![12, 11]);
+
+    // Logging without waiting: whatever has come back, in order; the rest on a later call.
+    let mut arrived = Vec::new();
+    for t in 1..=WINDOW as u64 {
+        gpu.step(&grad(gpu.len(), t)).unwrap();
+        arrived.extend(gpu.arrived_norm_reports().unwrap());
+    }
+    gpu.step_reports().unwrap();
+    arrived.extend(gpu.arrived_norm_reports().unwrap());
+    let calls: Vec<u64> = arrived.iter().map(|r| r.call).collect();
+    assert_eq!(calls, (13..=12 + WINDOW as u64).collect::<Vec<_>>());
 }
 
 /// On a software adapter the device is the reference to the bit, norms included. A hardware

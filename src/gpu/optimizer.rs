@@ -306,6 +306,15 @@ impl GpuOptimizer {
         Ok(())
     }
 
+    /// The norms of the steps whose status has come back, without waiting: a training loop
+    /// can log every step's norm this way while the device stays steps ahead (the steps
+    /// still in flight report on a later call). `Stepper::norm_reports` waits for all.
+    pub fn arrived_norm_reports(&mut self) -> Result<Vec<NormReport>> {
+        let mut tracker = self.tracker.lock().unwrap();
+        tracker.resolve(self.ctx.device(), false)?;
+        Ok(tracker.take_norms())
+    }
+
     /// Makes the next step's pass write its start and end timestamps into `queries` at
     /// `index` and `index + 1`, to measure its device time (`bench` does; the device needs
     /// `TIMESTAMP_QUERY`, see [`GpuContext::has_timestamps`]). One step only: the steps after
