@@ -11,7 +11,7 @@ use bayesprop::ulp::max_ulp_distance;
 use bayesprop::validate::{gradient, initial_theta};
 use bayesprop::{
     BayesConfig, BufferSlice, CpuOptimizer, CpuPath, Error, GpuContext, GpuOptimizer, GpuOptions,
-    GradTransform, NonFinitePolicy, NormReport, OptimizerConfig, Stepper,
+    GradTransform, NonFinitePolicy, NormReport, OptimizerConfig, StepReport, Stepper,
 };
 
 /// Two groups (bayes and adam) of uneven sizes, several blocks of the norm each, so that the
@@ -58,15 +58,16 @@ fn grad(n: usize, t: u64) -> Vec<f32> {
     g
 }
 
-fn run(o: &mut dyn Stepper, steps: u64) -> (Vec<Vec<f32>>, Vec<NormReport>) {
+/// θ after each step, then the norms and the non-finite reports of the run.
+fn run(o: &mut dyn Stepper, steps: u64) -> (Vec<Vec<f32>>, Vec<NormReport>, Vec<StepReport>) {
     let n = o.len();
     let mut thetas = Vec::new();
     for t in 1..=steps {
         o.step(&grad(n, t)).unwrap();
         thetas.push(o.theta().unwrap());
     }
-    o.step_reports().unwrap();
-    (thetas, o.norm_reports().unwrap())
+    let reports = o.step_reports().unwrap();
+    (thetas, o.norm_reports().unwrap(), reports)
 }
 
 #[test]
@@ -76,8 +77,8 @@ fn fast_path_is_the_reference_to_the_bit_norms_included() {
     let mut fast = CpuOptimizer::from_groups(&p, CpuPath::Parallel);
     configure(&mut reference);
     configure(&mut fast);
-    let (want, want_norms) = run(&mut reference, 12);
-    let (got, got_norms) = run(&mut fast, 12);
+    let (want, want_norms, _) = run(&mut reference, 12);
+    let (got, got_norms, _) = run(&mut fast, 12);
     assert_eq!(got_norms, want_norms);
     assert_eq!(want_norms.len(), 12);
     for (t, (g, w)) in got.iter().zip(&want).enumerate() {
@@ -98,8 +99,8 @@ fn gpu_is_the_reference_to_the_bit_norms_included() {
     let mut gpu = GpuOptimizer::from_groups(&ctx, &p).unwrap();
     configure(&mut reference);
     configure(&mut gpu);
-    let (want, want_norms) = run(&mut reference, 12);
-    let (got, got_norms) = run(&mut gpu, 12);
+    let (want, want_norms, _) = run(&mut reference, 12);
+    let (got, got_norms, _) = run(&mut gpu, 12);
     assert_device_agrees(ctx.is_software(), (&got, &got_norms), (&want, &want_norms));
     assert_eq!(gpu.group_steps().unwrap(), vec![12, 11]);
 
@@ -113,6 +114,26 @@ fn gpu_is_the_reference_to_the_bit_norms_included() {
     arrived.extend(gpu.arrived_norm_reports().unwrap());
     let calls: Vec<u64> = arrived.iter().map(|r| r.call).collect();
     assert_eq!(calls, (13..=12 + WINDOW as u64).collect::<Vec<_>>());
+
+    // Under SkipElement the scan runs for the norm only (the update counts), and the NaN
+    // element alone keeps its value.
+    let mut reference = CpuOptimizer::from_groups(&p, CpuPath::Reference)
+        .with_nonfinite_policy(NonFinitePolicy::SkipElement);
+    let mut gpu = GpuOptimizer::from_groups(&ctx, &p)
+        .unwrap()
+        .with_nonfinite_policy(NonFinitePolicy::SkipElement);
+    configure(&mut reference);
+    configure(&mut gpu);
+    let (want, want_norms, want_reports) = run(&mut reference, 6);
+    let (got, got_norms, got_reports) = run(&mut gpu, 6);
+    assert_device_agrees(ctx.is_software(), (&got, &got_norms), (&want, &want_norms));
+    assert_eq!(gpu.group_steps().unwrap(), vec![6, 6]);
+    assert_eq!(got_reports, want_reports);
+    let [report] = want_reports[..] else {
+        panic!("one report: step 5's NaN, in group b: {want_reports:?}")
+    };
+    assert_eq!((report.call, report.group, report.nonfinite), (5, 1, 1));
+    assert!(report.applied);
 }
 
 /// On a software adapter the device is the reference to the bit, norms included. A hardware
@@ -208,8 +229,8 @@ fn an_identity_transform_changes_no_bit() {
     measured
         .set_grad_transform(transform(1.0, f32::INFINITY))
         .unwrap();
-    let (a, _) = run(&mut plain, 4);
-    let (b, norms) = run(&mut measured, 4);
+    let (a, ..) = run(&mut plain, 4);
+    let (b, norms, _) = run(&mut measured, 4);
     assert_eq!(a, b);
     assert!(norms.iter().all(|r| r.factor == 1.0 && r.norm > 0.0));
 }
@@ -239,8 +260,8 @@ fn a_device_scale_is_the_host_scale() {
             offset: 4,
         }))
         .unwrap();
-    let (a, na) = run(&mut host, 3);
-    let (b, nb) = run(&mut device, 3);
+    let (a, na, _) = run(&mut host, 3);
+    let (b, nb, _) = run(&mut device, 3);
     assert_eq!(a, b);
     assert_eq!(na, nb);
     let unusable = ctx
@@ -346,7 +367,7 @@ fn split_bindings_clip_deterministically() {
     let p = groups();
     let mut reference = CpuOptimizer::from_groups(&p, CpuPath::Reference);
     configure(&mut reference);
-    let (_, want) = run(&mut reference, 6);
+    let (_, want, _) = run(&mut reference, 6);
     let mut runs = (0..2).map(|_| {
         let mut split = GpuOptimizer::from_groups(&small, &p).unwrap();
         assert!(split.chunk_count() > 2, "{} bindings", split.chunk_count());
