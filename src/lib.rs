@@ -11,6 +11,8 @@
 //! - [`reference`](mod@reference): CPU twins of the kernels (f32 reference, f64 oracle);
 //! - [`kernels`]: the WGSL sources in `shaders/` and their validation;
 //! - [`gpu`]: the wgpu host layer; [`cpu`]: the CPU optimizer with the same API;
+//! - [`transform`]: unscaling and global-norm clipping around the update, and the one order
+//!   of the norm's additions; [`schedule`]: hyperparameters as functions of the step;
 //! - [`validate`]: the agreement battery shared by the tests and `bayesprop validate`;
 //! - [`Device`]: where an optimizer steps, as the CLI, `bench` and `demo` name it.
 //!
