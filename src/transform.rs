@@ -41,11 +41,11 @@ pub const NORM_EPS: f32 = 1e-6;
 /// then, with clipping, g ← g · min(1, M / (‖g‖ + 1e-6)), ‖g‖ over the finite elements.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GradTransform {
-    /// S > 0 (default 1): the loss scale the gradient is divided by. On the GPU a device buffer may
-    /// supply it instead (see `GpuOptimizer::set_grad_scale_buffer`).
+    /// S > 0 (default 1): the loss scale the gradient is divided by. On the GPU a device
+    /// buffer may supply it instead (see `GpuOptimizer::set_grad_scale_buffer`).
     pub grad_scale: f32,
-    /// M > 0 (default off): the global norm the gradient is clipped to. `inf` computes the norm for
-    /// the record without clipping.
+    /// M > 0 (default off): the global norm the gradient is clipped to. `inf` computes the
+    /// norm for the record without clipping.
     pub clip_norm: Option<f32>,
     /// K ≥ 1 (default off): after K skipped steps in a row (a group skipped for non-finite
     /// gradients), the next step call fails, naming K, as optax's `apply_if_finite`.
