@@ -109,6 +109,7 @@ pub fn partial_slots(arena_len: usize) -> usize {
 }
 
 /// Halves `v` (a power of two long) into `v[0]`: `v[i] += v[i + s]` for s = len/2, …, 1.
+#[inline(always)]
 fn halve(v: &mut [f32]) -> f32 {
     let mut s = v.len() / 2;
     while s > 0 {
@@ -123,6 +124,7 @@ fn halve(v: &mut [f32]) -> f32 {
 
 /// One block (at most [`NORM_BLOCK`] elements): the NaN and ±Inf elements of g / S, and the
 /// sum of the squares of the finite ones in the canonical order. One read of g.
+#[inline(always)]
 pub fn block_partial(g: &[f32], scale: f32) -> (u64, f32) {
     debug_assert!(g.len() <= NORM_BLOCK);
     let mut v = [0.0f32; NORM_BLOCK];
@@ -137,25 +139,46 @@ pub fn block_partial(g: &[f32], scale: f32) -> (u64, f32) {
     (u64::from(bad), halve(&mut v))
 }
 
-/// A group's arena: its non-finite count (of g / S) and its region of partials.
-pub fn scan_arena(arena: &[f32], scale: f32, parallel: bool) -> (u64, Vec<f32>) {
-    use rayon::prelude::*;
-    let blocks: Vec<(u64, f32)> = if parallel {
-        arena
-            .par_chunks(NORM_BLOCK)
-            .map(|b| block_partial(b, scale))
-            .collect()
-    } else {
-        arena
-            .chunks(NORM_BLOCK)
-            .map(|b| block_partial(b, scale))
-            .collect()
-    };
-    let mut partials = vec![0.0; partial_slots(arena.len())];
-    for (slot, (_, p)) in partials.iter_mut().zip(&blocks) {
-        *slot = *p;
+crate::reference::simd_fn! {
+    /// [`block_partial`] of each block of `g` into `partials` in order, at the widest SIMD
+    /// the CPU has; the non-finite count.
+    fn scan_blocks(g: &[f32], scale: f32, partials: &mut [f32]) -> u64 {
+        let mut bad = 0;
+        for (block, slot) in g.chunks(NORM_BLOCK).zip(partials.iter_mut()) {
+            let (count, partial) = block_partial(block, scale);
+            bad += count;
+            *slot = partial;
+        }
+        bad
     }
-    (blocks.iter().map(|(c, _)| c).sum(), partials)
+}
+
+crate::reference::simd_fn! {
+    /// `out[i] = g[i] / scale · factor`, the transformed gradient, as the device computes it.
+    pub fn transform_into(g: &[f32], scale: f32, factor: f32, out: &mut [f32]) {
+        for (o, x) in out.iter_mut().zip(g) {
+            *o = x / scale * factor;
+        }
+    }
+}
+
+/// A group's arena: its non-finite count (of g / S) and its region of partials, in jobs of
+/// `chunk` elements (a multiple of [`NORM_BLOCK`]) on every core when `parallel`.
+pub fn scan_arena(arena: &[f32], scale: f32, parallel: bool, chunk: usize) -> (u64, Vec<f32>) {
+    use rayon::prelude::*;
+    debug_assert!(chunk.is_multiple_of(NORM_BLOCK));
+    let mut partials = vec![0.0; partial_slots(arena.len())];
+    let slots = chunk / NORM_BLOCK;
+    let count = if parallel {
+        arena
+            .par_chunks(chunk)
+            .zip(partials.par_chunks_mut(slots))
+            .map(|(g, p)| scan_blocks(g, scale, p))
+            .sum()
+    } else {
+        scan_blocks(arena, scale, &mut partials)
+    };
+    (count, partials)
 }
 
 /// The sum of every group's partials, regions concatenated, in the canonical order.
