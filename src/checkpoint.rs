@@ -128,14 +128,11 @@ impl Checkpoint {
     pub fn restore_settings(&self, layout: &Layout) -> Result<Layout> {
         let mut restored = layout.clone();
         if self.groups.len() != layout.groups().len() {
-            return Err(Error::file(
-                "checkpoint",
-                format!(
-                    "does not match this optimizer: {} group(s), expected {}",
-                    self.groups.len(),
-                    layout.groups().len()
-                ),
-            ));
+            return Err(Error::CheckpointMismatch(format!(
+                "{} group(s), expected {}",
+                self.groups.len(),
+                layout.groups().len()
+            )));
         }
         for (g, saved) in self.groups.iter().enumerate() {
             let id = GroupId(g);

@@ -79,7 +79,7 @@ enum Command {
     /// exceeds its ULP bound, 2 if there is no adapter.
     Validate(GpuArgs),
     /// Replay a gradient sequence: θ after every step, as a (T, N) f32 .npy.
-    Replay(ReplayArgs),
+    Replay(Box<ReplayArgs>),
     /// Train small models on the UCI digits with every optimizer; write loss.svg, sigma.svg,
     /// regimes.svg and results.md.
     #[cfg(feature = "demo")]

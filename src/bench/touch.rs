@@ -27,6 +27,7 @@ pub fn pipeline(device: &wgpu::Device, states: u32, workgroup_size: u32) -> Pipe
         device,
         &TOUCH,
         &bindings,
+        None,
         &[ENTRY_POINT],
         workgroup_size,
         &[("STATES", states as f64)],

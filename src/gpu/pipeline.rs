@@ -123,29 +123,10 @@ pub fn in_order<'a>(
 
 impl Pipeline {
     /// Compiles each of `entry_points` of `kernel` at each lane width against a layout of
-    /// `bindings`, with the `WORKGROUP_SIZE` override and `constants`. Errors surface through
+    /// `bindings` (and, where `transform_read_only` says how, the step's transform at group 1,
+    /// binding 0), with the `WORKGROUP_SIZE` override and `constants`. Errors surface through
     /// the caller's error scope ([`crate::GpuContext`] wraps this).
     pub(crate) fn new(
-        device: &wgpu::Device,
-        kernel: &Kernel,
-        bindings: &[wgpu::BindGroupLayoutEntry],
-        entry_points: &[&str],
-        workgroup_size: u32,
-        constants: &[(&str, f64)],
-    ) -> Self {
-        Self::with_transform(
-            device,
-            kernel,
-            bindings,
-            None,
-            entry_points,
-            workgroup_size,
-            constants,
-        )
-    }
-
-    /// [`Pipeline::new`] with the transform buffer at group 1, binding 0 (read-only or not).
-    fn with_transform(
         device: &wgpu::Device,
         kernel: &Kernel,
         bindings: &[wgpu::BindGroupLayoutEntry],
@@ -221,7 +202,7 @@ impl Pipeline {
             storage(3, true),
         ];
         bindings.extend((0..states).map(|k| storage(4 + k, false)));
-        Self::with_transform(
+        Self::new(
             device,
             kernel,
             &bindings,
@@ -242,7 +223,7 @@ impl Pipeline {
             storage(2, true),
             storage(3, false),
         ];
-        Self::with_transform(
+        Self::new(
             device,
             &CONTROL,
             &bindings,
