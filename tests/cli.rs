@@ -688,16 +688,9 @@ fn replay_refuses_bad_transforms_and_schedules() {
     let dir = TempDir::new("train-errors");
     write_inputs(&dir, 4, 6);
     let with = |extra: &[&'static str]| {
-        let mut args = vec![
-            "--optimizer",
-            "bayes",
-            "--params",
-            "params.npy",
-            "--grads",
-            "grads.npy",
-            "--state-out",
-            "never.safetensors",
-        ];
+        let base = "--optimizer bayes --params params.npy --grads grads.npy";
+        let mut args: Vec<&str> = base.split_whitespace().collect();
+        args.extend(["--state-out", "never.safetensors"]);
         args.extend_from_slice(extra);
         args
     };
