@@ -9,8 +9,8 @@ use bayesprop::validate::{self, Rule};
 #[cfg(feature = "bench")]
 use bayesprop::Device;
 use bayesprop::{
-    kernels, Checkpoint, CpuOptimizer, Error, GpuContext, GpuOptimizer, GradTransform, GroupId,
-    HyperSchedule, NonFinitePolicy, OptimizerConfig, Result, Stepper,
+    kernels, Checkpoint, Error, GpuContext, GpuOptimizer, GradTransform, GroupId, HyperSchedule,
+    NonFinitePolicy, OptimizerConfig, Result,
 };
 use clap::{Args, Parser, Subcommand};
 use ndarray::{Array1, Array2};
@@ -370,13 +370,10 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode> {
         ));
     }
     let theta0 = theta0.to_vec();
-    let mut optimizer: Box<dyn Stepper> = match args.device {
-        bayesprop::Device::Reference => Box::new(CpuOptimizer::reference(config, &theta0)?),
-        bayesprop::Device::Cpu => Box::new(CpuOptimizer::new(config, &theta0)?),
-        bayesprop::Device::Gpu => {
-            Box::new(GpuOptimizer::new(&args.gpu.context()?, config, &theta0)?)
-        }
-    };
+    let mut optimizer = args
+        .device
+        .open(&args.gpu.options()?)?
+        .optimizer(config, &theta0)?;
     optimizer.set_nonfinite_policy(args.nonfinite);
     let mut transform = GradTransform::default();
     if let Some(path) = &args.state_in {

@@ -44,7 +44,7 @@ pub use wgpu;
 
 pub use checkpoint::Checkpoint;
 pub use cpu::{CpuOptimizer, CpuPath};
-pub use device::Device;
+pub use device::{Device, OpenDevice};
 pub use error::{Error, Result};
 pub use gpu::{BufferSlice, ExternalArena, GpuContext, GpuOptimizer, GpuOptions};
 pub use layout::{GroupId, Layout, ParamGroups, Stored, TensorId};

@@ -26,68 +26,14 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::error::Result;
 use crate::optim::{settings, OptimizerConfig, TABLE};
-use crate::{CpuOptimizer, GpuContext, GpuOptimizer, GpuOptions, Stepper};
+use crate::GpuOptions;
 
 pub use model::Model;
 pub use regimes::{RegimeSettings, Regimes};
 pub use render::fmt_value;
 pub use train::{Run, Schedule, SigmaPoint};
 
-/// Where the optimizers step: a [`crate::Device`], opened.
-#[derive(Clone, Debug)]
-pub enum Device {
-    /// [`CpuOptimizer::reference`] (the single-threaded reference).
-    Reference,
-    /// [`CpuOptimizer`] (the parallel CPU path).
-    Cpu,
-    /// [`GpuOptimizer`] on this context's adapter.
-    Gpu(GpuContext),
-}
-
-impl Device {
-    /// A new optimizer over `theta0` on this device.
-    pub fn optimizer(&self, config: OptimizerConfig, theta0: &[f32]) -> Result<Box<dyn Stepper>> {
-        Ok(match self {
-            Device::Reference => Box::new(CpuOptimizer::reference(config, theta0)?),
-            Device::Cpu => Box::new(CpuOptimizer::new(config, theta0)?),
-            Device::Gpu(ctx) => Box::new(GpuOptimizer::new(ctx, config, theta0)?),
-        })
-    }
-
-    /// "reference", "cpu" or "gpu", for the table.
-    pub fn short(&self) -> &'static str {
-        match self {
-            Device::Reference => crate::Device::Reference.name(),
-            Device::Cpu => crate::Device::Cpu.name(),
-            Device::Gpu(_) => crate::Device::Gpu.name(),
-        }
-    }
-
-    /// A line that says what stepped.
-    pub fn describe(&self) -> String {
-        match self {
-            Device::Reference => "reference (CpuOptimizer, reference path, 1 thread)".to_string(),
-            Device::Cpu => format!(
-                "cpu (CpuOptimizer, parallel path, {} threads)",
-                rayon::current_num_threads()
-            ),
-            Device::Gpu(ctx) => {
-                let a = ctx.adapter_info();
-                format!(
-                    "gpu ({}, {:?}, {:?}{})",
-                    a.name,
-                    a.backend,
-                    a.device_type,
-                    if ctx.is_software() {
-                        ", software adapter"
-                    } else {
-                        ""
-                    }
-                )
-            }
-        }
-    }
-}
+pub use crate::device::OpenDevice;
 
 /// One optimizer of the comparison, with the hyperparameter that is swept.
 #[derive(Clone, Copy, Debug)]
@@ -325,7 +271,7 @@ fn progress_bar(enabled: bool, total: u64) -> ProgressBar {
 /// Trains every model with every optimizer on `device` and measures the regimes. An optimizer
 /// that cannot be configured is reported as skipped; a run that fails is reported with its
 /// error; neither stops the demo.
-pub fn run(device: &Device, options: &DemoOptions) -> Result<Report> {
+pub fn run(device: &OpenDevice, options: &DemoOptions) -> Result<Report> {
     let start = Instant::now();
     let budget = &options.budget;
     let digits = data::split(&data::load_digits()?, options.seed);
@@ -391,7 +337,7 @@ pub fn run(device: &Device, options: &DemoOptions) -> Result<Report> {
     progress.finish_and_clear();
     Ok(Report {
         device: device.describe(),
-        device_short: device.short(),
+        device_short: device.device().name(),
         budget: budget.clone(),
         seed: options.seed,
         split_sizes: (
@@ -430,11 +376,7 @@ fn choose(model: Model, runs: Vec<(f64, Result<Run, String>)>, data: &data::Spli
 /// `bayesprop demo`: runs on the chosen device, prints the results table and writes the
 /// figures and `results.md` into `out`. The GPU is opened with `gpu`.
 pub fn main(device: crate::Device, gpu: &GpuOptions, out: &Path, quick: bool) -> Result<()> {
-    let device = match device {
-        crate::Device::Reference => Device::Reference,
-        crate::Device::Cpu => Device::Cpu,
-        crate::Device::Gpu => Device::Gpu(GpuContext::with_options(gpu)?),
-    };
+    let device = device.open(gpu)?;
     let options = DemoOptions {
         budget: if quick {
             Budget::quick()
