@@ -122,7 +122,8 @@ impl BayespropOptimizer {
 
     /// The state vector `name` of a parameter as a burn tensor of its shape, copied on the
     /// device (no host round trip): `sigma`, the posterior variance of `bayes`, or `s`, `m`,
-    /// `v`, … (SPEC names; `bayesprop info` lists them per optimizer).
+    /// `v`, … (SPEC names; `bayesprop info` lists them per optimizer). A derived vector
+    /// (`bayes_fp`'s σ, computed from its stored state) is computed on the host.
     pub fn state<const D: usize>(&self, param: ParamId, name: &str) -> Result<Tensor<D>> {
         let built = self
             .built
@@ -139,8 +140,16 @@ impl BayespropOptimizer {
                 registered.shape.len()
             )));
         }
+        let shape = Shape::from(registered.shape.clone());
+        let derived = built.gpu.config().as_dyn().derived_state_names();
+        if derived.contains(&name) {
+            // Computed from the stored states on the host (bayes_fp's σ): one round trip.
+            let values = built.gpu.tensor_state(registered.id, name)?;
+            let data = burn::tensor::TensorData::new(values, shape);
+            return Ok(Tensor::from_data(data, &built.device));
+        }
         let (slice, bytes) = built.gpu.tensor_state_slice(registered.id, name)?;
-        let out = Tensor::<D>::empty(Shape::from(registered.shape.clone()), &built.device);
+        let out = Tensor::<D>::empty(shape, &built.device);
         let view = GpuView::of(out.clone(), &|| format!("state {name} of {param}"))?;
         let ctx = built.gpu.context();
         let mut encoder = ctx.device().create_command_encoder(&Default::default());

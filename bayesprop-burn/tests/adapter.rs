@@ -63,7 +63,8 @@ fn every_optimizer_of_the_table_steps_burns_parameters_as_bayesprop_does() {
             bits(&expected.theta().unwrap()),
             "{name}: θ after 6 steps through burn vs bayesprop's own step"
         );
-        for state in config.used_state_names() {
+        let derived = config.as_dyn().derived_state_names().iter().copied();
+        for state in config.used_state_names().into_iter().chain(derived) {
             let (weight, _) = ids[0];
             let through_burn = host(optim.state::<2>(weight, state).unwrap());
             let own = expected.tensor_state(TensorId(0), state).unwrap();
