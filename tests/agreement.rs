@@ -152,7 +152,7 @@ fn a_step_recorded_into_the_callers_encoder_equals_a_step() {
         recorded.encode_step(&mut encoder).unwrap();
         ctx.queue().submit([encoder.finish()]);
     }
-    assert_identical(
+    common::assert_same_bits(
         &[recorded.theta().unwrap(), recorded.state("sigma").unwrap()],
         &[host.theta().unwrap(), host.state("sigma").unwrap()],
         "recorded into the caller's encoder vs step",
