@@ -3,7 +3,7 @@
 //! bayesprop's fused optimizer steps as a burn optimizer, on burn's wgpu backend (fusion on,
 //! burn's default). A training loop switches with one line:
 //!
-//! ```ignore
+//! ```text
 //! let device = bayesprop_burn::init_device()?.autodiff();   // burn and bayesprop share it
 //! let mut model = MyModel::new(&device);
 //! let mut optim = bayesprop_burn::BayesConfig::new().init(); // was: AdamConfig::new().init()
