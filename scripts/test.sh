@@ -61,3 +61,9 @@ cargo run --release --quiet -- validate
 
 echo "== example: gradients computed on the device, stepped in place"
 cargo run --release --quiet --example device_gradients
+
+# The burn adapter is a workspace member: the commands above cover the root crate only.
+echo "== bayesprop-burn: clippy, tests, and the digits example shortened"
+cargo clippy -p bayesprop-burn --all-targets -- -D warnings
+cargo test --release -p bayesprop-burn
+BAYESPROP_BURN_QUICK=1 cargo run --release --quiet -p bayesprop-burn --example digits

@@ -123,6 +123,44 @@ fn gradients_on_the_device_equal_host_gradients() {
 }
 
 #[test]
+fn a_step_recorded_into_the_callers_encoder_equals_a_step() {
+    let Some(ctx) = common::gpu("a_step_recorded_into_the_callers_encoder_equals_a_step") else {
+        return;
+    };
+    let n = 3001;
+    let theta0 = validate::initial_theta(n, 4);
+    let config = BayesConfig::default();
+    let mut host = GpuOptimizer::new(&ctx, config, &theta0).unwrap();
+    let mut recorded = GpuOptimizer::new(&ctx, config, &theta0).unwrap();
+    let (grad, bytes) = recorded.tensor_grad(TensorId(0)).unwrap();
+    // The caller's own buffer, copied into the arena by the same command buffer that steps:
+    // the step must see the copy, and the scalars written on the queue before the submit.
+    let staging = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("caller gradients"),
+        size: bytes,
+        usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let steps = 10;
+    for t in 1..=steps {
+        let g = validate::gradient(n, 4, t);
+        host.step(&g).unwrap();
+        ctx.queue()
+            .write_buffer(&staging, 0, bytemuck::cast_slice(&g));
+        let mut encoder = ctx.device().create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(&staging, 0, &grad.buffer, grad.offset, bytes);
+        recorded.encode_step(&mut encoder).unwrap();
+        ctx.queue().submit([encoder.finish()]);
+    }
+    common::assert_same_bits(
+        &[recorded.theta().unwrap(), recorded.state("sigma").unwrap()],
+        &[host.theta().unwrap(), host.state("sigma").unwrap()],
+        "recorded into the caller's encoder vs step",
+    );
+    assert_eq!(recorded.steps_taken().unwrap(), steps);
+}
+
+#[test]
 fn a_vector_larger_than_the_device_allows_is_an_error() {
     let Some(ctx) = common::gpu("a_vector_larger_than_the_device_allows_is_an_error") else {
         return;

@@ -202,8 +202,16 @@ impl GpuOptimizer {
         self.submit_step()
     }
 
-    /// Encodes every group into one pass and submits once; never waits for the device.
-    fn submit_step(&mut self) -> Result<()> {
+    /// Records one step of every group into the caller's `encoder`, for the caller to submit
+    /// (with its own work before and after, e.g. copies into and out of the arenas). Never
+    /// waits for the device.
+    ///
+    /// The per-step scalars are written with `Queue::write_buffer`, which wgpu orders before
+    /// every command buffer submitted after it: the recorded step sees them as long as the
+    /// caller submits on this optimizer's queue. Submit `encoder` before the next call on this
+    /// optimizer; the status readback it records is mapped then. Validation errors in the
+    /// recorded commands surface at the caller's `encoder.finish()` or submit.
+    pub fn encode_step(&mut self, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
         if self.layout.transform.clip_norm.is_some() {
             self.bind_norm()?;
         }
@@ -240,7 +248,7 @@ impl GpuOptimizer {
                     beginning_of_pass_write_index: Some(*index),
                     end_of_pass_write_index: Some(index + 1),
                 });
-        let submitted = self.ctx.scoped("step", || {
+        let recorded = self.ctx.scoped("step", || {
             for (group, window) in self.groups.iter().zip(&windows) {
                 group.write_window(queue, window);
             }
@@ -251,11 +259,8 @@ impl GpuOptimizer {
                 0,
                 bytemuck::cast_slice(&[transform.grad_scale, clip_norm, 0.0, 1.0]),
             );
-            let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("bayesprop step"),
-            });
             for group in &self.groups {
-                group.clear_count(&mut encoder);
+                group.clear_count(encoder);
             }
             if let Some(scale) = &self.device_scale {
                 encoder.copy_buffer_to_buffer(&scale.buffer, scale.offset, &self.transform, 0, 4);
@@ -295,14 +300,29 @@ impl GpuOptimizer {
                 self.groups.len() as u64 * STATUS_BYTES,
                 TRANSFORM_BYTES,
             );
-            queue.submit([encoder.finish()]);
         });
-        submitted?;
-        tracker.submitted(
+        recorded?;
+        tracker.recorded(
             self.layout.groups().iter().map(|g| g.policy).collect(),
             norm,
             readback,
         );
+        Ok(())
+    }
+
+    /// Records a step into an encoder of its own and submits it.
+    fn submit_step(&mut self) -> Result<()> {
+        let mut encoder =
+            self.ctx
+                .device()
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("bayesprop step"),
+                });
+        self.encode_step(&mut encoder)?;
+        let queue = self.ctx.queue();
+        self.ctx
+            .scoped("step", || queue.submit([encoder.finish()]))?;
+        self.tracker.lock().unwrap().map_recorded();
         Ok(())
     }
 

@@ -37,6 +37,8 @@ pub(crate) struct StepTracker {
     /// Each group's step counter as of the last status read back.
     resolved_t: Vec<u64>,
     pending: VecDeque<Pending>,
+    /// A step recorded into a caller's encoder, whose readback is mapped once it is submitted.
+    recorded: Option<(Vec<NonFinitePolicy>, bool, wgpu::Buffer)>,
     /// Readback buffers ready for reuse.
     free: Vec<wgpu::Buffer>,
     reports: Vec<StepReport>,
@@ -55,6 +57,7 @@ impl StepTracker {
             resolved_calls: 0,
             resolved_t: t,
             pending: VecDeque::new(),
+            recorded: None,
             free: Vec::new(),
             reports: Vec::new(),
             norms: Vec::new(),
@@ -89,9 +92,20 @@ impl StepTracker {
         })
     }
 
-    /// Records a submitted step whose statuses are being copied into `buffer`.
-    pub fn submitted(&mut self, policies: Vec<NonFinitePolicy>, norm: bool, buffer: wgpu::Buffer) {
+    /// Records a step whose statuses are copied into `buffer` by commands not yet submitted:
+    /// mapping it now would make wgpu reject the submit, so it is mapped by
+    /// [`StepTracker::map_recorded`] or by the next `resolve`.
+    pub fn recorded(&mut self, policies: Vec<NonFinitePolicy>, norm: bool, buffer: wgpu::Buffer) {
+        self.map_recorded();
         self.calls += 1;
+        self.recorded = Some((policies, norm, buffer));
+    }
+
+    /// Starts reading back the recorded step's statuses; call once it has been submitted.
+    pub fn map_recorded(&mut self) {
+        let Some((policies, norm, buffer)) = self.recorded.take() else {
+            return;
+        };
         let (tx, mapped) = mpsc::channel();
         buffer
             .slice(..)
@@ -107,6 +121,7 @@ impl StepTracker {
 
     /// Collects the statuses that have arrived; with `wait`, waits for all of them first.
     pub fn resolve(&mut self, device: &wgpu::Device, wait: bool) -> Result<()> {
+        self.map_recorded();
         if self.pending.is_empty() {
             return Ok(());
         }

@@ -1,0 +1,166 @@
+//! One optimizer step, burn's own Adam/AdamW against bayesprop's adam/adamw through the
+//! adapter, on the same wgpu device, model and gradients: a model of 128 small tensors and
+//! one with a 16.8M-element tensor. `cargo bench -p bayesprop-burn`.
+//!
+//! Each row is the wall time of `STEPS` steps divided by `STEPS`, after warm-up steps, with the
+//! device synchronised before the clock stops (burn's fusion runs lazily). On a software
+//! adapter (lavapipe) the figures show launch, fusion and copy overheads, not GPU speed.
+
+use std::time::Instant;
+
+use bayesprop::optim::AdamConfig as OurAdam;
+use bayesprop_burn::BayespropConfig;
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::nn::{Linear, LinearConfig};
+use burn::optim::{AdamConfig, AdamWConfig, GradientsParams};
+use burn::tensor::{Device, Distribution, Tensor};
+
+const LR: f64 = 1e-3;
+const EPS: f64 = 1e-5;
+const WEIGHT_DECAY: f64 = 1e-4;
+
+#[derive(Module, Debug)]
+struct Many {
+    layers: Vec<Linear>,
+}
+
+#[derive(Module, Debug)]
+struct Large {
+    layer: Linear,
+}
+
+/// Fixed gradients, one per parameter, handed to every step: flat, with the parameter's dims.
+struct Grads(Vec<(ParamId, Tensor<1>, Vec<usize>)>);
+
+impl Grads {
+    fn of<M: Module>(model: &M, device: &Device) -> Self {
+        struct Make<'a>(&'a Device, Vec<(ParamId, Tensor<1>, Vec<usize>)>);
+        impl ModuleVisitor for Make<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                let dims = param.dims().to_vec();
+                let n = dims.iter().product::<usize>();
+                let g = Tensor::random([n], Distribution::Normal(0.0, 1e-2), self.0);
+                self.1.push((param.id, g, dims));
+            }
+        }
+        let mut make = Make(device, Vec::new());
+        model.visit(&mut make);
+        Grads(make.1)
+    }
+
+    fn params(&self) -> GradientsParams {
+        let mut grads = GradientsParams::new();
+        for (id, g, dims) in &self.0 {
+            match dims[..] {
+                [_] => grads.register(*id, g.clone()),
+                [rows, cols] => grads.register(*id, g.clone().reshape([rows, cols])),
+                _ => unreachable!("Linear layers have rank 1 and 2 parameters"),
+            }
+        }
+        grads
+    }
+
+    fn tensors(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// Seconds per step of `step`, after `warm` untimed steps.
+fn time<M: Module>(
+    mut model: M,
+    grads: &Grads,
+    device: &Device,
+    (warm, steps): (usize, usize),
+    mut step: impl FnMut(M, GradientsParams) -> M,
+) -> f64 {
+    for _ in 0..warm {
+        model = step(model, grads.params());
+    }
+    device.sync().expect("device");
+    let start = Instant::now();
+    for _ in 0..steps {
+        model = step(model, grads.params());
+    }
+    device.sync().expect("device");
+    start.elapsed().as_secs_f64() / steps as f64
+}
+
+fn compare<M: Module + Clone>(
+    name: &str,
+    model: M,
+    device: &Device,
+    inner: &Device,
+    runs: (usize, usize),
+) {
+    let grads = Grads::of(&model, inner);
+    let elements: usize = model.num_params();
+    let mut burn_adam = AdamConfig::new().with_epsilon(EPS as f32).init();
+    let mut burn_adamw = AdamWConfig::new()
+        .with_epsilon(EPS as f32)
+        .with_weight_decay(WEIGHT_DECAY as f32)
+        .init();
+    let mut our_adam = BayespropConfig::new(OurAdam {
+        eps: EPS,
+        ..OurAdam::adam()
+    })
+    .init();
+    let mut our_adamw = BayespropConfig::new(OurAdam {
+        eps: EPS,
+        weight_decay: WEIGHT_DECAY,
+        ..OurAdam::adamw()
+    })
+    .init();
+    let t_burn_adam = time(model.clone(), &grads, device, runs, |m, g| {
+        burn_adam.step(LR, m, g)
+    });
+    let t_our_adam = time(model.clone(), &grads, device, runs, |m, g| {
+        our_adam.step(LR, m, g)
+    });
+    let t_burn_adamw = time(model.clone(), &grads, device, runs, |m, g| {
+        burn_adamw.step(LR, m, g)
+    });
+    let t_our_adamw = time(model, &grads, device, runs, |m, g| our_adamw.step(LR, m, g));
+    for (pair, burn, ours) in [
+        ("adam", t_burn_adam, t_our_adam),
+        ("adamw", t_burn_adamw, t_our_adamw),
+    ] {
+        println!(
+            "| {name} | {} | {elements} | {pair} | {:.2} | {:.2} | {:.2} |",
+            grads.tensors(),
+            burn * 1e3,
+            ours * 1e3,
+            ours / burn
+        );
+    }
+}
+
+fn main() {
+    // `cargo bench` passes --bench; a filter argument is not supported.
+    let device = bayesprop_burn::init_device().expect("burn's wgpu device");
+    let ctx = bayesprop_burn::shared_context(&device).expect("shared");
+    let info = ctx.adapter_info();
+    println!(
+        "adapter: {} ({:?}, {:?})",
+        info.name, info.backend, info.device_type
+    );
+    if ctx.is_software() {
+        println!(
+            "software adapter: these figures show launch, fusion and copy overheads, not GPU speed"
+        );
+    }
+    device.seed(1);
+    let inner = device.clone();
+    let device = device.autodiff();
+    println!("\n| model | tensors | elements | optimizer | burn (ms/step) | bayesprop (ms/step) | ratio bayesprop/burn |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    let many = Many {
+        layers: (0..64)
+            .map(|_| LinearConfig::new(32, 32).init(&device))
+            .collect(),
+    };
+    compare("many: 64 × Linear(32, 32)", many, &device, &inner, (3, 20));
+    let large = Large {
+        layer: LinearConfig::new(4096, 4096).init(&device),
+    };
+    compare("large: Linear(4096, 4096)", large, &device, &inner, (2, 5));
+}

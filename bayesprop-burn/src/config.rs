@@ -1,0 +1,111 @@
+//! Configs: every optimizer of bayesprop's table, built the way burn builds its own.
+
+use bayesprop::optim::{AdamConfig, RmspropConfig, SgdConfig};
+use bayesprop::{NonFinitePolicy, OptimizerConfig};
+
+use crate::error::Result;
+use crate::optimizer::BayespropOptimizer;
+
+/// Any optimizer of bayesprop's table, for burn: `BayespropConfig::adam().init()` in place of
+/// burn's `AdamConfig::new().init()`.
+#[derive(Clone, Debug)]
+pub struct BayespropConfig {
+    pub(crate) config: OptimizerConfig,
+    pub(crate) policy: NonFinitePolicy,
+}
+
+impl BayespropConfig {
+    /// Any config of the table, e.g. `bayesprop::optim::AdamConfig { eps: 1e-5, ..AdamConfig::adam() }`.
+    /// It is validated at the first step, where errors come back from `try_step`.
+    pub fn new(config: impl Into<OptimizerConfig>) -> Self {
+        BayespropConfig {
+            config: config.into(),
+            policy: NonFinitePolicy::default(),
+        }
+    }
+
+    /// The default config of an optimizer by its SPEC name (`bayes`, `adam`, `adamw`, …; the
+    /// same names as `bayesprop --optimizer`).
+    pub fn named(name: &str) -> Result<Self> {
+        Ok(Self::new(OptimizerConfig::default_for(name)?))
+    }
+
+    /// `bayes` with its defaults.
+    pub fn bayes() -> Self {
+        Self::new(bayesprop::BayesConfig::default())
+    }
+
+    /// `adam` with torch's defaults (eps 1e-8; burn's Adam uses 1e-5).
+    pub fn adam() -> Self {
+        Self::new(AdamConfig::adam())
+    }
+
+    /// `adamw` with torch's defaults (weight decay 1e-2; burn's AdamW uses 1e-4).
+    pub fn adamw() -> Self {
+        Self::new(AdamConfig::adamw())
+    }
+
+    pub fn sgd() -> Self {
+        Self::new(SgdConfig::default())
+    }
+
+    pub fn rmsprop() -> Self {
+        Self::new(RmspropConfig::default())
+    }
+
+    /// What a step does with NaN or ±Inf gradient elements (SPEC §4; default: skip the step).
+    pub fn with_nonfinite_policy(mut self, policy: NonFinitePolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    pub fn config(&self) -> &OptimizerConfig {
+        &self.config
+    }
+
+    /// The optimizer. It finds the device and registers the parameters at its first step.
+    pub fn init(&self) -> BayespropOptimizer {
+        BayespropOptimizer::new(self.clone())
+    }
+}
+
+/// `bayes`, spelled like burn's configs: `BayesConfig::new().init()` in place of
+/// `AdamConfig::new().init()`. Hyperparameters as in SPEC §2.
+#[derive(Clone, Debug, Default)]
+pub struct BayesConfig {
+    config: bayesprop::BayesConfig,
+}
+
+impl BayesConfig {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// η, the diffusion per step: the variance's floor, so the step size's scale.
+    pub fn with_eta(mut self, eta: f64) -> Self {
+        self.config.eta = eta;
+        self
+    }
+
+    /// β, the EMA factor of g².
+    pub fn with_beta(mut self, beta: f64) -> Self {
+        self.config.beta = beta;
+        self
+    }
+
+    /// β₁ of the momentum on the prior-adjusted gradient (0: off).
+    pub fn with_momentum(mut self, momentum: f64) -> Self {
+        self.config.momentum = momentum;
+        self
+    }
+
+    /// λ, a Gaussian prior N(0, 1/λ) on θ.
+    pub fn with_weight_decay(mut self, weight_decay: f64) -> Self {
+        self.config.weight_decay = weight_decay;
+        self
+    }
+
+    pub fn init(&self) -> BayespropOptimizer {
+        BayespropConfig::new(self.config).init()
+    }
+}

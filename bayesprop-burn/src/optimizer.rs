@@ -1,0 +1,489 @@
+//! The module-level optimizer: every parameter of a burn module stepped in one submit.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use bayesprop::wgpu;
+use bayesprop::{Checkpoint, GpuOptimizer, OptimizerConfig, ParamGroups, Stepper, TensorId};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::optim::{GradientsParams, LearningRate};
+use burn::tensor::{Device, GradientCheckpointingStrategy, Shape, Tensor};
+
+use crate::config::BayespropConfig;
+use crate::device::shared_context;
+use crate::error::{Error, Result, StepError};
+use crate::view::GpuView;
+
+/// A tensor registered with bayesprop at the first step.
+struct Registered {
+    id: TensorId,
+    shape: Vec<usize>,
+}
+
+/// What exists once the first step has seen the parameters.
+struct Built {
+    gpu: GpuOptimizer,
+    /// burn's device of the parameters, without autodiff, for state read back as tensors.
+    device: Device,
+    tensors: HashMap<ParamId, Registered>,
+}
+
+/// bayesprop as a burn optimizer. Build it with [`BayespropConfig::init`] (or a named config's
+/// `init`), then step with [`BayespropOptimizer::step`] exactly where a burn training loop
+/// calls `ModuleOptimizer::step`.
+///
+/// Each step copies every parameter and gradient from burn's buffers into bayesprop's arena,
+/// runs the fused step, and copies θ back: device-side copies, one command buffer, one
+/// submit, no host round trip. The state (σ, s, m, v, …) lives in bayesprop's arena.
+pub struct BayespropOptimizer {
+    config: BayespropConfig,
+    built: Option<Built>,
+    /// A checkpoint loaded before the first step, restored as soon as the state exists.
+    pending: Option<Checkpoint>,
+}
+
+impl BayespropOptimizer {
+    pub(crate) fn new(config: BayespropConfig) -> Self {
+        BayespropOptimizer {
+            config,
+            built: None,
+            pending: None,
+        }
+    }
+
+    /// Steps every parameter of `module` that has a gradient in `grads`, with learning rate
+    /// `lr` (ignored by `bayes`, whose variance is its learning rate), and returns the module.
+    ///
+    /// # Panics
+    /// burn's optimizers have no error channel, so an error panics here with its message: a
+    /// parameter that is not an f32 wgpu tensor, a device not set up with
+    /// [`crate::init_device`], or a device error. [`BayespropOptimizer::try_step`] returns it.
+    pub fn step<M: Module>(&mut self, lr: LearningRate, module: M, grads: GradientsParams) -> M {
+        match self.try_step(lr, module, grads) {
+            Ok(module) => module,
+            Err(e) => panic!("bayesprop step: {}", e.error),
+        }
+    }
+
+    /// [`BayespropOptimizer::step`], returning errors with the module unchanged.
+    pub fn try_step<M: Module>(
+        &mut self,
+        lr: LearningRate,
+        module: M,
+        mut grads: GradientsParams,
+    ) -> Result<M, StepError<M>> {
+        // What can be checked without touching the module is checked first, so that most
+        // errors hand the module back as it came.
+        let mut survey = Survey {
+            grads: &grads,
+            specs: Vec::new(),
+        };
+        module.visit(&mut survey);
+        let specs = survey.specs;
+        if specs.is_empty() {
+            return Ok(module);
+        }
+        if let Err(error) = self.prepare(lr, &specs) {
+            return Err(StepError { error, module });
+        }
+        let built = self.built.as_mut().expect("prepared above");
+        let mut collect = Collect {
+            grads: &mut grads,
+            entries: Vec::new(),
+            error: None,
+        };
+        let module = module.map(&mut collect);
+        let (entries, error) = (collect.entries, collect.error);
+        let result = match error {
+            // Parameters already moved to fresh tensors must get their values back.
+            Some(error) => Err(keep_values(&built.gpu, &entries).err().unwrap_or(error)),
+            None => submit(built, &entries),
+        };
+        // The views pin burn's buffers until the submit that uses them is on the queue.
+        drop(entries);
+        match result {
+            Ok(()) => Ok(module),
+            Err(error) => Err(StepError { error, module }),
+        }
+    }
+
+    /// Builds the state at the first step, checks the parameters, and sets the learning rate.
+    fn prepare(&mut self, lr: LearningRate, specs: &[Spec]) -> Result<()> {
+        let built = match &mut self.built {
+            Some(built) => built,
+            None => self.built.insert(build(&self.config, specs)?),
+        };
+        if let Some(checkpoint) = self.pending.take() {
+            built.gpu.restore(&checkpoint)?;
+        }
+        check_same_parameters(built, specs)?;
+        set_lr(&mut built.gpu, lr)
+    }
+
+    /// The state vector `name` of a parameter as a burn tensor of its shape, copied on the
+    /// device (no host round trip): `sigma`, the posterior variance of `bayes`, or `s`, `m`,
+    /// `v`, … (SPEC names; `bayesprop info` lists them per optimizer). A derived vector
+    /// (`bayes_fp`'s σ, computed from its stored state) is computed on the host.
+    pub fn state<const D: usize>(&self, param: ParamId, name: &str) -> Result<Tensor<D>> {
+        let built = self
+            .built
+            .as_ref()
+            .ok_or(Error::NotStarted("reading a state"))?;
+        let registered = built.tensors.get(&param).ok_or_else(|| {
+            Error::Parameters(format!(
+                "parameter {param} has no state: it never had a gradient"
+            ))
+        })?;
+        if registered.shape.len() != D {
+            return Err(Error::Parameters(format!(
+                "parameter {param} has rank {}, asked for rank {D}",
+                registered.shape.len()
+            )));
+        }
+        let shape = Shape::from(registered.shape.clone());
+        let derived = built.gpu.config().as_dyn().derived_state_names();
+        if derived.contains(&name) {
+            // Computed from the stored states on the host (bayes_fp's σ): one round trip.
+            let values = built.gpu.tensor_state(registered.id, name)?;
+            let data = burn::tensor::TensorData::new(values, shape);
+            return Ok(Tensor::from_data(data, &built.device));
+        }
+        let (slice, bytes) = built.gpu.tensor_state_slice(registered.id, name)?;
+        let out = Tensor::<D>::empty(shape, &built.device);
+        let view = GpuView::of(out.clone(), &|| format!("state {name} of {param}"))?;
+        let ctx = built.gpu.context();
+        let mut encoder = ctx.device().create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(
+            &slice.buffer,
+            slice.offset,
+            view.buffer(),
+            view.offset(),
+            bytes,
+        );
+        submit_checked(ctx, encoder, "reading a state")?;
+        drop(view);
+        Ok(out)
+    }
+
+    /// σ of a parameter, the posterior variance per element (`bayes` only).
+    pub fn sigma<const D: usize>(&self, param: ParamId) -> Result<Tensor<D>> {
+        self.state(param, "sigma")
+    }
+
+    /// The whole state, θ included, as bayesprop's checkpoint: tensors are named by burn's
+    /// parameter ids, which burn's module records keep.
+    pub fn checkpoint(&self) -> Result<Checkpoint> {
+        let built = self.built.as_ref().ok_or(Error::NotStarted("saving"))?;
+        Ok(built.gpu.checkpoint()?)
+    }
+
+    /// Saves [`BayespropOptimizer::checkpoint`] (safetensors). A run loaded from it, with the
+    /// module saved at the same step, goes on bit-identically.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        Ok(self.checkpoint()?.save(path)?)
+    }
+
+    /// Loads a checkpoint written by [`BayespropOptimizer::save`]. Before the first step it is
+    /// kept and restored when the first step has registered the parameters.
+    pub fn load(&mut self, path: impl AsRef<Path>) -> Result<()> {
+        let checkpoint = Checkpoint::load(path)?;
+        match &mut self.built {
+            Some(built) => built.gpu.restore(&checkpoint)?,
+            None => self.pending = Some(checkpoint),
+        }
+        Ok(())
+    }
+
+    /// The optimizer and hyperparameters this adapter runs.
+    pub fn config(&self) -> &OptimizerConfig {
+        match &self.built {
+            Some(built) => built.gpu.config(),
+            None => &self.config.config,
+        }
+    }
+
+    /// bayesprop's optimizer underneath, once the first step has built it (for step reports,
+    /// group configs, or anything else of the [`Stepper`] API).
+    pub fn inner(&mut self) -> Option<&mut GpuOptimizer> {
+        self.built.as_mut().map(|b| &mut b.gpu)
+    }
+}
+
+/// A parameter with a gradient, as the first pass over the module sees it.
+struct Spec {
+    id: ParamId,
+    shape: Vec<usize>,
+    device: Device,
+}
+
+/// The first pass: which parameters have gradients, with their shapes and device.
+struct Survey<'a> {
+    grads: &'a GradientsParams,
+    specs: Vec<Spec>,
+}
+
+impl ModuleVisitor for Survey<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if self.grads.get::<D>(param.id).is_none() {
+            return;
+        }
+        let stored: &Tensor<D> = param;
+        self.specs.push(Spec {
+            id: param.id,
+            shape: stored.dims().to_vec(),
+            device: stored.device(),
+        });
+    }
+}
+
+/// One parameter of this step: where θ is read, where it is written and where its gradient is.
+struct Entry {
+    id: ParamId,
+    theta: GpuView,
+    /// A fresh tensor θ is written to when the parameter's buffer is shared (a clone of the
+    /// module holds it), so the clone keeps its values; else θ is written in place.
+    out: Option<GpuView>,
+    grad: GpuView,
+}
+
+/// Walks the module, pairing each parameter with its gradient. A mapper cannot fail, so the
+/// first error is kept and every later parameter passes through untouched.
+struct Collect<'a> {
+    grads: &'a mut GradientsParams,
+    entries: Vec<Entry>,
+    error: Option<Error>,
+}
+
+impl Collect<'_> {
+    /// The parameter as the module keeps it: θ itself, or the fresh tensor θ goes to.
+    fn prepare<const D: usize>(&mut self, id: ParamId, tensor: Tensor<D>) -> Tensor<D> {
+        if self.error.is_some() {
+            return tensor;
+        }
+        let Some(grad) = self.grads.remove::<D>(id) else {
+            return tensor;
+        };
+        if tensor.is_distributed() {
+            self.error = Some(Error::Tensor {
+                what: format!("parameter {id}"),
+                problem: "distributed parameters are not supported".into(),
+            });
+            return tensor;
+        }
+        let autodiff = AutodiffState::of(&tensor);
+        let inner = tensor.inner();
+        // Checked before any view takes a reference to the buffer.
+        let shared = !inner.can_mut();
+        let fresh = shared.then(|| Tensor::<D>::empty(inner.shape(), &inner.device()));
+        let entry = (|| {
+            let what = || format!("parameter {id}");
+            let theta = GpuView::of(inner.clone(), &what)?;
+            let out = match &fresh {
+                Some(f) => Some(GpuView::of(f.clone(), &what)?),
+                None => None,
+            };
+            let grad = GpuView::of(grad, &|| format!("gradient of parameter {id}"))?;
+            if grad.bytes() != theta.bytes() {
+                return Err(Error::Tensor {
+                    what: what(),
+                    problem: format!(
+                        "{} elements, its gradient {}",
+                        theta.bytes() / 4,
+                        grad.bytes() / 4
+                    ),
+                });
+            }
+            Ok(Entry {
+                id,
+                theta,
+                out,
+                grad,
+            })
+        })();
+        let kept = match entry {
+            Ok(entry) => {
+                self.entries.push(entry);
+                fresh.unwrap_or(inner)
+            }
+            Err(e) => {
+                self.error = Some(e);
+                inner
+            }
+        };
+        autodiff.restore(kept)
+    }
+}
+
+impl ModuleMapper for Collect<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let (id, tensor, mapper) = param.consume();
+        let tensor = self.prepare(id, tensor);
+        Param::from_mapped_value(id, tensor, mapper)
+    }
+}
+
+/// What a parameter carries for autodiff, put back on the value after the step (as burn's
+/// `ModuleOptimizer` does): `Tensor::from_inner` alone would drop it.
+struct AutodiffState {
+    require_grad: bool,
+    checkpointing: Option<GradientCheckpointingStrategy>,
+}
+
+impl AutodiffState {
+    fn of<const D: usize>(tensor: &Tensor<D>) -> Self {
+        AutodiffState {
+            require_grad: tensor.is_require_grad(),
+            checkpointing: tensor.gradient_checkpointing_strategy(),
+        }
+    }
+
+    fn restore<const D: usize>(self, inner: Tensor<D>) -> Tensor<D> {
+        let mut tensor = Tensor::from_inner(inner);
+        if let Some(strategy) = self.checkpointing {
+            tensor = tensor.with_gradient_checkpointing_strategy(strategy);
+        }
+        if self.require_grad {
+            tensor = tensor.require_grad();
+        }
+        tensor
+    }
+}
+
+/// bayesprop's optimizer over the parameters of the first step, each a tensor of one group
+/// named by its parameter id, on the wgpu device the parameters live on.
+fn build(config: &BayespropConfig, specs: &[Spec]) -> Result<Built> {
+    let device = specs[0].device.clone().inner();
+    let ctx = shared_context(&device)?;
+    let mut groups = ParamGroups::new();
+    let group = groups.add_group("burn", config.config.clone())?;
+    groups.set_policy(group, config.policy)?;
+    let mut tensors = HashMap::new();
+    for spec in specs {
+        // θ₀ is never used: every step copies θ in from burn first.
+        let len = spec.shape.iter().product();
+        let name = spec.id.val().to_string();
+        let id = groups.add_tensor(group, &name, &spec.shape, &vec![0.0; len])?;
+        tensors.insert(
+            spec.id,
+            Registered {
+                id,
+                shape: spec.shape.clone(),
+            },
+        );
+    }
+    Ok(Built {
+        gpu: GpuOptimizer::from_groups(&ctx, &groups)?,
+        device,
+        tensors,
+    })
+}
+
+/// The arena holds the parameters of the first step: a step must bring exactly those.
+fn check_same_parameters(built: &Built, specs: &[Spec]) -> Result<()> {
+    let known = specs.iter().all(|s| match built.tensors.get(&s.id) {
+        Some(r) => r.shape == s.shape,
+        None => false,
+    });
+    if known && specs.len() == built.tensors.len() {
+        return Ok(());
+    }
+    Err(Error::Parameters(format!(
+        "this step has gradients for {} parameters, the first step for {}, or shapes differ: \
+         bayesprop steps the parameters of the first step, each with a gradient every step",
+        specs.len(),
+        built.tensors.len()
+    )))
+}
+
+/// Copies every parameter and gradient into the arena, records the step, and copies θ back:
+/// one command buffer, one submit.
+fn submit(built: &mut Built, entries: &[Entry]) -> Result<()> {
+    let gpu = &mut built.gpu;
+    let ctx = gpu.context().clone();
+    let mut encoder = ctx
+        .device()
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("bayesprop-burn step"),
+        });
+    let mut arena = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let id = built.tensors[&entry.id].id;
+        let (theta, bytes) = gpu.tensor_theta(id)?;
+        let (grad, _) = gpu.tensor_grad(id)?;
+        copy(
+            &mut encoder,
+            &entry.theta,
+            (&theta.buffer, theta.offset),
+            bytes,
+        );
+        copy(
+            &mut encoder,
+            &entry.grad,
+            (&grad.buffer, grad.offset),
+            bytes,
+        );
+        arena.push((theta, bytes));
+    }
+    gpu.encode_step(&mut encoder)?;
+    for (entry, (theta, bytes)) in entries.iter().zip(&arena) {
+        let out = entry.out.as_ref().unwrap_or(&entry.theta);
+        encoder.copy_buffer_to_buffer(
+            &theta.buffer,
+            theta.offset,
+            out.buffer(),
+            out.offset(),
+            *bytes,
+        );
+    }
+    submit_checked(&ctx, encoder, "the step")
+}
+
+/// After a failed step, gives the fresh tensors that replaced shared parameters their values.
+fn keep_values(gpu: &GpuOptimizer, entries: &[Entry]) -> Result<()> {
+    let ctx = gpu.context();
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    for entry in entries {
+        if let Some(out) = &entry.out {
+            let to = (out.buffer(), out.offset());
+            copy(&mut encoder, &entry.theta, to, entry.theta.bytes());
+        }
+    }
+    submit_checked(ctx, encoder, "restoring parameters after a failed step")
+}
+
+/// burn hands the learning rate to every step (schedules); optimizers without one (`bayes`)
+/// ignore it.
+fn set_lr(gpu: &mut GpuOptimizer, lr: LearningRate) -> Result<()> {
+    let mut config = gpu.config().clone();
+    match config.as_dyn_mut().set("lr", &lr.to_string()) {
+        Err(bayesprop::Error::Unknown { .. }) => return Ok(()),
+        other => other?,
+    }
+    if &config != gpu.config() {
+        gpu.set_config(config)?;
+    }
+    Ok(())
+}
+
+fn copy(
+    encoder: &mut wgpu::CommandEncoder,
+    from: &GpuView,
+    (buffer, offset): (&wgpu::Buffer, u64),
+    bytes: u64,
+) {
+    encoder.copy_buffer_to_buffer(from.buffer(), from.offset(), buffer, offset, bytes);
+}
+
+/// Submits `encoder` on the shared queue, returning the validation errors it raises.
+fn submit_checked(
+    ctx: &bayesprop::GpuContext,
+    encoder: wgpu::CommandEncoder,
+    what: &str,
+) -> Result<()> {
+    let scope = ctx.device().push_error_scope(wgpu::ErrorFilter::Validation);
+    ctx.queue().submit([encoder.finish()]);
+    match pollster::block_on(scope.pop()) {
+        None => Ok(()),
+        Some(e) => Err(bayesprop::Error::Device(format!("{what}: {e}")).into()),
+    }
+}

@@ -1,0 +1,173 @@
+//! The adapter against bayesprop's own optimizer: every step bit for bit, state as burn
+//! tensors, resume, aliasing and errors.
+
+mod common;
+
+use bayesprop::{GpuOptimizer, OptimizerConfig, ParamGroups, Stepper, TensorId};
+use bayesprop_burn::{shared_context, BayesConfig, BayespropConfig, Error};
+use burn::optim::GradientsParams;
+use burn::tensor::Device;
+use common::{flat, grads, host, params, Mlp};
+
+const LR: f64 = 3e-3;
+
+/// The gradients of `grads`, flat in the order of `ids`, for bayesprop's host API.
+fn flat_grads(grads: &GradientsParams, ids: &[(burn::module::ParamId, usize)]) -> Vec<f32> {
+    ids.iter()
+        .flat_map(|&(id, rank)| match rank {
+            1 => host(grads.get::<1>(id).unwrap()),
+            2 => host(grads.get::<2>(id).unwrap()),
+            _ => unreachable!("the test model has ranks 1 and 2"),
+        })
+        .collect()
+}
+
+/// bayesprop's own optimizer on the same device, over the model's parameters as they are now.
+fn reference(device: &Device, model: &Mlp, config: &OptimizerConfig) -> GpuOptimizer {
+    let ctx = shared_context(device).unwrap();
+    let mut groups = ParamGroups::new();
+    let group = groups.add_group("burn", config.clone()).unwrap();
+    for (id, shape, values) in params(model) {
+        groups
+            .add_tensor(group, &id.val().to_string(), &shape, &values)
+            .unwrap();
+    }
+    GpuOptimizer::from_groups(&ctx, &groups).unwrap()
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn every_optimizer_of_the_table_steps_burns_parameters_as_bayesprop_does() {
+    let device = common::device();
+    for mut config in OptimizerConfig::all_defaults() {
+        // burn's learning rate replaces the config's; bayes has none and ignores it.
+        let _ = config.as_dyn_mut().set("lr", &LR.to_string());
+        let mut model = Mlp::new(&device);
+        let ids: Vec<_> = params(&model)
+            .iter()
+            .map(|(id, shape, _)| (*id, shape.len()))
+            .collect();
+        let mut expected = reference(&device, &model, &config);
+        let mut optim = BayespropConfig::new(config.clone()).init();
+        for t in 0..6 {
+            let g = grads(&model, &device, t);
+            expected.step(&flat_grads(&g, &ids)).unwrap();
+            model = optim.try_step(LR, model, g).unwrap();
+        }
+        let name = config.name();
+        assert_eq!(
+            bits(&flat(&model)),
+            bits(&expected.theta().unwrap()),
+            "{name}: θ after 6 steps through burn vs bayesprop's own step"
+        );
+        let derived = config.as_dyn().derived_state_names().iter().copied();
+        for state in config.used_state_names().into_iter().chain(derived) {
+            let (weight, _) = ids[0];
+            let through_burn = host(optim.state::<2>(weight, state).unwrap());
+            let own = expected.tensor_state(TensorId(0), state).unwrap();
+            assert_eq!(bits(&through_burn), bits(&own), "{name}: state {state}");
+        }
+    }
+}
+
+#[test]
+fn sigma_reads_back_as_a_burn_tensor_of_the_parameters_shape() {
+    let device = common::device();
+    let mut model = Mlp::new(&device);
+    let mut optim = BayesConfig::new().with_eta(1e-3).init();
+    for t in 0..3 {
+        let g = grads(&model, &device, t);
+        model = optim.step(LR, model, g);
+    }
+    let sigma = optim.sigma::<2>(model.a.weight.id).unwrap();
+    assert_eq!(sigma.dims(), [common::INPUTS, 7]);
+    let values = host(sigma);
+    assert!(
+        values.iter().all(|s| s.is_finite() && *s > 0.0),
+        "{values:?}"
+    );
+    let bias = optim.sigma::<1>(model.b.bias.as_ref().unwrap().id).unwrap();
+    assert_eq!(bias.dims(), [common::OUTPUTS]);
+    let err = optim.sigma::<1>(model.a.weight.id).unwrap_err();
+    assert!(err.to_string().contains("rank 2"), "{err}");
+}
+
+#[test]
+fn a_loaded_run_goes_on_bit_identically_and_a_clone_keeps_its_values() {
+    let device = common::device();
+    let dir = std::env::temp_dir().join(format!("bayesprop-burn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("optim.safetensors");
+
+    let mut model = Mlp::new(&device);
+    let mut optim = BayesConfig::new().with_momentum(0.9).init();
+    for t in 0..3 {
+        let g = grads(&model, &device, t);
+        model = optim.step(LR, model, g);
+    }
+    optim.save(&path).unwrap();
+    // A clone shares burn's buffers: stepping the original must not change it.
+    let snapshot = model.clone();
+    let at_save = flat(&snapshot);
+    for t in 3..6 {
+        let g = grads(&model, &device, t);
+        model = optim.step(LR, model, g);
+    }
+    assert_eq!(bits(&flat(&snapshot)), bits(&at_save), "the clone changed");
+    assert_ne!(
+        bits(&flat(&model)),
+        bits(&at_save),
+        "the model did not move"
+    );
+
+    let mut resumed = BayesConfig::new().with_momentum(0.9).init();
+    resumed.load(&path).unwrap();
+    let mut other = snapshot;
+    for t in 3..6 {
+        let g = grads(&other, &device, t);
+        other = resumed.step(LR, other, g);
+    }
+    assert_eq!(bits(&flat(&other)), bits(&flat(&model)), "θ after resume");
+    let weight = model.a.weight.id;
+    assert_eq!(
+        bits(&host(resumed.sigma::<2>(weight).unwrap())),
+        bits(&host(optim.sigma::<2>(weight).unwrap())),
+        "σ after resume"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_input_is_an_error_and_the_module_comes_back_unchanged() {
+    let device = common::device();
+    let optim = BayesConfig::new().init();
+    assert!(matches!(
+        optim.sigma::<2>(burn::module::ParamId::new()),
+        Err(Error::NotStarted(_))
+    ));
+    assert!(BayespropConfig::named("no_such_optimizer").is_err());
+
+    let model = Mlp::new(&device);
+    let before = flat(&model);
+    let mut invalid = BayesConfig::new().with_eta(-1.0).init();
+    let g = grads(&model, &device, 0);
+    let failed = invalid.try_step(LR, model, g).unwrap_err();
+    assert!(failed.to_string().contains("eta"), "{failed}");
+    assert_eq!(bits(&flat(&failed.module)), bits(&before));
+
+    // The arena holds the first step's parameters: another module's are refused.
+    let mut optim = BayesConfig::new().init();
+    let model = failed.module;
+    let g = grads(&model, &device, 0);
+    let model = optim.step(LR, model, g);
+    let stranger = Mlp::new(&device);
+    let before = flat(&stranger);
+    let g = grads(&stranger, &device, 0);
+    let failed = optim.try_step(LR, stranger, g).unwrap_err();
+    assert!(matches!(failed.error, Error::Parameters(_)), "{failed}");
+    assert_eq!(bits(&flat(&failed.module)), bits(&before));
+    drop(model);
+}
