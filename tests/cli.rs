@@ -3,49 +3,18 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::process::Command;
+
+use common::cli::{bayesprop, TempDir};
 
 use bayesprop::validate::{self, Oracle, Rule};
 use bayesprop::{BayesConfig, CpuOptimizer, Optimizer, OptimizerConfig, Stepper, Stored};
 use ndarray::{Array1, Array2};
 use ndarray_npy::{read_npy, write_npy};
 
-/// A fresh folder under the system temp dir, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "bayesprop-cli-{}-{name}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-
-    fn join(&self, file: &str) -> PathBuf {
-        self.0.join(file)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn bayesprop(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_bayesprop"))
-        .args(args)
-        .current_dir(dir)
-        .env("XDG_RUNTIME_DIR", "/tmp")
-        .output()
-        .expect("the binary runs")
+/// A scratch folder of this binary's tests.
+fn scratch(name: &str) -> TempDir {
+    TempDir::new("cli", name)
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -102,7 +71,7 @@ fn replay_with(dir: &TempDir, device: &str, grads: &str, out: &str, extra: &[&st
         device,
     ];
     args.extend_from_slice(extra);
-    let output = bayesprop(&args, &dir.0);
+    let output = bayesprop(&args, dir.path());
     assert!(
         output.status.success(),
         "replay --device {device} failed: {:?}\nstderr: {}",
@@ -165,7 +134,7 @@ fn assert_bits_equal(a: &Array2<f32>, b: &Array2<f32>, what: &str) {
 
 #[test]
 fn replay_on_the_cpu_devices_matches_the_reference() {
-    let dir = TempDir::new("cpu");
+    let dir = scratch("cpu");
     let (t, n) = (25, 301);
     let (theta0, grads) = write_inputs(&dir, t, n);
     let reference = replay_ok(&dir, "reference", &[]);
@@ -187,7 +156,7 @@ fn replay_on_the_gpu_is_bit_identical_on_a_software_adapter() {
     let Some(ctx) = common::gpu("replay_on_the_gpu_is_bit_identical_on_a_software_adapter") else {
         return;
     };
-    let dir = TempDir::new("gpu");
+    let dir = scratch("gpu");
     let (t, n) = (25, 301);
     let (theta0, grads) = write_inputs(&dir, t, n);
     let reference = replay_ok(&dir, "reference", &[]);
@@ -214,7 +183,7 @@ fn replay_on_the_gpu_is_bit_identical_on_a_software_adapter() {
             "--out",
             "default.npy",
         ],
-        &dir.0,
+        dir.path(),
     );
     assert!(output.status.success(), "{}", text(&output.stderr));
     let default: Array2<f32> = read_npy(dir.join("default.npy")).unwrap();
@@ -223,7 +192,7 @@ fn replay_on_the_gpu_is_bit_identical_on_a_software_adapter() {
 
 #[test]
 fn replay_honours_set() {
-    let dir = TempDir::new("set");
+    let dir = scratch("set");
     let (t, n) = (12, 64);
     let (theta0, grads) = write_inputs(&dir, t, n);
     let settings = [
@@ -252,7 +221,7 @@ fn replay_honours_set_on_the_gpu() {
     let Some(ctx) = common::gpu("replay_honours_set_on_the_gpu") else {
         return;
     };
-    let dir = TempDir::new("set-gpu");
+    let dir = scratch("set-gpu");
     let (t, n) = (12, 64);
     let (theta0, grads) = write_inputs(&dir, t, n);
     let settings = [
@@ -289,7 +258,7 @@ fn replay_fails(dir: &TempDir, args: &[&str], mentions: &[&str]) -> String {
     let mut all = vec!["replay"];
     all.extend_from_slice(args);
     all.extend_from_slice(&["--out", "never.npy", "--device", "cpu"]);
-    let output = bayesprop(&all, &dir.0);
+    let output = bayesprop(&all, dir.path());
     let stderr = text(&output.stderr);
     assert_eq!(
         output.status.code(),
@@ -319,7 +288,7 @@ fn replay_fails(dir: &TempDir, args: &[&str], mentions: &[&str]) -> String {
 
 #[test]
 fn replay_errors_exit_2_with_one_line() {
-    let dir = TempDir::new("errors");
+    let dir = scratch("errors");
     let (t, n) = (4, 6);
     let (theta0, _) = write_inputs(&dir, t, n);
     write_npy(dir.join("grads-wide.npy"), &Array2::<f32>::ones((t, n + 1))).unwrap();
@@ -393,8 +362,8 @@ fn validate_passes_and_states_its_bound() {
     if common::gpu("validate_passes_and_states_its_bound").is_none() {
         return;
     }
-    let dir = TempDir::new("validate");
-    let output = bayesprop(&["validate"], &dir.0);
+    let dir = scratch("validate");
+    let output = bayesprop(&["validate"], dir.path());
     let stdout = text(&output.stdout);
     let stderr = text(&output.stderr);
     assert!(
@@ -416,8 +385,8 @@ fn info_names_the_chosen_adapter() {
     let Some(ctx) = common::gpu("info_names_the_chosen_adapter") else {
         return;
     };
-    let dir = TempDir::new("info");
-    let output = bayesprop(&["info"], &dir.0);
+    let dir = scratch("info");
+    let output = bayesprop(&["info"], dir.path());
     let stdout = text(&output.stdout);
     assert!(
         output.status.success(),
@@ -438,11 +407,11 @@ fn starts_quietly_without_xdg_runtime_dir() {
     let Some(_) = common::gpu("starts_quietly_without_xdg_runtime_dir") else {
         return;
     };
-    let dir = TempDir::new("quiet");
+    let dir = scratch("quiet");
     // Unset, and set to what libwayland calls invalid (not an absolute path).
     for value in [None, Some(""), Some("relative")] {
         let mut command = Command::new(env!("CARGO_BIN_EXE_bayesprop"));
-        command.arg("info").current_dir(&dir.0);
+        command.arg("info").current_dir(dir.path());
         match value {
             None => command.env_remove("XDG_RUNTIME_DIR"),
             Some(value) => command.env("XDG_RUNTIME_DIR", value),
@@ -468,9 +437,9 @@ fn gpu_subcommands() -> Vec<&'static str> {
 
 #[test]
 fn every_gpu_subcommand_takes_the_same_gpu_flags() {
-    let dir = TempDir::new("flags");
+    let dir = scratch("flags");
     for subcommand in gpu_subcommands() {
-        let help = text(&bayesprop(&[subcommand, "--help"], &dir.0).stdout);
+        let help = text(&bayesprop(&[subcommand, "--help"], dir.path()).stdout);
         for flag in ["--adapter <NAME>", "--workgroup-size <W>", "--scalar-only"] {
             assert!(help.contains(flag), "{subcommand} has no {flag}:\n{help}");
         }
@@ -479,9 +448,9 @@ fn every_gpu_subcommand_takes_the_same_gpu_flags() {
 
 #[test]
 fn an_adapter_flag_that_matches_nothing_says_so() {
-    let dir = TempDir::new("adapter");
+    let dir = scratch("adapter");
     for subcommand in ["info", "validate"] {
-        let output = bayesprop(&[subcommand, "--adapter", "no such adapter"], &dir.0);
+        let output = bayesprop(&[subcommand, "--adapter", "no such adapter"], dir.path());
         let stderr = text(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{subcommand}: {stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
@@ -575,7 +544,7 @@ fn write_scaled_inputs(dir: &TempDir, t: usize, n: usize) -> (Array1<f32>, Array
 #[test]
 fn replay_unscales_clips_and_schedules_as_defined() {
     let gpu = common::gpu("replay_unscales_clips_and_schedules_as_defined").is_some();
-    let dir = TempDir::new("train");
+    let dir = scratch("train");
     let (theta0, scaled) = write_scaled_inputs(&dir, 24, 64);
     let scale = LOSS_SCALE.to_string();
     let clip = CLIP_NORM.to_string();
@@ -613,7 +582,7 @@ fn replay_unscales_clips_and_schedules_as_defined() {
 #[test]
 fn a_split_replay_resumes_schedule_and_clipping_bit_exactly() {
     let gpu = common::gpu("a_split_replay_resumes_schedule_and_clipping_bit_exactly").is_some();
-    let dir = TempDir::new("split");
+    let dir = scratch("split");
     let (_, scaled) = write_scaled_inputs(&dir, 20, 64);
     write_npy(
         dir.join("first.npy"),
@@ -685,7 +654,7 @@ fn a_split_replay_resumes_schedule_and_clipping_bit_exactly() {
 /// no checkpoint written.
 #[test]
 fn replay_refuses_bad_transforms_and_schedules() {
-    let dir = TempDir::new("train-errors");
+    let dir = scratch("train-errors");
     write_inputs(&dir, 4, 6);
     let with = |extra: &[&'static str]| {
         let base = "--optimizer bayes --params params.npy --grads grads.npy";
