@@ -197,7 +197,10 @@ impl Report {
                     Case::OneTensor,
                     NonFinitePolicy::SkipStep.name(),
                 )?;
-                let cost = without.roofline_fraction / with.roofline_fraction - 1.0;
+                // Fractions count each row's own bytes (the scan's read of g in `with`); the
+                // time relative to the touch is the fraction per byte.
+                let per_byte = |r: &Row| r.roofline_fraction / r.bytes_per_element as f64;
+                let cost = per_byte(without) / per_byte(with) - 1.0;
                 Some((
                     without.optimizer.clone(),
                     without.n,
