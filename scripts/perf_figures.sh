@@ -14,10 +14,14 @@ mkdir -p "$out"
 # the many-tensor case and the scan pass's cost.
 bench --repeat 3 | tee "$out/matrix.txt"
 # The CPU alone, with the default policy and then without the extra read of g that skip-step
-# needs (the rows of README's table).
-bench --device cpu --sizes 16M,64M --repeat 3 | tee "$out/cpu-skip-step.txt"
+# needs (the rows of README's table); the first with the fused training step against the
+# unfused sequence.
+bench --device cpu --sizes 16M,64M --repeat 3 --training-step | tee "$out/cpu-skip-step.txt"
 bench --device cpu --sizes 16M,64M --nonfinite skip-element --repeat 3 \
   | tee "$out/cpu-skip-element.txt"
+# The GPU alone at the sizes of README's table, with the fused training step.
+bench --device gpu --sizes 16M,64M --matrix-only --training-step --repeat 3 \
+  | tee "$out/gpu-16M-64M.txt"
 # Throughput against N, every device (the figure).
 bench --optimizer bayes --sizes 16K,64K,256K,1M,4M,16M,64M --matrix-only --repeat 2 \
   --plot "$out/throughput.svg" | tee "$out/throughput.txt"

@@ -30,11 +30,12 @@ use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::optim::{NonFinitePolicy, OptimizerConfig};
+use crate::transform::GradTransform;
 pub use measure::cpu_name;
 use measure::{load_average, measure, Measured};
 pub use plan::{format_size, job_count, parse_size};
 use plan::{host_bytes, memory_available, plan};
-use report::{fill_speedups, row};
+use report::{fill_ratios, fill_speedups, row};
 
 /// How the parameters are registered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -59,6 +60,65 @@ impl Case {
     }
 }
 
+/// What one step of a row does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StepKind {
+    /// The optimizer's step alone (the matrix).
+    Update,
+    /// [`TRAINING_STEP`] set on the optimizer: unscaling and clipping in its own passes.
+    Fused,
+    /// [`TRAINING_STEP`] as PyTorch runs it: an unscale pass (read g, write g), a norm pass
+    /// (read g), a scale pass (read g, write g), each a loop or kernel of its own, then the
+    /// plain step.
+    Unfused,
+}
+
+impl StepKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            StepKind::Update => "update",
+            StepKind::Fused => "fused training step",
+            StepKind::Unfused => "unfused training step",
+        }
+    }
+}
+
+/// The training step of `--training-step` rows: a power-of-two loss scale (so unscaling is
+/// exact) and a norm small enough that the bench's gradient is really clipped.
+pub const TRAINING_STEP: GradTransform = GradTransform {
+    grad_scale: 1024.0,
+    clip_norm: Some(1e-3),
+    max_consecutive_skips: None,
+};
+
+/// The optimizers of `--training-step` rows: the SPEC's own and the one PyTorch users run.
+pub const TRAINING_STEP_OPTIMIZERS: [&str; 2] = ["bayes", "adam"];
+
+/// Bytes one step really moves per element, every pass included: the update's (SPEC: g read,
+/// θ and each used state vector read and written), plus one more read of g for the scan,
+/// which runs under `skip-step` and `error` (the non-finite count before any element
+/// changes) and under every policy when `transform` unscales or clips (the norm); the
+/// unfused sequence adds its unscale (8), norm (4) and scale (8) passes to a plain step.
+pub fn bytes_per_element(
+    config: &OptimizerConfig,
+    policy: NonFinitePolicy,
+    transform: &GradTransform,
+    kind: StepKind,
+) -> usize {
+    let update = config.as_dyn().bytes_per_element();
+    let scan = |transform: &GradTransform| {
+        if policy != NonFinitePolicy::SkipElement || !transform.is_identity() {
+            4
+        } else {
+            0
+        }
+    };
+    match kind {
+        StepKind::Update | StepKind::Fused => update + scan(transform),
+        StepKind::Unfused => 8 + 4 + 8 + update + scan(&GradTransform::default()),
+    }
+}
+
 /// What to measure.
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
@@ -78,6 +138,9 @@ pub struct BenchOptions {
     /// scan pass's cost (each size again under the other one of `SkipStep` and
     /// `SkipElement`).
     pub extras: bool,
+    /// Also, for each size and [`TRAINING_STEP_OPTIMIZERS`]: the fused training step against
+    /// the unfused sequence, under the matrix's policy and under `skip-element`.
+    pub training_step: bool,
 }
 
 impl Default for BenchOptions {
@@ -93,6 +156,7 @@ impl Default for BenchOptions {
             repeat: 1,
             policy: NonFinitePolicy::SkipStep,
             extras: true,
+            training_step: false,
         }
     }
 }
@@ -110,15 +174,17 @@ pub struct Row {
     pub adapter: String,
     pub step_seconds_median: f64,
     pub elements_per_second: f64,
-    /// Bytes moved per parameter per step, per SPEC (e.g. 28 for `bayes`).
+    /// Bytes really moved per parameter per step, every pass included (see
+    /// [`bytes_per_element`]): `bayes` moves 28 under `skip-element`, 32 under `skip-step`.
     pub bytes_per_element: usize,
     pub gb_per_second: f64,
-    /// The touch of the same arrays, measured in the same run on the same device.
+    /// The touch of the optimizer's arrays (the update's SPEC bytes), measured in the same
+    /// run on the same device.
     pub roofline_gb_per_second: f64,
-    /// The step's share of the roofline: the median over the run of touch time over step
-    /// time, each touch measured right after its step, so that a change in machine load
-    /// during the run cancels out. Close to `gb_per_second / roofline_gb_per_second`, which
-    /// takes the medians separately.
+    /// The step's share of the roofline by real bytes: the median over the run of
+    /// (real bytes / step time) over (touch bytes / touch time), each touch measured right
+    /// after its step, so that a change in machine load during the run cancels out. Close to
+    /// `gb_per_second / roofline_gb_per_second`, which takes the medians separately.
     pub roofline_fraction: f64,
     /// The lowest and highest roofline fraction of a single pass (`--repeat`).
     pub roofline_fraction_min: f64,
@@ -136,12 +202,18 @@ pub struct Row {
     /// Steps submitted back to back, wall clock per step (host recording and submission
     /// included); equal to the median for CPU rows.
     pub wall_seconds_per_step: f64,
-    /// GPU rows: the CPU row's step time over this one's (same optimizer, size, case, policy).
+    /// GPU rows: the CPU row's step time over this one's (same optimizer, size, case, policy,
+    /// step).
     pub gpu_cpu_speedup: Option<f64>,
     /// GPU rows: invocations per workgroup.
     pub workgroup_size: Option<u32>,
     /// GPU rows: whether kernels used vec4 loads and stores (else one element per invocation).
     pub vec4: Option<bool>,
+    /// `update`, `fused training step` or `unfused training step` ([`StepKind`]).
+    pub step: String,
+    /// Fused training-step rows: the unfused row's step time over this one's (same
+    /// optimizer, size, device, policy).
+    pub unfused_over_fused: Option<f64>,
 }
 
 /// Every row of a run, and why GPU rows are missing if they are.
@@ -209,6 +281,7 @@ pub fn run(
     progress(total, total, "done");
     let mut rows: Vec<Row> = jobs.iter().zip(&measured).map(|(j, m)| row(j, m)).collect();
     fill_speedups(&mut rows);
+    fill_ratios(&mut rows);
     let load = load_before.zip(load_average());
     Ok(Report {
         rows,
@@ -216,4 +289,186 @@ pub fn run(
         policy: options.policy,
         load,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::optim::SgdConfig;
+
+    fn sgd(momentum: f64) -> OptimizerConfig {
+        OptimizerConfig::Sgd(SgdConfig {
+            momentum,
+            ..SgdConfig::default()
+        })
+    }
+
+    const UNSCALE: GradTransform = GradTransform {
+        grad_scale: 1024.0,
+        clip_norm: None,
+        max_consecutive_skips: None,
+    };
+    const CLIP: GradTransform = GradTransform {
+        grad_scale: 1.0,
+        clip_norm: Some(1.0),
+        max_consecutive_skips: None,
+    };
+
+    /// Every policy × transform × momentum, each count worked out by hand from the passes:
+    /// the update reads g and reads and writes θ and each state vector; the scan reads g.
+    #[test]
+    fn bytes_per_element_counts_every_pass() {
+        use NonFinitePolicy::{Error, SkipElement, SkipStep};
+        use StepKind::{Fused, Unfused, Update};
+        let none = GradTransform::default();
+        let bayes = OptimizerConfig::default_for("bayes").unwrap();
+        let bayes_fp = OptimizerConfig::default_for("bayes_fp").unwrap();
+        let cases: &[(
+            &str,
+            OptimizerConfig,
+            NonFinitePolicy,
+            GradTransform,
+            StepKind,
+            usize,
+        )] = &[
+            // No momentum buffer: g, θ.
+            ("sgd skip-step", sgd(0.0), SkipStep, none, Update, 16),
+            ("sgd error", sgd(0.0), Error, none, Update, 16),
+            ("sgd skip-element", sgd(0.0), SkipElement, none, Update, 12),
+            (
+                "sgd skip-element unscale",
+                sgd(0.0),
+                SkipElement,
+                UNSCALE,
+                Fused,
+                16,
+            ),
+            (
+                "sgd skip-element clip",
+                sgd(0.0),
+                SkipElement,
+                CLIP,
+                Fused,
+                16,
+            ),
+            ("sgd skip-step clip", sgd(0.0), SkipStep, CLIP, Fused, 16),
+            (
+                "sgd skip-element unfused",
+                sgd(0.0),
+                SkipElement,
+                TRAINING_STEP,
+                Unfused,
+                32,
+            ),
+            (
+                "sgd skip-step unfused",
+                sgd(0.0),
+                SkipStep,
+                TRAINING_STEP,
+                Unfused,
+                36,
+            ),
+            // Momentum: g, θ, b.
+            ("sgd+m skip-step", sgd(0.9), SkipStep, none, Update, 24),
+            (
+                "sgd+m skip-element",
+                sgd(0.9),
+                SkipElement,
+                none,
+                Update,
+                20,
+            ),
+            (
+                "sgd+m skip-element clip",
+                sgd(0.9),
+                SkipElement,
+                CLIP,
+                Fused,
+                24,
+            ),
+            ("sgd+m error unscale", sgd(0.9), Error, UNSCALE, Fused, 24),
+            (
+                "sgd+m skip-element unfused",
+                sgd(0.9),
+                SkipElement,
+                TRAINING_STEP,
+                Unfused,
+                40,
+            ),
+            // bayes: g, θ, m, v.
+            ("bayes skip-step", bayes.clone(), SkipStep, none, Update, 32),
+            (
+                "bayes skip-element",
+                bayes.clone(),
+                SkipElement,
+                none,
+                Update,
+                28,
+            ),
+            (
+                "bayes skip-step fused",
+                bayes.clone(),
+                SkipStep,
+                TRAINING_STEP,
+                Fused,
+                32,
+            ),
+            (
+                "bayes skip-element fused",
+                bayes.clone(),
+                SkipElement,
+                TRAINING_STEP,
+                Fused,
+                32,
+            ),
+            (
+                "bayes skip-element unscale",
+                bayes.clone(),
+                SkipElement,
+                UNSCALE,
+                Fused,
+                32,
+            ),
+            (
+                "bayes skip-step unfused",
+                bayes.clone(),
+                SkipStep,
+                TRAINING_STEP,
+                Unfused,
+                52,
+            ),
+            (
+                "bayes skip-element unfused",
+                bayes,
+                SkipElement,
+                TRAINING_STEP,
+                Unfused,
+                48,
+            ),
+            // bayes_fp: g, θ, one state vector.
+            (
+                "bayes_fp skip-step",
+                bayes_fp.clone(),
+                SkipStep,
+                none,
+                Update,
+                24,
+            ),
+            (
+                "bayes_fp skip-element",
+                bayes_fp,
+                SkipElement,
+                none,
+                Update,
+                20,
+            ),
+        ];
+        for (name, config, policy, transform, kind, bytes) in cases {
+            assert_eq!(
+                bytes_per_element(config, *policy, transform, *kind),
+                *bytes,
+                "{name}"
+            );
+        }
+    }
 }

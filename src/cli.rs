@@ -121,6 +121,11 @@ struct BenchArgs {
     /// Only the matrix: no many-tensor case, no scan-pass cost.
     #[arg(long)]
     matrix_only: bool,
+    /// Also the training step (unscale by 1024, clip to norm 1e-3) of bayes and adam at each
+    /// size: fused into the optimizer's passes against PyTorch's unfused sequence (CPU),
+    /// under the matrix's policy and skip-element.
+    #[arg(long)]
+    training_step: bool,
     #[command(flatten)]
     gpu: GpuArgs,
 }
@@ -430,6 +435,7 @@ fn bench(args: &BenchArgs) -> Result<ExitCode> {
         repeat: args.repeat,
         policy: args.nonfinite,
         extras: !args.matrix_only,
+        training_step: args.training_step,
     };
     let gpu = if options.devices.contains(&Device::Gpu) {
         args.gpu.context().map_err(|e| e.to_string())

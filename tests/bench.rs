@@ -89,11 +89,13 @@ fn json_rows_carry_every_documented_key_for_every_optimizer() {
         assert_eq!(row["device"], "cpu");
         let name = row["optimizer"].as_str().unwrap();
         let config = OptimizerConfig::default_for(name).unwrap();
+        // The default policy is skip-step: its scan reads g once more than SPEC's update.
         assert_eq!(
             row["bytes_per_element"].as_u64().unwrap() as usize,
-            config.as_dyn().bytes_per_element(),
-            "{name}: bytes per SPEC"
+            config.as_dyn().bytes_per_element() + 4,
+            "{name}: bytes really moved"
         );
+        assert_eq!(row["step"], "update");
         for key in [
             "step_seconds_median",
             "roofline_gb_per_second",
@@ -187,6 +189,65 @@ fn gpu_rows_name_the_adapter_and_how_they_were_timed() {
             .contains(&ctx.adapter_info().name));
         assert_eq!(row["timing"], timing);
         assert_eq!(row["vec4"], true);
+    }
+}
+
+#[test]
+fn training_step_rows_set_fused_against_unfused_by_real_bytes() {
+    let Some(_ctx) = common::gpu("training_step_rows_set_fused_against_unfused_by_real_bytes")
+    else {
+        return;
+    };
+    let args = [
+        "bench",
+        "--optimizer",
+        "sgd",
+        "--sizes",
+        "4K",
+        "--steps",
+        "2",
+        "--matrix-only",
+        "--training-step",
+    ];
+    let rows = rows(&bayesprop(&[&args[..], &["--json"]].concat(), &[]));
+    let training: Vec<_> = rows.iter().filter(|r| r["step"] != "update").collect();
+    // bayes and adam; cpu and gpu; skip-step and skip-element; fused everywhere, unfused on
+    // the CPU.
+    assert_eq!(training.len(), 2 * 2 * 3, "{training:?}");
+    for row in &training {
+        let (name, device, policy) = (&row["optimizer"], &row["device"], &row["policy"]);
+        let fused = row["step"] == "fused training step";
+        // bayes and adam: g, θ and two state vectors; the scan reads g under every policy
+        // once the step unscales and clips; the unfused passes move 8 + 4 + 8 more, and
+        // its plain step scans only under skip-step.
+        let expected = match (fused, policy.as_str().unwrap()) {
+            (true, _) => 32,
+            (false, "skip-step") => 52,
+            (false, _) => 48,
+        };
+        assert_eq!(row["bytes_per_element"], expected, "{row:?}");
+        let fraction = row["roofline_fraction"].as_f64().unwrap();
+        assert!(fraction.is_finite() && fraction > 0.0, "{row:?}");
+        let ratio = &row["unfused_over_fused"];
+        if fused && device == "cpu" {
+            let r = ratio.as_f64().unwrap();
+            assert!(r.is_finite() && r > 0.0, "{name} {policy}: {r}");
+        } else {
+            assert!(ratio.is_null(), "{row:?}");
+        }
+    }
+    let out = bayesprop(&args, &[]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    for name in ["bayes", "adam"] {
+        for policy in ["skip-step", "skip-element"] {
+            let line = format!("training step ({name}, cpu, n=4K, {policy}): fused");
+            let found = stdout.lines().find(|l| l.starts_with(&line));
+            assert!(
+                found.is_some_and(|l| l.contains("unfused/fused")),
+                "{line}: {stdout}"
+            );
+        }
     }
 }
 

@@ -6,12 +6,13 @@ use std::time::Instant;
 use crate::bench::plan::Job;
 use crate::bench::roofline::{copy_cpu, synthetic, touch_cpu, GpuRoofline};
 use crate::bench::timing::PassTimer;
-use crate::bench::{Case, MANY_TENSORS_LEN};
-use crate::cpu::{CpuOptimizer, CpuPath};
+use crate::bench::{Case, StepKind, MANY_TENSORS_LEN};
+use crate::cpu::{CpuOptimizer, CpuPath, PARALLEL_CHUNK};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, GpuOptimizer};
 use crate::layout::ParamGroups;
+use crate::transform::{self, GradTransform, NORM_BLOCK};
 use crate::Stepper;
 
 /// `/proc/loadavg`'s first three fields (Linux).
@@ -88,7 +89,20 @@ pub(super) fn measure(job: &Job, steps: usize, gpu: Option<&GpuContext>) -> Resu
             let mut optimizer =
                 CpuOptimizer::from_groups(&groups, path).with_nonfinite_policy(job.policy);
             drop(groups);
-            let samples = measure_cpu(&mut optimizer, &grad, steps)?;
+            let samples = match job.step {
+                StepKind::Update => measure_cpu(&mut optimizer, &grad, steps, &mut plain_step)?,
+                StepKind::Fused => {
+                    optimizer.set_grad_transform(job.transform)?;
+                    measure_cpu(&mut optimizer, &grad, steps, &mut plain_step)?
+                }
+                StepKind::Unfused => {
+                    let mut work = vec![0.0f32; n];
+                    let transform = job.transform;
+                    let mut unfused =
+                        |o: &mut CpuOptimizer, g: &[f32]| unfused_step(o, g, &transform, &mut work);
+                    measure_cpu(&mut optimizer, &grad, steps, &mut unfused)?
+                }
+            };
             (samples, cpu_name(threads), None, None)
         }
         Device::Gpu => {
@@ -96,6 +110,15 @@ pub(super) fn measure(job: &Job, steps: usize, gpu: Option<&GpuContext>) -> Resu
             let mut optimizer =
                 GpuOptimizer::from_groups(ctx, &groups)?.with_nonfinite_policy(job.policy);
             drop(groups);
+            match job.step {
+                StepKind::Update => {}
+                StepKind::Fused => optimizer.set_grad_transform(job.transform)?,
+                StepKind::Unfused => {
+                    return Err(Error::Device(
+                        "bench: the unfused training step runs on the CPU only".into(),
+                    ))
+                }
+            }
             let mut roofline = GpuRoofline::over(ctx, &optimizer)?;
             let samples = measure_gpu(ctx, &mut optimizer, &grad, &mut roofline, states, steps)?;
             let info = ctx.adapter_info();
@@ -134,10 +157,48 @@ fn touch_and_copy(optimizer: &mut CpuOptimizer, grad: &[f32], copy: &mut [f32]) 
     (touch, seconds(start))
 }
 
-fn measure_cpu(optimizer: &mut CpuOptimizer, grad: &[f32], steps: usize) -> Result<Samples> {
+type CpuStep<'a> = dyn FnMut(&mut CpuOptimizer, &[f32]) -> Result<()> + 'a;
+
+fn plain_step(optimizer: &mut CpuOptimizer, grad: &[f32]) -> Result<()> {
+    optimizer.step(grad)
+}
+
+/// The training step as PyTorch runs it, each pass a parallel loop of its own over the whole
+/// gradient: `GradScaler.unscale_` (read g, write g / S: into `work`, so the raw gradient
+/// stays the same step after step), `clip_grad_norm_`'s norm (read) and scale (read, write),
+/// then the plain step on the result.
+fn unfused_step(
+    optimizer: &mut CpuOptimizer,
+    grad: &[f32],
+    transform: &GradTransform,
+    work: &mut [f32],
+) -> Result<()> {
+    use rayon::prelude::*;
+    let scale = transform.grad_scale;
+    work.par_chunks_mut(PARALLEL_CHUNK)
+        .zip(grad.par_chunks(PARALLEL_CHUNK))
+        .for_each(|(w, g)| transform::transform_into(g, scale, 1.0, w));
+    // The same blocks as the fused scan, so both sides sum at full SIMD width.
+    let partials: Vec<f32> = work
+        .par_chunks(NORM_BLOCK)
+        .map(|block| transform::block_partial(block, 1.0).1)
+        .collect();
+    let (_, factor) =
+        transform::norm_and_factor(transform::reduce_partials(&partials), transform.clip_norm);
+    work.par_chunks_mut(PARALLEL_CHUNK)
+        .for_each(|w| w.iter_mut().for_each(|x| *x *= factor));
+    optimizer.step(work)
+}
+
+fn measure_cpu(
+    optimizer: &mut CpuOptimizer,
+    grad: &[f32],
+    steps: usize,
+    step: &mut CpuStep,
+) -> Result<Samples> {
     let mut copy = vec![0.0f32; optimizer.theta_slice().len()];
     // Warm-up: page faults of fresh arrays, caches, rayon's threads.
-    optimizer.step(grad)?;
+    step(optimizer, grad)?;
     touch_and_copy(optimizer, grad, &mut copy);
     let mut samples = Samples {
         step: Vec::with_capacity(steps),
@@ -148,7 +209,7 @@ fn measure_cpu(optimizer: &mut CpuOptimizer, grad: &[f32], steps: usize) -> Resu
     };
     for _ in 0..steps {
         let start = Instant::now();
-        optimizer.step(grad)?;
+        step(optimizer, grad)?;
         samples.step.push(seconds(start));
         let (touch, copied) = touch_and_copy(optimizer, grad, &mut copy);
         samples.touch.push(touch);

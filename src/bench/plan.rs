@@ -1,9 +1,13 @@
 //! Which rows `bench` measures, in which order, and whether the host can hold them.
 
-use crate::bench::{BenchOptions, Case, MANY_TENSORS, MANY_TENSORS_LEN};
+use crate::bench::{
+    bytes_per_element, BenchOptions, Case, StepKind, MANY_TENSORS, MANY_TENSORS_LEN, TRAINING_STEP,
+    TRAINING_STEP_OPTIMIZERS,
+};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::optim::{NonFinitePolicy, OptimizerConfig};
+use crate::transform::GradTransform;
 
 /// The memory the kernel can give without swapping (`MemAvailable` in `/proc/meminfo`, Linux),
 /// in bytes.
@@ -20,7 +24,7 @@ pub(super) fn host_bytes(job: &Job) -> u64 {
     let vectors = match job.device {
         Device::Reference | Device::Cpu => 3 + job.config.used_state_names().len(),
         Device::Gpu => 3,
-    };
+    } + usize::from(job.step == StepKind::Unfused);
     4 * job.n as u64 * vectors as u64
 }
 
@@ -33,18 +37,26 @@ pub(super) struct Job {
     pub(super) device: Device,
     pub(super) case: Case,
     pub(super) policy: NonFinitePolicy,
+    pub(super) step: StepKind,
+    pub(super) transform: GradTransform,
 }
 
 impl Job {
     pub(super) fn label(&self) -> String {
         format!(
-            "{} n={} {} {} {}",
+            "{} n={} {} {} {} {}",
             self.name,
             format_size(self.n),
             self.device.name(),
             self.case.name(),
-            self.policy.name()
+            self.policy.name(),
+            self.step.name()
         )
+    }
+
+    /// Bytes this row's step really moves per element.
+    pub(super) fn bytes_per_element(&self) -> usize {
+        bytes_per_element(&self.config, self.policy, &self.transform, self.step)
     }
 }
 
@@ -96,6 +108,8 @@ pub(super) fn plan(options: &BenchOptions, has_gpu: bool) -> Vec<Job> {
         device,
         case,
         policy,
+        step: StepKind::Update,
+        transform: GradTransform::default(),
     };
     let mut jobs = Vec::new();
     for &n in &options.sizes {
@@ -120,6 +134,34 @@ pub(super) fn plan(options: &BenchOptions, has_gpu: bool) -> Vec<Job> {
         for case in [Case::OneTensor, Case::ManyTensors] {
             for &device in devices.iter().filter(|&&d| d != Device::Reference) {
                 jobs.push(job(first, n, device, case, options.policy));
+            }
+        }
+    }
+    if options.training_step {
+        let policies = if options.policy == NonFinitePolicy::SkipElement {
+            vec![options.policy]
+        } else {
+            vec![options.policy, NonFinitePolicy::SkipElement]
+        };
+        for &n in &options.sizes {
+            for name in TRAINING_STEP_OPTIMIZERS {
+                let config = OptimizerConfig::default_for(name).expect("a known optimizer");
+                let optimizer = (name.to_string(), config);
+                // The unfused sequence is written for the CPU only so far.
+                for &device in devices.iter().filter(|&&d| d != Device::Reference) {
+                    for &policy in &policies {
+                        for step in [StepKind::Fused, StepKind::Unfused] {
+                            if step == StepKind::Unfused && device != Device::Cpu {
+                                continue;
+                            }
+                            jobs.push(Job {
+                                step,
+                                transform: TRAINING_STEP,
+                                ..job(&optimizer, n, device, Case::OneTensor, policy)
+                            });
+                        }
+                    }
+                }
             }
         }
     }

@@ -3,19 +3,53 @@
 
 use crate::bench::measure::{Measured, Samples};
 use crate::bench::plan::{format_size, Job};
-use crate::bench::{Case, Report, Row, MANY_TENSORS, MANY_TENSORS_LEN};
+use crate::bench::{Case, Report, Row, StepKind, MANY_TENSORS, MANY_TENSORS_LEN};
 use crate::optim::NonFinitePolicy;
 
+/// GPU rows: the step time of the CPU row of the same optimizer, size, case, policy and step
+/// over their own.
 pub(super) fn fill_speedups(rows: &mut [Row]) {
-    let cpu: Vec<Row> = rows.iter().filter(|r| r.device == "cpu").cloned().collect();
-    for row in rows.iter_mut().filter(|r| r.device == "gpu") {
-        row.gpu_cpu_speedup = cpu
+    fill_time_ratios(
+        rows,
+        |r| r.device == "cpu",
+        |r| r.device == "gpu",
+        |r| format!("{} {} {} {} {}", r.optimizer, r.n, r.case, r.policy, r.step),
+        |r, ratio| r.gpu_cpu_speedup = ratio,
+    );
+}
+
+/// Fused training-step rows: the unfused row's step time over the fused one's.
+pub(super) fn fill_ratios(rows: &mut [Row]) {
+    fill_time_ratios(
+        rows,
+        |r| r.step == StepKind::Unfused.name(),
+        |r| r.step == StepKind::Fused.name(),
+        |r| format!("{} {} {} {}", r.optimizer, r.n, r.device, r.policy),
+        |r, ratio| r.unfused_over_fused = ratio,
+    );
+}
+
+/// Sets, on each row `to` picks, the step time of the row `from` picks with the same `key`
+/// over its own.
+fn fill_time_ratios(
+    rows: &mut [Row],
+    from: fn(&Row) -> bool,
+    to: fn(&Row) -> bool,
+    key: fn(&Row) -> String,
+    set: fn(&mut Row, Option<f64>),
+) {
+    let sources: Vec<(String, f64)> = rows
+        .iter()
+        .filter(|r| from(r))
+        .map(|r| (key(r), r.step_seconds_median))
+        .collect();
+    for row in rows.iter_mut().filter(|r| to(r)) {
+        let k = key(row);
+        let ratio = sources
             .iter()
-            .find(|c| {
-                (&c.optimizer, c.n, &c.case, &c.policy)
-                    == (&row.optimizer, row.n, &row.case, &row.policy)
-            })
-            .map(|c| c.step_seconds_median / row.step_seconds_median);
+            .find(|(s, _)| *s == k)
+            .map(|(_, seconds)| seconds / row.step_seconds_median);
+        set(row, ratio);
     }
 }
 
@@ -41,8 +75,14 @@ pub(super) fn row(job: &Job, passes: &[Measured]) -> Row {
         let s = &m.samples;
         s.touch.iter().zip(&s.step).map(|(t, s)| t / s).collect()
     };
-    let mut per_pass: Vec<f64> = passes.iter().map(|m| median(&mut ratios(m))).collect();
-    let fraction = median(&mut passes.iter().flat_map(ratios).collect::<Vec<_>>());
+    let per_pass: Vec<f64> = passes.iter().map(|m| median(&mut ratios(m))).collect();
+    // The touch moves the update's SPEC bytes; the step may move more (the scan, the
+    // unfused passes), and is judged by what it really moves.
+    let bytes_per_element = job.bytes_per_element();
+    let touch_bytes = job.config.as_dyn().bytes_per_element();
+    let by_bytes = bytes_per_element as f64 / touch_bytes as f64;
+    let mut per_pass: Vec<f64> = per_pass.iter().map(|f| f * by_bytes).collect();
+    let fraction = by_bytes * median(&mut passes.iter().flat_map(ratios).collect::<Vec<_>>());
     per_pass.sort_by(f64::total_cmp);
     let step = median(&mut pooled(|s| &s.step));
     let touch = median(&mut pooled(|s| &s.touch));
@@ -58,10 +98,8 @@ pub(super) fn row(job: &Job, passes: &[Measured]) -> Row {
     };
     let first = &passes[0];
     let n = job.n;
-    let bytes_per_element = job.config.as_dyn().bytes_per_element();
-    let bytes = (bytes_per_element * n) as f64;
-    let gb_per_second = bytes / step / 1e9;
-    let roofline_gb_per_second = bytes / touch / 1e9;
+    let gb_per_second = (bytes_per_element * n) as f64 / step / 1e9;
+    let roofline_gb_per_second = (touch_bytes * n) as f64 / touch / 1e9;
     Row {
         optimizer: job.name.clone(),
         n,
@@ -84,6 +122,8 @@ pub(super) fn row(job: &Job, passes: &[Measured]) -> Row {
         gpu_cpu_speedup: None,
         workgroup_size: first.workgroup_size,
         vec4: first.vec4,
+        step: job.step.name().to_string(),
+        unfused_over_fused: None,
     }
 }
 
@@ -97,6 +137,7 @@ impl Report {
     pub fn matrix(&self) -> impl Iterator<Item = &Row> {
         self.rows
             .iter()
+            .filter(|r| r.step == StepKind::Update.name())
             .filter(|r| r.case == Case::OneTensor.name() && r.policy == self.policy.name())
     }
 
@@ -114,6 +155,7 @@ impl Report {
                 && r.device == device
                 && r.case == case.name()
                 && r.policy == policy
+                && r.step == StepKind::Update.name()
         })
     }
 
@@ -146,6 +188,7 @@ impl Report {
         self.rows
             .iter()
             .filter(|r| r.policy == NonFinitePolicy::SkipElement.name())
+            .filter(|r| r.step == StepKind::Update.name())
             .filter_map(|without| {
                 let with = self.find(
                     &without.optimizer,
@@ -154,7 +197,10 @@ impl Report {
                     Case::OneTensor,
                     NonFinitePolicy::SkipStep.name(),
                 )?;
-                let cost = without.roofline_fraction / with.roofline_fraction - 1.0;
+                // Fractions count each row's own bytes (the scan's read of g in `with`); the
+                // time relative to the touch is the fraction per byte.
+                let per_byte = |r: &Row| r.roofline_fraction / r.bytes_per_element as f64;
+                let cost = per_byte(without) / per_byte(with) - 1.0;
                 Some((
                     without.optimizer.clone(),
                     without.n,
@@ -260,6 +306,33 @@ impl Report {
                 "scan pass ({optimizer}, {device}, n={}): skip-step costs {:+.1}% over skip-element",
                 format_size(n),
                 100.0 * cost
+            );
+        }
+        for r in self
+            .rows
+            .iter()
+            .filter(|r| r.step == StepKind::Fused.name())
+        {
+            let Some(u) = self.rows.iter().find(|u| {
+                u.step == StepKind::Unfused.name()
+                    && (&u.optimizer, u.n, &u.device, &u.policy)
+                        == (&r.optimizer, r.n, &r.device, &r.policy)
+            }) else {
+                let _ = writeln!(
+                    out,
+                    "training step ({}, {}, n={}, {}): fused {:.3} ms, {} B/elem, {:.2} of roof; no unfused row on this device",
+                    r.optimizer, r.device, format_size(r.n), r.policy,
+                    r.step_seconds_median * 1e3, r.bytes_per_element, r.roofline_fraction
+                );
+                continue;
+            };
+            let _ = writeln!(
+                out,
+                "training step ({}, {}, n={}, {}): fused {:.3} ms, {} B/elem, {:.2} of roof; unfused {:.3} ms, {} B/elem, {:.2} of roof; unfused/fused {:.2}x",
+                r.optimizer, r.device, format_size(r.n), r.policy,
+                r.step_seconds_median * 1e3, r.bytes_per_element, r.roofline_fraction,
+                u.step_seconds_median * 1e3, u.bytes_per_element, u.roofline_fraction,
+                u.step_seconds_median / r.step_seconds_median
             );
         }
         let timings: Vec<String> = {
