@@ -11,10 +11,11 @@ use bayesprop::{
     GroupId, NonFinitePolicy, ParamGroups, Stepper,
 };
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("bayesprop-checkpoint-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+/// A file in a scratch folder that is removed when the folder is dropped.
+fn scratch(name: &str) -> (common::TempDir, PathBuf) {
+    let dir = common::TempDir::new("checkpoint", "");
+    let path = dir.join(name);
+    (dir, path)
 }
 
 /// The two-group model with a few tensors, so every kind of state is saved.
@@ -83,7 +84,7 @@ fn resume_is_bit_exact_on_every_device_and_across_devices() {
     for (saver, make_saver) in &devices {
         let mut first = make_saver();
         steps(&mut *first, 1..=6);
-        let path = scratch(&format!("{saver}.safetensors"));
+        let (_path_dir, path) = scratch(&format!("{saver}.safetensors"));
         first.checkpoint().unwrap().save(&path).unwrap();
         for (loader, make_loader) in &devices {
             let mut straight = make_loader();
@@ -108,7 +109,7 @@ fn resume_is_bit_exact_on_every_device_and_across_devices() {
 fn save_and_load_through_the_stepper_methods() {
     let mut cpu = CpuOptimizer::from_groups(&model(), CpuPath::Reference);
     steps(&mut cpu, 1..=3);
-    let path = scratch("methods.safetensors");
+    let (_path_dir, path) = scratch("methods.safetensors");
     cpu.save(&path).unwrap();
     let mut fresh = CpuOptimizer::from_groups(&model(), CpuPath::Reference);
     fresh.load(&path).unwrap();
@@ -133,7 +134,7 @@ fn save_and_load_through_the_stepper_methods() {
 fn damaged_and_mismatched_checkpoints_are_refused() {
     let mut saved = CpuOptimizer::from_groups(&model(), CpuPath::Reference);
     steps(&mut saved, 1..=3);
-    let path = scratch("good.safetensors");
+    let (_path_dir, path) = scratch("good.safetensors");
     saved.save(&path).unwrap();
     let good = std::fs::read(&path).unwrap();
 
@@ -155,7 +156,7 @@ fn damaged_and_mismatched_checkpoints_are_refused() {
         ("empty", Vec::new(), "not a valid"),
     ];
     for (what, bytes, expected) in cases {
-        let bad = scratch(&format!("{}.safetensors", what.replace(' ', "_")));
+        let (_bad_dir, bad) = scratch(&format!("{}.safetensors", what.replace(' ', "_")));
         std::fs::write(&bad, bytes).unwrap();
         let err = live.load(&bad).unwrap_err();
         assert!(matches!(err, Error::File { .. }), "{what}: {err:?}");
@@ -166,7 +167,7 @@ fn damaged_and_mismatched_checkpoints_are_refused() {
             "{what}: the live optimizer changed"
         );
     }
-    assert!(live.load(scratch("missing.safetensors")).is_err());
+    assert!(live.load(scratch("missing.safetensors").1).is_err());
 
     // Another layout: a tensor of another shape.
     let other_shape = common::two_groups(
@@ -199,7 +200,7 @@ fn damaged_and_mismatched_checkpoints_are_refused() {
 fn checkpoints_are_plain_safetensors() {
     let mut cpu = CpuOptimizer::from_groups(&model(), CpuPath::Reference);
     steps(&mut cpu, 1..=2);
-    let path = scratch("plain.safetensors");
+    let (_path_dir, path) = scratch("plain.safetensors");
     cpu.save(&path).unwrap();
     let bytes = std::fs::read(&path).unwrap();
     let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -314,7 +315,7 @@ fn an_altered_manifest_is_refused() {
             err.to_string().contains("manifest: checksum"),
             "{what}: {err}"
         );
-        let path = scratch(&format!("altered {what}.safetensors"));
+        let (_path_dir, path) = scratch(&format!("altered {what}.safetensors"));
         std::fs::write(&path, &altered).unwrap();
         assert!(live.load_all(&path).is_err(), "{what}");
         assert_eq!((everything(&live), live.layout().clone()), before, "{what}");

@@ -5,7 +5,8 @@ mod common;
 
 use std::process::Command;
 
-use common::cli::{bayesprop, TempDir};
+use common::cli::bayesprop;
+use common::TempDir;
 
 use bayesprop::validate::{self, Oracle, Rule};
 use bayesprop::{BayesConfig, CpuOptimizer, Optimizer, OptimizerConfig, Stepper, Stored};

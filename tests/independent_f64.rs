@@ -5,7 +5,8 @@
 
 mod common;
 
-use common::cli::{bayesprop, TempDir};
+use common::cli::bayesprop;
+use common::TempDir;
 
 use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2};
 use ndarray_npy::{read_npy, write_npy};

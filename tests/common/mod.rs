@@ -5,6 +5,9 @@
 #[cfg(feature = "cli")]
 pub mod cli;
 
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use bayesprop::validate::initial_theta;
 use bayesprop::{
     BayesConfig, CpuOptimizer, Error, GpuContext, GpuOptimizer, OptimizerConfig, ParamGroups,
@@ -116,4 +119,36 @@ pub fn two_groups(prefix: &str, shapes: &[(usize, Vec<usize>)]) -> ParamGroups {
             .unwrap();
     }
     groups
+}
+
+/// A fresh folder under the system temp dir, removed when dropped.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// `test` names the test binary, `name` the case, so that parallel tests never share one.
+    pub fn new(test: &str, name: &str) -> Self {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "bayesprop-{test}-{}-{name}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn join(&self, file: &str) -> PathBuf {
+        self.0.join(file)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
