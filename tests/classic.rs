@@ -177,29 +177,18 @@ fn adam_trajectories() -> Vec<Trajectory> {
     ]
 }
 
-/// f32 arithmetic against the f64 hand calculation: a few f32 roundings per step.
-fn assert_close(got: &[f32], want: &[f64; 3], what: &str) {
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let tolerance = 1e-6 * w.abs().max(1.0);
-        assert!(
-            (g as f64 - w).abs() <= tolerance,
-            "{what}[{i}]: got {g}, hand-computed {w}"
-        );
-    }
-}
-
 fn follow(stepper: &mut dyn Stepper, expected: &Trajectory, on: &str) {
     let name = format!("{on} {:?}", expected.config);
     for (t, (grad, theta)) in GRADS.iter().zip(&expected.theta).enumerate() {
         stepper.step(grad).unwrap();
-        assert_close(
+        common::assert_close(
             &stepper.theta().unwrap(),
             theta,
             &format!("{name}: theta after step {}", t + 1),
         );
     }
     for (state, want) in expected.state {
-        assert_close(
+        common::assert_close(
             &stepper.state(state).unwrap(),
             want,
             &format!("{name}: {state} after step 3"),

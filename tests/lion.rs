@@ -52,29 +52,19 @@ fn steppers(test: &str, config: &OptimizerConfig, theta0: &[f32]) -> Vec<Box<dyn
     out
 }
 
-fn assert_close(got: &[f32], want: &[f64; 3], what: &str) {
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let tolerance = 1e-6 * w.abs().max(1.0);
-        assert!(
-            (g as f64 - w).abs() <= tolerance,
-            "{what}[{i}]: got {g}, hand-computed {w}"
-        );
-    }
-}
-
 /// Steps `config` through GRADS on every stepper: θ after each step, then m after the last.
 fn follow(test: &str, config: OptimizerConfig, theta: &[[f64; 3]; 3]) {
     for mut stepper in steppers(test, &config, &THETA0) {
         for (t, (grad, theta)) in GRADS.iter().zip(theta).enumerate() {
             stepper.step(grad).unwrap();
-            assert_close(
+            common::assert_close(
                 &stepper.theta().unwrap(),
                 theta,
                 &format!("θ after {}", t + 1),
             );
         }
         // With decay too: decoupled, it never enters g, so m is the same.
-        assert_close(&stepper.state("m").unwrap(), &M3, "m after 3");
+        common::assert_close(&stepper.state("m").unwrap(), &M3, "m after 3");
     }
 }
 

@@ -152,3 +152,14 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// f32 arithmetic against an f64 hand calculation: a few f32 roundings per step.
+pub fn assert_close(got: &[f32], want: &[f64; 3], what: &str) {
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let tolerance = 1e-6 * w.abs().max(1.0);
+        assert!(
+            (g as f64 - w).abs() <= tolerance,
+            "{what}[{i}]: got {g}, hand-computed {w}"
+        );
+    }
+}
