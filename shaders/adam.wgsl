@@ -22,9 +22,9 @@ struct Scalars {
 // Bound to a 16-byte placeholder without amsgrad; then never read or written.
 @group(0) @binding(6) var<storage, read_write> v_max: array<V>;
 
-fn update(i: u32, g_in: V, ok: B, p: Scalars) {
+fn update(at: At, g_in: V, ok: B, p: Scalars) {
     var g = g_in;
-    let th_old = theta[i];
+    let th_old = theta[at.theta];
     var th = th_old;
 
     if p.decoupled != 0.0 {
@@ -32,20 +32,20 @@ fn update(i: u32, g_in: V, ok: B, p: Scalars) {
     } else {
         g = g + p.weight_decay * th;
     }
-    let m_old = m[i];
-    let v_old = v[i];
+    let m_old = m[at.state];
+    let v_old = v[at.state];
     let m_new = p.beta1 * m_old + p.one_minus_beta1 * g;
     let v_new = p.beta2 * v_old + p.one_minus_beta2 * (g * g);
-    m[i] = select(m_old, m_new, ok);
-    v[i] = select(v_old, v_new, ok);
+    m[at.state] = select(m_old, m_new, ok);
+    v[at.state] = select(v_old, v_new, ok);
     var v_used = v_new;
     if p.amsgrad != 0.0 {
         // A comparison, not `max`, whose NaN result WGSL leaves to the device.
-        let v_max_old = v_max[i];
+        let v_max_old = v_max[at.state];
         let v_max_new = select(v_max_old, v_new, v_new > v_max_old);
-        v_max[i] = select(v_max_old, v_max_new, ok);
+        v_max[at.state] = select(v_max_old, v_max_new, ok);
         v_used = v_max_new;
     }
     th = th - p.lr * (m_new * p.c1) / (sqrt(v_used * p.c2) + p.eps);
-    theta[i] = select(th_old, th, ok);
+    theta[at.theta] = select(th_old, th, ok);
 }

@@ -11,18 +11,18 @@
 // element and selected, which gives the same bits as branching. (Without the bound the CPU
 // loop skips σ*(x) in blocks where no σ is 0; a GPU has arithmetic to spare, so this kernel
 // does not.)
-fn update(i: u32, g: V, ok: B, p: Scalars) {
-    let th = theta[i];
-    let s_old = s[i];
-    let sig0 = sigma[i];
+fn update(at: At, g: V, ok: B, p: Scalars) {
+    let th = theta[at.theta];
+    let s_old = s[at.state];
+    let sig0 = sigma[at.state];
 
     var m_old = V(0.0);
     if p.beta1 > 0.0 {
-        m_old = m[i];
+        m_old = m[at.state];
     }
     let c = curvature_and_direction(p, th, g, s_old, m_old);
     if p.beta1 > 0.0 {
-        m[i] = select(m_old, c.m, ok);
+        m[at.state] = select(m_old, c.m, ok);
     }
     let s_new = c.s;
     let h = c.h;
@@ -39,7 +39,7 @@ fn update(i: u32, g: V, ok: B, p: Scalars) {
     let th_new = select(th, th - post * d, live);
     let sig_new = select(sig1, post, live);
 
-    s[i] = select(s_old, s_new, ok);
-    sigma[i] = select(sig0, sig_new, ok);
-    theta[i] = select(th, th_new, ok);
+    s[at.state] = select(s_old, s_new, ok);
+    sigma[at.state] = select(sig0, sig_new, ok);
+    theta[at.theta] = select(th, th_new, ok);
 }

@@ -7,19 +7,19 @@
 // Bound to a 16-byte placeholder when momentum is off; then never read or written.
 @group(0) @binding(5) var<storage, read_write> m: array<V>;
 
-fn update(i: u32, g: V, ok: B, p: Scalars) {
-    let th = theta[i];
-    let s_old = s[i];
+fn update(at: At, g: V, ok: B, p: Scalars) {
+    let th = theta[at.theta];
+    let s_old = s[at.state];
     var m_old = V(0.0);
     if p.beta1 > 0.0 {
-        m_old = m[i];
+        m_old = m[at.state];
     }
     let c = curvature_and_direction(p, th, g, s_old, m_old);
     if p.beta1 > 0.0 {
-        m[i] = select(m_old, c.m, ok);
+        m[at.state] = select(m_old, c.m, ok);
     }
     let sigma = sigma_star(p, c.h + p.eps_sq);
 
-    s[i] = select(s_old, c.s, ok);
-    theta[i] = select(th, th - sigma * c.d, ok);
+    s[at.state] = select(s_old, c.s, ok);
+    theta[at.theta] = select(th, th - sigma * c.d, ok);
 }

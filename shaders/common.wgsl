@@ -31,3 +31,27 @@ struct Transform {
 fn element_index(workgroup: vec3<u32>, workgroups: vec3<u32>, local: u32) -> u32 {
     return (workgroup.y * workgroups.x + workgroup.x) * WORKGROUP_SIZE + local;
 }
+
+// Where an invocation's element lives: its index in θ and in the state vectors. They are the
+// same in the optimizer's own arena; for a tensor in the caller's buffers θ is wherever the
+// caller keeps it and the state is in the optimizer's arena.
+struct At {
+    theta: u32,
+    state: u32,
+}
+
+// One row of a segment table (`segments` in fused.wgsl, `scan_segments` in control.wgsl): the
+// workgroup at this row handles elements k < count of one stretch of one tensor, at θ[theta +
+// k], g[grad + k] and state[state + k]. The host cuts every tensor into rows of NORM_LANES
+// (256) elements, so a row is also one partial sum of the norm.
+struct Block {
+    theta: u32,
+    grad: u32,
+    state: u32,
+    count: u32,
+}
+
+// The row of this workgroup in a 2-D grid of one workgroup per row.
+fn block_index(workgroup: vec3<u32>, workgroups: vec3<u32>) -> u32 {
+    return workgroup.y * workgroups.x + workgroup.x;
+}

@@ -2,7 +2,8 @@
 // common.wgsl), and the global norm of the gradient transform:
 //   scan    one read of g / scale: counts the group's non-finite elements before the update
 //           (SkipStep and Error), and with clipping writes one partial sum of the squares of
-//           the finite ones per workgroup (any policy)
+//           the finite ones per workgroup (any policy); `scan_segments` does the same over a
+//           segment table of the caller's buffers
 //   reduce  one workgroup: sums every group's partials, then writes the norm and clip factor
 //   commit  advances the group's step counter if the step was applied
 //
@@ -28,6 +29,8 @@ struct WindowHeader {
 // `reduce`, every region of every group.
 @group(0) @binding(3) var<storage, read_write> partials: array<f32>;
 @group(1) @binding(0) var<storage, read_write> transform: Transform;
+// `scan_segments` only: the segment table of the caller's buffers.
+@group(2) @binding(0) var<storage, read> blocks: array<Block>;
 
 var<workgroup> squares: array<V, NORM_LANES>;
 var<workgroup> sums: array<f32, NORM_LANES>;
@@ -41,16 +44,46 @@ fn scan(
     let i = element_index(workgroup, workgroups, local);
     var square = V(0.0);
     if i < arrayLength(&grad) {
-        let u = grad[i] / transform.scale;
-        // Under SkipElement the update counts, element by element.
-        if header.policy != POLICY_SKIP_ELEMENT {
-            let bad = nonfinite_lanes(u);
-            if bad > 0u {
-                atomicAdd(&status.nonfinite, bad);
-            }
-        }
-        square = select(V(0.0), u * u, finite(u));
+        square = count_and_square(grad[i]);
     }
+    // A workgroup of the 2-D grid's last row may lie wholly past the end: it owns no slot.
+    let block = block_index(workgroup, workgroups);
+    write_partial(local, square, block, block * NORM_LANES < arrayLength(&grad));
+}
+
+// `scan` over a segment table (see `Block` in common.wgsl; compiled at width 1): one row per
+// workgroup, each row one partial sum. Rows hold at most NORM_LANES elements.
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn scan_segments(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(num_workgroups) workgroups: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let b = block_index(workgroup, workgroups);
+    let owned = b < arrayLength(&blocks);
+    var square = V(0.0);
+    if owned && local < blocks[b].count {
+        square = count_and_square(grad[blocks[b].grad + local]);
+    }
+    write_partial(local, square, b, owned);
+}
+
+// Counts the non-finite lanes of g / scale (unless the update counts them, under
+// SkipElement) and returns the squares of its finite lanes.
+fn count_and_square(raw: V) -> V {
+    let u = raw / transform.scale;
+    if header.policy != POLICY_SKIP_ELEMENT {
+        let bad = nonfinite_lanes(u);
+        if bad > 0u {
+            atomicAdd(&status.nonfinite, bad);
+        }
+    }
+    return select(V(0.0), u * u, finite(u));
+}
+
+// With clipping, halves the workgroup's squares in shared memory and writes their sum to
+// partial `slot`, if the workgroup owns one.
+fn write_partial(local: u32, square: V, slot: u32, owned: bool) {
     if header.norm == 0u {
         return;
     }
@@ -61,10 +94,8 @@ fn scan(
             squares[local] = squares[local] + squares[local + s];
         }
     }
-    // A workgroup of the 2-D grid's last row may lie wholly past the end: it owns no slot.
-    let block = workgroup.y * workgroups.x + workgroup.x;
-    if local == 0u && block * NORM_LANES < arrayLength(&grad) {
-        partials[block] = lane_sum(squares[0]);
+    if local == 0u && owned {
+        partials[slot] = lane_sum(squares[0]);
     }
 }
 

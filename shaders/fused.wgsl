@@ -1,16 +1,23 @@
 // Prepended (after the lane width and common.wgsl) to every fused optimizer kernel, which
-// defines `Scalars`, its state bindings and `fn update(i: u32, g: V, ok: B, p: Scalars)`.
+// defines `Scalars`, its state bindings and `fn update(at: At, g: V, ok: B, p: Scalars)`.
 //
 // Binding convention (the host builds every kernel's layout from it):
 //   @binding(0) uniform  Window   policy and a window of per-step scalars (`Scalars` is the
 //                                 optimizer's own struct), computed by the host in f64
 //   @binding(1) storage  Status   this group's step counter and non-finite count
 //   @binding(2) storage  theta    read_write, array<V>
-//   @binding(3) storage  grad     read, array<V>
+//   @binding(3) storage  grad     array<V>, only read; declared read_write because a caller's θ
+//                                 and g may share one buffer, which WebGPU refuses to bind
+//                                 read-only and read_write in one dispatch
 //   @binding(4..) storage state   read_write, array<V>, in the optimizer's state-slot order
 //   @group(1) @binding(0) storage Transform  read: the step's gradient transform, shared by
 //                                 every group (its scale and clip factor apply to the raw g
 //                                 before anything else; 1 and 1 leave g's bits as they are)
+//   @group(2) @binding(0) storage blocks     read, `segments` only: the segment table
+//
+// Two entry points share `update`: `main` steps the optimizer's own arena, element i at index i
+// of θ, g and every state; `segments` steps tensors in the caller's buffers, where θ and g are
+// whole caller buffers (at any element offset) and a table row per workgroup says where.
 //
 // Why a window: under SkipStep the device decides whether a step is applied, so the host does
 // not know the device's t when it records the next step without waiting for it. It uploads
@@ -30,8 +37,9 @@ struct Window {
 @group(0) @binding(0) var<uniform> window: Window;
 @group(0) @binding(1) var<storage, read_write> status: Status;
 @group(0) @binding(2) var<storage, read_write> theta: array<V>;
-@group(0) @binding(3) var<storage, read> grad: array<V>;
+@group(0) @binding(3) var<storage, read_write> grad: array<V>;
 @group(1) @binding(0) var<storage, read> transform: Transform;
+@group(2) @binding(0) var<storage, read> blocks: array<Block>;
 
 // The scalars of the step being applied.
 fn step_scalars() -> Scalars {
@@ -53,9 +61,9 @@ fn admit(g: V) -> B {
     return B(atomicLoad(&status.nonfinite) == 0u);
 }
 
-// The entry point of every fused kernel: this invocation's element and its admitted lanes,
-// then the optimizer's own `update(i, g, ok, p)`, which reads its state at `i` and stores
-// `select(old, new, ok)` into θ and every state.
+// The arena's entry point: this invocation's element and its admitted lanes, then the
+// optimizer's own `update(at, g, ok, p)`, which reads θ and its state where `at` says and
+// stores `select(old, new, ok)` into θ and every state.
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(
     @builtin(workgroup_id) workgroup: vec3<u32>,
@@ -66,10 +74,33 @@ fn main(
     if i >= arrayLength(&theta) {
         return;
     }
-    let g = grad[i] / transform.scale * transform.factor;
+    step_element(At(i, i), grad[i]);
+}
+
+// The transform, the policy, then the optimizer's update.
+fn step_element(at: At, raw: V) {
+    let g = raw / transform.scale * transform.factor;
     let ok = admit(g);
     if !any(ok) {
         return;
     }
-    update(i, g, ok, step_scalars());
+    update(at, g, ok, step_scalars());
+}
+
+// The segment table's entry point (compiled at width 1, so any element offset works): one
+// workgroup per row; a workgroup narrower than a row loops over it.
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn segments(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(num_workgroups) workgroups: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let b = block_index(workgroup, workgroups);
+    if b >= arrayLength(&blocks) {
+        return;
+    }
+    let row = blocks[b];
+    for (var k = local; k < row.count; k = k + WORKGROUP_SIZE) {
+        step_element(At(row.theta + k, row.state + k), grad[row.grad + k]);
+    }
 }

@@ -17,29 +17,29 @@ struct Scalars {
 @group(0) @binding(5) var<storage, read_write> a: array<V>;
 @group(0) @binding(6) var<storage, read_write> b: array<V>;
 
-fn update(i: u32, g_in: V, ok: B, p: Scalars) {
+fn update(at: At, g_in: V, ok: B, p: Scalars) {
     var g = g_in;
-    let th_old = theta[i];
+    let th_old = theta[at.theta];
     var th = th_old;
 
     g = g + p.weight_decay * th;
-    let v_old = v[i];
+    let v_old = v[at.state];
     let v_new = p.alpha * v_old + p.one_minus_alpha * (g * g);
-    v[i] = select(v_old, v_new, ok);
+    v[at.state] = select(v_old, v_new, ok);
     var v_bar = v_new;
     if p.centered != 0.0 {
-        let a_old = a[i];
+        let a_old = a[at.state];
         let a_new = p.alpha * a_old + p.one_minus_alpha * g;
-        a[i] = select(a_old, a_new, ok);
+        a[at.state] = select(a_old, a_new, ok);
         v_bar = v_new - a_new * a_new;
     }
     if p.momentum > 0.0 {
-        let b_old = b[i];
+        let b_old = b[at.state];
         let b_new = p.momentum * b_old + g / (sqrt(v_bar) + p.eps);
-        b[i] = select(b_old, b_new, ok);
+        b[at.state] = select(b_old, b_new, ok);
         th = th - p.lr * b_new;
     } else {
         th = th - p.lr * g / (sqrt(v_bar) + p.eps);
     }
-    theta[i] = select(th_old, th, ok);
+    theta[at.theta] = select(th_old, th, ok);
 }

@@ -15,19 +15,19 @@ struct Scalars {
 // Bound to a 16-byte placeholder when momentum is off; then never read or written.
 @group(0) @binding(4) var<storage, read_write> b: array<V>;
 
-fn update(i: u32, g_in: V, ok: B, p: Scalars) {
+fn update(at: At, g_in: V, ok: B, p: Scalars) {
     var g = g_in;
-    let th_old = theta[i];
+    let th_old = theta[at.theta];
     var th = th_old;
 
     g = g + p.weight_decay * th;
     if p.momentum > 0.0 {
-        let b_old = b[i];
+        let b_old = b[at.state];
         var b_new = g;
         if p.first_step == 0.0 {
             b_new = p.momentum * b_old + p.one_minus_dampening * g;
         }
-        b[i] = select(b_old, b_new, ok);
+        b[at.state] = select(b_old, b_new, ok);
         if p.nesterov != 0.0 {
             g = g + p.momentum * b_new;
         } else {
@@ -35,5 +35,5 @@ fn update(i: u32, g_in: V, ok: B, p: Scalars) {
         }
     }
     th = th - p.lr * g;
-    theta[i] = select(th_old, th, ok);
+    theta[at.theta] = select(th_old, th, ok);
 }

@@ -82,6 +82,9 @@ const OPTIMIZERS: &[&Kernel] = crate::optim::KERNELS;
 
 /// The entry point of every fused optimizer kernel.
 pub const ENTRY_POINT: &str = "main";
+/// The entry point of every fused optimizer kernel over a segment table (tensors in the
+/// caller's buffers).
+pub const SEGMENTS_ENTRY_POINT: &str = "segments";
 
 impl Kernel {
     /// The complete WGSL module at vec4 width: lane width, preludes, then the body.

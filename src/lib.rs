@@ -46,7 +46,7 @@ pub use checkpoint::Checkpoint;
 pub use cpu::{CpuOptimizer, CpuPath};
 pub use device::{Device, OpenDevice};
 pub use error::{Error, Result};
-pub use gpu::{BufferSlice, ExternalArena, GpuContext, GpuOptimizer, GpuOptions};
+pub use gpu::{BufferSlice, ExternalArena, GpuContext, GpuOptimizer, GpuOptions, TensorBuffers};
 pub use layout::{GroupId, Layout, ParamGroups, Stored, TensorId};
 pub use optim::{
     BayesConfig, NonFinitePolicy, Optimizer, OptimizerConfig, SigmaInit, SigmaMax, StepReport,

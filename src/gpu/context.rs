@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
-use crate::gpu::pipeline::Pipeline;
-use crate::kernels::Kernel;
+use crate::gpu::pipeline::{Addressing, Pipeline};
+use crate::kernels::{Kernel, CONTROL};
 
 /// Environment variable: a case-insensitive substring of the adapter name to use.
 pub const ADAPTER_ENV: &str = "BAYESPROP_ADAPTER";
@@ -103,8 +103,8 @@ struct Inner {
     scalar_only: bool,
     /// Errors that reached no error scope (on a device we created) and device loss.
     sink: Arc<Mutex<Vec<String>>>,
-    pipelines: Mutex<HashMap<&'static str, Arc<Pipeline>>>,
-    control: Mutex<Option<Arc<Pipeline>>>,
+    /// By kernel name ("control" for the step control) and addressing.
+    pipelines: Mutex<HashMap<(&'static str, Addressing), Arc<Pipeline>>>,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -308,7 +308,6 @@ impl GpuContext {
                 scalar_only,
                 sink,
                 pipelines: Mutex::new(HashMap::new()),
-                control: Mutex::new(None),
             }),
         }
     }
@@ -374,30 +373,45 @@ impl GpuContext {
         }
     }
 
-    /// The pipeline of `kernel`, compiled once per context.
-    pub(crate) fn pipeline(&self, kernel: &'static Kernel, states: u32) -> Result<Arc<Pipeline>> {
-        if let Some(p) = self.inner.pipelines.lock().unwrap().get(kernel.name) {
+    /// The pipeline of `kernel`, compiled once per context and addressing.
+    pub(crate) fn pipeline(
+        &self,
+        kernel: &'static Kernel,
+        states: u32,
+        addressing: Addressing,
+    ) -> Result<Arc<Pipeline>> {
+        self.cached((kernel.name, addressing), || {
+            Pipeline::fused(
+                &self.inner.device,
+                kernel,
+                states,
+                self.workgroup_size(),
+                addressing,
+            )
+        })
+    }
+
+    /// The step-control pipelines, compiled once per context and addressing.
+    pub(crate) fn control_pipeline(&self, addressing: Addressing) -> Result<Arc<Pipeline>> {
+        self.cached((CONTROL.name, addressing), || {
+            Pipeline::control(&self.inner.device, addressing)
+        })
+    }
+
+    fn cached(
+        &self,
+        key: (&'static str, Addressing),
+        compile: impl FnOnce() -> Pipeline,
+    ) -> Result<Arc<Pipeline>> {
+        if let Some(p) = self.inner.pipelines.lock().unwrap().get(&key) {
             return Ok(p.clone());
         }
-        let pipeline = Arc::new(self.scoped(kernel.name, || {
-            Pipeline::fused(&self.inner.device, kernel, states, self.workgroup_size())
-        })?);
+        let pipeline = Arc::new(self.scoped(key.0, compile)?);
         self.inner
             .pipelines
             .lock()
             .unwrap()
-            .insert(kernel.name, pipeline.clone());
-        Ok(pipeline)
-    }
-
-    /// The step-control pipelines, compiled once per context.
-    pub(crate) fn control_pipeline(&self) -> Result<Arc<Pipeline>> {
-        let mut control = self.inner.control.lock().unwrap();
-        if let Some(p) = control.as_ref() {
-            return Ok(p.clone());
-        }
-        let pipeline = Arc::new(self.scoped("control", || Pipeline::control(&self.inner.device))?);
-        *control = Some(pipeline.clone());
+            .insert(key, pipeline.clone());
         Ok(pipeline)
     }
 

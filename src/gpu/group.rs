@@ -8,14 +8,15 @@ use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
 use crate::gpu::context::GpuContext;
-use crate::gpu::pipeline::{in_order, Pipeline, COMMIT, NORM_LANES, REDUCE, SCAN};
+use crate::gpu::pipeline::{in_order, Addressing, Pipeline, COMMIT, NORM_LANES, REDUCE, SCAN};
+use crate::gpu::segments::{self, Placed, RunPlan, TensorBuffers};
 use crate::gpu::tracker::STATUS_BYTES;
 use crate::kernels::{Lanes, WINDOW, WINDOW_HEADER_BYTES};
 use crate::layout::{GroupSpec, Stored, TensorSpec};
 use crate::transform::PARTIAL_ALIGN;
 
 /// Where a vector starts on the device: a buffer and a byte offset.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BufferSlice {
     pub buffer: wgpu::Buffer,
     pub offset: u64,
@@ -83,12 +84,23 @@ impl Part {
     }
 }
 
+/// Where a group's θ and g live.
+pub(crate) enum Placement {
+    /// In buffers the optimizer owns, where θ₀ is uploaded.
+    Owned,
+    /// In one caller buffer of each kind, the arena from each offset.
+    Arena(ExternalArena),
+    /// Each tensor wherever the caller keeps it (in the group's tensor order).
+    Tensors(Vec<TensorBuffers>),
+}
+
 /// A stretch of the group's arena that lives in one buffer of each kind.
 struct Piece {
     /// Elements of the group's arena.
     range: Range<usize>,
-    theta: BufferSlice,
-    grad: BufferSlice,
+    /// `None` for tensors in the caller's buffers: then the piece holds only state.
+    theta: Option<BufferSlice>,
+    grad: Option<BufferSlice>,
     /// One buffer per state slot; `None` where the options do not need that state.
     state: Vec<Option<wgpu::Buffer>>,
     /// Element ranges of the piece that each fit one storage binding, over the piece's length
@@ -102,6 +114,42 @@ struct Piece {
     commit: Option<wgpu::BindGroup>,
 }
 
+/// The tensors of a group in the caller's buffers, and the runs that step them (see
+/// [`crate::gpu::segments`]).
+struct Segments {
+    /// The fused kernel and the scan over segment tables.
+    pipeline: Arc<Pipeline>,
+    scan: Arc<Pipeline>,
+    /// Each tensor's arena range and where its θ and g are, in the group's tensor order.
+    tensors: Vec<(Range<usize>, TensorBuffers)>,
+    runs: Vec<Run>,
+}
+
+/// One dispatch of the update (and one of the scan) over a run's segment table.
+struct Run {
+    plan: RunPlan<wgpu::Buffer>,
+    rows: u32,
+    update: wgpu::BindGroup,
+    table_update: wgpu::BindGroup,
+    table_scan: wgpu::BindGroup,
+    /// Bound by [`GpuGroup::bind_control`].
+    control: Option<wgpu::BindGroup>,
+}
+
+impl Run {
+    fn grad(&self) -> wgpu::BufferBinding<'_> {
+        window_binding(&self.plan.grad, &self.plan.grad_window)
+    }
+}
+
+fn window_binding<'a>(buffer: &'a wgpu::Buffer, bytes: &Range<u64>) -> wgpu::BufferBinding<'a> {
+    wgpu::BufferBinding {
+        buffer,
+        offset: bytes.start,
+        size: wgpu::BufferSize::new(bytes.end - bytes.start),
+    }
+}
+
 pub(crate) struct GpuGroup {
     pipeline: Arc<Pipeline>,
     control: Arc<Pipeline>,
@@ -110,9 +158,14 @@ pub(crate) struct GpuGroup {
     /// The step counter and non-finite count (`Status`).
     pub status: wgpu::Buffer,
     pieces: Vec<Piece>,
+    /// With tensors in the caller's buffers.
+    segments: Option<Segments>,
     /// The optimizer's transform buffer, as group 1 of the update and of the control.
     transform_update: wgpu::BindGroup,
     transform_control: wgpu::BindGroup,
+    /// A 16-byte stand-in for bindings a kernel never touches: unused state slots, the
+    /// gradient of the commit and of `reduce`.
+    placeholder: wgpu::Buffer,
 }
 
 /// Splits `n` elements into ranges whose bytes fit one storage binding and whose offsets meet
@@ -193,15 +246,32 @@ impl GpuGroup {
         spec: &GroupSpec,
         tensors: &[&TensorSpec],
         theta0: &[f32],
-        external: Option<ExternalArena>,
+        placement: Placement,
         transform: &wgpu::Buffer,
     ) -> Result<Self> {
         let limits = ctx.limits();
         let max_elements = (limits.max_buffer_size / 4) as usize;
         let optimizer = spec.config.as_dyn();
         let slots = optimizer.state_slots();
-        let pipeline = ctx.pipeline(optimizer.kernel(), slots.len() as u32)?;
-        let control = ctx.control_pipeline()?;
+        let pipeline = ctx.pipeline(optimizer.kernel(), slots.len() as u32, Addressing::Arena)?;
+        let control = ctx.control_pipeline(Addressing::Arena)?;
+        let (external, caller_tensors) = match placement {
+            Placement::Owned => (None, None),
+            Placement::Arena(ext) => (Some(ext), None),
+            Placement::Tensors(buffers) => {
+                if buffers.len() != tensors.len() {
+                    return Err(Error::LengthMismatch {
+                        what: "tensor buffers",
+                        got: buffers.len(),
+                        expected: tensors.len(),
+                    });
+                }
+                for (t, b) in tensors.iter().zip(&buffers) {
+                    segments::check(b, t.len(), &t.name)?;
+                }
+                (None, Some(buffers))
+            }
+        };
         let ranges = match &external {
             Some(_) if spec.arena_len > max_elements => {
                 return Err(Error::TooLarge {
@@ -223,8 +293,10 @@ impl GpuGroup {
             | wgpu::BufferUsages::COPY_SRC
             | wgpu::BufferUsages::COPY_DST;
         let window_bytes = WINDOW_HEADER_BYTES + WINDOW * optimizer.uniform_bytes(1).len();
-        let needed: u64 =
-            4 * spec.arena_len as u64 * (2 + slots.iter().filter(|s| s.used).count() as u64);
+        let own_theta_grad = if caller_tensors.is_some() { 0 } else { 2 };
+        let needed: u64 = 4
+            * spec.arena_len as u64
+            * (own_theta_grad + slots.iter().filter(|s| s.used).count() as u64);
         let allocate = || {
             let window = device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("bayesprop window"),
@@ -250,7 +322,8 @@ impl GpuGroup {
                     };
                     let size = (bound.max(1) * 4) as u64;
                     let (theta, grad) = match &external {
-                        Some(ext) => (ext.theta.clone(), ext.grad.clone()),
+                        Some(ext) => (Some(ext.theta.clone()), Some(ext.grad.clone())),
+                        None if caller_tensors.is_some() => (None, None),
                         None => {
                             let values = &theta0[range.clone()];
                             let theta =
@@ -266,14 +339,14 @@ impl GpuGroup {
                                 mapped_at_creation: false,
                             });
                             (
-                                BufferSlice {
+                                Some(BufferSlice {
                                     buffer: theta,
                                     offset: 0,
-                                },
-                                BufferSlice {
+                                }),
+                                Some(BufferSlice {
                                     buffer: grad,
                                     offset: 0,
-                                },
+                                }),
                             )
                         }
                     };
@@ -318,9 +391,8 @@ impl GpuGroup {
             )),
             other => other,
         })?;
-        // A 16-byte stand-in for unused state slots, which the kernel never touches.
         let placeholder = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("bayesprop unused state"),
+            label: Some("bayesprop unused binding"),
             size: 16,
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
@@ -334,28 +406,178 @@ impl GpuGroup {
             window,
             status,
             pieces: Vec::new(),
+            segments: None,
             transform_update,
             transform_control,
+            placeholder,
         };
         group.pieces = ctx.scoped("binding buffers", || {
             let mut pieces = pieces;
             let align = (limits.min_storage_buffer_offset_alignment as u64 / 4).max(1);
             for piece in &mut pieces {
-                group.bind(device, piece, &placeholder, align, !ctx.scalar_only());
+                group.bind(device, piece, align, !ctx.scalar_only());
             }
             pieces
         })?;
+        if let Some(buffers) = caller_tensors {
+            let segments = Segments {
+                pipeline: ctx.pipeline(
+                    optimizer.kernel(),
+                    slots.len() as u32,
+                    Addressing::Segments,
+                )?,
+                scan: ctx.control_pipeline(Addressing::Segments)?,
+                tensors: tensors.iter().map(|t| t.range()).zip(buffers).collect(),
+                runs: Vec::new(),
+            };
+            group.segments = Some(segments);
+            group.plan_runs(ctx)?;
+        }
         Ok(group)
     }
 
-    fn bind(
-        &self,
-        device: &wgpu::Device,
-        piece: &mut Piece,
-        placeholder: &wgpu::Buffer,
-        align: u64,
-        vec4: bool,
-    ) {
+    /// Where the caller's tensors are now (the same tensors, in the same order), when they
+    /// moved: re-plans the runs. The control must be bound again after.
+    pub fn set_tensor_buffers(
+        &mut self,
+        ctx: &GpuContext,
+        names: &[&str],
+        buffers: &[TensorBuffers],
+    ) -> Result<bool> {
+        let Some(segments) = &mut self.segments else {
+            return Err(Error::Layout(
+                "tensor buffers can only be set on an optimizer built with tensors in the \
+                 caller's buffers"
+                    .into(),
+            ));
+        };
+        if buffers.len() != segments.tensors.len() {
+            return Err(Error::LengthMismatch {
+                what: "tensor buffers",
+                got: buffers.len(),
+                expected: segments.tensors.len(),
+            });
+        }
+        for ((range, _), (b, name)) in segments.tensors.iter().zip(buffers.iter().zip(names)) {
+            segments::check(b, range.len(), name)?;
+        }
+        if segments.tensors.iter().map(|(_, b)| b).eq(buffers) {
+            return Ok(false);
+        }
+        for ((_, old), new) in segments.tensors.iter_mut().zip(buffers) {
+            *old = new.clone();
+        }
+        self.plan_runs(ctx)?;
+        Ok(true)
+    }
+
+    /// Plans the runs of the caller's tensors over the group's state bindings, and binds each
+    /// run's update and segment table.
+    fn plan_runs(&mut self, ctx: &GpuContext) -> Result<()> {
+        let segments = self
+            .segments
+            .as_ref()
+            .expect("tensors in the caller's buffers");
+        // The state bindings: every chunk of every piece, in order.
+        let bindings: Vec<(usize, Range<u64>)> = self
+            .pieces
+            .iter()
+            .enumerate()
+            .flat_map(|(p, piece)| piece.chunks.iter().map(move |c| (p, c.clone())))
+            .collect();
+        let mut placed = Vec::new();
+        for (range, buffers) in &segments.tensors {
+            let (p, piece) = self
+                .pieces
+                .iter()
+                .enumerate()
+                .find(|(_, piece)| piece.range.start <= range.start && range.end <= piece.range.end)
+                .expect("a tensor lies in one piece");
+            let local =
+                (range.start - piece.range.start) as u64..(range.end - piece.range.start) as u64;
+            for (binding, (_, chunk)) in bindings.iter().enumerate().filter(|(_, (q, _))| *q == p) {
+                let (start, end) = (local.start.max(chunk.start), local.end.min(chunk.end));
+                if start >= end {
+                    continue;
+                }
+                let skip = (start - local.start) * 4;
+                placed.push(Placed {
+                    theta: (buffers.theta.buffer.clone(), buffers.theta.offset + skip),
+                    grad: (buffers.grad.buffer.clone(), buffers.grad.offset + skip),
+                    binding,
+                    state: start - chunk.start,
+                    len: end - start,
+                });
+            }
+        }
+        let plans = segments::plan(&placed, segments::Limits::of(&ctx.limits()));
+        let device = ctx.device();
+        let runs = ctx.scoped("binding the caller's tensors", || {
+            plans
+                .into_iter()
+                .map(|plan| {
+                    let (p, chunk) = &bindings[plan.binding];
+                    let table = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: Some("bayesprop segment table"),
+                        contents: bytemuck::cast_slice(&plan.rows),
+                        usage: wgpu::BufferUsages::STORAGE,
+                    });
+                    let state = self.state_bindings(&self.pieces[*p], chunk);
+                    let update = {
+                        let theta = window_binding(&plan.theta, &plan.theta_window);
+                        let grad = window_binding(&plan.grad, &plan.grad_window);
+                        segments.pipeline.bind(
+                            device,
+                            "bayesprop step over tensors",
+                            in_order(
+                                [
+                                    self.window.as_entire_buffer_binding(),
+                                    self.status.as_entire_buffer_binding(),
+                                    theta,
+                                    grad,
+                                ]
+                                .into_iter()
+                                .chain(state),
+                            ),
+                        )
+                    };
+                    Run {
+                        rows: plan.rows.len() as u32,
+                        table_update: segments.pipeline.bind_table(device, &table),
+                        table_scan: segments.scan.bind_table(device, &table),
+                        plan,
+                        update,
+                        control: None,
+                    }
+                })
+                .collect::<Vec<_>>()
+        })?;
+        self.segments.as_mut().expect("checked above").runs = runs;
+        Ok(())
+    }
+
+    /// The bindings of a piece's used state slots over `range` (the placeholder for unused
+    /// ones), in slot order.
+    fn state_bindings<'a>(
+        &'a self,
+        piece: &'a Piece,
+        range: &Range<u64>,
+    ) -> Vec<wgpu::BufferBinding<'a>> {
+        piece
+            .state
+            .iter()
+            .map(|b| match b {
+                Some(b) => slice_binding_owned(b, range),
+                None => self.placeholder.as_entire_buffer_binding(),
+            })
+            .collect()
+    }
+
+    /// Binds the arena's dispatches of a piece (none for tensors in the caller's buffers).
+    fn bind(&self, device: &wgpu::Device, piece: &mut Piece, align: u64, vec4: bool) {
+        let (Some(theta), Some(grad)) = (&piece.theta, &piece.grad) else {
+            return;
+        };
         let window = || self.window.as_entire_buffer_binding();
         let status = || self.status.as_entire_buffer_binding();
         let cuts: Vec<_> = piece
@@ -366,16 +588,9 @@ impl GpuGroup {
         piece.parts = cuts
             .into_iter()
             .map(|(range, lanes)| {
-                let state: Vec<_> = piece
-                    .state
-                    .iter()
-                    .map(|b| match b {
-                        Some(b) => slice_binding_owned(b, &range),
-                        None => placeholder.as_entire_buffer_binding(),
-                    })
-                    .collect();
-                let theta = slice_binding(&piece.theta, &range);
-                let grad = slice_binding(&piece.grad, &range);
+                let state = self.state_bindings(piece, &range);
+                let theta = slice_binding(theta, &range);
+                let grad = slice_binding(grad, &range);
                 let update = self.pipeline.bind(
                     device,
                     "bayesprop step",
@@ -391,9 +606,14 @@ impl GpuGroup {
             .collect();
     }
 
-    /// Slots of the partials the group's scan writes: one region per bound part.
+    /// Slots of the partials the group's scan writes: one region per bound part or run.
     pub fn partial_slots(&self) -> u64 {
-        self.parts().map(Part::partial_slots).sum()
+        self.parts().map(Part::partial_slots).sum::<u64>()
+            + self.runs().map(|r| r.plan.partial_slots()).sum::<u64>()
+    }
+
+    fn runs(&self) -> impl Iterator<Item = &Run> {
+        self.segments.iter().flat_map(|s| &s.runs)
     }
 
     /// Binds the scan of every part to its region of `partials`, from slot `base` on, and
@@ -414,37 +634,50 @@ impl GpuGroup {
         };
         let window = self.window.as_entire_buffer_binding();
         let status = self.status.as_entire_buffer_binding();
+        let mut region = |slots: u64| {
+            let region = match base {
+                Some(_) => wgpu::BufferBinding {
+                    buffer: partials,
+                    offset: next * 4,
+                    size: wgpu::BufferSize::new(slots * 4),
+                },
+                None => first_region.clone(),
+            };
+            next += slots;
+            region
+        };
         for piece in &mut self.pieces {
             for part in &mut piece.parts {
-                let slots = part.partial_slots();
-                let region = match base {
-                    Some(_) => wgpu::BufferBinding {
-                        buffer: partials,
-                        offset: next * 4,
-                        size: wgpu::BufferSize::new(slots * 4),
-                    },
-                    None => first_region.clone(),
-                };
-                let grad = slice_binding(&piece.grad, &part.range);
+                let grad = piece.grad.as_ref().expect("a piece with parts binds g");
+                let grad = slice_binding(grad, &part.range);
+                let region = region(part.partial_slots());
                 part.control = Some(self.control.bind(
                     device,
                     "bayesprop control",
                     in_order([window.clone(), status.clone(), grad, region]),
                 ));
-                next += slots;
             }
-            // The commit's gradient and partials are unused; an empty piece binds its first
-            // element.
+            // The commit's gradient and partials are unused.
             piece.commit = Some(self.control.bind(
                 device,
                 "bayesprop commit",
                 in_order([
                     window.clone(),
                     status.clone(),
-                    slice_binding(&piece.grad, &(0..1)),
+                    self.placeholder.as_entire_buffer_binding(),
                     first_region.clone(),
                 ]),
             ));
+        }
+        if let Some(segments) = &mut self.segments {
+            for run in &mut segments.runs {
+                let region = region(run.plan.partial_slots());
+                run.control = Some(segments.scan.bind(
+                    device,
+                    "bayesprop control over tensors",
+                    in_order([window.clone(), status.clone(), run.grad(), region]),
+                ));
+            }
         }
         next
     }
@@ -452,14 +685,13 @@ impl GpuGroup {
     /// The bind group of `reduce`, over every region of `partials` (the group's own window,
     /// status and gradient are bound, unused).
     pub fn bind_reduce(&self, device: &wgpu::Device, partials: &wgpu::Buffer) -> wgpu::BindGroup {
-        let piece = &self.pieces[0];
         self.control.bind(
             device,
             "bayesprop norm",
             in_order([
                 self.window.as_entire_buffer_binding(),
                 self.status.as_entire_buffer_binding(),
-                slice_binding(&piece.grad, &(0..1)),
+                self.placeholder.as_entire_buffer_binding(),
                 partials.as_entire_buffer_binding(),
             ]),
         )
@@ -518,6 +750,17 @@ impl GpuGroup {
                 part_len(part),
             );
         }
+        if let Some(segments) = &self.segments {
+            for run in &segments.runs {
+                let control = run.control.as_ref().expect("bound by bind_control");
+                segments.scan.dispatch_rows(
+                    pass,
+                    SCAN,
+                    &[control, &self.transform_control, &run.table_scan],
+                    run.rows,
+                );
+            }
+        }
     }
 
     /// Records the fused update of every chunk and the commit of the step counter.
@@ -531,17 +774,28 @@ impl GpuGroup {
                 part_len(part),
             );
         }
+        if let Some(segments) = &self.segments {
+            for run in &segments.runs {
+                segments.pipeline.dispatch_rows(
+                    pass,
+                    0,
+                    &[&run.update, &self.transform_update, &run.table_update],
+                    run.rows,
+                );
+            }
+        }
         if let Some(commit) = self.pieces.first().and_then(|p| p.commit.as_ref()) {
             self.control
                 .dispatch_one(pass, COMMIT, &[commit, &self.transform_control]);
         }
     }
 
-    /// Where a vector of the piece lives (`None` for an unused state slot).
+    /// Where a vector of the piece lives (`None` for an unused state slot, and for θ and g
+    /// of tensors in the caller's buffers).
     fn vector(&self, piece: &Piece, vector: Vector) -> Option<BufferSlice> {
         match vector {
-            Vector::Theta => Some(piece.theta.clone()),
-            Vector::Grad => Some(piece.grad.clone()),
+            Vector::Theta => piece.theta.clone(),
+            Vector::Grad => piece.grad.clone(),
             Vector::State(k) => piece.state[k].as_ref().map(|b| BufferSlice {
                 buffer: b.clone(),
                 offset: 0,
@@ -552,6 +806,18 @@ impl GpuGroup {
     /// The buffer slice holding `range` of the arena, which lies in one piece when `range` is
     /// a tensor's; with its length in bytes.
     pub fn slice_of(&self, vector: Vector, range: &Range<usize>) -> Option<(BufferSlice, u64)> {
+        if let (Some(segments), Vector::Theta | Vector::Grad) = (&self.segments, vector) {
+            let (tensor, buffers) = segments
+                .tensors
+                .iter()
+                .find(|(t, _)| t.start <= range.start && range.end <= t.end)?;
+            let mut slice = match vector {
+                Vector::Theta => buffers.theta.clone(),
+                _ => buffers.grad.clone(),
+            };
+            slice.offset += (range.start - tensor.start) as u64 * 4;
+            return Some((slice, range.len() as u64 * 4));
+        }
         let piece = self
             .pieces
             .iter()
@@ -568,12 +834,15 @@ impl GpuGroup {
         let [piece] = &self.pieces[..] else {
             return None;
         };
-        if piece.theta.offset != 0 || piece.grad.offset != 0 {
+        let (Some(theta), Some(grad)) = (&piece.theta, &piece.grad) else {
+            return None;
+        };
+        if theta.offset != 0 || grad.offset != 0 {
             return None;
         }
         Some(WholeArena {
-            theta: piece.theta.buffer.clone(),
-            grad: piece.grad.buffer.clone(),
+            theta: theta.buffer.clone(),
+            grad: grad.buffer.clone(),
             states: piece.state.iter().flatten().cloned().collect(),
             bound: piece.chunks.last().map_or(0, |c| c.end),
         })
@@ -581,6 +850,15 @@ impl GpuGroup {
 
     /// Reads a whole vector of the arena back to the host.
     pub fn read_arena(&self, ctx: &GpuContext, vector: Vector) -> Result<Vec<f32>> {
+        if let Some(tensors) = self.caller_tensors(vector) {
+            let len = self.pieces.last().map_or(0, |p| p.range.end);
+            let mut arena = vec![0.0; len];
+            for (range, slice) in tensors {
+                let values = ctx.read_f32(&slice.buffer, slice.offset, range.len())?;
+                arena[range].copy_from_slice(&values);
+            }
+            return Ok(arena);
+        }
         let mut arena = Vec::new();
         for piece in &self.pieces {
             let slice = self.vector(piece, vector).expect("the slot is used");
@@ -591,6 +869,15 @@ impl GpuGroup {
 
     /// Overwrites a whole vector of the arena from the host.
     pub fn write_arena(&self, queue: &wgpu::Queue, vector: Vector, arena: &[f32]) {
+        if let Some(tensors) = self.caller_tensors(vector) {
+            for (range, slice) in tensors {
+                if !range.is_empty() {
+                    let values = bytemuck::cast_slice(&arena[range]);
+                    queue.write_buffer(&slice.buffer, slice.offset, values);
+                }
+            }
+            return;
+        }
         for piece in &self.pieces {
             let slice = self.vector(piece, vector).expect("the slot is used");
             let values = &arena[piece.range.clone()];
@@ -598,6 +885,26 @@ impl GpuGroup {
                 queue.write_buffer(&slice.buffer, slice.offset, bytemuck::cast_slice(values));
             }
         }
+    }
+
+    /// Each tensor's arena range and where θ or g (`vector`) lives, for tensors in the
+    /// caller's buffers; `None` otherwise, or for a state vector.
+    fn caller_tensors(
+        &self,
+        vector: Vector,
+    ) -> Option<impl Iterator<Item = (Range<usize>, &BufferSlice)>> {
+        let segments = self.segments.as_ref()?;
+        let grad = match vector {
+            Vector::Theta => false,
+            Vector::Grad => true,
+            Vector::State(_) => return None,
+        };
+        Some(
+            segments
+                .tensors
+                .iter()
+                .map(move |(range, b)| (range.clone(), if grad { &b.grad } else { &b.theta })),
+        )
     }
 
     /// Sets the device's step counter (for restoring a checkpoint).
@@ -610,9 +917,10 @@ impl GpuGroup {
         self.pieces.iter().map(|p| p.chunks.len()).sum()
     }
 
-    /// How many update dispatches a step records (vec4 bodies and scalar tails).
+    /// How many update dispatches a step records (vec4 bodies and scalar tails, or runs of
+    /// the caller's tensors).
     pub fn dispatch_count(&self) -> usize {
-        self.pieces.iter().map(|p| p.parts.len()).sum()
+        self.pieces.iter().map(|p| p.parts.len()).sum::<usize>() + self.runs().count()
     }
 
     /// How many buffers each of the group's vectors is split into.

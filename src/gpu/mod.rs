@@ -5,6 +5,7 @@ pub mod context;
 mod group;
 pub mod optimizer;
 pub mod pipeline;
+mod segments;
 mod tracker;
 
 pub use context::{
@@ -14,3 +15,4 @@ pub use context::{
 pub use group::{binding_chunks, parts_of, BufferSlice, ExternalArena, WholeArena};
 pub use optimizer::GpuOptimizer;
 pub use pipeline::{Pipeline, WORKGROUP_SIZE};
+pub use segments::TensorBuffers;

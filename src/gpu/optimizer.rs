@@ -6,7 +6,8 @@ use std::sync::Mutex;
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::gpu::context::GpuContext;
-use crate::gpu::group::{BufferSlice, ExternalArena, GpuGroup, Vector, WholeArena};
+use crate::gpu::group::{BufferSlice, ExternalArena, GpuGroup, Placement, Vector, WholeArena};
+use crate::gpu::segments::TensorBuffers;
 use crate::gpu::tracker::{StepTracker, STATUS_BYTES, TRANSFORM_BYTES};
 use crate::layout::{GroupId, Layout, ParamGroups, StateSource, TensorId, TensorSpec};
 use crate::optim::{NonFinitePolicy, OptimizerConfig, StepReport};
@@ -53,7 +54,7 @@ impl GpuOptimizer {
 
     /// Every group and tensor of `groups`, in buffers the optimizer owns.
     pub fn from_groups(ctx: &GpuContext, groups: &ParamGroups) -> Result<Self> {
-        Self::build(ctx, groups, None)
+        Self::build(ctx, groups, |_| Placement::Owned)
     }
 
     /// Every group of `groups`, with θ and g in the caller's buffers (one [`ExternalArena`]
@@ -71,13 +72,62 @@ impl GpuOptimizer {
                 expected: groups.groups().len(),
             });
         }
-        Self::build(ctx, groups, Some(arenas))
+        Self::build(ctx, groups, |g| Placement::Arena(arenas[g].clone()))
+    }
+
+    /// Every tensor of `groups` with θ and g where the caller keeps them: one
+    /// [`TensorBuffers`] per tensor in registration order, at any offsets that are multiples
+    /// of 4 bytes, in any number of buffers (zero-copy; θ₀ is whatever those buffers hold).
+    /// The optimizer owns only its state. A step is one dispatch per run of tensors that
+    /// share buffers (see [`GpuOptimizer::dispatch_count`]), bit-identical to
+    /// [`GpuOptimizer::from_groups`] except for the norm's rounding when clipping (its sum
+    /// runs in another order). [`GpuOptimizer::set_tensor_buffers`] follows tensors that move.
+    pub fn from_tensors_in(
+        ctx: &GpuContext,
+        groups: &ParamGroups,
+        buffers: &[TensorBuffers],
+    ) -> Result<Self> {
+        let by_group = split_by_group(groups.layout(), buffers)?;
+        Self::build(ctx, groups, |g| Placement::Tensors(by_group[g].clone()))
+    }
+
+    /// Points the tensors at new places in the caller's buffers (one [`TensorBuffers`] per
+    /// tensor in registration order, as [`GpuOptimizer::from_tensors_in`]), for callers whose
+    /// allocator moves them between steps, as burn's gradients do. The state stays. Nothing
+    /// is rebound when nothing moved. Call between steps: the steps already submitted keep
+    /// the places they were recorded with.
+    pub fn set_tensor_buffers(&mut self, buffers: &[TensorBuffers]) -> Result<()> {
+        let by_group = split_by_group(&self.layout, buffers)?;
+        let mut moved = false;
+        for (g, group) in self.groups.iter_mut().enumerate() {
+            let names: Vec<&str> = self.layout.tensors_of(g).map(|t| t.name.as_str()).collect();
+            moved |= group.set_tensor_buffers(&self.ctx, &names, &by_group[g])?;
+        }
+        if moved {
+            self.bind_control_placeholder()?;
+        }
+        Ok(())
+    }
+
+    /// Binds every group's control with no norm partials; the first step that clips binds
+    /// them (see [`GpuOptimizer::bind_norm`]).
+    fn bind_control_placeholder(&mut self) -> Result<()> {
+        let device = self.ctx.device();
+        let groups = &mut self.groups;
+        self.ctx.scoped("binding the step control", || {
+            let placeholder = partials_buffer(device, PARTIAL_ALIGN as u64);
+            for group in groups.iter_mut() {
+                group.bind_control(device, &placeholder, None);
+            }
+        })?;
+        self.reduce = None;
+        Ok(())
     }
 
     fn build(
         ctx: &GpuContext,
         groups: &ParamGroups,
-        arenas: Option<&[ExternalArena]>,
+        placement: impl Fn(usize) -> Placement,
     ) -> Result<Self> {
         if groups.total_len() > u32::MAX as usize {
             return Err(Error::TooLarge {
@@ -99,31 +149,24 @@ impl GpuOptimizer {
                 | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
         });
-        let mut built = groups
+        let built = groups
             .groups()
             .iter()
             .enumerate()
             .map(|(g, spec)| {
                 let tensors: Vec<&TensorSpec> =
                     groups.tensors().iter().filter(|t| t.group.0 == g).collect();
-                let external = arenas.map(|a| a[g].clone());
                 GpuGroup::new(
                     ctx,
                     spec,
                     &tensors,
                     groups.arena_theta0(GroupId(g)),
-                    external,
+                    placement(g),
                     &transform,
                 )
             })
             .collect::<Result<Vec<_>>>()?;
-        ctx.scoped("binding the step control", || {
-            let placeholder = partials_buffer(device, PARTIAL_ALIGN as u64);
-            for group in &mut built {
-                group.bind_control(device, &placeholder, None);
-            }
-        })?;
-        Ok(GpuOptimizer {
+        let mut optimizer = GpuOptimizer {
             ctx: ctx.clone(),
             tracker: Mutex::new(StepTracker::new(vec![0; built.len()])),
             groups: built,
@@ -132,7 +175,9 @@ impl GpuOptimizer {
             transform,
             reduce: None,
             device_scale: None,
-        })
+        };
+        optimizer.bind_control_placeholder()?;
+        Ok(optimizer)
     }
 
     /// Allocates the partial sums of squares of every group's scan and binds the scans to
@@ -453,6 +498,23 @@ impl GpuOptimizer {
             .collect::<Result<Vec<_>>>()?;
         Ok(self.layout.flatten(&arenas))
     }
+}
+
+/// `buffers`, one per tensor in registration order, split by group (in each group's tensor
+/// order).
+fn split_by_group(layout: &Layout, buffers: &[TensorBuffers]) -> Result<Vec<Vec<TensorBuffers>>> {
+    if buffers.len() != layout.tensors().len() {
+        return Err(Error::LengthMismatch {
+            what: "tensor buffers",
+            got: buffers.len(),
+            expected: layout.tensors().len(),
+        });
+    }
+    let mut by_group = vec![Vec::new(); layout.groups().len()];
+    for (t, b) in layout.tensors().iter().zip(buffers) {
+        by_group[t.group.0].push(b.clone());
+    }
+    Ok(by_group)
 }
 
 /// Partial sums of squares, `slots` f32, zeroed at creation: the slots past each region's

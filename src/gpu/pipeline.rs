@@ -3,7 +3,7 @@
 //! step counter), and `bench`'s roofline kernel. Each entry point is compiled at both lane
 //! widths (see [`Lanes`]): vec4 for the body of a vector, scalar for a tail.
 
-use crate::kernels::{Kernel, Lanes, CONTROL, ENTRY_POINT};
+use crate::kernels::{Kernel, Lanes, CONTROL, ENTRY_POINT, SEGMENTS_ENTRY_POINT};
 
 /// Invocations per workgroup when the context names none (the shaders' `WORKGROUP_SIZE`
 /// override); see [`crate::gpu::context::default_workgroup_size`].
@@ -76,10 +76,23 @@ pub struct Pipeline {
     entries: Vec<ByWidth>,
     layout: wgpu::BindGroupLayout,
     transform_layout: Option<wgpu::BindGroupLayout>,
+    /// Group 2 under [`Addressing::Segments`]: the segment table.
+    table_layout: Option<wgpu::BindGroupLayout>,
     shape: Shape,
 }
 
-/// The step control's entry points, as [`Pipeline::control`] compiles them.
+/// Where a kernel's invocations find their elements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Addressing {
+    /// Element i of the bound range of θ, g and every state: the optimizer's own arena.
+    Arena,
+    /// One workgroup per row of a segment table (group 2): tensors at any element offset in
+    /// the caller's buffers, width 1 only.
+    Segments,
+}
+
+/// The step control's entry points, as [`Pipeline::control`] compiles them (under
+/// [`Addressing::Segments`] only `scan_segments`, at [`SCAN`]).
 pub(crate) const SCAN: usize = 0;
 pub(crate) const REDUCE: usize = 1;
 pub(crate) const COMMIT: usize = 2;
@@ -114,6 +127,23 @@ pub(crate) fn storage(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEnt
     }
 }
 
+/// A bind group of one whole buffer at binding 0.
+fn bind_whole(
+    device: &wgpu::Device,
+    label: &str,
+    layout: &wgpu::BindGroupLayout,
+    buffer: &wgpu::Buffer,
+) -> wgpu::BindGroup {
+    device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some(label),
+        layout,
+        entries: &[wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(buffer.as_entire_buffer_binding()),
+        }],
+    })
+}
+
 /// `buffers` at bindings 0, 1, 2, … in order.
 pub fn in_order<'a>(
     buffers: impl IntoIterator<Item = wgpu::BufferBinding<'a>>,
@@ -135,6 +165,31 @@ impl Pipeline {
         workgroup_size: u32,
         constants: &[(&str, f64)],
     ) -> Self {
+        Self::build(
+            device,
+            kernel,
+            bindings,
+            transform_read_only,
+            Addressing::Arena,
+            entry_points,
+            workgroup_size,
+            constants,
+        )
+    }
+
+    /// [`Pipeline::new`], with the segment table at group 2 under [`Addressing::Segments`]
+    /// (which needs the transform at group 1).
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        device: &wgpu::Device,
+        kernel: &Kernel,
+        bindings: &[wgpu::BindGroupLayoutEntry],
+        transform_read_only: Option<bool>,
+        addressing: Addressing,
+        entry_points: &[&str],
+        workgroup_size: u32,
+        constants: &[(&str, f64)],
+    ) -> Self {
         let constants: Vec<_> = [("WORKGROUP_SIZE", workgroup_size as f64)]
             .into_iter()
             .chain(constants.iter().copied())
@@ -148,10 +203,19 @@ impl Pipeline {
         let layout = layout_of(bindings);
         let transform_layout =
             transform_read_only.map(|read_only| layout_of(&[storage(0, read_only)]));
+        let table_layout =
+            (addressing == Addressing::Segments).then(|| layout_of(&[storage(0, true)]));
+        let groups: Vec<_> = [
+            Some(&layout),
+            transform_layout.as_ref(),
+            table_layout.as_ref(),
+        ]
+        .into_iter()
+        .take_while(Option::is_some)
+        .collect();
         let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: Some(kernel.name),
-            bind_group_layouts: &[Some(&layout), transform_layout.as_ref()]
-                [..1 + usize::from(transform_layout.is_some())],
+            bind_group_layouts: &groups,
             immediate_size: 0,
         });
         let modules = Lanes::ALL.map(|lanes| {
@@ -182,6 +246,7 @@ impl Pipeline {
             entries,
             layout,
             transform_layout,
+            table_layout,
             shape: Shape::of(device, workgroup_size),
         }
     }
@@ -194,20 +259,27 @@ impl Pipeline {
         kernel: &Kernel,
         states: u32,
         workgroup_size: u32,
+        addressing: Addressing,
     ) -> Self {
         let mut bindings = vec![
             uniform(0),
             storage(1, false),
             storage(2, false),
-            storage(3, true),
+            // Read only, but declared read_write: see shaders/fused.wgsl.
+            storage(3, false),
         ];
         bindings.extend((0..states).map(|k| storage(4 + k, false)));
-        Self::new(
+        let entry = match addressing {
+            Addressing::Arena => ENTRY_POINT,
+            Addressing::Segments => SEGMENTS_ENTRY_POINT,
+        };
+        Self::build(
             device,
             kernel,
             &bindings,
             Some(true),
-            &[ENTRY_POINT],
+            addressing,
+            &[entry],
             workgroup_size,
             &[],
         )
@@ -216,19 +288,24 @@ impl Pipeline {
     /// `shaders/control.wgsl`: window header at 0, status at 1, g at 2, the partial sums of
     /// squares at 3, the transform at group 1; entry points [`SCAN`], [`REDUCE`] and
     /// [`COMMIT`]. Always [`NORM_LANES`] invocations per workgroup: the norm's order needs it.
-    pub(crate) fn control(device: &wgpu::Device) -> Self {
+    pub(crate) fn control(device: &wgpu::Device, addressing: Addressing) -> Self {
         let bindings = [
             uniform(0),
             storage(1, false),
             storage(2, true),
             storage(3, false),
         ];
-        Self::new(
+        let entries: &[&str] = match addressing {
+            Addressing::Arena => &["scan", "reduce", "commit"],
+            Addressing::Segments => &["scan_segments"],
+        };
+        Self::build(
             device,
             &CONTROL,
             &bindings,
             Some(false),
-            &["scan", "reduce", "commit"],
+            addressing,
+            entries,
             NORM_LANES,
             &[],
         )
@@ -240,18 +317,43 @@ impl Pipeline {
         device: &wgpu::Device,
         transform: &wgpu::Buffer,
     ) -> wgpu::BindGroup {
-        let layout = self
-            .transform_layout
-            .as_ref()
-            .expect("a fused or control pipeline");
-        device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("bayesprop transform"),
-            layout,
-            entries: &[wgpu::BindGroupEntry {
-                binding: 0,
-                resource: wgpu::BindingResource::Buffer(transform.as_entire_buffer_binding()),
-            }],
-        })
+        let layout = self.transform_layout.as_ref();
+        bind_whole(
+            device,
+            "bayesprop transform",
+            layout.expect("a fused or control pipeline"),
+            transform,
+        )
+    }
+
+    /// The bind group of a segment table (group 2; see [`Addressing::Segments`]).
+    pub(crate) fn bind_table(
+        &self,
+        device: &wgpu::Device,
+        table: &wgpu::Buffer,
+    ) -> wgpu::BindGroup {
+        let layout = self.table_layout.as_ref();
+        bind_whole(
+            device,
+            "bayesprop segment table",
+            layout.expect("a segments pipeline"),
+            table,
+        )
+    }
+
+    /// Records entry point `entry` at width 1 over a segment table of `rows` rows, one
+    /// workgroup per row, with `bind_groups` at groups 0, 1, 2.
+    pub(crate) fn dispatch_rows(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        entry: usize,
+        bind_groups: &[&wgpu::BindGroup],
+        rows: u32,
+    ) {
+        let x = rows.clamp(1, self.shape.max_workgroups_per_dimension);
+        pass.set_pipeline(self.entries[entry].get(Lanes::One));
+        set_bind_groups(pass, bind_groups);
+        pass.dispatch_workgroups(x, rows.div_ceil(x).max(1), 1);
     }
 
     /// A bind group of `buffers` at their bindings (see [`in_order`]).

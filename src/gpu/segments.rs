@@ -1,0 +1,316 @@
+//! Tensors in the caller's buffers: each tensor's θ and gradient wherever the caller keeps them
+//! (any buffer, any offset that is a multiple of 4 bytes), the state in the optimizer's arena.
+//!
+//! A step is still a handful of dispatches, not one per tensor, the way PyTorch's
+//! `multi_tensor_apply` does it: the tensors that share a θ buffer, a gradient buffer and a
+//! state binding form a *run*, bound once, and a *segment table* gives each workgroup of the
+//! run's dispatch its stretch of one tensor (`Block` in shaders/common.wgsl). The arithmetic per
+//! element is the arena kernels' own (`update` in each shader), so the results are bit-identical
+//! to the arena path; only the norm of a clipped step sums in another order (see
+//! [`crate::transform`]).
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::ops::Range;
+
+use crate::error::{Error, Result};
+use crate::gpu::group::BufferSlice;
+use crate::gpu::pipeline::NORM_LANES;
+use crate::transform::PARTIAL_ALIGN;
+
+/// Where one tensor's θ and gradient live in the caller's buffers: any byte offsets that are
+/// multiples of 4, in buffers with STORAGE usage (and COPY_SRC / COPY_DST for reading θ back
+/// and stepping from host gradients). θ and g may share a buffer; tensors may share buffers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorBuffers {
+    pub theta: BufferSlice,
+    pub grad: BufferSlice,
+}
+
+/// One row of a segment table, as `Block` in shaders/common.wgsl: elements k < `count` at
+/// θ[theta + k], g[grad + k] and state[state + k], indices into the run's bindings.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Row {
+    pub theta: u32,
+    pub grad: u32,
+    pub state: u32,
+    pub count: u32,
+}
+
+/// Elements per row: one workgroup of the norm's scan, one partial sum.
+pub const ROW_LEN: u64 = NORM_LANES as u64;
+
+/// A tensor as the planner sees it: its θ and g as (buffer, byte offset), where its state
+/// lies (a state binding and the element offset in it) and its length.
+#[derive(Clone, Debug)]
+pub struct Placed<B> {
+    pub theta: (B, u64),
+    pub grad: (B, u64),
+    /// Which state binding (an index the caller gives meaning to).
+    pub binding: usize,
+    /// Element offset of the tensor's state in that binding.
+    pub state: u64,
+    pub len: u64,
+}
+
+/// A run: tensors whose θ lie in one window of one buffer, whose g lie in one window of one
+/// buffer, and whose state lies in one binding; one dispatch steps them all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunPlan<B> {
+    pub theta: B,
+    /// Bytes of the θ buffer bound: aligned start, end past the last element.
+    pub theta_window: Range<u64>,
+    pub grad: B,
+    pub grad_window: Range<u64>,
+    pub binding: usize,
+    pub rows: Vec<Row>,
+}
+
+impl<B> RunPlan<B> {
+    /// Slots of the run's region of the norm's partials: one per row, zeros up to the
+    /// alignment (see [`crate::transform`]).
+    pub fn partial_slots(&self) -> u64 {
+        (self.rows.len() as u64)
+            .max(1)
+            .next_multiple_of(PARTIAL_ALIGN as u64)
+    }
+}
+
+/// What bounds a run's windows: the device's storage offset alignment and binding size, in
+/// bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub align: u64,
+    pub max_binding: u64,
+}
+
+impl Limits {
+    pub fn of(limits: &wgpu::Limits) -> Self {
+        Limits {
+            align: u64::from(limits.min_storage_buffer_offset_alignment).max(4),
+            max_binding: limits
+                .max_storage_buffer_binding_size
+                .min(limits.max_buffer_size),
+        }
+    }
+
+    /// The longest stretch of a tensor one window is sure to hold, wherever it starts.
+    fn max_stretch(&self) -> u64 {
+        ((self.max_binding - self.align + 4) / 4).max(1)
+    }
+}
+
+/// Groups `tensors` (in the order given) into runs, cutting a tensor where it would not fit
+/// one window. Runs come in the order of their first tensor, rows in tensor order, so the plan
+/// (and the norm's order) depends only on the tensors' places.
+pub fn plan<B: Clone + Eq + Hash>(tensors: &[Placed<B>], limits: Limits) -> Vec<RunPlan<B>> {
+    // Each run's stretches as (θ byte offset, g byte offset, state element, length); rows are
+    // cut once the windows, and so the indices' origins, are final.
+    let mut runs: Vec<(RunPlan<B>, Vec<[u64; 4]>)> = Vec::new();
+    let mut open: HashMap<(B, B, usize), usize> = HashMap::new();
+    let max_stretch = limits.max_stretch();
+    for t in tensors {
+        let mut done = 0;
+        while done < t.len {
+            let len = (t.len - done).min(max_stretch);
+            let (theta, grad) = (t.theta.1 + done * 4, t.grad.1 + done * 4);
+            let theta_window = window(theta, len, &limits);
+            let grad_window = window(grad, len, &limits);
+            let key = (t.theta.0.clone(), t.grad.0.clone(), t.binding);
+            let index = match open.get(&key) {
+                Some(&r)
+                    if span(&runs[r].0.theta_window, &theta_window) <= limits.max_binding
+                        && span(&runs[r].0.grad_window, &grad_window) <= limits.max_binding =>
+                {
+                    r
+                }
+                _ => {
+                    let run = RunPlan {
+                        theta: t.theta.0.clone(),
+                        theta_window: theta_window.clone(),
+                        grad: t.grad.0.clone(),
+                        grad_window: grad_window.clone(),
+                        binding: t.binding,
+                        rows: Vec::new(),
+                    };
+                    runs.push((run, Vec::new()));
+                    open.insert(key, runs.len() - 1);
+                    runs.len() - 1
+                }
+            };
+            let (run, stretches) = &mut runs[index];
+            run.theta_window = union(&run.theta_window, &theta_window);
+            run.grad_window = union(&run.grad_window, &grad_window);
+            stretches.push([theta, grad, t.state + done, len]);
+            done += len;
+        }
+    }
+    runs.into_iter()
+        .map(|(mut run, stretches)| {
+            let (theta0, grad0) = (run.theta_window.start, run.grad_window.start);
+            for [theta, grad, state, len] in stretches {
+                for k in (0..len).step_by(ROW_LEN as usize) {
+                    // Within one window of at most one binding: the indices fit a u32.
+                    run.rows.push(Row {
+                        theta: ((theta - theta0) / 4 + k) as u32,
+                        grad: ((grad - grad0) / 4 + k) as u32,
+                        state: (state + k) as u32,
+                        count: (len - k).min(ROW_LEN) as u32,
+                    });
+                }
+            }
+            run
+        })
+        .collect()
+}
+
+/// The bytes a stretch needs bound: from its start aligned down, to its end.
+fn window(offset: u64, len: u64, limits: &Limits) -> Range<u64> {
+    offset / limits.align * limits.align..offset + len * 4
+}
+
+fn union(a: &Range<u64>, b: &Range<u64>) -> Range<u64> {
+    a.start.min(b.start)..a.end.max(b.end)
+}
+
+fn span(a: &Range<u64>, b: &Range<u64>) -> u64 {
+    let u = union(a, b);
+    u.end - u.start
+}
+
+/// Refuses caller buffers the kernels cannot use for a tensor of `len` elements: an offset
+/// that is not a multiple of 4, a buffer without STORAGE usage, or one too small.
+pub fn check(buffers: &TensorBuffers, len: usize, name: &str) -> Result<()> {
+    for (what, slice) in [("θ", &buffers.theta), ("gradient", &buffers.grad)] {
+        let fail = |problem: String| Err(Error::Layout(format!("tensor `{name}`: {problem}")));
+        if !slice.offset.is_multiple_of(4) {
+            return fail(format!(
+                "the {what} offset {} is not a multiple of 4 bytes",
+                slice.offset
+            ));
+        }
+        if !slice.buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
+            return fail(format!("the {what} buffer needs STORAGE usage"));
+        }
+        let needed = slice.offset + len as u64 * 4;
+        if slice.buffer.size() < needed {
+            return fail(format!(
+                "the {what} buffer holds {} bytes; {len} elements from offset {} need {needed}",
+                slice.buffer.size(),
+                slice.offset
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        align: 256,
+        max_binding: 1 << 20,
+    };
+
+    fn placed(theta: (u8, u64), grad: (u8, u64), state: u64, len: u64) -> Placed<u8> {
+        Placed {
+            theta,
+            grad,
+            binding: 0,
+            state,
+            len,
+        }
+    }
+
+    /// Every element of every tensor, as (θ buffer, θ byte offset, g buffer, g byte offset,
+    /// state index), from the plan's rows.
+    fn elements(runs: &[RunPlan<u8>]) -> Vec<(u8, u64, u8, u64, u64)> {
+        let mut out = Vec::new();
+        for run in runs {
+            for row in &run.rows {
+                assert!(row.count as u64 <= ROW_LEN && row.count > 0);
+                for k in 0..row.count as u64 {
+                    let theta = run.theta_window.start + (row.theta as u64 + k) * 4;
+                    let grad = run.grad_window.start + (row.grad as u64 + k) * 4;
+                    assert!(theta + 4 <= run.theta_window.end);
+                    assert!(grad + 4 <= run.grad_window.end);
+                    out.push((run.theta, theta, run.grad, grad, row.state as u64 + k));
+                }
+            }
+            assert_eq!(run.theta_window.start % LIMITS.align, 0);
+            assert!(run.theta_window.end - run.theta_window.start <= LIMITS.max_binding);
+            assert!(run.grad_window.end - run.grad_window.start <= LIMITS.max_binding);
+        }
+        out.sort();
+        out
+    }
+
+    fn expected(tensors: &[Placed<u8>]) -> Vec<(u8, u64, u8, u64, u64)> {
+        let mut out: Vec<_> = tensors
+            .iter()
+            .flat_map(|t| {
+                (0..t.len).map(move |k| {
+                    (
+                        t.theta.0,
+                        t.theta.1 + 4 * k,
+                        t.grad.0,
+                        t.grad.1 + 4 * k,
+                        t.state + k,
+                    )
+                })
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn tensors_sharing_buffers_share_a_run_and_every_element_is_placed_once() {
+        // Odd offsets (4 bytes past alignment), lengths not multiples of 4 or of a row.
+        let tensors = [
+            placed((0, 4), (1, 12), 0, 300),
+            placed((0, 4 + 1200 * 4), (1, 2000), 304, 7),
+            placed((2, 36), (1, 9000), 312, 513),
+        ];
+        let runs = plan(&tensors, LIMITS);
+        assert_eq!(runs.len(), 2, "{runs:?}");
+        assert_eq!(runs[0].rows.len(), 2 + 1);
+        assert_eq!(runs[1].rows.len(), 3);
+        assert_eq!(elements(&runs), expected(&tensors));
+    }
+
+    #[test]
+    fn a_window_wider_than_one_binding_starts_a_new_run_and_long_tensors_are_cut() {
+        let len = LIMITS.max_binding / 4 + 1000; // longer than one binding
+        let tensors = [
+            placed((0, 8), (1, 0), 0, 10),
+            placed((0, 4 * (1 << 19)), (1, 64), 16, 10),
+            placed((3, 4), (4, 8), 32, len),
+        ];
+        let runs = plan(&tensors, LIMITS);
+        assert_eq!(
+            runs.len(),
+            4,
+            "{:?}",
+            runs.iter()
+                .map(|r| (r.theta, r.theta_window.clone()))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(elements(&runs), expected(&tensors));
+    }
+
+    #[test]
+    fn runs_keep_the_order_of_their_first_tensor() {
+        let tensors = [
+            placed((5, 0), (5, 4096), 0, 3),
+            placed((1, 0), (2, 0), 4, 3),
+            placed((5, 12), (5, 4108), 8, 3),
+        ];
+        let runs = plan(&tensors, LIMITS);
+        assert_eq!(runs.iter().map(|r| r.theta).collect::<Vec<_>>(), vec![5, 1]);
+        assert_eq!(runs[0].rows[1].state, 8);
+        assert_eq!(elements(&runs), expected(&tensors));
+    }
+}

@@ -1,0 +1,449 @@
+//! Tensors in the caller's buffers (`GpuOptimizer::from_tensors_in`): each tensor's θ and
+//! gradient wherever the caller keeps them, at offsets that are multiples of 4 bytes but not of
+//! 16, in many buffers, θ and g sometimes in one buffer. Every step must be bit-identical to
+//! the optimizer's own arena (`from_groups`), which agrees with the CPU reference.
+
+mod common;
+
+use bayesprop::{
+    BufferSlice, Error, GpuContext, GpuOptimizer, GpuOptions, GradTransform, NonFinitePolicy,
+    OptimizerConfig, ParamGroups, Stepper, TensorBuffers, TensorId,
+};
+
+/// Every optimizer of the table with every kind of its state in use.
+fn configs() -> Vec<OptimizerConfig> {
+    [
+        (
+            "bayes",
+            &[("weight_decay", "0.01"), ("momentum", "0.9")][..],
+        ),
+        ("bayes_adam", &[]),
+        ("bayes_fp", &[("weight_decay", "0.01"), ("momentum", "0.9")]),
+        (
+            "sgd",
+            &[
+                ("momentum", "0.9"),
+                ("nesterov", "true"),
+                ("weight_decay", "0.01"),
+            ],
+        ),
+        (
+            "rmsprop",
+            &[
+                ("centered", "true"),
+                ("momentum", "0.9"),
+                ("weight_decay", "0.01"),
+            ],
+        ),
+        ("adam", &[("amsgrad", "true")]),
+        ("adamw", &[]),
+        ("lion", &[("weight_decay", "0.1")]),
+    ]
+    .into_iter()
+    .map(|(name, settings)| OptimizerConfig::from_settings(name, settings.iter().copied()).unwrap())
+    .collect()
+}
+
+/// Tensor lengths: a scalar, lengths off every multiple of 4 and of the 256-element rows, and
+/// one long enough for many rows.
+const LENS: [usize; 12] = [1, 3, 255, 256, 257, 10, 1000, 7, 4099, 64, 33, 70_001];
+
+/// One group per config given, each with the tensors of [`LENS`].
+fn model(configs: &[OptimizerConfig], policy: NonFinitePolicy) -> ParamGroups {
+    let mut groups = ParamGroups::new();
+    for (c, config) in configs.iter().enumerate() {
+        let group = groups.add_group(&format!("g{c}"), config.clone()).unwrap();
+        groups.set_policy(group, policy).unwrap();
+        for (k, &len) in LENS.iter().enumerate() {
+            let theta0: Vec<f32> = (0..len)
+                .map(|j| ((j * 7 + k * 13 + c) % 101) as f32 / 50.0 - 1.0)
+                .collect();
+            groups
+                .add_tensor(group, &format!("g{c}t{k}"), &[len], &theta0)
+                .unwrap();
+        }
+    }
+    groups
+}
+
+/// The caller's side: its buffers and where each tensor is in them.
+struct Caller {
+    buffers: Vec<wgpu::Buffer>,
+    tensors: Vec<TensorBuffers>,
+}
+
+const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
+
+/// Places every tensor: θ round-robin over `theta_buffers` buffers and g over `grad_buffers`
+/// more, each at 4 bytes (one f32 of the caller's own) past a 16-byte boundary and after a gap,
+/// and every third tensor's g right after its θ in the θ buffer. θ₀ is written there.
+fn place(
+    ctx: &GpuContext,
+    groups: &ParamGroups,
+    theta_buffers: usize,
+    grad_buffers: usize,
+) -> Caller {
+    let tensors = groups.layout().tensors();
+    let mut fill = vec![0u64; theta_buffers + grad_buffers];
+    let mut at = |buffer: usize, len: usize| {
+        let offset = fill[buffer].next_multiple_of(16) + 20;
+        fill[buffer] = offset + len as u64 * 4;
+        offset
+    };
+    let mut places = Vec::new();
+    for (k, t) in tensors.iter().enumerate() {
+        let theta_buffer = k % theta_buffers;
+        let theta = at(theta_buffer, t.len());
+        let grad_buffer = match k % 3 {
+            0 => theta_buffer,
+            _ => theta_buffers + k % grad_buffers,
+        };
+        let grad = at(grad_buffer, t.len());
+        places.push(((theta_buffer, theta), (grad_buffer, grad)));
+    }
+    let buffers: Vec<wgpu::Buffer> = fill
+        .iter()
+        .map(|&bytes| {
+            ctx.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some("caller"),
+                size: (bytes + 64).next_multiple_of(4),
+                usage: USAGE,
+                mapped_at_creation: false,
+            })
+        })
+        .collect();
+    let slice = |(buffer, offset): (usize, u64)| BufferSlice {
+        buffer: buffers[buffer].clone(),
+        offset,
+    };
+    let tensors: Vec<TensorBuffers> = places
+        .iter()
+        .map(|&(theta, grad)| TensorBuffers {
+            theta: slice(theta),
+            grad: slice(grad),
+        })
+        .collect();
+    for (t, b) in groups.layout().tensors().iter().zip(&tensors) {
+        let theta0 = &groups.arena_theta0(t.group)[t.range()];
+        ctx.queue().write_buffer(
+            &b.theta.buffer,
+            b.theta.offset,
+            bytemuck::cast_slice(theta0),
+        );
+    }
+    Caller { buffers, tensors }
+}
+
+/// The runs a plan needs when every group's state fits one binding: one per group and pair
+/// of buffers its tensors use.
+fn runs(groups: &ParamGroups, tensors: &[TensorBuffers]) -> usize {
+    let mut pairs = Vec::new();
+    for (t, b) in groups.layout().tensors().iter().zip(tensors) {
+        let pair = (t.group, &b.theta.buffer, &b.grad.buffer);
+        if !pairs.contains(&pair) {
+            pairs.push(pair);
+        }
+    }
+    pairs.len()
+}
+
+/// Step t's gradient of every tensor, flat in registration order: signs and magnitudes from
+/// 1e-3 to 1e3, with a NaN in tensor 4 at step 3 and an infinity in tensor 9 at step 5.
+fn gradient(groups: &ParamGroups, t: u64) -> Vec<f32> {
+    let mut flat = Vec::new();
+    for (k, spec) in groups.layout().tensors().iter().enumerate() {
+        for j in 0..spec.len() {
+            let x = ((j as f64) * 1.3 + (k as f64) * 0.7 + t as f64).sin();
+            flat.push((x * 10f64.powi((j % 7) as i32 - 3)) as f32);
+        }
+        let last = flat.len() - 1;
+        match (k % LENS.len(), t) {
+            (4, 3) => flat[last] = f32::NAN,
+            (9, 5) => flat[last] = f32::INFINITY,
+            _ => {}
+        }
+    }
+    flat
+}
+
+/// θ and every state of every tensor, flat: what must agree bit for bit.
+fn everything(o: &GpuOptimizer, groups: &ParamGroups) -> Vec<Vec<f32>> {
+    let mut out = vec![o.theta().unwrap()];
+    for g in 0..groups.groups().len() {
+        for name in o.layout().groups()[g].config.used_state_names() {
+            let ids = groups
+                .layout()
+                .tensors()
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| t.group.0 == g);
+            let mut values = Vec::new();
+            for (k, _) in ids {
+                values.extend(o.tensor_state(TensorId(k), name).unwrap());
+            }
+            out.push(values);
+        }
+    }
+    out
+}
+
+/// Steps `steps` times from host gradients, which the caller-tensor path writes into the
+/// caller's gradient buffers.
+fn run(o: &mut GpuOptimizer, groups: &ParamGroups, steps: u64) -> Vec<Vec<f32>> {
+    for t in 1..=steps {
+        o.step(&gradient(groups, t)).unwrap();
+    }
+    o.step_reports().unwrap();
+    everything(o, groups)
+}
+
+#[test]
+fn every_optimizer_in_caller_tensors_equals_the_arena_bit_for_bit() {
+    let Some(ctx) = common::gpu("every_optimizer_in_caller_tensors_equals_the_arena_bit_for_bit")
+    else {
+        return;
+    };
+    for policy in NonFinitePolicy::ALL
+        .into_iter()
+        .filter(|&p| p != NonFinitePolicy::Error)
+    {
+        let groups = model(&configs(), policy);
+        let caller = place(&ctx, &groups, 2, 2);
+        let mut tensors = GpuOptimizer::from_tensors_in(&ctx, &groups, &caller.tensors).unwrap();
+        let mut arena = GpuOptimizer::from_groups(&ctx, &groups).unwrap();
+        // One dispatch per group and pair of buffers (θ's, g's) its tensors use, not one per
+        // tensor.
+        assert_eq!(tensors.dispatch_count(), runs(&groups, &caller.tensors));
+        assert!(tensors.dispatch_count() < groups.layout().tensors().len());
+        let expected = run(&mut arena, &groups, 7);
+        let got = run(&mut tensors, &groups, 7);
+        common::assert_same_bits(&got, &expected, &format!("{policy:?}"));
+
+        // θ really is in the caller's buffers, where the caller put it.
+        let t = &caller.tensors[5];
+        let len = groups.layout().tensors()[5].len();
+        let read = ctx.read_f32(&t.theta.buffer, t.theta.offset, len).unwrap();
+        assert_eq!(read, tensors.tensor_values(TensorId(5)).unwrap());
+        assert_eq!(
+            read,
+            arena.tensor_values(TensorId(5)).unwrap(),
+            "{policy:?}: tensor 5"
+        );
+        drop(caller.buffers);
+    }
+}
+
+#[test]
+fn gradients_written_on_the_device_and_moved_between_steps() {
+    let Some(ctx) = common::gpu("gradients_written_on_the_device_and_moved_between_steps") else {
+        return;
+    };
+    let config = OptimizerConfig::default_for("adam").unwrap();
+    let groups = model(&[config], NonFinitePolicy::SkipElement);
+    let mut arena = GpuOptimizer::from_groups(&ctx, &groups).unwrap();
+    let first = place(&ctx, &groups, 2, 2);
+    let mut tensors = GpuOptimizer::from_tensors_in(&ctx, &groups, &first.tensors).unwrap();
+    for t in 1..=6u64 {
+        let grad = gradient(&groups, t);
+        arena.step(&grad).unwrap();
+        // As burn's allocator does: this step's gradients are somewhere new, written there by
+        // the caller's own commands, and θ stays.
+        let moved = place(&ctx, &groups, 1, 1 + t as usize % 3);
+        let places: Vec<TensorBuffers> = first
+            .tensors
+            .iter()
+            .zip(&moved.tensors)
+            .map(|(old, new)| TensorBuffers {
+                theta: old.theta.clone(),
+                grad: new.grad.clone(),
+            })
+            .collect();
+        for (spec, b) in groups.layout().tensors().iter().zip(&places) {
+            let g = &grad[spec.flat_range()];
+            ctx.queue()
+                .write_buffer(&b.grad.buffer, b.grad.offset, bytemuck::cast_slice(g));
+        }
+        tensors.set_tensor_buffers(&places).unwrap();
+        tensors.step_device().unwrap();
+    }
+    common::assert_same_bits(
+        &everything(&tensors, &groups),
+        &everything(&arena, &groups),
+        "moved gradients",
+    );
+}
+
+#[test]
+fn many_buffers_and_small_bindings_cut_runs_and_still_agree() {
+    let Some(ctx) = common::gpu("many_buffers_and_small_bindings_cut_runs_and_still_agree") else {
+        return;
+    };
+    let config = OptimizerConfig::default_for("bayes").unwrap();
+    let groups = model(&[config.clone(), config], NonFinitePolicy::SkipStep);
+    let expected = run(
+        &mut GpuOptimizer::from_groups(&ctx, &groups).unwrap(),
+        &groups,
+        5,
+    );
+    // 24 tensors in two buffers: 2 runs per group (θ with g, θ apart from g).
+    let caller = place(&ctx, &groups, 1, 1);
+    let mut few = GpuOptimizer::from_tensors_in(&ctx, &groups, &caller.tensors).unwrap();
+    assert_eq!(few.dispatch_count(), 2 * 2);
+    common::assert_same_bits(&run(&mut few, &groups, 5), &expected, "two buffers");
+
+    // Every tensor in buffers of its own: one run per tensor.
+    let caller = place(&ctx, &groups, LENS.len() * 2, 7);
+    let mut own = GpuOptimizer::from_tensors_in(&ctx, &groups, &caller.tensors).unwrap();
+    assert_eq!(own.dispatch_count(), LENS.len() * 2);
+    common::assert_same_bits(&run(&mut own, &groups, 5), &expected, "a buffer per tensor");
+
+    // Bindings of 4 KiB: the state is split into many bindings and long tensors into many
+    // windows of the caller's buffers.
+    let small = GpuContext::with_options(&GpuOptions {
+        limits: Some(wgpu::Limits {
+            max_storage_buffer_binding_size: 4096,
+            ..ctx.limits()
+        }),
+        ..GpuOptions::from_env()
+    })
+    .unwrap();
+    let caller = place(&small, &groups, 2, 2);
+    let mut split = GpuOptimizer::from_tensors_in(&small, &groups, &caller.tensors).unwrap();
+    assert!(
+        split.dispatch_count() > 2 * 70_001 * 4 / 4096,
+        "{}",
+        split.dispatch_count()
+    );
+    common::assert_same_bits(&run(&mut split, &groups, 5), &expected, "small bindings");
+}
+
+#[test]
+fn a_clipped_step_differs_from_the_arena_only_in_the_norms_rounding() {
+    let Some(ctx) = common::gpu("a_clipped_step_differs_from_the_arena_only_in_the_norms_rounding")
+    else {
+        return;
+    };
+    let groups = model(&configs()[..2], NonFinitePolicy::SkipElement);
+    let caller = place(&ctx, &groups, 3, 2);
+    let clip = GradTransform {
+        grad_scale: 4.0,
+        clip_norm: Some(1.0),
+        ..GradTransform::default()
+    };
+    let mut tensors = GpuOptimizer::from_tensors_in(&ctx, &groups, &caller.tensors).unwrap();
+    let mut arena = GpuOptimizer::from_groups(&ctx, &groups).unwrap();
+    tensors.set_grad_transform(clip).unwrap();
+    arena.set_grad_transform(clip).unwrap();
+    let (got, expected) = (run(&mut tensors, &groups, 6), run(&mut arena, &groups, 6));
+    let (norms, arena_norms) = (
+        tensors.norm_reports().unwrap(),
+        arena.norm_reports().unwrap(),
+    );
+    assert_eq!(norms.len(), 6);
+    for (a, b) in norms.iter().zip(&arena_norms) {
+        let ulps = (a.norm.to_bits() as i64 - b.norm.to_bits() as i64).abs();
+        // Sums of ~150k squares in two fixed orders: measured ≤ 2 ULP.
+        assert!(
+            ulps <= 4,
+            "step {}: norm {} vs {} ({ulps} ULP)",
+            a.call,
+            a.norm,
+            b.norm
+        );
+        assert!(a.factor < 1.0, "the clip binds");
+    }
+    // A factor a bit or two off moves each step by about as much relative to the step, and
+    // sums of steps that cancel keep that absolute error: |Δθ| in units of ε·(the tensor's
+    // largest movement from θ₀ + |θ|).
+    let mut worst: f64 = 0.0;
+    for t in groups.layout().tensors() {
+        let range = t.flat_range();
+        let theta0 = &groups.arena_theta0(t.group)[t.range()];
+        let (p, q) = (&got[0][range.clone()], &expected[0][range]);
+        let moved = q
+            .iter()
+            .zip(theta0)
+            .map(|(q, t0)| (q - t0).abs())
+            .fold(0.0f32, f32::max) as f64;
+        for (&p, &q) in p.iter().zip(q) {
+            let unit = f32::EPSILON as f64 * (moved + q.abs() as f64);
+            worst = worst.max((p - q).abs() as f64 / unit);
+        }
+    }
+    eprintln!("worst θ difference: {worst:.2}");
+    // Measured 1.55.
+    assert!(worst <= 4.0, "{worst:.2}");
+
+    // Measuring the norm without clipping (M = inf) leaves every bit as the arena's.
+    let measure = GradTransform {
+        clip_norm: Some(f32::INFINITY),
+        ..clip
+    };
+    // θ₀ afresh: the caller's buffers hold the stepped θ.
+    let caller = place(&ctx, &groups, 3, 2);
+    let mut tensors = GpuOptimizer::from_tensors_in(&ctx, &groups, &caller.tensors).unwrap();
+    let mut arena = GpuOptimizer::from_groups(&ctx, &groups).unwrap();
+    tensors.set_grad_transform(measure).unwrap();
+    arena.set_grad_transform(measure).unwrap();
+    common::assert_same_bits(
+        &run(&mut tensors, &groups, 4),
+        &run(&mut arena, &groups, 4),
+        "clip_norm=inf",
+    );
+}
+
+#[test]
+fn bad_places_are_refused_with_the_reason() {
+    let Some(ctx) = common::gpu("bad_places_are_refused_with_the_reason") else {
+        return;
+    };
+    let config = OptimizerConfig::default_for("sgd").unwrap();
+    let groups = model(&[config], NonFinitePolicy::SkipStep);
+    let caller = place(&ctx, &groups, 1, 1);
+    let refused = |tensors: &[TensorBuffers], expected: &str| {
+        let err = GpuOptimizer::from_tensors_in(&ctx, &groups, tensors).unwrap_err();
+        assert!(err.to_string().contains(expected), "{err}");
+    };
+    refused(&caller.tensors[1..], "tensor buffers");
+
+    let mut odd = caller.tensors.clone();
+    odd[2].theta.offset += 2;
+    refused(&odd, "not a multiple of 4");
+
+    let mut short = caller.tensors.clone();
+    short[11].grad.offset = short[11].grad.buffer.size() - 8;
+    refused(&short, "tensor `g0t11`: the gradient buffer holds");
+
+    let uniform = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 1 << 20,
+        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut wrong = caller.tensors.clone();
+    wrong[0].theta = BufferSlice {
+        buffer: uniform,
+        offset: 0,
+    };
+    refused(&wrong, "STORAGE");
+
+    // Moving tensors is for optimizers built over the caller's tensors, and loses nothing.
+    let mut owned = GpuOptimizer::from_groups(&ctx, &groups).unwrap();
+    let err = owned.set_tensor_buffers(&caller.tensors).unwrap_err();
+    assert!(matches!(err, Error::Layout(_)), "{err}");
+    let mut tensors = GpuOptimizer::from_tensors_in(&ctx, &groups, &caller.tensors).unwrap();
+    tensors.step(&gradient(&groups, 1)).unwrap();
+    let before = tensors.theta().unwrap();
+    assert!(tensors.set_tensor_buffers(&odd).is_err());
+    tensors.step(&gradient(&groups, 2)).unwrap();
+    owned.step(&gradient(&groups, 1)).unwrap();
+    owned.step(&gradient(&groups, 2)).unwrap();
+    assert_ne!(before, tensors.theta().unwrap());
+    common::assert_same_bits_flat(
+        &tensors.theta().unwrap(),
+        &owned.theta().unwrap(),
+        "after a refused move",
+    );
+}
