@@ -14,9 +14,9 @@
 //! let sigma: Tensor<2> = optim.sigma(model.linear.weight.id)?; // the posterior variance
 //! ```
 //!
-//! Every parameter is stepped in one command buffer and one submit, with no host round trip:
-//! burn keeps each parameter in its own pooled allocation, so a step copies θ and g into
-//! bayesprop's arena on the device, runs the fused kernels, and copies θ back.
+//! Every parameter is stepped in one command buffer and one submit, in place, with no copies
+//! and no host round trip: the fused kernels run on burn's own parameter and gradient buffers
+//! at the offsets burn's allocator gave them (`GpuOptimizer::from_tensors_in`).
 
 mod config;
 mod device;

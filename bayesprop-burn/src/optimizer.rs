@@ -4,7 +4,10 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use bayesprop::wgpu;
-use bayesprop::{Checkpoint, GpuOptimizer, OptimizerConfig, ParamGroups, Stepper, TensorId};
+use bayesprop::{
+    BufferSlice, Checkpoint, GpuOptimizer, OptimizerConfig, ParamGroups, Stepper, TensorBuffers,
+    TensorId,
+};
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{GradientsParams, LearningRate};
 use burn::tensor::{Device, GradientCheckpointingStrategy, Shape, Tensor};
@@ -32,13 +35,14 @@ struct Built {
 /// `init`), then step with [`BayespropOptimizer::step`] exactly where a burn training loop
 /// calls `ModuleOptimizer::step`.
 ///
-/// Each step copies every parameter and gradient from burn's buffers into bayesprop's arena,
-/// runs the fused step, and copies θ back: device-side copies, one command buffer, one
-/// submit, no host round trip. The state (σ, s, m, v, …) lives in bayesprop's arena.
+/// Each step runs the fused kernels on burn's own parameter and gradient buffers, in place, at
+/// the offsets burn's allocator gave them: one command buffer, one submit, no copies and no
+/// host round trip. The state (σ, s, m, v, …) lives in bayesprop's arena.
 pub struct BayespropOptimizer {
     config: BayespropConfig,
     built: Option<Built>,
-    /// A checkpoint loaded before the first step, restored as soon as the state exists.
+    /// A loaded checkpoint, restored at the next step: only then are the parameters' buffers
+    /// known (and pinned) to write θ into.
     pending: Option<Checkpoint>,
 }
 
@@ -83,10 +87,11 @@ impl BayespropOptimizer {
         if specs.is_empty() {
             return Ok(module);
         }
-        if let Err(error) = self.prepare(lr, &specs) {
-            return Err(StepError { error, module });
+        if let Some(built) = &self.built {
+            if let Err(error) = check_same_parameters(built, &specs) {
+                return Err(StepError { error, module });
+            }
         }
-        let built = self.built.as_mut().expect("prepared above");
         let mut collect = Collect {
             grads: &mut grads,
             entries: Vec::new(),
@@ -95,10 +100,11 @@ impl BayespropOptimizer {
         let module = module.map(&mut collect);
         let (entries, error) = (collect.entries, collect.error);
         let result = match error {
-            // Parameters already moved to fresh tensors must get their values back.
-            Some(error) => Err(keep_values(&built.gpu, &entries).err().unwrap_or(error)),
-            None => submit(built, &entries),
+            Some(error) => Err(error),
+            None => self.step_entries(lr, &specs, &entries),
         };
+        // Parameters already moved to fresh tensors must get their values back.
+        let result = result.map_err(|error| keep_values(&specs, &entries).err().unwrap_or(error));
         // The views pin burn's buffers until the submit that uses them is on the queue.
         drop(entries);
         match result {
@@ -107,17 +113,26 @@ impl BayespropOptimizer {
         }
     }
 
-    /// Builds the state at the first step, checks the parameters, and sets the learning rate.
-    fn prepare(&mut self, lr: LearningRate, specs: &[Spec]) -> Result<()> {
+    /// Points bayesprop at this step's buffers (building the state at the first step),
+    /// restores a loaded checkpoint, sets the learning rate, and submits the step.
+    fn step_entries(&mut self, lr: LearningRate, specs: &[Spec], entries: &[Entry]) -> Result<()> {
         let built = match &mut self.built {
-            Some(built) => built,
-            None => self.built.insert(build(&self.config, specs)?),
+            Some(built) => {
+                built
+                    .gpu
+                    .set_tensor_buffers(&places_of(&built.tensors, entries)?)?;
+                built
+            }
+            None => {
+                let built = build(&self.config, specs, entries)?;
+                self.built.insert(built)
+            }
         };
         if let Some(checkpoint) = self.pending.take() {
             built.gpu.restore(&checkpoint)?;
         }
-        check_same_parameters(built, specs)?;
-        set_lr(&mut built.gpu, lr)
+        set_lr(&mut built.gpu, lr)?;
+        submit(&mut built.gpu, entries)
     }
 
     /// The state vector `name` of a parameter as a burn tensor of its shape, copied on the
@@ -171,7 +186,8 @@ impl BayespropOptimizer {
     }
 
     /// The whole state, θ included, as bayesprop's checkpoint: tensors are named by burn's
-    /// parameter ids, which burn's module records keep.
+    /// parameter ids, which burn's module records keep. θ is read from the parameters' buffers
+    /// of the last step, so take it while the module that step returned is alive.
     pub fn checkpoint(&self) -> Result<Checkpoint> {
         let built = self.built.as_ref().ok_or(Error::NotStarted("saving"))?;
         Ok(built.gpu.checkpoint()?)
@@ -183,14 +199,11 @@ impl BayespropOptimizer {
         Ok(self.checkpoint()?.save(path)?)
     }
 
-    /// Loads a checkpoint written by [`BayespropOptimizer::save`]. Before the first step it is
-    /// kept and restored when the first step has registered the parameters.
+    /// Loads a checkpoint written by [`BayespropOptimizer::save`]. It is restored at the next
+    /// step, where θ is written into the parameters' buffers that step brings (the same values
+    /// as the module saved at the same step) before the step runs.
     pub fn load(&mut self, path: impl AsRef<Path>) -> Result<()> {
-        let checkpoint = Checkpoint::load(path)?;
-        match &mut self.built {
-            Some(built) => built.gpu.restore(&checkpoint)?,
-            None => self.pending = Some(checkpoint),
-        }
+        self.pending = Some(Checkpoint::load(path)?);
         Ok(())
     }
 
@@ -350,8 +363,9 @@ impl AutodiffState {
 }
 
 /// bayesprop's optimizer over the parameters of the first step, each a tensor of one group
-/// named by its parameter id, on the wgpu device the parameters live on.
-fn build(config: &BayespropConfig, specs: &[Spec]) -> Result<Built> {
+/// named by its parameter id, on the wgpu device the parameters live on, stepping them where
+/// burn keeps them.
+fn build(config: &BayespropConfig, specs: &[Spec], entries: &[Entry]) -> Result<Built> {
     let device = specs[0].device.clone().inner();
     let ctx = shared_context(&device)?;
     let mut groups = ParamGroups::new();
@@ -359,7 +373,7 @@ fn build(config: &BayespropConfig, specs: &[Spec]) -> Result<Built> {
     groups.set_policy(group, config.policy)?;
     let mut tensors = HashMap::new();
     for spec in specs {
-        // θ₀ is never used: every step copies θ in from burn first.
+        // θ₀ is never used: θ is wherever burn keeps it.
         let len = spec.shape.iter().product();
         let name = spec.id.val().to_string();
         let id = groups.add_tensor(group, &name, &spec.shape, &vec![0.0; len])?;
@@ -371,11 +385,50 @@ fn build(config: &BayespropConfig, specs: &[Spec]) -> Result<Built> {
             },
         );
     }
+    let places = places_of(&tensors, entries)?;
     Ok(Built {
-        gpu: GpuOptimizer::from_groups(&ctx, &groups)?,
+        gpu: GpuOptimizer::from_tensors_in(&ctx, &groups, &places)?,
         device,
         tensors,
     })
+}
+
+/// Where this step's parameters and gradients are, in registration order. A shared
+/// parameter is stepped in its fresh tensor (see [`Entry::out`]), where `submit` copies it
+/// first.
+fn places_of(
+    tensors: &HashMap<ParamId, Registered>,
+    entries: &[Entry],
+) -> Result<Vec<TensorBuffers>> {
+    let mut places: Vec<Option<TensorBuffers>> = vec![None; tensors.len()];
+    for entry in entries {
+        let registered = tensors.get(&entry.id).ok_or_else(|| {
+            Error::Parameters(format!(
+                "parameter {} was not there at the first step",
+                entry.id
+            ))
+        })?;
+        let theta = entry.out.as_ref().unwrap_or(&entry.theta);
+        places[registered.id.0] = Some(TensorBuffers {
+            theta: slice(theta),
+            grad: slice(&entry.grad),
+        });
+    }
+    places
+        .into_iter()
+        .map(|p| {
+            p.ok_or_else(|| {
+                Error::Parameters("a parameter of the first step has no gradient".into())
+            })
+        })
+        .collect()
+}
+
+fn slice(view: &GpuView) -> BufferSlice {
+    BufferSlice {
+        buffer: view.buffer().clone(),
+        offset: view.offset(),
+    }
 }
 
 /// The arena holds the parameters of the first step: a step must bring exactly those.
@@ -395,60 +448,45 @@ fn check_same_parameters(built: &Built, specs: &[Spec]) -> Result<()> {
     )))
 }
 
-/// Copies every parameter and gradient into the arena, records the step, and copies θ back:
-/// one command buffer, one submit.
-fn submit(built: &mut Built, entries: &[Entry]) -> Result<()> {
-    let gpu = &mut built.gpu;
+/// Records the step on burn's buffers, after copying each shared parameter into its fresh
+/// tensor: one command buffer, one submit.
+fn submit(gpu: &mut GpuOptimizer, entries: &[Entry]) -> Result<()> {
     let ctx = gpu.context().clone();
     let mut encoder = ctx
         .device()
         .create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("bayesprop-burn step"),
         });
-    let mut arena = Vec::with_capacity(entries.len());
-    for entry in entries {
-        let id = built.tensors[&entry.id].id;
-        let (theta, bytes) = gpu.tensor_theta(id)?;
-        let (grad, _) = gpu.tensor_grad(id)?;
-        copy(
-            &mut encoder,
-            &entry.theta,
-            (&theta.buffer, theta.offset),
-            bytes,
-        );
-        copy(
-            &mut encoder,
-            &entry.grad,
-            (&grad.buffer, grad.offset),
-            bytes,
-        );
-        arena.push((theta, bytes));
-    }
+    copy_shared(&mut encoder, entries);
     gpu.encode_step(&mut encoder)?;
-    for (entry, (theta, bytes)) in entries.iter().zip(&arena) {
-        let out = entry.out.as_ref().unwrap_or(&entry.theta);
-        encoder.copy_buffer_to_buffer(
-            &theta.buffer,
-            theta.offset,
-            out.buffer(),
-            out.offset(),
-            *bytes,
-        );
-    }
     submit_checked(&ctx, encoder, "the step")
 }
 
-/// After a failed step, gives the fresh tensors that replaced shared parameters their values.
-fn keep_values(gpu: &GpuOptimizer, entries: &[Entry]) -> Result<()> {
-    let ctx = gpu.context();
-    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+/// Copies each shared parameter into the fresh tensor that replaces it in the module.
+fn copy_shared(encoder: &mut wgpu::CommandEncoder, entries: &[Entry]) {
     for entry in entries {
         if let Some(out) = &entry.out {
-            let to = (out.buffer(), out.offset());
-            copy(&mut encoder, &entry.theta, to, entry.theta.bytes());
+            let (from, to) = (&entry.theta, out);
+            encoder.copy_buffer_to_buffer(
+                from.buffer(),
+                from.offset(),
+                to.buffer(),
+                to.offset(),
+                from.bytes(),
+            );
         }
     }
-    submit_checked(ctx, encoder, "restoring parameters after a failed step")
+}
+
+/// After a failed step, gives the fresh tensors that replaced shared parameters their values.
+fn keep_values(specs: &[Spec], entries: &[Entry]) -> Result<()> {
+    if entries.iter().all(|e| e.out.is_none()) {
+        return Ok(());
+    }
+    let ctx = shared_context(&specs[0].device.clone().inner())?;
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    copy_shared(&mut encoder, entries);
+    submit_checked(&ctx, encoder, "restoring parameters after a failed step")
 }
 
 /// burn hands the learning rate to every step (schedules); optimizers without one (`bayes`)
@@ -463,15 +501,6 @@ fn set_lr(gpu: &mut GpuOptimizer, lr: LearningRate) -> Result<()> {
         gpu.set_config(config)?;
     }
     Ok(())
-}
-
-fn copy(
-    encoder: &mut wgpu::CommandEncoder,
-    from: &GpuView,
-    (buffer, offset): (&wgpu::Buffer, u64),
-    bytes: u64,
-) {
-    encoder.copy_buffer_to_buffer(from.buffer(), from.offset(), buffer, offset, bytes);
 }
 
 /// Submits `encoder` on the shared queue, returning the validation errors it raises.

@@ -156,6 +156,8 @@ impl Pipeline {
     /// `bindings` (and, where `transform_read_only` says how, the step's transform at group 1,
     /// binding 0), with the `WORKGROUP_SIZE` override and `constants`. Errors surface through
     /// the caller's error scope ([`crate::GpuContext`] wraps this).
+    // The core's own kernels go through `build`; `bench`'s through this.
+    #[cfg_attr(not(feature = "bench"), allow(dead_code))]
     pub(crate) fn new(
         device: &wgpu::Device,
         kernel: &Kernel,
