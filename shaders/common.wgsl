@@ -41,9 +41,9 @@ struct At {
 }
 
 // One row of a segment table (`segments` in fused.wgsl, `scan_segments` in control.wgsl): the
-// workgroup at this row handles elements k < count of one stretch of one tensor, at θ[theta +
-// k], g[grad + k] and state[state + k]. The host cuts every tensor into rows of NORM_LANES
-// (256) elements, so a row is also one partial sum of the norm.
+// workgroup at this row handles lane groups k < count of one stretch of one tensor, at
+// θ[theta + k], g[grad + k] and state[state + k] (indices in V). The host cuts every tensor
+// into rows of NORM_LANES (256) lane groups, so a row is also one partial sum of the norm.
 struct Block {
     theta: u32,
     grad: u32,

@@ -51,8 +51,8 @@ fn scan(
     write_partial(local, square, block, block * NORM_LANES < arrayLength(&grad));
 }
 
-// `scan` over a segment table (see `Block` in common.wgsl; compiled at width 1): one row per
-// workgroup, each row one partial sum. Rows hold at most NORM_LANES elements.
+// `scan` over a segment table (see `Block` in common.wgsl): one row per workgroup, each row
+// one partial sum. Rows hold at most NORM_LANES lane groups.
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn scan_segments(
     @builtin(workgroup_id) workgroup: vec3<u32>,

@@ -87,8 +87,9 @@ fn step_element(at: At, raw: V) {
     update(at, g, ok, step_scalars());
 }
 
-// The segment table's entry point (compiled at width 1, so any element offset works): one
-// workgroup per row; a workgroup narrower than a row loops over it.
+// The segment table's entry point: one workgroup per row; a workgroup narrower than a row
+// loops over it. Width 1 takes any element offset; the host uses width 4 where θ, g and the
+// state reach 16-byte boundaries together, with indices in vec4s.
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn segments(
     @builtin(workgroup_id) workgroup: vec3<u32>,

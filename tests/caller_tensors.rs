@@ -77,8 +77,9 @@ const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::COPY_DST);
 
 /// Places every tensor: θ round-robin over `theta_buffers` buffers and g over `grad_buffers`
-/// more, each at 4 bytes (one f32 of the caller's own) past a 16-byte boundary and after a gap,
-/// and every third tensor's g right after its θ in the θ buffer. θ₀ is written there.
+/// more, after a gap; odd tensors at 4 bytes (one f32 of the caller's own) past a 16-byte
+/// boundary (stepped at width 1), even ones on it (a vec4 body and a scalar tail); every third
+/// tensor's g right after its θ in the θ buffer. θ₀ is written there.
 fn place(
     ctx: &GpuContext,
     groups: &ParamGroups,
@@ -87,20 +88,20 @@ fn place(
 ) -> Caller {
     let tensors = groups.layout().tensors();
     let mut fill = vec![0u64; theta_buffers + grad_buffers];
-    let mut at = |buffer: usize, len: usize| {
-        let offset = fill[buffer].next_multiple_of(16) + 20;
+    let mut at = |buffer: usize, len: usize, odd: bool| {
+        let offset = fill[buffer].next_multiple_of(16) + if odd { 20 } else { 16 };
         fill[buffer] = offset + len as u64 * 4;
         offset
     };
     let mut places = Vec::new();
     for (k, t) in tensors.iter().enumerate() {
         let theta_buffer = k % theta_buffers;
-        let theta = at(theta_buffer, t.len());
+        let theta = at(theta_buffer, t.len(), k % 2 == 1);
         let grad_buffer = match k % 3 {
             0 => theta_buffer,
             _ => theta_buffers + k % grad_buffers,
         };
-        let grad = at(grad_buffer, t.len());
+        let grad = at(grad_buffer, t.len(), k % 2 == 1);
         places.push(((theta_buffer, theta), (grad_buffer, grad)));
     }
     let buffers: Vec<wgpu::Buffer> = fill
@@ -136,17 +137,25 @@ fn place(
     Caller { buffers, tensors }
 }
 
-/// The runs a plan needs when every group's state fits one binding: one per group and pair
-/// of buffers its tensors use.
+/// The runs a plan needs when every group's state fits one binding: one per group, pair of
+/// buffers its tensors use and lane width (4 for the whole vec4s of a tensor whose θ and g
+/// are 16-byte aligned, 1 for the rest).
 fn runs(groups: &ParamGroups, tensors: &[TensorBuffers]) -> usize {
-    let mut pairs = Vec::new();
+    let mut runs = Vec::new();
     for (t, b) in groups.layout().tensors().iter().zip(tensors) {
-        let pair = (t.group, &b.theta.buffer, &b.grad.buffer);
-        if !pairs.contains(&pair) {
-            pairs.push(pair);
+        let aligned = b.theta.offset % 16 == 0 && b.grad.offset % 16 == 0;
+        let widths = match aligned {
+            true => [(t.len() >= 4).then_some(4), (t.len() % 4 != 0).then_some(1)],
+            false => [Some(1), None],
+        };
+        for width in widths.into_iter().flatten() {
+            let run = (t.group, &b.theta.buffer, &b.grad.buffer, width);
+            if !runs.contains(&run) {
+                runs.push(run);
+            }
         }
     }
-    pairs.len()
+    runs.len()
 }
 
 /// Step t's gradient of every tensor, flat in registration order: signs and magnitudes from
@@ -287,16 +296,18 @@ fn many_buffers_and_small_bindings_cut_runs_and_still_agree() {
         &groups,
         5,
     );
-    // 24 tensors in two buffers: 2 runs per group (θ with g, θ apart from g).
+    // 24 tensors in two buffers: per group, θ with g or apart from it, at each width.
     let caller = place(&ctx, &groups, 1, 1);
     let mut few = GpuOptimizer::from_tensors_in(&ctx, &groups, &caller.tensors).unwrap();
-    assert_eq!(few.dispatch_count(), 2 * 2);
+    assert_eq!(few.dispatch_count(), runs(&groups, &caller.tensors));
+    assert_eq!(few.dispatch_count(), 2 * 4);
     common::assert_same_bits(&run(&mut few, &groups, 5), &expected, "two buffers");
 
-    // Every tensor in buffers of its own: one run per tensor.
+    // Every tensor's θ in a buffer of its own: a run or two per tensor.
     let caller = place(&ctx, &groups, LENS.len() * 2, 7);
     let mut own = GpuOptimizer::from_tensors_in(&ctx, &groups, &caller.tensors).unwrap();
-    assert_eq!(own.dispatch_count(), LENS.len() * 2);
+    assert_eq!(own.dispatch_count(), runs(&groups, &caller.tensors));
+    assert!(own.dispatch_count() >= LENS.len() * 2);
     common::assert_same_bits(&run(&mut own, &groups, 5), &expected, "a buffer per tensor");
 
     // Bindings of 4 KiB: the state is split into many bindings and long tensors into many

@@ -501,13 +501,18 @@ impl GpuGroup {
                     continue;
                 }
                 let skip = (start - local.start) * 4;
-                placed.push(Placed {
+                let stretch = Placed {
                     theta: (buffers.theta.buffer.clone(), buffers.theta.offset + skip),
                     grad: (buffers.grad.buffer.clone(), buffers.grad.offset + skip),
                     binding,
                     state: start - chunk.start,
                     len: end - start,
-                });
+                    lanes: Lanes::One,
+                };
+                match ctx.scalar_only() {
+                    true => placed.push(stretch),
+                    false => placed.extend(segments::by_lanes(&stretch)),
+                }
             }
         }
         let plans = segments::plan(&placed, segments::Limits::of(&ctx.limits()));
@@ -757,6 +762,7 @@ impl GpuGroup {
                     pass,
                     SCAN,
                     &[control, &self.transform_control, &run.table_scan],
+                    run.plan.lanes,
                     run.rows,
                 );
             }
@@ -780,6 +786,7 @@ impl GpuGroup {
                     pass,
                     0,
                     &[&run.update, &self.transform_update, &run.table_update],
+                    run.plan.lanes,
                     run.rows,
                 );
             }

@@ -87,7 +87,7 @@ pub(crate) enum Addressing {
     /// Element i of the bound range of θ, g and every state: the optimizer's own arena.
     Arena,
     /// One workgroup per row of a segment table (group 2): tensors at any element offset in
-    /// the caller's buffers, width 1 only.
+    /// the caller's buffers (vec4 rows where θ, g and the state are aligned alike).
     Segments,
 }
 
@@ -343,17 +343,18 @@ impl Pipeline {
         )
     }
 
-    /// Records entry point `entry` at width 1 over a segment table of `rows` rows, one
+    /// Records entry point `entry` at width `lanes` over a segment table of `rows` rows, one
     /// workgroup per row, with `bind_groups` at groups 0, 1, 2.
     pub(crate) fn dispatch_rows(
         &self,
         pass: &mut wgpu::ComputePass<'_>,
         entry: usize,
         bind_groups: &[&wgpu::BindGroup],
+        lanes: Lanes,
         rows: u32,
     ) {
         let x = rows.clamp(1, self.shape.max_workgroups_per_dimension);
-        pass.set_pipeline(self.entries[entry].get(Lanes::One));
+        pass.set_pipeline(self.entries[entry].get(lanes));
         set_bind_groups(pass, bind_groups);
         pass.dispatch_workgroups(x, rows.div_ceil(x).max(1), 1);
     }

@@ -16,6 +16,7 @@ use std::ops::Range;
 use crate::error::{Error, Result};
 use crate::gpu::group::BufferSlice;
 use crate::gpu::pipeline::NORM_LANES;
+use crate::kernels::Lanes;
 use crate::transform::PARTIAL_ALIGN;
 
 /// Where one tensor's θ and gradient live in the caller's buffers: any byte offsets that are
@@ -27,8 +28,9 @@ pub struct TensorBuffers {
     pub grad: BufferSlice,
 }
 
-/// One row of a segment table, as `Block` in shaders/common.wgsl: elements k < `count` at
-/// θ[theta + k], g[grad + k] and state[state + k], indices into the run's bindings.
+/// One row of a segment table, as `Block` in shaders/common.wgsl: lane groups k < `count` at
+/// θ[theta + k], g[grad + k] and state[state + k], indices into the run's bindings in units of
+/// the run's lane width (1 or 4 elements).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Row {
@@ -38,7 +40,7 @@ pub struct Row {
     pub count: u32,
 }
 
-/// Elements per row: one workgroup of the norm's scan, one partial sum.
+/// Lane groups per row: one workgroup of the norm's scan, one partial sum.
 pub const ROW_LEN: u64 = NORM_LANES as u64;
 
 /// A tensor as the planner sees it: its θ and g as (buffer, byte offset), where its state
@@ -52,6 +54,46 @@ pub struct Placed<B> {
     /// Element offset of the tensor's state in that binding.
     pub state: u64,
     pub len: u64,
+    /// Elements per invocation: with [`Lanes::Four`], both byte offsets are multiples of 16,
+    /// and `state` and `len` multiples of 4 (see [`by_lanes`]).
+    pub lanes: Lanes,
+}
+
+impl<B: Clone> Placed<B> {
+    /// The stretch from element `from`, `len` long.
+    fn part(&self, from: u64, len: u64, lanes: Lanes) -> Self {
+        Placed {
+            theta: (self.theta.0.clone(), self.theta.1 + from * 4),
+            grad: (self.grad.0.clone(), self.grad.1 + from * 4),
+            state: self.state + from,
+            len,
+            lanes,
+            ..self.clone()
+        }
+    }
+}
+
+/// Cuts a scalar stretch into a scalar head, a vec4 body and a scalar tail, where its θ, g and
+/// state reach a 16-byte boundary together (they do for a framework's aligned allocations);
+/// otherwise it stays scalar. Per element the arithmetic is the same at both widths.
+pub fn by_lanes<B: Clone>(t: &Placed<B>) -> Vec<Placed<B>> {
+    let phase = |elements: u64| elements % 4;
+    let (theta, grad) = (t.theta.1 / 4, t.grad.1 / 4);
+    if phase(theta) != phase(grad) || phase(theta) != phase(t.state) {
+        return vec![t.part(0, t.len, Lanes::One)];
+    }
+    let head = ((4 - phase(t.state)) % 4).min(t.len);
+    let body = (t.len - head) / 4 * 4;
+    let tail = t.len - head - body;
+    [
+        (0, head, Lanes::One),
+        (head, body, Lanes::Four),
+        (head + body, tail, Lanes::One),
+    ]
+    .into_iter()
+    .filter(|&(_, len, _)| len > 0)
+    .map(|(from, len, lanes)| t.part(from, len, lanes))
+    .collect()
 }
 
 /// A run: tensors whose θ lie in one window of one buffer, whose g lie in one window of one
@@ -64,6 +106,7 @@ pub struct RunPlan<B> {
     pub grad: B,
     pub grad_window: Range<u64>,
     pub binding: usize,
+    pub lanes: Lanes,
     pub rows: Vec<Row>,
 }
 
@@ -95,9 +138,19 @@ impl Limits {
         }
     }
 
-    /// The longest stretch of a tensor one window is sure to hold, wherever it starts.
-    fn max_stretch(&self) -> u64 {
-        ((self.max_binding - self.align + 4) / 4).max(1)
+    /// Window starts at this width: vec4 bindings start at multiples of 16 bytes too.
+    fn align(&self, lanes: Lanes) -> u64 {
+        match lanes {
+            Lanes::One => self.align,
+            Lanes::Four => self.align.next_multiple_of(16),
+        }
+    }
+
+    /// The longest stretch of a tensor one window is sure to hold, wherever it starts: a
+    /// whole number of lane groups.
+    fn max_stretch(&self, lanes: Lanes) -> u64 {
+        let width = u64::from(lanes.width());
+        ((self.max_binding - self.align(lanes) + 4) / 4 / width * width).max(width)
     }
 }
 
@@ -108,16 +161,17 @@ pub fn plan<B: Clone + Eq + Hash>(tensors: &[Placed<B>], limits: Limits) -> Vec<
     // Each run's stretches as (θ byte offset, g byte offset, state element, length); rows are
     // cut once the windows, and so the indices' origins, are final.
     let mut runs: Vec<(RunPlan<B>, Vec<[u64; 4]>)> = Vec::new();
-    let mut open: HashMap<(B, B, usize), usize> = HashMap::new();
-    let max_stretch = limits.max_stretch();
+    let mut open: HashMap<(B, B, usize, Lanes), usize> = HashMap::new();
     for t in tensors {
+        let align = limits.align(t.lanes);
+        let max_stretch = limits.max_stretch(t.lanes);
         let mut done = 0;
         while done < t.len {
             let len = (t.len - done).min(max_stretch);
             let (theta, grad) = (t.theta.1 + done * 4, t.grad.1 + done * 4);
-            let theta_window = window(theta, len, &limits);
-            let grad_window = window(grad, len, &limits);
-            let key = (t.theta.0.clone(), t.grad.0.clone(), t.binding);
+            let theta_window = window(theta, len, align);
+            let grad_window = window(grad, len, align);
+            let key = (t.theta.0.clone(), t.grad.0.clone(), t.binding, t.lanes);
             let index = match open.get(&key) {
                 Some(&r)
                     if span(&runs[r].0.theta_window, &theta_window) <= limits.max_binding
@@ -132,6 +186,7 @@ pub fn plan<B: Clone + Eq + Hash>(tensors: &[Placed<B>], limits: Limits) -> Vec<
                         grad: t.grad.0.clone(),
                         grad_window: grad_window.clone(),
                         binding: t.binding,
+                        lanes: t.lanes,
                         rows: Vec::new(),
                     };
                     runs.push((run, Vec::new()));
@@ -149,12 +204,15 @@ pub fn plan<B: Clone + Eq + Hash>(tensors: &[Placed<B>], limits: Limits) -> Vec<
     runs.into_iter()
         .map(|(mut run, stretches)| {
             let (theta0, grad0) = (run.theta_window.start, run.grad_window.start);
+            let width = u64::from(run.lanes.width());
             for [theta, grad, state, len] in stretches {
+                let (theta, grad) = ((theta - theta0) / 4 / width, (grad - grad0) / 4 / width);
+                let (state, len) = (state / width, len / width);
                 for k in (0..len).step_by(ROW_LEN as usize) {
                     // Within one window of at most one binding: the indices fit a u32.
                     run.rows.push(Row {
-                        theta: ((theta - theta0) / 4 + k) as u32,
-                        grad: ((grad - grad0) / 4 + k) as u32,
+                        theta: (theta + k) as u32,
+                        grad: (grad + k) as u32,
                         state: (state + k) as u32,
                         count: (len - k).min(ROW_LEN) as u32,
                     });
@@ -166,8 +224,8 @@ pub fn plan<B: Clone + Eq + Hash>(tensors: &[Placed<B>], limits: Limits) -> Vec<
 }
 
 /// The bytes a stretch needs bound: from its start aligned down, to its end.
-fn window(offset: u64, len: u64, limits: &Limits) -> Range<u64> {
-    offset / limits.align * limits.align..offset + len * 4
+fn window(offset: u64, len: u64, align: u64) -> Range<u64> {
+    offset / align * align..offset + len * 4
 }
 
 fn union(a: &Range<u64>, b: &Range<u64>) -> Range<u64> {
@@ -221,6 +279,7 @@ mod tests {
             binding: 0,
             state,
             len,
+            lanes: Lanes::One,
         }
     }
 
@@ -229,17 +288,23 @@ mod tests {
     fn elements(runs: &[RunPlan<u8>]) -> Vec<(u8, u64, u8, u64, u64)> {
         let mut out = Vec::new();
         for run in runs {
+            let width = u64::from(run.lanes.width());
             for row in &run.rows {
                 assert!(row.count as u64 <= ROW_LEN && row.count > 0);
-                for k in 0..row.count as u64 {
-                    let theta = run.theta_window.start + (row.theta as u64 + k) * 4;
-                    let grad = run.grad_window.start + (row.grad as u64 + k) * 4;
+                for e in 0..row.count as u64 * width {
+                    let (k, lane) = (e / width, e % width);
+                    let theta =
+                        run.theta_window.start + ((row.theta as u64 + k) * width + lane) * 4;
+                    let grad = run.grad_window.start + ((row.grad as u64 + k) * width + lane) * 4;
                     assert!(theta + 4 <= run.theta_window.end);
                     assert!(grad + 4 <= run.grad_window.end);
-                    out.push((run.theta, theta, run.grad, grad, row.state as u64 + k));
+                    let state = (row.state as u64 + k) * width + lane;
+                    out.push((run.theta, theta, run.grad, grad, state));
                 }
             }
-            assert_eq!(run.theta_window.start % LIMITS.align, 0);
+            let align = LIMITS.align(run.lanes);
+            assert_eq!(run.theta_window.start % align, 0);
+            assert_eq!(run.grad_window.start % align, 0);
             assert!(run.theta_window.end - run.theta_window.start <= LIMITS.max_binding);
             assert!(run.grad_window.end - run.grad_window.start <= LIMITS.max_binding);
         }
@@ -298,6 +363,37 @@ mod tests {
                 .map(|r| (r.theta, r.theta_window.clone()))
                 .collect::<Vec<_>>()
         );
+        assert_eq!(elements(&runs), expected(&tensors));
+    }
+
+    #[test]
+    fn aligned_stretches_get_a_vec4_body_between_scalar_ends() {
+        let tensors = [
+            // θ, g and state 2 elements past a 16-byte boundary: 2 scalar, 1000 vec4, 1 scalar.
+            placed((0, 8), (1, 4104), 2, 1003),
+            // out of phase: all scalar
+            placed((0, 4), (1, 8), 1008, 9),
+            // aligned from the start, whole vec4s
+            placed((0, 64), (1, 32), 1020, 8),
+        ];
+        let split: Vec<_> = tensors.iter().flat_map(by_lanes).collect();
+        let shape: Vec<_> = split.iter().map(|p| (p.len, p.lanes)).collect();
+        assert_eq!(
+            shape,
+            [
+                (2, Lanes::One),
+                (1000, Lanes::Four),
+                (1, Lanes::One),
+                (9, Lanes::One),
+                (8, Lanes::Four)
+            ]
+        );
+        let runs = plan(&split, LIMITS);
+        assert_eq!(runs.len(), 2);
+        // The first body's 1,000 elements are 250 lane groups, one row; the last tensor's 8
+        // another.
+        assert_eq!(runs[1].rows.len(), 2);
+        assert_eq!(runs[1].rows[0].count, 250);
         assert_eq!(elements(&runs), expected(&tensors));
     }
 
