@@ -12,6 +12,18 @@ use crate::optimizer::BayespropOptimizer;
 pub struct BayespropConfig {
     pub(crate) config: OptimizerConfig,
     pub(crate) policy: NonFinitePolicy,
+    pub(crate) lr_as: LrTarget,
+}
+
+/// Which hyperparameter burn's per-step learning rate sets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum LrTarget {
+    /// `lr` where the optimizer has one; ignored by those without (`bayes`, `bayes_fp`).
+    Lr,
+    /// This float hyperparameter, by its SPEC name (an unknown name is an error).
+    Field(String),
+    /// None: the config's values stay.
+    Ignored,
 }
 
 impl BayespropConfig {
@@ -21,6 +33,7 @@ impl BayespropConfig {
         BayespropConfig {
             config: config.into(),
             policy: NonFinitePolicy::default(),
+            lr_as: LrTarget::Lr,
         }
     }
 
@@ -56,6 +69,20 @@ impl BayespropConfig {
     /// What a step does with NaN or ±Inf gradient elements (SPEC §4; default: skip the step).
     pub fn with_nonfinite_policy(mut self, policy: NonFinitePolicy) -> Self {
         self.policy = policy;
+        self
+    }
+
+    /// Lets burn's learning rate, which a burn scheduler may change every step, set this
+    /// hyperparameter instead of `lr`: e.g. `"eta"` for `bayes`, whose variance is its learning
+    /// rate and which has no `lr` (by default it ignores burn's). The value is used as given.
+    pub fn with_lr_as(mut self, hyperparameter: &str) -> Self {
+        self.lr_as = LrTarget::Field(hyperparameter.to_string());
+        self
+    }
+
+    /// Ignores burn's learning rate: the config's own values hold.
+    pub fn without_lr(mut self) -> Self {
+        self.lr_as = LrTarget::Ignored;
         self
     }
 

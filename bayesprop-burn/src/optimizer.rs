@@ -12,7 +12,7 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{GradientsParams, LearningRate};
 use burn::tensor::{Device, GradientCheckpointingStrategy, Shape, Tensor};
 
-use crate::config::BayespropConfig;
+use crate::config::{BayespropConfig, LrTarget};
 use crate::device::shared_context;
 use crate::error::{Error, Result, StepError};
 use crate::view::GpuView;
@@ -56,7 +56,8 @@ impl BayespropOptimizer {
     }
 
     /// Steps every parameter of `module` that has a gradient in `grads`, with learning rate
-    /// `lr` (ignored by `bayes`, whose variance is its learning rate), and returns the module.
+    /// `lr` (ignored by `bayes`, whose variance is its learning rate, unless the config names a
+    /// hyperparameter for it: [`BayespropConfig::with_lr_as`]), and returns the module.
     ///
     /// # Panics
     /// burn's optimizers have no error channel, so an error panics here with its message: a
@@ -131,7 +132,7 @@ impl BayespropOptimizer {
         if let Some(checkpoint) = self.pending.take() {
             built.gpu.restore(&checkpoint)?;
         }
-        set_lr(&mut built.gpu, lr)?;
+        set_lr(&mut built.gpu, lr, &self.config.lr_as)?;
         submit(&mut built.gpu, entries)
     }
 
@@ -489,12 +490,18 @@ fn keep_values(specs: &[Spec], entries: &[Entry]) -> Result<()> {
     submit_checked(&ctx, encoder, "restoring parameters after a failed step")
 }
 
-/// burn hands the learning rate to every step (schedules); optimizers without one (`bayes`)
-/// ignore it.
-fn set_lr(gpu: &mut GpuOptimizer, lr: LearningRate) -> Result<()> {
+/// burn hands the learning rate to every step (schedules): it sets `lr`, ignored by optimizers
+/// without one (`bayes`), or the hyperparameter the config names (see
+/// [`BayespropConfig::with_lr_as`]).
+fn set_lr(gpu: &mut GpuOptimizer, lr: LearningRate, target: &LrTarget) -> Result<()> {
+    let key = match target {
+        LrTarget::Lr => "lr",
+        LrTarget::Field(name) => name.as_str(),
+        LrTarget::Ignored => return Ok(()),
+    };
     let mut config = gpu.config().clone();
-    match config.as_dyn_mut().set("lr", &lr.to_string()) {
-        Err(bayesprop::Error::Unknown { .. }) => return Ok(()),
+    match config.as_dyn_mut().set(key, &lr.to_string()) {
+        Err(bayesprop::Error::Unknown { .. }) if *target == LrTarget::Lr => return Ok(()),
         other => other?,
     }
     if &config != gpu.config() {

@@ -171,3 +171,45 @@ fn bad_input_is_an_error_and_the_module_comes_back_unchanged() {
     assert_eq!(bits(&flat(&failed.module)), bits(&before));
     drop(model);
 }
+
+#[test]
+fn burns_learning_rate_sets_lr_or_the_hyperparameter_named() {
+    let device = common::device();
+    let eta = |optim: &bayesprop_burn::BayespropOptimizer| match optim.config() {
+        OptimizerConfig::Bayes(c) => c.eta,
+        other => panic!("{other:?}"),
+    };
+    let lr = |optim: &bayesprop_burn::BayespropOptimizer| match optim.config() {
+        OptimizerConfig::Adam(c) => c.lr,
+        other => panic!("{other:?}"),
+    };
+    let mut model = Mlp::new(&device);
+
+    // bayes has no lr: by default burn's is ignored; named, it sets η every step.
+    let mut plain = BayespropConfig::bayes().init();
+    let mut driven = BayespropConfig::bayes().with_lr_as("eta").init();
+    for (t, step_lr) in [(0, 1e-3), (1, 5e-4)] {
+        let (g, h) = (grads(&model, &device, t), grads(&model, &device, t));
+        model = plain.step(step_lr, model, g);
+        model = driven.step(step_lr, model, h);
+        assert_eq!(eta(&driven), step_lr);
+    }
+    assert_eq!(eta(&plain), bayesprop::BayesConfig::default().eta);
+
+    // adam's lr follows burn's unless told otherwise.
+    let mut followed = BayespropConfig::adam().init();
+    let mut kept = BayespropConfig::adam().without_lr().init();
+    let (g, h) = (grads(&model, &device, 2), grads(&model, &device, 2));
+    model = followed.step(0.25, model, g);
+    model = kept.step(0.25, model, h);
+    assert_eq!(lr(&followed), 0.25);
+    assert_eq!(lr(&kept), 1e-3);
+
+    // An unknown name is an error, and the module comes back unchanged.
+    let before = flat(&model);
+    let mut wrong = BayespropConfig::bayes().with_lr_as("etta").init();
+    let g = grads(&model, &device, 3);
+    let failed = wrong.try_step(LR, model, g).unwrap_err();
+    assert!(failed.to_string().contains("etta"), "{failed}");
+    assert_eq!(bits(&flat(&failed.module)), bits(&before));
+}
