@@ -2,9 +2,11 @@
 //! adapter, on the same wgpu device, model and gradients: a model of 128 small tensors and
 //! one with a 16.8M-element tensor. `cargo bench -p bayesprop-burn`.
 //!
-//! Each row is the wall time of `STEPS` steps divided by `STEPS`, after warm-up steps, with the
-//! device synchronised before the clock stops (burn's fusion runs lazily). On a software
-//! adapter (lavapipe) the figures show launch, fusion and copy overheads, not GPU speed.
+//! Each optimizer runs in blocks of steps, burn's and bayesprop's alternating, each block timed
+//! with the device synchronised before and after (burn's fusion runs lazily); a row gives the
+//! median time per step of each and the median (and range) of the blocks' ratios, which a
+//! shared machine's load affects far less than the times. On a software adapter (lavapipe)
+//! the figures show launch and fusion overheads, not GPU speed.
 
 use std::time::Instant;
 
@@ -65,24 +67,71 @@ impl Grads {
     }
 }
 
-/// Seconds per step of `step`, after `warm` untimed steps.
-fn time<M: Module>(
-    mut model: M,
+/// Blocks of timed steps per optimizer, alternating burn's and bayesprop's: the ratio of each
+/// pair of neighbouring blocks sees the same load, and the median of the ratios is reported.
+const BLOCKS: usize = 5;
+
+/// A model and the step that advances it.
+struct Stepping<M, S> {
+    model: Option<M>,
+    step: S,
+}
+
+impl<M: Module, S: FnMut(M, GradientsParams) -> M> Stepping<M, S> {
+    fn new(model: M, step: S) -> Self {
+        Stepping {
+            model: Some(model),
+            step,
+        }
+    }
+
+    /// Seconds per step over `steps` steps, the device synchronised before and after.
+    fn time(&mut self, grads: &Grads, device: &Device, steps: usize) -> f64 {
+        device.sync().expect("device");
+        let start = Instant::now();
+        for _ in 0..steps {
+            let model = self.model.take().expect("a model");
+            self.model = Some((self.step)(model, grads.params()));
+        }
+        device.sync().expect("device");
+        start.elapsed().as_secs_f64() / steps as f64
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// burn's and bayesprop's step, `warm` untimed steps each, then [`BLOCKS`] alternating blocks
+/// of `steps`: the median seconds per step of each, and the median and range of the ratios.
+fn race<M: Module + Clone>(
+    model: &M,
     grads: &Grads,
     device: &Device,
     (warm, steps): (usize, usize),
-    mut step: impl FnMut(M, GradientsParams) -> M,
-) -> f64 {
-    for _ in 0..warm {
-        model = step(model, grads.params());
+    burn: impl FnMut(M, GradientsParams) -> M,
+    ours: impl FnMut(M, GradientsParams) -> M,
+) -> [f64; 5] {
+    let (mut burn, mut ours) = (
+        Stepping::new(model.clone(), burn),
+        Stepping::new(model.clone(), ours),
+    );
+    burn.time(grads, device, warm);
+    ours.time(grads, device, warm);
+    let (mut t_burn, mut t_ours, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..BLOCKS {
+        let b = burn.time(grads, device, steps);
+        let o = ours.time(grads, device, steps);
+        t_burn.push(b);
+        t_ours.push(o);
+        ratios.push(o / b);
     }
-    device.sync().expect("device");
-    let start = Instant::now();
-    for _ in 0..steps {
-        model = step(model, grads.params());
-    }
-    device.sync().expect("device");
-    start.elapsed().as_secs_f64() / steps as f64
+    let (low, high) = (
+        ratios.iter().copied().fold(f64::INFINITY, f64::min),
+        ratios.iter().copied().fold(0.0, f64::max),
+    );
+    [median(t_burn), median(t_ours), median(ratios), low, high]
 }
 
 fn compare<M: Module + Clone>(
@@ -110,26 +159,28 @@ fn compare<M: Module + Clone>(
         ..OurAdam::adamw()
     })
     .init();
-    let t_burn_adam = time(model.clone(), &grads, device, runs, |m, g| {
-        burn_adam.step(LR, m, g)
-    });
-    let t_our_adam = time(model.clone(), &grads, device, runs, |m, g| {
-        our_adam.step(LR, m, g)
-    });
-    let t_burn_adamw = time(model.clone(), &grads, device, runs, |m, g| {
-        burn_adamw.step(LR, m, g)
-    });
-    let t_our_adamw = time(model, &grads, device, runs, |m, g| our_adamw.step(LR, m, g));
-    for (pair, burn, ours) in [
-        ("adam", t_burn_adam, t_our_adam),
-        ("adamw", t_burn_adamw, t_our_adamw),
-    ] {
+    let adam = race(
+        &model,
+        &grads,
+        device,
+        runs,
+        |m, g| burn_adam.step(LR, m, g),
+        |m, g| our_adam.step(LR, m, g),
+    );
+    let adamw = race(
+        &model,
+        &grads,
+        device,
+        runs,
+        |m, g| burn_adamw.step(LR, m, g),
+        |m, g| our_adamw.step(LR, m, g),
+    );
+    for (pair, [burn, ours, ratio, low, high]) in [("adam", adam), ("adamw", adamw)] {
         println!(
-            "| {name} | {} | {elements} | {pair} | {:.2} | {:.2} | {:.2} |",
+            "| {name} | {} | {elements} | {pair} | {:.2} | {:.2} | {ratio:.2} ({low:.2}–{high:.2}) |",
             grads.tensors(),
             burn * 1e3,
             ours * 1e3,
-            ours / burn
         );
     }
 }
@@ -144,14 +195,12 @@ fn main() {
         info.name, info.backend, info.device_type
     );
     if ctx.is_software() {
-        println!(
-            "software adapter: these figures show launch, fusion and copy overheads, not GPU speed"
-        );
+        println!("software adapter: these figures show launch and fusion overheads, not GPU speed");
     }
     device.seed(1);
     let inner = device.clone();
     let device = device.autodiff();
-    println!("\n| model | tensors | elements | optimizer | burn (ms/step) | bayesprop (ms/step) | ratio bayesprop/burn |");
+    println!("\n| model | tensors | elements | optimizer | burn (ms/step) | bayesprop (ms/step) | bayesprop/burn: median (range) |");
     println!("| --- | --- | --- | --- | --- | --- | --- |");
     let many = Many {
         layers: (0..64)
