@@ -43,13 +43,19 @@ struct At {
 // One row of a segment table (`segments` in fused.wgsl, `scan_segments` in control.wgsl): the
 // workgroup at this row handles lane groups k < count of one stretch of one tensor, at
 // θ[theta + k], g[grad + k] and state[state + k] (indices in V). The host cuts every tensor
-// into rows of NORM_LANES (256) lane groups, so a row is also one partial sum of the norm.
+// into rows of ROW_LANES lane groups, so a row is also one partial sum of the norm.
 struct Block {
     theta: u32,
     grad: u32,
     state: u32,
     count: u32,
 }
+
+const ROW_LANES: u32 = 256u;
+
+// The segment table of the `segments` pipelines (group 2), declared here for both kernels
+// that read it.
+@group(2) @binding(0) var<storage, read> blocks: array<Block>;
 
 // The row of this workgroup in a 2-D grid of one workgroup per row.
 fn block_index(workgroup: vec3<u32>, workgroups: vec3<u32>) -> u32 {

@@ -29,8 +29,6 @@ struct WindowHeader {
 // `reduce`, every region of every group.
 @group(0) @binding(3) var<storage, read_write> partials: array<f32>;
 @group(1) @binding(0) var<storage, read_write> transform: Transform;
-// `scan_segments` only: the segment table of the caller's buffers.
-@group(2) @binding(0) var<storage, read> blocks: array<Block>;
 
 var<workgroup> squares: array<V, NORM_LANES>;
 var<workgroup> sums: array<f32, NORM_LANES>;

@@ -13,7 +13,7 @@
 //   @group(1) @binding(0) storage Transform  read: the step's gradient transform, shared by
 //                                 every group (its scale and clip factor apply to the raw g
 //                                 before anything else; 1 and 1 leave g's bits as they are)
-//   @group(2) @binding(0) storage blocks     read, `segments` only: the segment table
+//   @group(2)            the run's segment table and header (common.wgsl), `segments` only
 //
 // Two entry points share `update`: `main` steps the optimizer's own arena, element i at index i
 // of θ, g and every state; `segments` steps tensors in the caller's buffers, where θ and g are
@@ -39,7 +39,6 @@ struct Window {
 @group(0) @binding(2) var<storage, read_write> theta: array<V>;
 @group(0) @binding(3) var<storage, read_write> grad: array<V>;
 @group(1) @binding(0) var<storage, read> transform: Transform;
-@group(2) @binding(0) var<storage, read> blocks: array<Block>;
 
 // The scalars of the step being applied.
 fn step_scalars() -> Scalars {
@@ -87,21 +86,26 @@ fn step_element(at: At, raw: V) {
     update(at, g, ok, step_scalars());
 }
 
-// The segment table's entry point: one workgroup per row; a workgroup narrower than a row
-// loops over it. Width 1 takes any element offset; the host uses width 4 where θ, g and the
-// state reach 16-byte boundaries together, with indices in vec4s.
+// The segment table's entry point: ceil(ROW_LANES / WORKGROUP_SIZE) workgroups per row, each
+// invocation at most one lane group: straight-line code, which software adapters vectorize
+// across invocations (a loop over the row, even one never taken, defeats that: 1.7x slower on
+// lavapipe). Width 1 takes any element offset; the host uses width 4 where θ, g and the state
+// reach 16-byte boundaries together, with indices in vec4s.
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn segments(
     @builtin(workgroup_id) workgroup: vec3<u32>,
     @builtin(num_workgroups) workgroups: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    let b = block_index(workgroup, workgroups);
+    let per_row = (ROW_LANES + WORKGROUP_SIZE - 1u) / WORKGROUP_SIZE;
+    let w = block_index(workgroup, workgroups);
+    let b = w / per_row;
     if b >= arrayLength(&blocks) {
         return;
     }
     let row = blocks[b];
-    for (var k = local; k < row.count; k = k + WORKGROUP_SIZE) {
+    let k = (w % per_row) * WORKGROUP_SIZE + local;
+    if k < row.count {
         step_element(At(row.theta + k, row.state + k), grad[row.grad + k]);
     }
 }

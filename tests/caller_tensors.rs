@@ -458,3 +458,32 @@ fn bad_places_are_refused_with_the_reason() {
         "after a refused move",
     );
 }
+
+#[test]
+fn other_workgroup_sizes_and_scalar_only_agree() {
+    let Some(ctx) = common::gpu("other_workgroup_sizes_and_scalar_only_agree") else {
+        return;
+    };
+    let groups = model(&configs()[3..5], NonFinitePolicy::SkipStep);
+    let expected = run(
+        &mut GpuOptimizer::from_groups(&ctx, &groups).unwrap(),
+        &groups,
+        4,
+    );
+    // Narrower workgroups share a row of the segment table; wider ones leave lanes idle.
+    for (workgroup_size, scalar_only) in [(Some(64), false), (Some(1024), false), (None, true)] {
+        let other = GpuContext::with_options(&GpuOptions {
+            workgroup_size,
+            scalar_only,
+            ..GpuOptions::from_env()
+        })
+        .unwrap();
+        let caller = place(&other, &groups, 2, 1);
+        let mut tensors = GpuOptimizer::from_tensors_in(&other, &groups, &caller.tensors).unwrap();
+        let what = format!(
+            "workgroup {:?}, scalar only {scalar_only}",
+            other.workgroup_size()
+        );
+        common::assert_same_bits(&run(&mut tensors, &groups, 4), &expected, &what);
+    }
+}

@@ -101,6 +101,9 @@ pub(crate) const COMMIT: usize = 2;
 /// scan and reduce sum in the fixed order of [`crate::transform`], 256 lanes wide.
 pub const NORM_LANES: u32 = crate::transform::REDUCE_LANES as u32;
 
+/// Lane groups per row of a segment table (`ROW_LANES` in shaders/common.wgsl).
+pub(crate) const ROW_LANES: u32 = NORM_LANES;
+
 pub(crate) fn uniform(binding: u32) -> wgpu::BindGroupLayoutEntry {
     wgpu::BindGroupLayoutEntry {
         binding,
@@ -134,13 +137,31 @@ fn bind_whole(
     layout: &wgpu::BindGroupLayout,
     buffer: &wgpu::Buffer,
 ) -> wgpu::BindGroup {
+    bind_buffers(
+        device,
+        label,
+        layout,
+        in_order([buffer.as_entire_buffer_binding()]),
+    )
+}
+
+fn bind_buffers<'a>(
+    device: &wgpu::Device,
+    label: &str,
+    layout: &wgpu::BindGroupLayout,
+    buffers: impl IntoIterator<Item = (u32, wgpu::BufferBinding<'a>)>,
+) -> wgpu::BindGroup {
+    let entries: Vec<_> = buffers
+        .into_iter()
+        .map(|(binding, b)| wgpu::BindGroupEntry {
+            binding,
+            resource: wgpu::BindingResource::Buffer(b),
+        })
+        .collect();
     device.create_bind_group(&wgpu::BindGroupDescriptor {
         label: Some(label),
         layout,
-        entries: &[wgpu::BindGroupEntry {
-            binding: 0,
-            resource: wgpu::BindingResource::Buffer(buffer.as_entire_buffer_binding()),
-        }],
+        entries: &entries,
     })
 }
 
@@ -334,17 +355,12 @@ impl Pipeline {
         device: &wgpu::Device,
         table: &wgpu::Buffer,
     ) -> wgpu::BindGroup {
-        let layout = self.table_layout.as_ref();
-        bind_whole(
-            device,
-            "bayesprop segment table",
-            layout.expect("a segments pipeline"),
-            table,
-        )
+        let layout = self.table_layout.as_ref().expect("a segments pipeline");
+        bind_whole(device, "bayesprop segment table", layout, table)
     }
 
     /// Records entry point `entry` at width `lanes` over a segment table of `rows` rows, one
-    /// workgroup per row, with `bind_groups` at groups 0, 1, 2.
+    /// workgroup per row (or several, when narrower), with `bind_groups` at groups 0, 1, 2.
     pub(crate) fn dispatch_rows(
         &self,
         pass: &mut wgpu::ComputePass<'_>,
@@ -353,10 +369,13 @@ impl Pipeline {
         lanes: Lanes,
         rows: u32,
     ) {
-        let x = rows.clamp(1, self.shape.max_workgroups_per_dimension);
+        // Workgroups narrower than a row share it (`segments` in shaders/fused.wgsl).
+        let per_row = ROW_LANES.div_ceil(self.shape.workgroup_size);
+        let groups = rows * per_row;
+        let x = groups.clamp(1, self.shape.max_workgroups_per_dimension);
         pass.set_pipeline(self.entries[entry].get(lanes));
         set_bind_groups(pass, bind_groups);
-        pass.dispatch_workgroups(x, rows.div_ceil(x).max(1), 1);
+        pass.dispatch_workgroups(x, groups.div_ceil(x).max(1), 1);
     }
 
     /// A bind group of `buffers` at their bindings (see [`in_order`]).
@@ -366,18 +385,7 @@ impl Pipeline {
         label: &str,
         buffers: impl IntoIterator<Item = (u32, wgpu::BufferBinding<'a>)>,
     ) -> wgpu::BindGroup {
-        let entries: Vec<_> = buffers
-            .into_iter()
-            .map(|(binding, b)| wgpu::BindGroupEntry {
-                binding,
-                resource: wgpu::BindingResource::Buffer(b),
-            })
-            .collect();
-        device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(label),
-            layout: &self.layout,
-            entries: &entries,
-        })
+        bind_buffers(device, label, &self.layout, buffers)
     }
 
     /// Records entry point `entry` over one bound range of `n` elements into the caller's
