@@ -8,7 +8,9 @@ use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
 use crate::gpu::context::GpuContext;
-use crate::gpu::pipeline::{in_order, Addressing, Pipeline, COMMIT, NORM_LANES, REDUCE, SCAN};
+use crate::gpu::pipeline::{
+    in_order, scan_entry, Addressing, Pipeline, COMMIT, NORM_LANES, REDUCE,
+};
 use crate::gpu::segments::{self, Placed, RunPlan, TensorBuffers};
 use crate::gpu::tracker::STATUS_BYTES;
 use crate::kernels::{Lanes, WINDOW, WINDOW_HEADER_BYTES};
@@ -743,13 +745,14 @@ impl GpuGroup {
         encoder.clear_buffer(&self.status, 4, Some(4));
     }
 
-    /// Records the group's scan: its non-finite count and, with clipping, its partials.
-    pub fn encode_scan(&self, pass: &mut wgpu::ComputePass<'_>) {
+    /// Records the group's scan: its non-finite count and, with clipping (`norm`), its
+    /// partials.
+    pub fn encode_scan(&self, pass: &mut wgpu::ComputePass<'_>, norm: bool) {
         for part in self.parts() {
             let control = part.control.as_ref().expect("bound by bind_control");
             self.control.dispatch(
                 pass,
-                SCAN,
+                scan_entry(Addressing::Arena, norm),
                 &[control, &self.transform_control],
                 part.lanes,
                 part_len(part),
@@ -760,7 +763,7 @@ impl GpuGroup {
                 let control = run.control.as_ref().expect("bound by bind_control");
                 segments.scan.dispatch_rows(
                     pass,
-                    SCAN,
+                    scan_entry(Addressing::Segments, norm),
                     &[control, &self.transform_control, &run.table_scan],
                     run.plan.lanes,
                     run.rows,

@@ -319,7 +319,7 @@ impl GpuOptimizer {
                 // gives the counts and the norm, and the updates apply the factor.
                 for (group, spec) in self.groups.iter().zip(self.layout.groups()) {
                     if norm || spec.policy != NonFinitePolicy::SkipElement {
-                        group.encode_scan(&mut pass);
+                        group.encode_scan(&mut pass, norm);
                     }
                 }
                 if let (true, Some(reduce)) = (norm, &self.reduce) {

@@ -91,11 +91,22 @@ pub(crate) enum Addressing {
     Segments,
 }
 
-/// The step control's entry points, as [`Pipeline::control`] compiles them (under
-/// [`Addressing::Segments`] only `scan_segments`, at [`SCAN`]).
-pub(crate) const SCAN: usize = 0;
+/// The step control's entry points, as [`Pipeline::control`] compiles them under
+/// [`Addressing::Arena`] (under [`Addressing::Segments`], see [`scan_entry`]).
 pub(crate) const REDUCE: usize = 1;
 pub(crate) const COMMIT: usize = 2;
+
+/// The scan's entry point: with the norm (`scan`: workgroups halve their squares in shared
+/// memory) or with the non-finite count alone (`count`: no barrier, see
+/// shaders/control.wgsl).
+pub(crate) fn scan_entry(addressing: Addressing, norm: bool) -> usize {
+    match (addressing, norm) {
+        (Addressing::Arena, true) => 0,
+        (Addressing::Arena, false) => 3,
+        (Addressing::Segments, true) => 0,
+        (Addressing::Segments, false) => 1,
+    }
+}
 
 /// Invocations per workgroup of `shaders/control.wgsl`, whatever the context's size: its
 /// scan and reduce sum in the fixed order of [`crate::transform`], 256 lanes wide.
@@ -309,8 +320,9 @@ impl Pipeline {
     }
 
     /// `shaders/control.wgsl`: window header at 0, status at 1, g at 2, the partial sums of
-    /// squares at 3, the transform at group 1; entry points [`SCAN`], [`REDUCE`] and
-    /// [`COMMIT`]. Always [`NORM_LANES`] invocations per workgroup: the norm's order needs it.
+    /// squares at 3, the transform at group 1; entry points `scan`, [`REDUCE`], [`COMMIT`] and
+    /// `count` (or `scan_segments` and `count_segments`). Always [`NORM_LANES`] invocations
+    /// per workgroup: the norm's order needs it.
     pub(crate) fn control(device: &wgpu::Device, addressing: Addressing) -> Self {
         let bindings = [
             uniform(0),
@@ -319,8 +331,8 @@ impl Pipeline {
             storage(3, false),
         ];
         let entries: &[&str] = match addressing {
-            Addressing::Arena => &["scan", "reduce", "commit"],
-            Addressing::Segments => &["scan_segments"],
+            Addressing::Arena => &["scan", "reduce", "commit", "count"],
+            Addressing::Segments => &["scan_segments", "count_segments"],
         };
         Self::build(
             device,
