@@ -47,7 +47,7 @@ struct GpuArgs {
 impl GpuArgs {
     /// The environment's options, overridden by the flags given.
     fn options(&self) -> Result<GpuOptions> {
-        let mut options = GpuOptions::from_env();
+        let mut options = GpuOptions::try_from_env()?;
         if let Some(name) = &self.adapter {
             options.adapter_name = Some(name.clone());
         }

@@ -693,3 +693,30 @@ fn replay_refuses_bad_transforms_and_schedules() {
         assert!(!dir.join("never.safetensors").exists(), "{extra:?}");
     }
 }
+
+/// A malformed GPU environment variable is refused by name, not ignored.
+#[test]
+fn malformed_gpu_environment_variables_exit_2_naming_them() {
+    let dir = scratch("environment");
+    for (name, value) in [
+        ("BAYESPROP_WORKGROUP_SIZE", "abc"),
+        ("BAYESPROP_WORKGROUP_SIZE", "0"),
+        ("BAYESPROP_SCALAR_ONLY", "yes"),
+        ("WGPU_BACKEND", "cuda"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_bayesprop"))
+            .arg("validate")
+            .current_dir(dir.path())
+            .env("XDG_RUNTIME_DIR", "/tmp")
+            .env(name, value)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}={value}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains(name) && stderr.contains(value),
+            "{name}={value}: {stderr}"
+        );
+    }
+}

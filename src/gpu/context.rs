@@ -44,7 +44,41 @@ pub struct GpuOptions {
 
 impl GpuOptions {
     /// Options from `WGPU_BACKEND`, `BAYESPROP_ADAPTER`, `BAYESPROP_WORKGROUP_SIZE` and
-    /// `BAYESPROP_SCALAR_ONLY`.
+    /// `BAYESPROP_SCALAR_ONLY`, refusing a value that is set but malformed (an unknown
+    /// backend, a workgroup size that is not a positive integer, a scalar-only flag other than
+    /// 0 or 1) with an error that names the variable. [`GpuContext::new`] and the CLI start
+    /// from these.
+    pub fn try_from_env() -> Result<Self> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let refuse = |what: &'static str, value: String, known: &str| Error::Unknown {
+            what,
+            name: value,
+            known: known.into(),
+        };
+        if let Some(value) = var("WGPU_BACKEND") {
+            if wgpu::Backends::from_comma_list(&value).is_empty() {
+                let known = "vulkan (vk), metal (mtl), dx12 (d3d12), gl (gles, opengl), webgpu";
+                return Err(refuse("WGPU_BACKEND value", value, known));
+            }
+        }
+        if let Some(value) = var(WORKGROUP_SIZE_ENV) {
+            if !matches!(value.trim().parse::<u32>(), Ok(size) if size > 0) {
+                return Err(refuse(
+                    "BAYESPROP_WORKGROUP_SIZE value",
+                    value,
+                    "a positive integer",
+                ));
+            }
+        }
+        if let Some(value) = var(SCALAR_ONLY_ENV) {
+            if !matches!(value.trim(), "0" | "1") {
+                return Err(refuse("BAYESPROP_SCALAR_ONLY value", value, "0, 1"));
+            }
+        }
+        Ok(Self::from_env())
+    }
+
+    /// [`GpuOptions::try_from_env`], ignoring malformed values.
     pub fn from_env() -> Self {
         GpuOptions {
             backends: wgpu::Backends::from_env(),
@@ -210,7 +244,7 @@ pub fn enumerate_adapters(options: &GpuOptions) -> Vec<wgpu::AdapterInfo> {
 impl GpuContext {
     /// Opens the best adapter, as selected by `WGPU_BACKEND` and `BAYESPROP_ADAPTER`.
     pub fn new() -> Result<Self> {
-        Self::with_options(&GpuOptions::from_env())
+        Self::with_options(&GpuOptions::try_from_env()?)
     }
 
     /// Opens the best adapter that the options allow, with its own limits unless overridden.
