@@ -440,6 +440,19 @@ fn bad_places_are_refused_with_the_reason() {
     };
     refused(&wrong, "STORAGE");
 
+    // A θ over another θ, or over a gradient, would read what the step writes.
+    let mut over = caller.tensors.clone();
+    over[3].theta = over[2].theta.clone();
+    over[3].theta.offset += 4;
+    refused(&over, "the θ of tensor `g0t2` and the θ of tensor `g0t3` overlap");
+    let mut over = caller.tensors.clone();
+    over[7].grad = over[6].theta.clone();
+    refused(&over, "tensor `g0t7` overlap");
+    // Gradients are only read: two tensors may share one.
+    let mut shared = caller.tensors.clone();
+    shared[9].grad = shared[8].grad.clone();
+    assert!(GpuOptimizer::from_tensors_in(&ctx, &groups, &shared).is_ok());
+
     // Moving tensors is for optimizers built over the caller's tensors, and loses nothing.
     let mut owned = GpuOptimizer::from_groups(&ctx, &groups).unwrap();
     let err = owned.set_tensor_buffers(&caller.tensors).unwrap_err();

@@ -260,17 +260,9 @@ impl GpuGroup {
         let (external, caller_tensors) = match placement {
             Placement::Owned => (None, None),
             Placement::Arena(ext) => (Some(ext), None),
+            // Checked by the optimizer (`segments::check`), over every group at once.
             Placement::Tensors(buffers) => {
-                if buffers.len() != tensors.len() {
-                    return Err(Error::LengthMismatch {
-                        what: "tensor buffers",
-                        got: buffers.len(),
-                        expected: tensors.len(),
-                    });
-                }
-                for (t, b) in tensors.iter().zip(&buffers) {
-                    segments::check(b, t.len(), &t.name)?;
-                }
+                debug_assert_eq!(buffers.len(), tensors.len());
                 (None, Some(buffers))
             }
         };
@@ -438,12 +430,12 @@ impl GpuGroup {
         Ok(group)
     }
 
-    /// Where the caller's tensors are now (the same tensors, in the same order), when they
-    /// moved: re-plans the runs. The control must be bound again after.
+    /// Where the caller's tensors are now (the same tensors, in the same order, checked by
+    /// the optimizer), when they moved: re-plans the runs and says whether anything moved.
+    /// The control must be bound again after.
     pub fn set_tensor_buffers(
         &mut self,
         ctx: &GpuContext,
-        names: &[&str],
         buffers: &[TensorBuffers],
     ) -> Result<bool> {
         let Some(segments) = &mut self.segments else {
@@ -453,16 +445,7 @@ impl GpuGroup {
                     .into(),
             ));
         };
-        if buffers.len() != segments.tensors.len() {
-            return Err(Error::LengthMismatch {
-                what: "tensor buffers",
-                got: buffers.len(),
-                expected: segments.tensors.len(),
-            });
-        }
-        for ((range, _), (b, name)) in segments.tensors.iter().zip(buffers.iter().zip(names)) {
-            segments::check(b, range.len(), name)?;
-        }
+        debug_assert_eq!(buffers.len(), segments.tensors.len());
         if segments.tensors.iter().map(|(_, b)| b).eq(buffers) {
             return Ok(false);
         }

@@ -7,7 +7,7 @@ use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::gpu::context::GpuContext;
 use crate::gpu::group::{BufferSlice, ExternalArena, GpuGroup, Placement, Vector, WholeArena};
-use crate::gpu::segments::TensorBuffers;
+use crate::gpu::segments::{self, TensorBuffers};
 use crate::gpu::tracker::{StepTracker, STATUS_BYTES, TRANSFORM_BYTES};
 use crate::layout::{GroupId, Layout, ParamGroups, StateSource, TensorId, TensorSpec};
 use crate::optim::{NonFinitePolicy, OptimizerConfig, StepReport};
@@ -99,9 +99,8 @@ impl GpuOptimizer {
     pub fn set_tensor_buffers(&mut self, buffers: &[TensorBuffers]) -> Result<()> {
         let by_group = split_by_group(&self.layout, buffers)?;
         let mut moved = false;
-        for (g, group) in self.groups.iter_mut().enumerate() {
-            let names: Vec<&str> = self.layout.tensors_of(g).map(|t| t.name.as_str()).collect();
-            moved |= group.set_tensor_buffers(&self.ctx, &names, &by_group[g])?;
+        for (group, buffers) in self.groups.iter_mut().zip(&by_group) {
+            moved |= group.set_tensor_buffers(&self.ctx, buffers)?;
         }
         if moved {
             self.bind_control_placeholder()?;
@@ -500,8 +499,8 @@ impl GpuOptimizer {
     }
 }
 
-/// `buffers`, one per tensor in registration order, split by group (in each group's tensor
-/// order).
+/// `buffers`, one per tensor in registration order, checked (see [`segments::check`]) and
+/// split by group (in each group's tensor order).
 fn split_by_group(layout: &Layout, buffers: &[TensorBuffers]) -> Result<Vec<Vec<TensorBuffers>>> {
     if buffers.len() != layout.tensors().len() {
         return Err(Error::LengthMismatch {
@@ -510,6 +509,13 @@ fn split_by_group(layout: &Layout, buffers: &[TensorBuffers]) -> Result<Vec<Vec<
             expected: layout.tensors().len(),
         });
     }
+    let named: Vec<_> = layout
+        .tensors()
+        .iter()
+        .zip(buffers)
+        .map(|(t, b)| (t.name.as_str(), t.len(), b))
+        .collect();
+    segments::check(&named)?;
     let mut by_group = vec![Vec::new(); layout.groups().len()];
     for (t, b) in layout.tensors().iter().zip(buffers) {
         by_group[t.group.0].push(b.clone());

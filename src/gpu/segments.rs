@@ -237,28 +237,62 @@ fn span(a: &Range<u64>, b: &Range<u64>) -> u64 {
     u.end - u.start
 }
 
-/// Refuses caller buffers the kernels cannot use for a tensor of `len` elements: an offset
-/// that is not a multiple of 4, a buffer without STORAGE usage, or one too small.
-pub fn check(buffers: &TensorBuffers, len: usize, name: &str) -> Result<()> {
-    for (what, slice) in [("θ", &buffers.theta), ("gradient", &buffers.grad)] {
-        let fail = |problem: String| Err(Error::Layout(format!("tensor `{name}`: {problem}")));
-        if !slice.offset.is_multiple_of(4) {
-            return fail(format!(
-                "the {what} offset {} is not a multiple of 4 bytes",
-                slice.offset
-            ));
+/// Refuses caller buffers the kernels cannot use, for tensors given as (name, length,
+/// buffers): an offset that is not a multiple of 4, a buffer without STORAGE usage or too
+/// small, and a tensor's θ that overlaps any other θ or gradient (of any tensor: the step
+/// would read what it writes). Gradients may overlap one another; they are only read.
+pub fn check(tensors: &[(&str, usize, &TensorBuffers)]) -> Result<()> {
+    let mut spans = Vec::with_capacity(2 * tensors.len());
+    for &(name, len, buffers) in tensors {
+        for (theta, slice) in [(true, &buffers.theta), (false, &buffers.grad)] {
+            let what = if theta { "θ" } else { "gradient" };
+            let fail = |problem: String| Err(Error::Layout(format!("tensor `{name}`: {problem}")));
+            if !slice.offset.is_multiple_of(4) {
+                return fail(format!(
+                    "the {what} offset {} is not a multiple of 4 bytes",
+                    slice.offset
+                ));
+            }
+            if !slice.buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
+                return fail(format!("the {what} buffer needs STORAGE usage"));
+            }
+            let end = slice.offset + len as u64 * 4;
+            if slice.buffer.size() < end {
+                return fail(format!(
+                    "the {what} buffer holds {} bytes; {len} elements from offset {} need {end}",
+                    slice.buffer.size(),
+                    slice.offset
+                ));
+            }
+            if len > 0 {
+                spans.push((&slice.buffer, slice.offset..end, theta, name));
+            }
         }
-        if !slice.buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
-            return fail(format!("the {what} buffer needs STORAGE usage"));
+    }
+    // By buffer, then start: a θ overlaps something iff it overlaps the span that reaches
+    // furthest among those before it, or the next one.
+    spans.sort_by(|a, b| (a.0, a.1.start).cmp(&(b.0, b.1.start)));
+    let mut reach: Option<(usize, u64)> = None;
+    for (k, (buffer, range, theta, name)) in spans.iter().enumerate() {
+        if let Some((j, end)) = reach.filter(|&(j, _)| spans[j].0 == *buffer) {
+            let other = &spans[j];
+            if range.start < end && (*theta || other.2) {
+                let (a, b) = (
+                    if other.2 { "θ" } else { "gradient" },
+                    if *theta { "θ" } else { "gradient" },
+                );
+                return Err(Error::Layout(format!(
+                    "the {a} of tensor `{}` and the {b} of tensor `{name}` overlap in one buffer \
+                     (bytes {}..{} and {}..{})",
+                    other.3, other.1.start, other.1.end, range.start, range.end
+                )));
+            }
         }
-        let needed = slice.offset + len as u64 * 4;
-        if slice.buffer.size() < needed {
-            return fail(format!(
-                "the {what} buffer holds {} bytes; {len} elements from offset {} need {needed}",
-                slice.buffer.size(),
-                slice.offset
-            ));
-        }
+        let furthest = match reach {
+            Some((j, end)) if spans[j].0 == *buffer && end >= range.end => (j, end),
+            _ => (k, range.end),
+        };
+        reach = Some(furthest);
     }
     Ok(())
 }
