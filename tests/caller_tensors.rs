@@ -444,7 +444,10 @@ fn bad_places_are_refused_with_the_reason() {
     let mut over = caller.tensors.clone();
     over[3].theta = over[2].theta.clone();
     over[3].theta.offset += 4;
-    refused(&over, "the θ of tensor `g0t2` and the θ of tensor `g0t3` overlap");
+    refused(
+        &over,
+        "the θ of tensor `g0t2` and the θ of tensor `g0t3` overlap",
+    );
     let mut over = caller.tensors.clone();
     over[7].grad = over[6].theta.clone();
     refused(&over, "tensor `g0t7` overlap");

@@ -414,7 +414,7 @@ impl GpuGroup {
             pieces
         })?;
         if let Some(buffers) = caller_tensors {
-            let segments = Segments {
+            let mut segments = Segments {
                 pipeline: ctx.pipeline(
                     optimizer.kernel(),
                     slots.len() as u32,
@@ -424,8 +424,8 @@ impl GpuGroup {
                 tensors: tensors.iter().map(|t| t.range()).zip(buffers).collect(),
                 runs: Vec::new(),
             };
+            segments.runs = group.runs_for(ctx, &segments)?;
             group.segments = Some(segments);
-            group.plan_runs(ctx)?;
         }
         Ok(group)
     }
@@ -438,7 +438,7 @@ impl GpuGroup {
         ctx: &GpuContext,
         buffers: &[TensorBuffers],
     ) -> Result<bool> {
-        let Some(segments) = &mut self.segments else {
+        let Some(mut segments) = self.segments.take() else {
             return Err(Error::Layout(
                 "tensor buffers can only be set on an optimizer built with tensors in the \
                  caller's buffers"
@@ -447,22 +447,32 @@ impl GpuGroup {
         };
         debug_assert_eq!(buffers.len(), segments.tensors.len());
         if segments.tensors.iter().map(|(_, b)| b).eq(buffers) {
+            self.segments = Some(segments);
             return Ok(false);
         }
-        for ((_, old), new) in segments.tensors.iter_mut().zip(buffers) {
-            *old = new.clone();
+        let old = segments.tensors.clone();
+        for ((_, place), new) in segments.tensors.iter_mut().zip(buffers) {
+            *place = new.clone();
         }
-        self.plan_runs(ctx)?;
-        Ok(true)
+        // On a device error the old places and runs stay, consistent with each other.
+        let planned = self.runs_for(ctx, &segments);
+        let moved = match planned {
+            Ok(runs) => {
+                segments.runs = runs;
+                Ok(true)
+            }
+            Err(e) => {
+                segments.tensors = old;
+                Err(e)
+            }
+        };
+        self.segments = Some(segments);
+        moved
     }
 
-    /// Plans the runs of the caller's tensors over the group's state bindings, and binds each
+    /// Plans the runs of `segments`' tensors over the group's state bindings, and binds each
     /// run's update and segment table.
-    fn plan_runs(&mut self, ctx: &GpuContext) -> Result<()> {
-        let segments = self
-            .segments
-            .as_ref()
-            .expect("tensors in the caller's buffers");
+    fn runs_for(&self, ctx: &GpuContext, segments: &Segments) -> Result<Vec<Run>> {
         // The state bindings: every chunk of every piece, in order.
         let bindings: Vec<(usize, Range<u64>)> = self
             .pieces
@@ -502,7 +512,7 @@ impl GpuGroup {
         }
         let plans = segments::plan(&placed, segments::Limits::of(&ctx.limits()));
         let device = ctx.device();
-        let runs = ctx.scoped("binding the caller's tensors", || {
+        ctx.scoped("binding the caller's tensors", || {
             plans
                 .into_iter()
                 .map(|plan| {
@@ -541,9 +551,7 @@ impl GpuGroup {
                     }
                 })
                 .collect::<Vec<_>>()
-        })?;
-        self.segments.as_mut().expect("checked above").runs = runs;
-        Ok(())
+        })
     }
 
     /// The bindings of a piece's used state slots over `range` (the placeholder for unused
