@@ -37,3 +37,5 @@ for size in 64 128 256 512 1024; do
   bench --optimizer bayes --device gpu --sizes 4M --matrix-only --repeat 3 \
     --workgroup-size "$size" | tee "$out/gpu-workgroup-$size.txt"
 done
+# The skip-element step against a hand-written C loop of it, interleaved.
+scripts/c_loop.sh 64M 3 10 | tee "$out/c-loop-64M.txt"
