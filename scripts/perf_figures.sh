@@ -39,3 +39,12 @@ for size in 64 128 256 512 1024; do
 done
 # The skip-element step against a hand-written C loop of it, interleaved.
 scripts/c_loop.sh 64M 3 10 | tee "$out/c-loop-64M.txt"
+# What the GPU's fused training step spends beyond the plain step: unscaling alone, clipping
+# alone, both; interleaved.
+for round in 1 2; do
+  for flags in "" "--clip-norm off" "--grad-scale 1"; do
+    echo "## bench --device gpu --sizes 4M --optimizer adam --matrix-only --training-step --repeat 2 $flags"
+    # shellcheck disable=SC2086
+    bench --device gpu --sizes 4M --optimizer adam --matrix-only --training-step --repeat 2 $flags
+  done
+done | tee "$out/gpu-training-step-4M.txt"

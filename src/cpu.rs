@@ -499,7 +499,17 @@ impl Stepper for CpuOptimizer {
             let parallel = self.path == CpuPath::Parallel;
             let scans: Vec<(u64, Vec<f32>)> = arenas
                 .iter()
-                .map(|a| transform::scan_arena(a, transform.grad_scale, parallel, PARALLEL_CHUNK))
+                .zip(&self.layout.groups)
+                .map(|(a, spec)| {
+                    // Without a norm, a `SkipElement` group needs no count before its update
+                    // either (each chunk counts its own), so it is not read twice; the device
+                    // skips its scan likewise.
+                    if transform.clip_norm.is_none() && spec.policy == NonFinitePolicy::SkipElement
+                    {
+                        return (0, Vec::new());
+                    }
+                    transform::scan_arena(a, transform.grad_scale, parallel, PARALLEL_CHUNK)
+                })
                 .collect();
             let partials: Vec<f32> = scans.iter().flat_map(|(_, p)| p.iter().copied()).collect();
             let (norm, factor) = transform::norm_and_factor(

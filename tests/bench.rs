@@ -296,6 +296,55 @@ fn refused(args: &[&str], mentions: &[&str]) {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+/// The training step's flags: bad values are refused in one line; unscaling alone under
+/// skip-element needs no scan, so its fused rows move the plain step's bytes.
+#[test]
+fn training_step_flags_set_the_transform_and_refuse_bad_values() {
+    let row = [
+        "bench",
+        "--sizes",
+        "4K",
+        "--device",
+        "cpu",
+        "--optimizer",
+        "sgd",
+        "--steps",
+        "2",
+        "--matrix-only",
+        "--training-step",
+    ];
+    refused(
+        &[&row[..], &["--clip-norm", "-1"]].concat(),
+        &["clip_norm", "-1"],
+    );
+    refused(
+        &[&row[..], &["--grad-scale", "0"]].concat(),
+        &["grad_scale", "0"],
+    );
+    refused(
+        &[&row[..], &["--clip-norm", "big"]].concat(),
+        &["--clip-norm", "big"],
+    );
+    let unscale_only = [
+        &row[..],
+        &[
+            "--clip-norm",
+            "off",
+            "--nonfinite",
+            "skip-element",
+            "--json",
+        ],
+    ];
+    let fused: Vec<_> = rows(&bayesprop(&unscale_only.concat(), &[]))
+        .into_iter()
+        .filter(|r| r["step"] == "fused training step")
+        .collect();
+    assert_eq!(fused.len(), 2, "bayes and adam: {fused:?}");
+    for r in &fused {
+        assert_eq!(r["bytes_per_element"], 28, "{r:?}");
+    }
+}
+
 #[test]
 fn zero_steps_and_zero_repeats_are_refused() {
     let row = ["bench", "--sizes", "4K", "--device", "cpu", "--matrix-only"];

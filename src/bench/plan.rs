@@ -1,7 +1,7 @@
 //! Which rows `bench` measures, in which order, and whether the host can hold them.
 
 use crate::bench::{
-    bytes_per_element, BenchOptions, Case, StepKind, MANY_TENSORS, MANY_TENSORS_LEN, TRAINING_STEP,
+    bytes_per_element, BenchOptions, Case, StepKind, MANY_TENSORS, MANY_TENSORS_LEN,
     TRAINING_STEP_OPTIMIZERS,
 };
 use crate::device::Device;
@@ -156,7 +156,7 @@ pub(super) fn plan(options: &BenchOptions, has_gpu: bool) -> Vec<Job> {
                             }
                             jobs.push(Job {
                                 step,
-                                transform: TRAINING_STEP,
+                                transform: options.transform,
                                 ..job(&optimizer, n, device, Case::OneTensor, policy)
                             });
                         }
