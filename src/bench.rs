@@ -23,6 +23,7 @@ pub mod report;
 pub mod roofline;
 pub mod timing;
 pub mod touch;
+pub mod unfused;
 
 use serde::Serialize;
 
@@ -216,7 +217,8 @@ pub struct Row {
     /// `update`, `fused training step` or `unfused training step` ([`StepKind`]).
     pub step: String,
     /// Fused training-step rows: the unfused row's step time over this one's (same
-    /// optimizer, size, device, policy).
+    /// optimizer, size, device, policy), each relative to the touch timed beside it, so that
+    /// load changing between the two rows cancels.
     pub unfused_over_fused: Option<f64>,
 }
 

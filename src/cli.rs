@@ -122,8 +122,8 @@ struct BenchArgs {
     #[arg(long)]
     matrix_only: bool,
     /// Also the training step (unscale by 1024, clip to norm 1e-3, or as the two flags below
-    /// say) of bayes and adam at each size: fused into the optimizer's passes against PyTorch's unfused sequence (CPU),
-    /// under the matrix's policy and skip-element.
+    /// say) of bayes and adam at each size: fused into the optimizer's passes against
+    /// PyTorch's unfused sequence, under the matrix's policy and skip-element.
     #[arg(long)]
     training_step: bool,
     /// The loss scale S > 0 of `--training-step` rows [1024].

@@ -147,13 +147,9 @@ pub(super) fn plan(options: &BenchOptions, has_gpu: bool) -> Vec<Job> {
             for name in TRAINING_STEP_OPTIMIZERS {
                 let config = OptimizerConfig::default_for(name).expect("a known optimizer");
                 let optimizer = (name.to_string(), config);
-                // The unfused sequence is written for the CPU only so far.
                 for &device in devices.iter().filter(|&&d| d != Device::Reference) {
                     for &policy in &policies {
                         for step in [StepKind::Fused, StepKind::Unfused] {
-                            if step == StepKind::Unfused && device != Device::Cpu {
-                                continue;
-                            }
                             jobs.push(Job {
                                 step,
                                 transform: options.transform,
