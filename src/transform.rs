@@ -189,26 +189,42 @@ const FOLDED: usize = NORM_BLOCK / 8;
 /// first three halvings (s = 512, 256, 128) done as each lane's eight squares are loaded,
 /// in registers: the block is read once and only 128 sums are stored, where writing all
 /// 1024 squares out and reading them back made the scan cost twice the plain step's count.
+///
+/// The squares are first summed as they are, without the finite test: when every g / S is
+/// finite the test selects every square, so a finite sum has the bits the test would give,
+/// and no element was NaN or ±Inf (its square would have made the sum NaN or ∞). Only a
+/// block whose sum is not finite (a non-finite element, or squares too large) is summed
+/// again with the test and counted. The scan then does little more arithmetic per element
+/// than the plain step's count.
 #[inline(always)]
 fn whole_block(g: &[f32; NORM_BLOCK], unscale: impl Fn(f32) -> f32 + Copy) -> (u64, f32) {
+    let sum = folded_sum(g, unscale, |u| u * u);
+    if sum.is_finite() {
+        return (0, sum);
+    }
+    let bad_of = |u: f32| u.to_bits() & 0x7f80_0000 == 0x7f80_0000;
+    let bad = g.iter().filter(|&&x| bad_of(unscale(x))).count() as u64;
+    let square = move |u: f32| if bad_of(u) { 0.0 } else { u * u };
+    (bad, folded_sum(g, unscale, square))
+}
+
+/// The canonical sum of `square(g / S)` over a whole block, its first three halvings folded
+/// into the loads (see [`whole_block`]).
+#[inline(always)]
+fn folded_sum(
+    g: &[f32; NORM_BLOCK],
+    unscale: impl Fn(f32) -> f32 + Copy,
+    square: impl Fn(f32) -> f32 + Copy,
+) -> f32 {
     // Lane i's squares lie at i + 128·j: s = 512 adds j + 4 to j, s = 256 j + 2, s = 128 j + 1.
     let rows: [&[f32; FOLDED]; 8] =
         std::array::from_fn(|j| g[j * FOLDED..][..FOLDED].try_into().expect("a row"));
-    let bad_of = |u: f32| u32::from(u.to_bits() & 0x7f80_0000 == 0x7f80_0000);
-    let square = |u: f32| if bad_of(u) == 0 { u * u } else { 0.0 };
     let mut v = [0.0f32; FOLDED];
-    let mut bad = 0u32;
     for (i, slot) in v.iter_mut().enumerate() {
-        let u = rows.map(|row| unscale(row[i]));
-        bad += bad_of(u[0]) + bad_of(u[1]) + bad_of(u[2]) + bad_of(u[3]);
-        bad += bad_of(u[4]) + bad_of(u[5]) + bad_of(u[6]) + bad_of(u[7]);
-        let b0 = square(u[0]) + square(u[4]);
-        let b1 = square(u[1]) + square(u[5]);
-        let b2 = square(u[2]) + square(u[6]);
-        let b3 = square(u[3]) + square(u[7]);
-        *slot = (b0 + b2) + (b1 + b3);
+        let q = rows.map(|row| square(unscale(row[i])));
+        *slot = ((q[0] + q[4]) + (q[2] + q[6])) + ((q[1] + q[5]) + (q[3] + q[7]));
     }
-    (u64::from(bad), halve(&mut v))
+    halve(&mut v)
 }
 
 crate::reference::simd_fn! {
@@ -353,6 +369,17 @@ mod tests {
                 assert!(a.0 > 0 && a.1 > 0.0);
             }
         }
+        // Every element finite, but squares past f32::MAX: counted as finite, summed to ∞.
+        let finite: Vec<f32> = (0..NORM_BLOCK).map(|i| (i as f32 * 0.37).sin()).collect();
+        let mut huge = finite.clone();
+        huge[77] = 3e19;
+        for g in [&finite, &huge] {
+            let whole: &[f32; NORM_BLOCK] = g[..].try_into().unwrap();
+            let (a, b) = (whole_block(whole, |x| x), padded_block(g, |x| x));
+            assert_eq!((a.0, a.1.to_bits()), (b.0, b.1.to_bits()));
+            assert_eq!(a.0, 0);
+        }
+        assert_eq!(block_partial(&huge, 1.0).1, f32::INFINITY);
     }
 
     /// Multiplying by 2^−k is dividing by 2^k, bit for bit, over the whole exponent range;
