@@ -19,6 +19,14 @@ bench --repeat 3 | tee "$out/matrix.txt"
 bench --device cpu --sizes 16M,64M --repeat 3 --training-step | tee "$out/cpu-skip-step.txt"
 bench --device cpu --sizes 16M,64M --nonfinite skip-element --repeat 3 \
   | tee "$out/cpu-skip-element.txt"
+# The training step alone, fused against unfused, each row against its own touch.
+bench --device cpu --sizes 16M,64M --optimizer bayes --matrix-only --training-step --repeat 3 \
+  | tee "$out/cpu-training-step.txt"
+for run in 1 2; do
+  bench --device gpu --sizes 4M --optimizer adam --matrix-only --training-step --repeat 2
+done | tee "$out/gpu-unfused.txt"
+bench --device gpu --sizes 16M --optimizer adam --matrix-only --training-step \
+  | tee -a "$out/gpu-unfused.txt"
 # The GPU alone at the sizes of README's table, with the fused training step.
 bench --device gpu --sizes 16M,64M --matrix-only --training-step --repeat 3 \
   | tee "$out/gpu-16M-64M.txt"
