@@ -19,6 +19,14 @@ bench --repeat 3 | tee "$out/matrix.txt"
 bench --device cpu --sizes 16M,64M --repeat 3 --training-step | tee "$out/cpu-skip-step.txt"
 bench --device cpu --sizes 16M,64M --nonfinite skip-element --repeat 3 \
   | tee "$out/cpu-skip-element.txt"
+# The training step alone, fused against unfused, each row against its own touch.
+bench --device cpu --sizes 16M,64M --optimizer bayes --matrix-only --training-step --repeat 3 \
+  | tee "$out/cpu-training-step.txt"
+for run in 1 2; do
+  bench --device gpu --sizes 4M --optimizer adam --matrix-only --training-step --repeat 2
+done | tee "$out/gpu-unfused.txt"
+bench --device gpu --sizes 16M --optimizer adam --matrix-only --training-step \
+  | tee -a "$out/gpu-unfused.txt"
 # The GPU alone at the sizes of README's table, with the fused training step.
 bench --device gpu --sizes 16M,64M --matrix-only --training-step --repeat 3 \
   | tee "$out/gpu-16M-64M.txt"
@@ -37,3 +45,14 @@ for size in 64 128 256 512 1024; do
   bench --optimizer bayes --device gpu --sizes 4M --matrix-only --repeat 3 \
     --workgroup-size "$size" | tee "$out/gpu-workgroup-$size.txt"
 done
+# The skip-element step against a hand-written C loop of it, interleaved.
+scripts/c_loop.sh 64M 3 10 | tee "$out/c-loop-64M.txt"
+# What the GPU's fused training step spends beyond the plain step: unscaling alone, clipping
+# alone, both; interleaved.
+for round in 1 2; do
+  for flags in "" "--clip-norm off" "--grad-scale 1"; do
+    echo "## bench --device gpu --sizes 4M --optimizer adam --matrix-only --training-step --repeat 2 $flags"
+    # shellcheck disable=SC2086
+    bench --device gpu --sizes 4M --optimizer adam --matrix-only --training-step --repeat 2 $flags
+  done
+done | tee "$out/gpu-training-step-4M.txt"

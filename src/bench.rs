@@ -23,6 +23,7 @@ pub mod report;
 pub mod roofline;
 pub mod timing;
 pub mod touch;
+pub mod unfused;
 
 use serde::Serialize;
 
@@ -97,7 +98,7 @@ pub const TRAINING_STEP_OPTIMIZERS: [&str; 2] = ["bayes", "adam"];
 /// Bytes one step really moves per element, every pass included: the update's (SPEC: g read,
 /// θ and each used state vector read and written), plus one more read of g for the scan,
 /// which runs under `skip-step` and `error` (the non-finite count before any element
-/// changes) and under every policy when `transform` unscales or clips (the norm); the
+/// changes) and under every policy when `transform` clips (the norm); the
 /// unfused sequence adds its unscale (8), norm (4) and scale (8) passes to a plain step.
 pub fn bytes_per_element(
     config: &OptimizerConfig,
@@ -107,7 +108,7 @@ pub fn bytes_per_element(
 ) -> usize {
     let update = config.as_dyn().bytes_per_element();
     let scan = |transform: &GradTransform| {
-        if policy != NonFinitePolicy::SkipElement || !transform.is_identity() {
+        if policy != NonFinitePolicy::SkipElement || transform.clip_norm.is_some() {
             4
         } else {
             0
@@ -141,6 +142,9 @@ pub struct BenchOptions {
     /// Also, for each size and [`TRAINING_STEP_OPTIMIZERS`]: the fused training step against
     /// the unfused sequence, under the matrix's policy and under `skip-element`.
     pub training_step: bool,
+    /// The training step of those rows ([`TRAINING_STEP`] by default). The unfused
+    /// sequence runs its unscale, norm and scale passes whatever it holds.
+    pub transform: GradTransform,
 }
 
 impl Default for BenchOptions {
@@ -157,6 +161,7 @@ impl Default for BenchOptions {
             policy: NonFinitePolicy::SkipStep,
             extras: true,
             training_step: false,
+            transform: TRAINING_STEP,
         }
     }
 }
@@ -212,7 +217,8 @@ pub struct Row {
     /// `update`, `fused training step` or `unfused training step` ([`StepKind`]).
     pub step: String,
     /// Fused training-step rows: the unfused row's step time over this one's (same
-    /// optimizer, size, device, policy).
+    /// optimizer, size, device, policy), each relative to the touch timed beside it, so that
+    /// load changing between the two rows cancels.
     pub unfused_over_fused: Option<f64>,
 }
 
@@ -335,13 +341,14 @@ mod tests {
             ("sgd skip-step", sgd(0.0), SkipStep, none, Update, 16),
             ("sgd error", sgd(0.0), Error, none, Update, 16),
             ("sgd skip-element", sgd(0.0), SkipElement, none, Update, 12),
+            // Unscaling alone needs no norm, and skip-element no count: no scan.
             (
                 "sgd skip-element unscale",
                 sgd(0.0),
                 SkipElement,
                 UNSCALE,
                 Fused,
-                16,
+                12,
             ),
             (
                 "sgd skip-element clip",
@@ -427,7 +434,7 @@ mod tests {
                 SkipElement,
                 UNSCALE,
                 Fused,
-                32,
+                28,
             ),
             (
                 "bayes skip-step unfused",

@@ -121,11 +121,19 @@ struct BenchArgs {
     /// Only the matrix: no many-tensor case, no scan-pass cost.
     #[arg(long)]
     matrix_only: bool,
-    /// Also the training step (unscale by 1024, clip to norm 1e-3) of bayes and adam at each
-    /// size: fused into the optimizer's passes against PyTorch's unfused sequence (CPU),
-    /// under the matrix's policy and skip-element.
+    /// Also the training step (unscale by 1024, clip to norm 1e-3, or as the two flags below
+    /// say) of bayes and adam at each size: fused into the optimizer's passes against
+    /// PyTorch's unfused sequence, under the matrix's policy and skip-element.
     #[arg(long)]
     training_step: bool,
+    /// The loss scale S > 0 of `--training-step` rows [1024].
+    #[arg(long, value_name = "S", allow_hyphen_values = true)]
+    grad_scale: Option<String>,
+    /// The clipping norm M > 0 of `--training-step` rows, `inf` to compute the norm without
+    /// clipping, or `off` for no norm at all [1e-3]. With the loss scale, it separates what
+    /// unscaling and the norm each cost in the fused step.
+    #[arg(long, value_name = "M", allow_hyphen_values = true)]
+    clip_norm: Option<String>,
     #[command(flatten)]
     gpu: GpuArgs,
 }
@@ -206,11 +214,11 @@ struct ReplayArgs {
 }
 
 /// A flag's number, with an error that names the flag.
-fn number_flag(flag: &'static str, value: &str) -> Result<f32> {
+fn number_flag(command: &'static str, flag: &'static str, value: &str) -> Result<f32> {
     value
         .trim()
         .parse::<f32>()
-        .map_err(|_| Error::config("replay", flag, value, "a number"))
+        .map_err(|_| Error::config(command, flag, value, "a number"))
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -349,12 +357,12 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode> {
     let grad_scale = args
         .grad_scale
         .as_deref()
-        .map(|v| number_flag("--grad-scale", v))
+        .map(|v| number_flag("replay", "--grad-scale", v))
         .transpose()?;
     let clip_norm = args
         .clip_norm
         .as_deref()
-        .map(|v| number_flag("--clip-norm", v))
+        .map(|v| number_flag("replay", "--clip-norm", v))
         .transpose()?;
     let with_flags = |mut transform: GradTransform| {
         transform.grad_scale = grad_scale.unwrap_or(transform.grad_scale);
@@ -412,6 +420,21 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The training step of `bench --training-step` rows: the flags over [`bench::TRAINING_STEP`].
+#[cfg(feature = "bench")]
+fn bench_transform(args: &BenchArgs) -> Result<GradTransform> {
+    let mut transform = bayesprop::bench::TRAINING_STEP;
+    if let Some(v) = &args.grad_scale {
+        transform.grad_scale = number_flag("bench", "--grad-scale", v)?;
+    }
+    transform.clip_norm = match args.clip_norm.as_deref().map(str::trim) {
+        None => transform.clip_norm,
+        Some("off") => None,
+        Some(v) => Some(number_flag("bench", "--clip-norm", v)?),
+    };
+    transform.validate().map(|()| transform)
+}
+
 #[cfg(feature = "bench")]
 fn bench(args: &BenchArgs) -> Result<ExitCode> {
     use bayesprop::bench::{self, BenchOptions};
@@ -436,6 +459,7 @@ fn bench(args: &BenchArgs) -> Result<ExitCode> {
         policy: args.nonfinite,
         extras: !args.matrix_only,
         training_step: args.training_step,
+        transform: bench_transform(args)?,
     };
     let gpu = if options.devices.contains(&Device::Gpu) {
         args.gpu.context().map_err(|e| e.to_string())

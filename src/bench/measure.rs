@@ -6,6 +6,7 @@ use std::time::Instant;
 use crate::bench::plan::Job;
 use crate::bench::roofline::{copy_cpu, synthetic, touch_cpu, GpuRoofline};
 use crate::bench::timing::PassTimer;
+use crate::bench::unfused::GpuUnfused;
 use crate::bench::{Case, StepKind, MANY_TENSORS_LEN};
 use crate::cpu::{CpuOptimizer, CpuPath, PARALLEL_CHUNK};
 use crate::device::Device;
@@ -110,17 +111,22 @@ pub(super) fn measure(job: &Job, steps: usize, gpu: Option<&GpuContext>) -> Resu
             let mut optimizer =
                 GpuOptimizer::from_groups(ctx, &groups)?.with_nonfinite_policy(job.policy);
             drop(groups);
-            match job.step {
-                StepKind::Update => {}
-                StepKind::Fused => optimizer.set_grad_transform(job.transform)?,
-                StepKind::Unfused => {
-                    return Err(Error::Device(
-                        "bench: the unfused training step runs on the CPU only".into(),
-                    ))
+            let unfused = match job.step {
+                StepKind::Update => None,
+                StepKind::Fused => {
+                    optimizer.set_grad_transform(job.transform)?;
+                    None
                 }
-            }
+                StepKind::Unfused => {
+                    Some(GpuUnfused::over(ctx, &optimizer, &grad, &job.transform)?)
+                }
+            };
             let mut roofline = GpuRoofline::over(ctx, &optimizer)?;
-            let samples = measure_gpu(ctx, &mut optimizer, &grad, &mut roofline, states, steps)?;
+            let mut step = GpuStep {
+                optimizer: &mut optimizer,
+                unfused: unfused.as_ref(),
+            };
+            let samples = measure_gpu(ctx, &mut step, &grad, &mut roofline, states, steps)?;
             let info = ctx.adapter_info();
             let adapter = format!("{} ({:?})", info.name, info.backend);
             (
@@ -225,21 +231,43 @@ fn wait(ctx: &GpuContext) -> Result<()> {
         .map_err(|e| Error::Device(format!("waiting for the device: {e}")))
 }
 
+/// What one GPU row steps: the optimizer, after the unfused passes in unfused rows.
+struct GpuStep<'a> {
+    optimizer: &'a mut GpuOptimizer,
+    unfused: Option<&'a GpuUnfused>,
+}
+
+impl GpuStep<'_> {
+    /// Submits one step from the gradient already on the device; with `timers`, the
+    /// unfused passes (when there are any) on the first and the step's pass on the second.
+    fn submit(&mut self, timers: Option<(&mut PassTimer, &mut PassTimer)>) -> Result<()> {
+        let (before, step) = timers.unzip();
+        if let Some(unfused) = self.unfused {
+            unfused.submit(before)?;
+        }
+        if let Some(step) = step {
+            step.time_next_step(self.optimizer);
+        }
+        self.optimizer.step_device()
+    }
+}
+
 fn measure_gpu(
     ctx: &GpuContext,
-    optimizer: &mut GpuOptimizer,
+    step: &mut GpuStep,
     grad: &[f32],
     roofline: &mut GpuRoofline,
     states: usize,
     steps: usize,
 ) -> Result<Samples> {
     // The gradient is uploaded once, then steps read it in place, as in a training loop whose
-    // gradients are computed on the device. Warm-up: pipelines, first use of the buffers.
-    optimizer.step(grad)?;
-    optimizer.step_device()?;
+    // gradients are computed on the device (the unfused passes rewrite it from their own copy
+    // every step). Warm-up: pipelines, first use of the buffers.
+    step.optimizer.step(grad)?;
+    step.submit(None)?;
     roofline.touch(states, None)?;
     roofline.copy(None)?;
-    optimizer.step_reports()?;
+    step.optimizer.step_reports()?;
     wait(ctx)?;
     // A timer holds at most `PassTimer::MAX_INTERVALS`: time the steps in batches of that
     // many, reading each batch back before the next.
@@ -249,66 +277,75 @@ fn measure_gpu(
         PassTimer::new(ctx, capacity),
         PassTimer::new(ctx, capacity),
         PassTimer::new(ctx, capacity),
+        PassTimer::new(ctx, capacity),
     );
-    let mut samples = if let (Some(mut step), Some(mut touch), Some(mut copy)) = timers {
-        let mut samples = Samples {
-            step: Vec::with_capacity(steps),
-            touch: Vec::with_capacity(steps),
-            copy: Vec::with_capacity(steps),
-            wall_per_step: None,
-            timing: "timestamp-query",
+    let mut samples =
+        if let (Some(mut before), Some(mut update), Some(mut touch), Some(mut copy)) = timers {
+            let mut samples = Samples {
+                step: Vec::with_capacity(steps),
+                touch: Vec::with_capacity(steps),
+                copy: Vec::with_capacity(steps),
+                wall_per_step: None,
+                timing: "timestamp-query",
+            };
+            for start in (0..steps).step_by(batch) {
+                for _ in start..steps.min(start + batch) {
+                    step.submit(Some((&mut before, &mut update)))?;
+                    roofline.touch(states, Some(&mut touch))?;
+                    roofline.copy(Some(&mut copy))?;
+                }
+                let updates = update.take_seconds(ctx)?;
+                // A row without unfused passes timed none: its steps are the update alone.
+                let befores = before.take_seconds(ctx)?;
+                samples.step.extend(
+                    updates
+                        .iter()
+                        .zip(befores.iter().chain(std::iter::repeat(&0.0)))
+                        .map(|(u, b)| u + b),
+                );
+                samples.touch.extend(touch.take_seconds(ctx)?);
+                samples.copy.extend(copy.take_seconds(ctx)?);
+            }
+            samples
+        } else {
+            // No timestamps: wall clock over rounds of steps, each round waited for at its end.
+            let rounds = steps.min(5);
+            let per_round = steps.div_ceil(rounds);
+            let mut samples = Samples {
+                step: Vec::new(),
+                touch: Vec::new(),
+                copy: Vec::new(),
+                wall_per_step: None,
+                timing: "wall-clock",
+            };
+            for _ in 0..rounds {
+                let start = Instant::now();
+                for _ in 0..per_round {
+                    step.submit(None)?;
+                }
+                wait(ctx)?;
+                samples.step.push(seconds(start) / per_round as f64);
+                let start = Instant::now();
+                for _ in 0..per_round {
+                    roofline.touch(states, None)?;
+                }
+                wait(ctx)?;
+                samples.touch.push(seconds(start) / per_round as f64);
+                let start = Instant::now();
+                for _ in 0..per_round {
+                    roofline.copy(None)?;
+                }
+                wait(ctx)?;
+                samples.copy.push(seconds(start) / per_round as f64);
+            }
+            samples
         };
-        for start in (0..steps).step_by(batch) {
-            for _ in start..steps.min(start + batch) {
-                step.time_next_step(optimizer);
-                optimizer.step_device()?;
-                roofline.touch(states, Some(&mut touch))?;
-                roofline.copy(Some(&mut copy))?;
-            }
-            samples.step.extend(step.take_seconds(ctx)?);
-            samples.touch.extend(touch.take_seconds(ctx)?);
-            samples.copy.extend(copy.take_seconds(ctx)?);
-        }
-        samples
-    } else {
-        // No timestamps: wall clock over rounds of steps, each round waited for at its end.
-        let rounds = steps.min(5);
-        let per_round = steps.div_ceil(rounds);
-        let mut samples = Samples {
-            step: Vec::new(),
-            touch: Vec::new(),
-            copy: Vec::new(),
-            wall_per_step: None,
-            timing: "wall-clock",
-        };
-        for _ in 0..rounds {
-            let start = Instant::now();
-            for _ in 0..per_round {
-                optimizer.step_device()?;
-            }
-            wait(ctx)?;
-            samples.step.push(seconds(start) / per_round as f64);
-            let start = Instant::now();
-            for _ in 0..per_round {
-                roofline.touch(states, None)?;
-            }
-            wait(ctx)?;
-            samples.touch.push(seconds(start) / per_round as f64);
-            let start = Instant::now();
-            for _ in 0..per_round {
-                roofline.copy(None)?;
-            }
-            wait(ctx)?;
-            samples.copy.push(seconds(start) / per_round as f64);
-        }
-        samples
-    };
     wait(ctx)?;
     let start = Instant::now();
     for _ in 0..steps {
-        optimizer.step_device()?;
+        step.submit(None)?;
     }
-    optimizer.step_reports()?;
+    step.optimizer.step_reports()?;
     wait(ctx)?;
     samples.wall_per_step = Some(seconds(start) / steps as f64);
     Ok(samples)

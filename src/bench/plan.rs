@@ -1,7 +1,7 @@
 //! Which rows `bench` measures, in which order, and whether the host can hold them.
 
 use crate::bench::{
-    bytes_per_element, BenchOptions, Case, StepKind, MANY_TENSORS, MANY_TENSORS_LEN, TRAINING_STEP,
+    bytes_per_element, BenchOptions, Case, StepKind, MANY_TENSORS, MANY_TENSORS_LEN,
     TRAINING_STEP_OPTIMIZERS,
 };
 use crate::device::Device;
@@ -147,16 +147,12 @@ pub(super) fn plan(options: &BenchOptions, has_gpu: bool) -> Vec<Job> {
             for name in TRAINING_STEP_OPTIMIZERS {
                 let config = OptimizerConfig::default_for(name).expect("a known optimizer");
                 let optimizer = (name.to_string(), config);
-                // The unfused sequence is written for the CPU only so far.
                 for &device in devices.iter().filter(|&&d| d != Device::Reference) {
                     for &policy in &policies {
                         for step in [StepKind::Fused, StepKind::Unfused] {
-                            if step == StepKind::Unfused && device != Device::Cpu {
-                                continue;
-                            }
                             jobs.push(Job {
                                 step,
-                                transform: TRAINING_STEP,
+                                transform: options.transform,
                                 ..job(&optimizer, n, device, Case::OneTensor, policy)
                             });
                         }

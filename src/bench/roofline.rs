@@ -196,7 +196,8 @@ fn touch_fused(theta: &mut [f32], grad: &[f32], states: &mut [&mut [f32]]) {
     }
 }
 
-fn binding<'a>(buffer: &'a wgpu::Buffer, range: &Range<u64>) -> wgpu::BufferBinding<'a> {
+/// `range` (in elements) of `buffer`, as a storage binding.
+pub(super) fn binding<'a>(buffer: &'a wgpu::Buffer, range: &Range<u64>) -> wgpu::BufferBinding<'a> {
     wgpu::BufferBinding {
         buffer,
         offset: range.start * 4,
