@@ -12,7 +12,9 @@ use std::sync::Arc;
 use crate::bench::roofline::binding;
 use crate::bench::timing::PassTimer;
 use crate::error::{Error, Result};
-use crate::gpu::pipeline::{in_order, storage, uniform, Pipeline, NORM_LANES, REDUCE, SCAN};
+use crate::gpu::pipeline::{
+    in_order, scan_entry, storage, uniform, Addressing, Pipeline, NORM_LANES, REDUCE,
+};
 use crate::gpu::{binding_chunks, parts_of, GpuContext, GpuOptimizer};
 use crate::kernels::{Kernel, Lanes, COMMON};
 use crate::optim::NonFinitePolicy;
@@ -113,7 +115,7 @@ impl GpuUnfused {
                     .next_multiple_of(PARTIAL_ALIGN as u64)
             })
             .collect();
-        let control = ctx.control_pipeline()?;
+        let control = ctx.control_pipeline(Addressing::Arena)?;
         ctx.scoped("unfused passes", || {
             let pipeline = pipeline(device, ctx.workgroup_size());
             let init = |label: &str, contents: &[u8], usage: wgpu::BufferUsages| {
@@ -230,8 +232,13 @@ impl GpuUnfused {
                 }
                 for part in &self.parts {
                     let groups = [&part.scan, &self.transform];
-                    self.control
-                        .dispatch(&mut pass, SCAN, &groups, part.lanes, part.len());
+                    self.control.dispatch(
+                        &mut pass,
+                        scan_entry(Addressing::Arena, true),
+                        &groups,
+                        part.lanes,
+                        part.len(),
+                    );
                 }
                 let groups = [&self.reduce, &self.transform];
                 self.control.dispatch_one(&mut pass, REDUCE, &groups);
