@@ -45,6 +45,10 @@ pub enum Case {
     OneTensor,
     /// [`MANY_TENSORS`] tensors of [`MANY_TENSORS_LEN`] elements in one parameter group.
     ManyTensors,
+    /// The same tensors with θ and g in the caller's buffers (GPU only,
+    /// `GpuOptimizer::from_tensors_in`), each at the next 256-byte boundary as a framework's
+    /// allocator places them: the segment tables against the arena.
+    CallerTensors,
 }
 
 /// The many-tensor case: this many tensors …
@@ -57,6 +61,7 @@ impl Case {
         match self {
             Case::OneTensor => "one tensor",
             Case::ManyTensors => "10000 tensors of 1000",
+            Case::CallerTensors => "10000 tensors of 1000 in caller buffers",
         }
     }
 }

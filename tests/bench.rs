@@ -178,8 +178,18 @@ fn gpu_rows_name_the_adapter_and_how_they_were_timed() {
         &[],
     );
     let rows = rows(&out);
-    // The matrix, the scan-cost row and the many-tensor pair.
-    assert_eq!(rows.len(), 4, "{rows:?}");
+    // The matrix, the scan-cost row, and one tensor of 10M against the same in 10,000 tensors,
+    // in the optimizer's arena and in the caller's buffers.
+    assert_eq!(rows.len(), 5, "{rows:?}");
+    let cases: Vec<&str> = rows.iter().map(|r| r["case"].as_str().unwrap()).collect();
+    assert_eq!(
+        cases[2..],
+        [
+            "one tensor",
+            "10000 tensors of 1000",
+            "10000 tensors of 1000 in caller buffers"
+        ]
+    );
     let timing = timing_of(&ctx);
     for row in &rows {
         assert_eq!(row["device"], "gpu");

@@ -11,7 +11,7 @@ use crate::bench::{Case, StepKind, MANY_TENSORS_LEN};
 use crate::cpu::{CpuOptimizer, CpuPath, PARALLEL_CHUNK};
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::gpu::{GpuContext, GpuOptimizer};
+use crate::gpu::{BufferSlice, GpuContext, GpuOptimizer, TensorBuffers};
 use crate::layout::ParamGroups;
 use crate::transform::{self, GradTransform, NORM_BLOCK};
 use crate::Stepper;
@@ -31,7 +31,7 @@ pub(super) fn load_average() -> Option<String> {
 fn param_groups(job: &Job, theta0: &[f32]) -> Result<ParamGroups> {
     match job.case {
         Case::OneTensor => ParamGroups::single(job.config.clone(), theta0),
-        Case::ManyTensors => {
+        Case::ManyTensors | Case::CallerTensors => {
             let mut groups = ParamGroups::new();
             let group = groups.add_group("params", job.config.clone())?;
             for (k, values) in theta0.chunks(MANY_TENSORS_LEN).enumerate() {
@@ -108,8 +108,17 @@ pub(super) fn measure(job: &Job, steps: usize, gpu: Option<&GpuContext>) -> Resu
         }
         Device::Gpu => {
             let ctx = gpu.expect("GPU jobs are planned only with a context");
-            let mut optimizer =
-                GpuOptimizer::from_groups(ctx, &groups)?.with_nonfinite_policy(job.policy);
+            let owned = GpuOptimizer::from_groups(ctx, &groups)?;
+            // The roofline touches the owned arena: the same arrays, in buffers of its own.
+            let (mut optimizer, owned) = match job.case {
+                Case::CallerTensors => {
+                    let places = caller_buffers(ctx, &groups)?;
+                    let caller = GpuOptimizer::from_tensors_in(ctx, &groups, &places)?;
+                    (caller, Some(owned))
+                }
+                _ => (owned, None),
+            };
+            optimizer.set_nonfinite_policy(job.policy);
             drop(groups);
             let unfused = match job.step {
                 StepKind::Update => None,
@@ -121,7 +130,7 @@ pub(super) fn measure(job: &Job, steps: usize, gpu: Option<&GpuContext>) -> Resu
                     Some(GpuUnfused::over(ctx, &optimizer, &grad, &job.transform)?)
                 }
             };
-            let mut roofline = GpuRoofline::over(ctx, &optimizer)?;
+            let mut roofline = GpuRoofline::over(ctx, owned.as_ref().unwrap_or(&optimizer))?;
             let mut step = GpuStep {
                 optimizer: &mut optimizer,
                 unfused: unfused.as_ref(),
@@ -143,6 +152,52 @@ pub(super) fn measure(job: &Job, steps: usize, gpu: Option<&GpuContext>) -> Resu
         workgroup_size,
         vec4,
     })
+}
+
+/// Where every tensor of `groups` is in two buffers of the caller's, θ and g, each tensor at
+/// the next 256-byte boundary (θ₀ is written there).
+fn caller_buffers(ctx: &GpuContext, groups: &ParamGroups) -> Result<Vec<TensorBuffers>> {
+    let tensors = groups.layout().tensors();
+    let mut offsets = Vec::with_capacity(tensors.len());
+    let mut end = 0u64;
+    for t in tensors {
+        let offset = end.next_multiple_of(256);
+        offsets.push(offset);
+        end = offset + t.len() as u64 * 4;
+    }
+    let device = ctx.device();
+    let make = |label| {
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: end.max(4),
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    };
+    let buffers = ctx.scoped("caller buffers", || {
+        [make("caller theta"), make("caller grad")]
+    })?;
+    let mut theta0 = vec![0.0f32; (end / 4) as usize];
+    for (t, &offset) in tensors.iter().zip(&offsets) {
+        let at = (offset / 4) as usize;
+        theta0[at..at + t.len()].copy_from_slice(&groups.arena_theta0(t.group)[t.range()]);
+    }
+    ctx.queue()
+        .write_buffer(&buffers[0], 0, bytemuck::cast_slice(&theta0));
+    let slice = |buffer: &wgpu::Buffer, offset| BufferSlice {
+        buffer: buffer.clone(),
+        offset,
+    };
+    let places = offsets
+        .iter()
+        .map(|&offset| TensorBuffers {
+            theta: slice(&buffers[0], offset),
+            grad: slice(&buffers[1], offset),
+        })
+        .collect();
+    Ok(places)
 }
 
 fn seconds(start: Instant) -> f64 {

@@ -131,9 +131,11 @@ pub(super) fn plan(options: &BenchOptions, has_gpu: bool) -> Vec<Job> {
     }
     if let (true, Some(first)) = (options.extras, options.optimizers.first()) {
         let n = MANY_TENSORS * MANY_TENSORS_LEN;
-        for case in [Case::OneTensor, Case::ManyTensors] {
+        for case in [Case::OneTensor, Case::ManyTensors, Case::CallerTensors] {
             for &device in devices.iter().filter(|&&d| d != Device::Reference) {
-                jobs.push(job(first, n, device, case, options.policy));
+                if case != Case::CallerTensors || device == Device::Gpu {
+                    jobs.push(job(first, n, device, case, options.policy));
+                }
             }
         }
     }

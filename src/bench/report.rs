@@ -169,11 +169,11 @@ impl Report {
     /// Step time of 10,000 tensors of 1,000 over one tensor of 10M, per device. Each row's
     /// time is taken relative to its own touch (the same arrays at the same size), so a change
     /// in machine load between the two rows cancels: the ratio of their roofline fractions.
-    pub fn many_tensor_ratios(&self) -> Vec<(String, String, f64)> {
+    pub fn many_tensor_ratios(&self) -> Vec<(String, String, String, f64)> {
         let n = MANY_TENSORS * MANY_TENSORS_LEN;
         self.rows
             .iter()
-            .filter(|r| r.case == Case::ManyTensors.name())
+            .filter(|r| r.case == Case::ManyTensors.name() || r.case == Case::CallerTensors.name())
             .filter_map(|many| {
                 let one = self.find(
                     &many.optimizer,
@@ -183,7 +183,12 @@ impl Report {
                     &many.policy,
                 )?;
                 let ratio = one.roofline_fraction / many.roofline_fraction;
-                Some((many.optimizer.clone(), many.device.clone(), ratio))
+                Some((
+                    many.optimizer.clone(),
+                    many.device.clone(),
+                    many.case.clone(),
+                    ratio,
+                ))
             })
             .collect()
     }
@@ -300,11 +305,10 @@ impl Report {
                 let _ = writeln!(out, "{}", "-".repeat(total));
             }
         }
-        for (optimizer, device, ratio) in self.many_tensor_ratios() {
+        for (optimizer, device, case, ratio) in self.many_tensor_ratios() {
             let _ = writeln!(
                 out,
-                "many tensors ({optimizer}, {device}): {} takes {ratio:.2}x the step time of one tensor of 10M",
-                Case::ManyTensors.name()
+                "many tensors ({optimizer}, {device}): {case} takes {ratio:.2}x the step time of one tensor of 10M",
             );
         }
         for (optimizer, n, device, cost) in self.scan_costs() {
