@@ -16,11 +16,14 @@
 //!    the 256 lane sums halve as in 1.
 //!
 //! N = sqrt(sum) and c = min(1, M / (N + 1e-6)) are f32 operations, correctly rounded on
-//! both. A device that splits a group over several bindings (more than one storage binding's
-//! worth, or a scalar tail in the caller's buffers) gives each binding its own region: still
-//! deterministic, but the sum may then differ from the reference's in the last bits. So do
-//! tensors in the caller's buffers (`GpuOptimizer::from_tensors_in`): each run of their
-//! segment tables has a region, a partial per row of 256 lane groups of one tensor.
+//! both. A group split over several bindings keeps this order when its bindings hold whole
+//! multiples of 65,536 elements (64 partials of 1,024: a region without padding), which the
+//! host cuts wherever a binding holds that many (`binding_chunks`). Otherwise (bindings
+//! smaller than 256 KiB, several buffers, or a scalar tail in the caller's buffers) each
+//! binding has its own region: still deterministic, but the sum may then differ from the
+//! reference's in the last bits. So do tensors in the caller's buffers
+//! (`GpuOptimizer::from_tensors_in`): each run of their segment tables has a region, a partial
+//! per row of 256 lane groups of one tensor.
 
 use serde::{Deserialize, Serialize};
 

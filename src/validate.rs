@@ -116,6 +116,10 @@ pub enum Stream {
     Standard,
     /// [`rising_gradient`]: tiny first gradients, then large ones.
     Rising,
+    /// [`flat_gradient`]: every element of one magnitude, so that a sum of squares rounds at
+    /// every addition and its order shows in the bits (the other streams' few largest squares
+    /// decide the norm's sum, which then rounds alike in most orders).
+    Flat,
 }
 
 impl Stream {
@@ -124,6 +128,7 @@ impl Stream {
         match self {
             Stream::Standard => gradient(n, seed, t),
             Stream::Rising => rising_gradient(n, seed, t),
+            Stream::Flat => flat_gradient(n, seed, t),
         }
     }
 }
@@ -342,6 +347,12 @@ pub fn rising_gradient(n: usize, seed: u64, t: u64) -> Vec<f32> {
         .collect()
 }
 
+/// Uniform in (−1, 1), full mantissas: see [`Stream::Flat`].
+pub fn flat_gradient(n: usize, seed: u64, t: u64) -> Vec<f32> {
+    let mut noise = SmallRng::seed_from_u64(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ t ^ 0xf1a7);
+    (0..n).map(|_| noise.random_range(-1.0f32..1.0)).collect()
+}
+
 /// Size, steps and seed of a case whose row does not set them.
 const CASE_N: usize = 4099;
 const CASE_STEPS: u64 = 100;
@@ -419,11 +430,12 @@ fn battery_case(row: &Row, settings: &str) -> Result<Case> {
                 stream = match value {
                     "standard" => Stream::Standard,
                     "rising" => Stream::Rising,
+                    "flat" => Stream::Flat,
                     _ => {
                         return Err(Error::Unknown {
                             what: "battery stream",
                             name: value.to_string(),
-                            known: "standard, rising".into(),
+                            known: "standard, rising, flat".into(),
                         })
                     }
                 }

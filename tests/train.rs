@@ -344,9 +344,61 @@ fn a_schedule_is_the_config_with_the_product() {
     assert!(refused.unwrap_err().to_string().contains("eta"));
 }
 
-/// Where a group spans several storage bindings, each binding sums into its own region of
-/// partials, so the sum's order is no longer the reference's: the norm still repeats run to
-/// run to the bit, and stays within float rounding of the reference's. Partials that do not
+/// Bindings of 256 KiB hold 65,536 elements, a whole number of the norm's blocks that fills
+/// whole regions of partials: groups cut into such bindings sum in the reference's order, to
+/// the bit (the device's binding limit is rounded down to a multiple of it).
+#[test]
+fn bindings_of_whole_norm_chunks_clip_to_the_bit() {
+    let Some(ctx) = common::gpu("bindings_of_whole_norm_chunks_clip_to_the_bit") else {
+        return;
+    };
+    let mut p = ParamGroups::new();
+    let a = p.add_group("a", BayesConfig::default()).unwrap();
+    let b = p.add_group("b", AdamConfig::adam()).unwrap();
+    p.add_tensor(a, "w", &[150_001], &initial_theta(150_001, 1))
+        .unwrap();
+    p.add_tensor(b, "w", &[70_000], &initial_theta(70_000, 2))
+        .unwrap();
+    for binding in [1 << 18, (1 << 18) + 40_000] {
+        let limited = GpuContext::with_options(&GpuOptions {
+            limits: Some(bayesprop::wgpu::Limits {
+                max_storage_buffer_binding_size: binding,
+                ..ctx.limits()
+            }),
+            ..GpuOptions::from_env()
+        })
+        .unwrap();
+        let mut reference = CpuOptimizer::from_groups(&p, CpuPath::Reference);
+        let mut split = GpuOptimizer::from_groups(&limited, &p).unwrap();
+        assert_eq!(split.chunk_count(), 3 + 2, "binding of {binding} bytes");
+        configure(&mut reference);
+        configure(&mut split);
+        let (want, want_norms) = run_rounding(&mut reference, 5);
+        let (got, got_norms) = run_rounding(&mut split, 5);
+        assert_device_agrees(ctx.is_software(), (&got, &got_norms), (&want, &want_norms));
+    }
+}
+
+/// θ after each step and the norms, on gradients with full mantissas, whose sum of squares
+/// rounds differently in another order (`grad`'s few-bit values sum exactly in any order).
+fn run_rounding(o: &mut dyn Stepper, steps: u64) -> (Vec<Vec<f32>>, Vec<NormReport>) {
+    let n = o.len();
+    let mut thetas = Vec::new();
+    for t in 1..=steps {
+        let g: Vec<f32> = (0..n)
+            .map(|j| ((j as f64 * 1.7 + t as f64).sin() * 1024.0 * 0.37) as f32)
+            .collect();
+        o.step(&g).unwrap();
+        thetas.push(o.theta().unwrap());
+    }
+    o.step_reports().unwrap();
+    (thetas, o.norm_reports().unwrap())
+}
+
+/// Where a group spans several storage bindings smaller than 65,536 elements, each binding
+/// sums into its own region of partials, so the sum's order is no longer the reference's: the
+/// norm still repeats run to run to the bit, and stays within float rounding of the
+/// reference's. Partials that do not
 /// fit one binding are refused, naming the limit.
 #[test]
 fn split_bindings_clip_deterministically() {

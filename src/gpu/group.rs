@@ -15,7 +15,7 @@ use crate::gpu::segments::{self, Placed, RunPlan, TensorBuffers};
 use crate::gpu::tracker::STATUS_BYTES;
 use crate::kernels::{Lanes, WINDOW, WINDOW_HEADER_BYTES};
 use crate::layout::{GroupSpec, Stored, TensorSpec};
-use crate::transform::PARTIAL_ALIGN;
+use crate::transform::{NORM_BLOCK, PARTIAL_ALIGN};
 
 /// Where a vector starts on the device: a buffer and a byte offset.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -171,15 +171,25 @@ pub(crate) struct GpuGroup {
 }
 
 /// Splits `n` elements into ranges whose bytes fit one storage binding and whose offsets meet
-/// the device's storage offset alignment.
+/// the device's storage offset alignment. Where a binding holds [`NORM_CHUNK`] elements or
+/// more, chunks are whole multiples of it: each chunk's partial sums of the norm then fill
+/// its region of the partials without padding, and the regions join into exactly the one the
+/// CPU reference sums (see [`crate::transform`]), so clipping stays bit-identical.
 pub fn binding_chunks(n: u64, limits: &wgpu::Limits) -> Vec<Range<u64>> {
     let align = (limits.min_storage_buffer_offset_alignment as u64 / 4).max(1);
     let max_binding = limits.max_storage_buffer_binding_size / 4;
-    let per_chunk = (max_binding / align * align).max(align);
+    let per_chunk = match max_binding >= NORM_CHUNK && NORM_CHUNK.is_multiple_of(align) {
+        true => max_binding / NORM_CHUNK * NORM_CHUNK,
+        false => (max_binding / align * align).max(align),
+    };
     (0..n.div_ceil(per_chunk))
         .map(|c| c * per_chunk..((c + 1) * per_chunk).min(n))
         .collect()
 }
+
+/// Elements whose norm partials fill whole aligned regions: [`NORM_BLOCK`] elements per
+/// partial, [`PARTIAL_ALIGN`] partials per region alignment (65,536).
+pub const NORM_CHUNK: u64 = (NORM_BLOCK * PARTIAL_ALIGN) as u64;
 
 /// Cuts a chunk into a vec4 body and a scalar tail. The tail starts at a multiple of `align`
 /// elements (the storage offset alignment) past the chunk's start, which is aligned; with

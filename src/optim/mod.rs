@@ -89,6 +89,8 @@ table::optimizer_table! {
                 "grad_scale=1024",
                 "clip_norm=1",
                 "n=1000003 clip_norm=10",
+                // a norm whose every addition rounds, so its order shows in the bits
+                "n=1000003 clip_norm=10 stream=flat",
             ],
             demo "eta" over ADAPTIVE_GRID;
         preset "bayes_adam" => BayesConfig::bayes_adam(),
