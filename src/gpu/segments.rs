@@ -2,8 +2,8 @@
 //! (any buffer, any offset that is a multiple of 4 bytes), the state in the optimizer's arena.
 //!
 //! A step is still a handful of dispatches, not one per tensor, the way PyTorch's
-//! `multi_tensor_apply` does it: the tensors that share a θ buffer, a gradient buffer and a
-//! state binding form a *run*, bound once, and a *segment table* gives each workgroup of the
+//! `multi_tensor_apply` does it: the tensors that share a θ buffer, a gradient buffer, a state
+//! binding and a lane width form a *run*, bound once, and a *segment table* gives each workgroup of the
 //! run's dispatch its stretch of one tensor (`Block` in shaders/common.wgsl). The arithmetic per
 //! element is the arena kernels' own (`update` in each shader), so the results are bit-identical
 //! to the arena path; only the norm of a clipped step sums in another order (see
@@ -15,7 +15,7 @@ use std::ops::Range;
 
 use crate::error::{Error, Result};
 use crate::gpu::group::BufferSlice;
-use crate::gpu::pipeline::NORM_LANES;
+use crate::gpu::pipeline::ROW_LANES;
 use crate::kernels::Lanes;
 use crate::transform::PARTIAL_ALIGN;
 
@@ -41,7 +41,7 @@ pub struct Row {
 }
 
 /// Lane groups per row: one workgroup of the norm's scan, one partial sum.
-pub const ROW_LEN: u64 = NORM_LANES as u64;
+const ROW_LEN: u64 = ROW_LANES as u64;
 
 /// A tensor as the planner sees it: its θ and g as (buffer, byte offset), where its state
 /// lies (a state binding and the element offset in it) and its length.
