@@ -503,3 +503,49 @@ fn other_workgroup_sizes_and_scalar_only_agree() {
         common::assert_same_bits(&run(&mut tensors, &groups, 4), &expected, &what);
     }
 }
+
+#[test]
+fn a_checkpoint_moves_between_the_caller_path_and_the_arena_bit_for_bit() {
+    let Some(ctx) =
+        common::gpu("a_checkpoint_moves_between_the_caller_path_and_the_arena_bit_for_bit")
+    else {
+        return;
+    };
+    let groups = model(&configs()[..3], NonFinitePolicy::SkipStep);
+    let mut straight = GpuOptimizer::from_groups(&ctx, &groups).unwrap();
+    let expected = run(&mut straight, &groups, 6);
+
+    // Three steps in caller buffers, saved; restored into an arena for three more.
+    let caller = place(&ctx, &groups, 2, 2);
+    let mut first = GpuOptimizer::from_tensors_in(&ctx, &groups, &caller.tensors).unwrap();
+    run(&mut first, &groups, 3);
+    let bytes = first.checkpoint().unwrap().to_bytes().unwrap();
+    let mut second = GpuOptimizer::from_groups(&ctx, &groups).unwrap();
+    second
+        .restore(&bayesprop::Checkpoint::from_bytes(&bytes).unwrap())
+        .unwrap();
+    for t in 4..=6 {
+        second.step(&gradient(&groups, t)).unwrap();
+    }
+    common::assert_same_bits(
+        &everything(&second, &groups),
+        &expected,
+        "caller, then arena",
+    );
+
+    // And the other way: restoring writes θ into the caller's buffers.
+    let mut arena = GpuOptimizer::from_groups(&ctx, &groups).unwrap();
+    run(&mut arena, &groups, 3);
+    let checkpoint = arena.checkpoint().unwrap();
+    let fresh = place(&ctx, &groups, 3, 1);
+    let mut tensors = GpuOptimizer::from_tensors_in(&ctx, &groups, &fresh.tensors).unwrap();
+    tensors.restore(&checkpoint).unwrap();
+    for t in 4..=6 {
+        tensors.step(&gradient(&groups, t)).unwrap();
+    }
+    common::assert_same_bits(
+        &everything(&tensors, &groups),
+        &expected,
+        "arena, then caller",
+    );
+}
