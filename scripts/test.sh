@@ -61,6 +61,8 @@ cargo run --release --quiet -- validate
 
 echo "== example: gradients computed on the device, stepped in place"
 cargo run --release --quiet --example device_gradients
+echo "== example: tensors at a framework pool's offsets, stepped in place"
+cargo run --release --quiet --example caller_tensors
 
 # The burn adapter is a workspace member: the commands above cover the root crate only.
 echo "== bayesprop-burn: clippy, tests, and the digits example shortened"
