@@ -66,7 +66,7 @@ fn main() -> bayesprop::Result<()> {
     }
     let mut optimizer = GpuOptimizer::from_tensors_in(&ctx, &groups, &places)?;
     println!(
-        "{} tensors in 2 pools: {} dispatches per step",
+        "{} tensors in 2 pools: {} update dispatches per step",
         SHAPES.len(),
         optimizer.dispatch_count()
     );
