@@ -414,10 +414,11 @@ impl CpuOptimizer {
         &self.groups[0].theta
     }
 
-    /// Group 0's arena in place: θ and the used state vectors in slot order, for loops of
-    /// the caller's own over the optimizer's arrays (`bench`'s roofline touches them). Every
-    /// group's step count and config stay as they are.
-    pub fn arena_mut(&mut self) -> (&mut [f32], Vec<&mut [f32]>) {
+    /// Group 0's arena in place: θ and the used state vectors in slot order, for `bench`'s
+    /// roofline, which touches the optimizer's own arrays (not public: writing them would
+    /// bypass every step's rules).
+    #[cfg(feature = "bench")]
+    pub(crate) fn arena_mut(&mut self) -> (&mut [f32], Vec<&mut [f32]>) {
         let group = &mut self.groups[0];
         let states = group
             .state
