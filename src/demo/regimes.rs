@@ -2,7 +2,7 @@
 //!
 //! Every element of θ is its own copy (a replica) of one 1-D problem: the loss ½·H·θ² seen
 //! through gradients g = H·θ + ξ with noise ξ ~ N(0, h). The curvature that `bayes` estimates,
-//! the EMA of g², then converges to h + H²·E[θ²] ≈ h (H is tiny, see [`RegimeSettings`]), so at
+//! the EMA of g², then converges to h + H²·E\[θ²\] ≈ h (H is tiny, see [`RegimeSettings`]), so at
 //! its fixed point σ*(h) the step is Δθ = −σ*(h)·g, and the mean step size |Δθ|/|g| should trace
 //! σ*(h) = η²/2 + η·sqrt(η²/4 + 1/h): η/sqrt(h) (RMSProp with lr η) for small η, η² (SGD with
 //! lr η²) for η²h/4 ≫ 1.
