@@ -50,6 +50,9 @@ if [ -n "$tools" ]; then
   exit 1
 fi
 
+echo "== cargo doc: the API documentation builds without warnings (broken or private links)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet -p bayesprop
+
 echo "== cargo test (release: the same build as the CLI below)"
 cargo test --release
 
