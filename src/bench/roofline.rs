@@ -20,7 +20,7 @@ use crate::bench::touch;
 use crate::cpu::PARALLEL_CHUNK;
 use crate::error::{Error, Result};
 use crate::gpu::pipeline::Pipeline;
-use crate::gpu::{binding_chunks, parts_of, GpuContext, GpuOptimizer};
+use crate::gpu::{arena_parts, GpuContext, GpuOptimizer};
 use crate::kernels::Lanes;
 
 /// The touch's multiplier: small, so repeated touches keep every value normal and finite.
@@ -334,13 +334,10 @@ impl GpuRoofline {
             })?;
             self.states.push(buffer);
         }
-        let limits = ctx.limits();
-        let align = (limits.min_storage_buffer_offset_alignment as u64 / 4).max(1);
         let touch = ctx.scoped("touch kernel", || {
             let pipeline = touch::pipeline(device, states as u32, ctx.workgroup_size());
-            let parts = binding_chunks(bound, &limits)
-                .iter()
-                .flat_map(|chunk| parts_of(chunk, align, !ctx.scalar_only()))
+            let parts = arena_parts(&ctx, bound)
+                .into_iter()
                 .map(|(range, lanes)| {
                     let state: Vec<_> = (0..MAX_STATES)
                         .map(|k| match k < states {

@@ -2,7 +2,7 @@
 //! with `STATES` state vectors, with trivial arithmetic. Bench-only, so it lives here and not
 //! among the optimizer kernels.
 
-use crate::gpu::pipeline::{storage, uniform, Pipeline};
+use crate::gpu::pipeline::{storage, uniform, Addressing, Pipeline};
 use crate::kernels::{Kernel, COMMON, ENTRY_POINT};
 
 /// The roofline of a fused step: reads and writes the arrays of an optimizer with `STATES`
@@ -28,6 +28,7 @@ pub fn pipeline(device: &wgpu::Device, states: u32, workgroup_size: u32) -> Pipe
         &TOUCH,
         &bindings,
         None,
+        Addressing::Arena,
         &[ENTRY_POINT],
         workgroup_size,
         &[("STATES", states as f64)],

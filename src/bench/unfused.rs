@@ -12,13 +12,11 @@ use std::sync::Arc;
 use crate::bench::roofline::binding;
 use crate::bench::timing::PassTimer;
 use crate::error::{Error, Result};
-use crate::gpu::pipeline::{
-    in_order, scan_entry, storage, uniform, Addressing, Pipeline, NORM_LANES, REDUCE,
-};
-use crate::gpu::{binding_chunks, parts_of, GpuContext, GpuOptimizer};
+use crate::gpu::pipeline::{in_order, scan_entry, storage, uniform, Addressing, Pipeline, REDUCE};
+use crate::gpu::{arena_parts, partial_slots, GpuContext, GpuOptimizer};
 use crate::kernels::{Kernel, Lanes, COMMON};
 use crate::optim::NonFinitePolicy;
-use crate::transform::{GradTransform, PARTIAL_ALIGN};
+use crate::transform::GradTransform;
 
 /// PyTorch's unscale and scale passes.
 pub const UNFUSED: Kernel = Kernel {
@@ -45,6 +43,7 @@ pub fn pipeline(device: &wgpu::Device, workgroup_size: u32) -> Pipeline {
         &UNFUSED,
         &bindings,
         None,
+        Addressing::Arena,
         &["unscale", "scale"],
         workgroup_size,
         &[],
@@ -97,23 +96,12 @@ impl GpuUnfused {
             )
         })?;
         let device = ctx.device();
-        let limits = ctx.limits();
-        let align = (limits.min_storage_buffer_offset_alignment as u64 / 4).max(1);
         let bound = arena.bound.max(4);
-        let ranges: Vec<(Range<u64>, Lanes)> = binding_chunks(bound, &limits)
-            .iter()
-            .flat_map(|chunk| parts_of(chunk, align, !ctx.scalar_only()))
-            .collect();
-        // The scan's regions of partials, as the optimizer's own (see `crate::transform`):
-        // one slot per workgroup, zeros up to the alignment.
+        let ranges = arena_parts(ctx, bound);
+        // The scan's regions of partials, as the optimizer's own.
         let slots: Vec<u64> = ranges
             .iter()
-            .map(|(r, lanes)| {
-                (r.end - r.start)
-                    .div_ceil(u64::from(NORM_LANES * lanes.width()))
-                    .max(1)
-                    .next_multiple_of(PARTIAL_ALIGN as u64)
-            })
+            .map(|(r, lanes)| partial_slots(r.end - r.start, *lanes))
             .collect();
         let control = ctx.control_pipeline(Addressing::Arena)?;
         ctx.scoped("unfused passes", || {

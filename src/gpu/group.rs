@@ -78,11 +78,7 @@ impl Part {
     /// Slots of the part's region of the partials: one per scan workgroup, then zeros up to
     /// the alignment (see [`crate::transform`]).
     fn partial_slots(&self) -> u64 {
-        let per_workgroup = u64::from(NORM_LANES * self.lanes.width());
-        (self.range.end - self.range.start)
-            .div_ceil(per_workgroup)
-            .max(1)
-            .next_multiple_of(PARTIAL_ALIGN as u64)
+        partial_slots(self.range.end - self.range.start, self.lanes)
     }
 }
 
@@ -130,7 +126,6 @@ struct Segments {
 /// One dispatch of the update (and one of the scan) over a run's segment table.
 struct Run {
     plan: RunPlan<wgpu::Buffer>,
-    rows: u32,
     update: wgpu::BindGroup,
     table_update: wgpu::BindGroup,
     table_scan: wgpu::BindGroup,
@@ -139,6 +134,11 @@ struct Run {
 }
 
 impl Run {
+    /// Rows of the segment table: one workgroup each.
+    fn rows(&self) -> u32 {
+        self.plan.rows.len() as u32
+    }
+
     fn grad(&self) -> wgpu::BufferBinding<'_> {
         window_binding(&self.plan.grad, &self.plan.grad_window)
     }
@@ -184,6 +184,28 @@ pub fn binding_chunks(n: u64, limits: &wgpu::Limits) -> Vec<Range<u64>> {
     };
     (0..n.div_ceil(per_chunk))
         .map(|c| c * per_chunk..((c + 1) * per_chunk).min(n))
+        .collect()
+}
+
+/// Slots of the region of norm partials that the scan of `len` bound elements at width
+/// `lanes` writes: one per workgroup, then zeros up to the alignment (see
+/// [`crate::transform`]).
+pub fn partial_slots(len: u64, lanes: Lanes) -> u64 {
+    len.div_ceil(u64::from(NORM_LANES * lanes.width()))
+        .max(1)
+        .next_multiple_of(PARTIAL_ALIGN as u64)
+}
+
+/// The dispatches over `n` elements in buffers the device binds whole: every binding chunk
+/// cut into a vec4 body and a scalar tail (no vec4 under `scalar_only`), as the arena's
+/// kernels bind them (for `bench`'s kernels over the optimizer's own buffers).
+#[cfg(feature = "bench")]
+pub fn arena_parts(ctx: &GpuContext, n: u64) -> Vec<(Range<u64>, Lanes)> {
+    let limits = ctx.limits();
+    let align = (limits.min_storage_buffer_offset_alignment as u64 / 4).max(1);
+    binding_chunks(n, &limits)
+        .iter()
+        .flat_map(|chunk| parts_of(chunk, align, !ctx.scalar_only()))
         .collect()
 }
 
@@ -434,7 +456,7 @@ impl GpuGroup {
                 tensors: tensors.iter().map(|t| t.range()).zip(buffers).collect(),
                 runs: Vec::new(),
             };
-            segments.runs = group.runs_for(ctx, &segments)?;
+            segments.runs = group.runs_for(ctx, &segments, &segments.tensors)?;
             group.segments = Some(segments);
         }
         Ok(group)
@@ -448,7 +470,7 @@ impl GpuGroup {
         ctx: &GpuContext,
         buffers: &[TensorBuffers],
     ) -> Result<bool> {
-        let Some(mut segments) = self.segments.take() else {
+        let Some(segments) = &self.segments else {
             return Err(Error::Layout(
                 "tensor buffers can only be set on an optimizer built with tensors in the \
                  caller's buffers"
@@ -457,32 +479,30 @@ impl GpuGroup {
         };
         debug_assert_eq!(buffers.len(), segments.tensors.len());
         if segments.tensors.iter().map(|(_, b)| b).eq(buffers) {
-            self.segments = Some(segments);
             return Ok(false);
         }
-        let old = segments.tensors.clone();
-        for ((_, place), new) in segments.tensors.iter_mut().zip(buffers) {
-            *place = new.clone();
-        }
-        // On a device error the old places and runs stay, consistent with each other.
-        let planned = self.runs_for(ctx, &segments);
-        let moved = match planned {
-            Ok(runs) => {
-                segments.runs = runs;
-                Ok(true)
-            }
-            Err(e) => {
-                segments.tensors = old;
-                Err(e)
-            }
-        };
-        self.segments = Some(segments);
-        moved
+        let tensors: Vec<_> = segments
+            .tensors
+            .iter()
+            .map(|(range, _)| range.clone())
+            .zip(buffers.iter().cloned())
+            .collect();
+        // Planned before anything is replaced: on a device error the old places and runs stay.
+        let runs = self.runs_for(ctx, segments, &tensors)?;
+        let segments = self.segments.as_mut().expect("checked above");
+        (segments.tensors, segments.runs) = (tensors, runs);
+        Ok(true)
     }
 
-    /// Plans the runs of `segments`' tensors over the group's state bindings, and binds each
-    /// run's update and segment table.
-    fn runs_for(&self, ctx: &GpuContext, segments: &Segments) -> Result<Vec<Run>> {
+    /// Plans the runs of `tensors` (each one's arena range and places) over the group's
+    /// state bindings, and binds each run's update and segment table with `segments`'
+    /// pipelines.
+    fn runs_for(
+        &self,
+        ctx: &GpuContext,
+        segments: &Segments,
+        tensors: &[(Range<usize>, TensorBuffers)],
+    ) -> Result<Vec<Run>> {
         // The state bindings: every chunk of every piece, in order.
         let bindings: Vec<(usize, Range<u64>)> = self
             .pieces
@@ -491,7 +511,7 @@ impl GpuGroup {
             .flat_map(|(p, piece)| piece.chunks.iter().map(move |c| (p, c.clone())))
             .collect();
         let mut placed = Vec::new();
-        for (range, buffers) in &segments.tensors {
+        for (range, buffers) in tensors {
             let (p, piece) = self
                 .pieces
                 .iter()
@@ -552,7 +572,6 @@ impl GpuGroup {
                         )
                     };
                     Run {
-                        rows: plan.rows.len() as u32,
                         table_update: segments.pipeline.bind_table(device, &table),
                         table_scan: segments.scan.bind_table(device, &table),
                         plan,
@@ -767,7 +786,7 @@ impl GpuGroup {
                     scan_entry(Addressing::Segments, norm),
                     &[control, &self.transform_control, &run.table_scan],
                     run.plan.lanes,
-                    run.rows,
+                    run.rows(),
                 );
             }
         }
@@ -791,7 +810,7 @@ impl GpuGroup {
                     0,
                     &[&run.update, &self.transform_update, &run.table_update],
                     run.plan.lanes,
-                    run.rows,
+                    run.rows(),
                 );
             }
         }
@@ -818,10 +837,13 @@ impl GpuGroup {
     /// a tensor's; with its length in bytes.
     pub fn slice_of(&self, vector: Vector, range: &Range<usize>) -> Option<(BufferSlice, u64)> {
         if let (Some(segments), Vector::Theta | Vector::Grad) = (&self.segments, vector) {
+            // In arena order, so ends never decrease: the first tensor reaching range.end is
+            // the only one that can hold it.
+            let first = segments.tensors.partition_point(|(t, _)| t.end < range.end);
             let (tensor, buffers) = segments
                 .tensors
-                .iter()
-                .find(|(t, _)| t.start <= range.start && range.end <= t.end)?;
+                .get(first)
+                .filter(|(t, _)| t.start <= range.start)?;
             let mut slice = match vector {
                 Vector::Theta => buffers.theta.clone(),
                 _ => buffers.grad.clone(),

@@ -186,35 +186,11 @@ pub fn in_order<'a>(
 impl Pipeline {
     /// Compiles each of `entry_points` of `kernel` at each lane width against a layout of
     /// `bindings` (and, where `transform_read_only` says how, the step's transform at group 1,
-    /// binding 0), with the `WORKGROUP_SIZE` override and `constants`. Errors surface through
-    /// the caller's error scope ([`crate::GpuContext`] wraps this).
-    // The core's own kernels go through `build`; `bench`'s through this.
-    #[cfg_attr(not(feature = "bench"), allow(dead_code))]
-    pub(crate) fn new(
-        device: &wgpu::Device,
-        kernel: &Kernel,
-        bindings: &[wgpu::BindGroupLayoutEntry],
-        transform_read_only: Option<bool>,
-        entry_points: &[&str],
-        workgroup_size: u32,
-        constants: &[(&str, f64)],
-    ) -> Self {
-        Self::build(
-            device,
-            kernel,
-            bindings,
-            transform_read_only,
-            Addressing::Arena,
-            entry_points,
-            workgroup_size,
-            constants,
-        )
-    }
-
-    /// [`Pipeline::new`], with the segment table at group 2 under [`Addressing::Segments`]
-    /// (which needs the transform at group 1).
+    /// binding 0; under [`Addressing::Segments`] the segment table at group 2), with the
+    /// `WORKGROUP_SIZE` override and `constants`. Errors surface through the caller's error
+    /// scope ([`crate::GpuContext`] wraps this).
     #[allow(clippy::too_many_arguments)]
-    fn build(
+    pub(crate) fn new(
         device: &wgpu::Device,
         kernel: &Kernel,
         bindings: &[wgpu::BindGroupLayoutEntry],
@@ -307,7 +283,7 @@ impl Pipeline {
             Addressing::Arena => ENTRY_POINT,
             Addressing::Segments => SEGMENTS_ENTRY_POINT,
         };
-        Self::build(
+        Self::new(
             device,
             kernel,
             &bindings,
@@ -334,7 +310,7 @@ impl Pipeline {
             Addressing::Arena => &["scan", "reduce", "commit", "count"],
             Addressing::Segments => &["scan_segments", "count_segments"],
         };
-        Self::build(
+        Self::new(
             device,
             &CONTROL,
             &bindings,
