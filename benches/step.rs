@@ -14,7 +14,7 @@ use bayesprop::bench::format_size;
 use bayesprop::bench::roofline::{synthetic, CpuRoofline, GpuRoofline};
 use bayesprop::bench::timing::PassTimer;
 use bayesprop::{
-    CpuOptimizer, CpuPath, Device, GpuContext, GpuOptimizer, OptimizerConfig, Stepper,
+    CpuOptimizer, CpuPath, GpuContext, GpuOptimizer, OptimizerConfig, StepDevice, Stepper,
 };
 use criterion::measurement::WallTime;
 use criterion::{
@@ -95,19 +95,19 @@ fn steps(c: &mut Criterion) {
             let grad = synthetic(n, 2, 1e-2);
             let bytes = config.as_dyn().bytes_per_element() * n;
             group.throughput(Throughput::Bytes(bytes as u64));
-            for device in Device::ALL {
+            for device in StepDevice::ALL {
                 let id = BenchmarkId::new(device.name(), format_size(n));
                 match device {
-                    Device::Reference | Device::Cpu => {
+                    StepDevice::Reference | StepDevice::Cpu => {
                         let path = match device {
-                            Device::Reference => CpuPath::Reference,
+                            StepDevice::Reference => CpuPath::Reference,
                             _ => CpuPath::Parallel,
                         };
                         let mut cpu =
                             CpuOptimizer::with_path(config.clone(), &theta0, path).unwrap();
                         group.bench_function(id, |b| b.iter(|| cpu.step(&grad).unwrap()));
                     }
-                    Device::Gpu => {
+                    StepDevice::Gpu => {
                         let Some(ctx) = &gpu else { continue };
                         let mut opt = GpuOptimizer::new(ctx, config.clone(), &theta0).unwrap();
                         // Upload the gradient once; steps then read it in place.

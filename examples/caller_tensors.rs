@@ -8,7 +8,7 @@
 //! `cargo run --release --example caller_tensors`
 
 use bayesprop::{
-    BayesConfig, BufferSlice, GpuContext, GpuOptimizer, ParamGroups, TensorBuffers, TensorId,
+    BayesConfig, BufferRange, GpuContext, GpuOptimizer, ParamGroups, TensorBuffers, TensorId,
 };
 
 /// The user's gradient kernel, over every f32 of the pools (the gaps too: only the tensors'
@@ -55,10 +55,7 @@ fn main() -> bayesprop::Result<()> {
     for (k, (shape, offset)) in SHAPES.iter().zip(OFFSETS).enumerate() {
         let len = shape.iter().product();
         groups.add_tensor(group, &format!("t{k}"), shape, &vec![0.0; len])?;
-        let at = |buffer: &wgpu::Buffer| BufferSlice {
-            buffer: buffer.clone(),
-            offset,
-        };
+        let at = |buffer: &wgpu::Buffer| BufferRange::new(buffer.clone(), offset, len as u64 * 4);
         places.push(TensorBuffers {
             theta: at(&theta_pool),
             grad: at(&grad_pool),
@@ -68,7 +65,7 @@ fn main() -> bayesprop::Result<()> {
     println!(
         "{} tensors in 2 pools: {} update dispatches per step",
         SHAPES.len(),
-        optimizer.dispatch_count()
+        optimizer.step_shape().update_dispatches
     );
 
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {

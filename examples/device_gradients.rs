@@ -54,8 +54,8 @@ fn main() -> bayesprop::Result<()> {
     // The user's pipeline, bound to the optimizer's θ and gradient arenas (the whole group,
     // from the first tensor on).
     let device = ctx.device();
-    let (theta, _) = optimizer.tensor_theta(TensorId(0))?;
-    let (grad, _) = optimizer.tensor_grad(TensorId(0))?;
+    let theta = optimizer.tensor_theta(TensorId(0))?;
+    let grad = optimizer.tensor_grad(TensorId(0))?;
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some("user gradients"),
         source: wgpu::ShaderSource::Wgsl(GRADIENT_WGSL.into()),

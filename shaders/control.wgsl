@@ -67,8 +67,8 @@ fn scan_segments(
 }
 
 // `scan` and `scan_segments` without the norm (no clipping): the count alone. Without a
-// barrier, which software adapters honour by running the whole kernel as coroutines (lavapipe:
-// the skip-step step of adam at 16M took 166 ms of CPU time with `scan`, 132-144 with `count`).
+// barrier, which software adapters honour by running the whole kernel as coroutines (figures
+// in docs/performance.md).
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn count(
     @builtin(workgroup_id) workgroup: vec3<u32>,

@@ -88,8 +88,8 @@ fn step_element(at: At, raw: V) {
 
 // The segment table's entry point: ceil(ROW_LANES / WORKGROUP_SIZE) workgroups per row, each
 // invocation at most one lane group: straight-line code, which software adapters vectorize
-// across invocations (a loop over the row, even one never taken, defeats that: 1.7x slower on
-// lavapipe). Width 1 takes any element offset; the host uses width 4 where θ, g and the state
+// across invocations (a loop over the row, even one never taken, defeats that; figures in
+// docs/performance.md). Width 1 takes any element offset; the host uses width 4 where θ, g and the state
 // reach 16-byte boundaries together, with indices in vec4s.
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn segments(

@@ -27,7 +27,7 @@ pub mod unfused;
 
 use serde::Serialize;
 
-use crate::device::Device;
+use crate::device::StepDevice;
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::optim::{NonFinitePolicy, OptimizerConfig};
@@ -131,7 +131,7 @@ pub struct BenchOptions {
     /// Each optimizer by the name given (presets included) and its config.
     pub optimizers: Vec<(String, OptimizerConfig)>,
     pub sizes: Vec<usize>,
-    pub devices: Vec<Device>,
+    pub devices: Vec<StepDevice>,
     /// Timed steps per row (after warm-up steps).
     pub steps: usize,
     /// Passes through every row; each row pools the samples of all its passes, so that the
@@ -160,7 +160,7 @@ impl Default for BenchOptions {
                 .map(|c| (c.name().to_string(), c))
                 .collect(),
             sizes: vec![1 << 20, 16 << 20, 64 << 20],
-            devices: Device::ALL.to_vec(),
+            devices: StepDevice::ALL.to_vec(),
             steps: 10,
             repeat: 1,
             policy: NonFinitePolicy::SkipStep,
@@ -260,7 +260,7 @@ pub fn run(
             });
         }
     }
-    let wants_gpu = options.devices.contains(&Device::Gpu);
+    let wants_gpu = options.devices.contains(&StepDevice::Gpu);
     let gpu_missing = match (&gpu, wants_gpu) {
         (Err(why), true) => Some(format!("GPU rows skipped: {why}")),
         _ => None,

@@ -456,9 +456,7 @@ impl Stepper for CpuOptimizer {
         &self.layout
     }
 
-    fn layout_mut(&mut self) -> &mut Layout {
-        &mut self.layout
-    }
+    crate::layout_setters!();
 
     /// The step count of group 0 (see [`CpuOptimizer::group_steps`] for every group).
     fn steps_taken(&self) -> Result<u64> {

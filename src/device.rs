@@ -6,8 +6,7 @@ use crate::{CpuOptimizer, GpuContext, GpuOptimizer, GpuOptions, Stepper};
 
 /// Where an optimizer steps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
-pub enum Device {
+pub enum StepDevice {
     /// The single-threaded CPU reference (`CpuPath::Reference`).
     Reference,
     /// The parallel CPU path (`CpuPath::Parallel`).
@@ -16,8 +15,8 @@ pub enum Device {
     Gpu,
 }
 
-impl Device {
-    pub const ALL: [Device; 3] = [Self::Reference, Self::Cpu, Self::Gpu];
+impl StepDevice {
+    pub const ALL: [StepDevice; 3] = [Self::Reference, Self::Cpu, Self::Gpu];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -28,20 +27,20 @@ impl Device {
     }
 }
 
-impl Device {
+impl StepDevice {
     /// This device, ready to make optimizers: the GPU is opened with `gpu`.
-    pub fn open(self, gpu: &GpuOptions) -> Result<OpenDevice> {
+    pub fn open(self, gpu: &GpuOptions) -> Result<OpenStepDevice> {
         Ok(match self {
-            Device::Reference => OpenDevice::Reference,
-            Device::Cpu => OpenDevice::Cpu,
-            Device::Gpu => OpenDevice::Gpu(GpuContext::with_options(gpu)?),
+            StepDevice::Reference => OpenStepDevice::Reference,
+            StepDevice::Cpu => OpenStepDevice::Cpu,
+            StepDevice::Gpu => OpenStepDevice::Gpu(GpuContext::with_options(gpu)?),
         })
     }
 }
 
 /// A [`Device`] opened: where the optimizers of a run step, with the GPU context they share.
 #[derive(Clone, Debug)]
-pub enum OpenDevice {
+pub enum OpenStepDevice {
     /// [`CpuOptimizer::reference`] (the single-threaded reference).
     Reference,
     /// [`CpuOptimizer`] (the parallel CPU path).
@@ -50,36 +49,36 @@ pub enum OpenDevice {
     Gpu(GpuContext),
 }
 
-impl OpenDevice {
+impl OpenStepDevice {
     /// Which device this is.
-    pub fn device(&self) -> Device {
+    pub fn device(&self) -> StepDevice {
         match self {
-            OpenDevice::Reference => Device::Reference,
-            OpenDevice::Cpu => Device::Cpu,
-            OpenDevice::Gpu(_) => Device::Gpu,
+            OpenStepDevice::Reference => StepDevice::Reference,
+            OpenStepDevice::Cpu => StepDevice::Cpu,
+            OpenStepDevice::Gpu(_) => StepDevice::Gpu,
         }
     }
 
     /// A new optimizer over `theta0` on this device.
     pub fn optimizer(&self, config: OptimizerConfig, theta0: &[f32]) -> Result<Box<dyn Stepper>> {
         Ok(match self {
-            OpenDevice::Reference => Box::new(CpuOptimizer::reference(config, theta0)?),
-            OpenDevice::Cpu => Box::new(CpuOptimizer::new(config, theta0)?),
-            OpenDevice::Gpu(ctx) => Box::new(GpuOptimizer::new(ctx, config, theta0)?),
+            OpenStepDevice::Reference => Box::new(CpuOptimizer::reference(config, theta0)?),
+            OpenStepDevice::Cpu => Box::new(CpuOptimizer::new(config, theta0)?),
+            OpenStepDevice::Gpu(ctx) => Box::new(GpuOptimizer::new(ctx, config, theta0)?),
         })
     }
 
     /// A line that says what steps.
     pub fn describe(&self) -> String {
         match self {
-            OpenDevice::Reference => {
+            OpenStepDevice::Reference => {
                 "reference (CpuOptimizer, reference path, 1 thread)".to_string()
             }
-            OpenDevice::Cpu => format!(
+            OpenStepDevice::Cpu => format!(
                 "cpu (CpuOptimizer, parallel path, {} threads)",
                 rayon::current_num_threads()
             ),
-            OpenDevice::Gpu(ctx) => {
+            OpenStepDevice::Gpu(ctx) => {
                 let a = ctx.adapter_info();
                 format!(
                     "gpu ({}, {:?}, {:?}{})",
@@ -97,13 +96,13 @@ impl OpenDevice {
     }
 }
 
-impl std::fmt::Display for Device {
+impl std::fmt::Display for StepDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
     }
 }
 
-impl std::str::FromStr for Device {
+impl std::str::FromStr for StepDevice {
     type Err = Error;
 
     fn from_str(name: &str) -> Result<Self> {

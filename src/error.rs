@@ -62,8 +62,14 @@ pub enum Error {
     TooManySkips { count: u64 },
 
     /// An error reported by the device: validation, out of memory, device lost, mapping.
-    #[error("device error: {0}")]
-    Device(String),
+    /// `source` is wgpu's own error where there is one (downcast it to `wgpu::Error`,
+    /// `wgpu::PollError`, `wgpu::BufferAsyncError` or `wgpu::RequestDeviceError`).
+    #[error("device error: {what}{}", suffix(source))]
+    Device {
+        what: String,
+        #[source]
+        source: Option<DeviceErrorSource>,
+    },
 
     /// A WGSL module that naga refuses, with the diagnostic pointing into its source.
     #[error("shader `{kernel}` at width {width}: {message}")]
@@ -94,6 +100,16 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The error a device error came from.
+pub type DeviceErrorSource = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+fn suffix(source: &Option<DeviceErrorSource>) -> String {
+    source
+        .as_ref()
+        .map(|s| format!(": {s}"))
+        .unwrap_or_default()
+}
+
 impl Error {
     /// A `Config` error; `value` is formatted with `Debug` so NaN and infinities read clearly.
     pub fn config(
@@ -107,6 +123,25 @@ impl Error {
             field,
             value: format!("{value:?}"),
             allowed,
+        }
+    }
+
+    /// A device error with no wgpu error behind it.
+    pub fn device(what: impl Into<String>) -> Self {
+        Error::Device {
+            what: what.into(),
+            source: None,
+        }
+    }
+
+    /// A device error caused by wgpu's `source`, kept as [`std::error::Error::source`].
+    pub fn device_from(
+        what: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::Device {
+            what: what.into(),
+            source: Some(Box::new(source)),
         }
     }
 

@@ -14,7 +14,7 @@
 //! - [`transform`]: unscaling and global-norm clipping around the update, and the one order
 //!   of the norm's additions; [`schedule`]: hyperparameters as functions of the step;
 //! - [`validate`]: the agreement battery shared by the tests and `bayesprop validate`;
-//! - [`Device`]: where an optimizer steps, as the CLI, `bench` and `demo` name it.
+//! - [`StepDevice`]: where an optimizer steps, as the CLI, `bench` and `demo` name it.
 //!
 //! Behind cargo features (all on by default, for the binary): `bench` (step times against a
 //! roofline measured in the same run), `demo` (the digits experiments), `ndarray` (array views)
@@ -44,9 +44,9 @@ pub use wgpu;
 
 pub use checkpoint::Checkpoint;
 pub use cpu::{CpuOptimizer, CpuPath};
-pub use device::{Device, OpenDevice};
+pub use device::{OpenStepDevice, StepDevice};
 pub use error::{Error, Result};
-pub use gpu::{BufferSlice, ExternalArena, GpuContext, GpuOptimizer, GpuOptions, TensorBuffers};
+pub use gpu::{BufferRange, GpuContext, GpuOptimizer, GpuOptions, StepShape, TensorBuffers};
 pub use layout::{GroupId, Layout, ParamGroups, Stored, TensorId};
 pub use optim::{
     BayesConfig, NonFinitePolicy, Optimizer, OptimizerConfig, SigmaInit, SigmaMax, StepReport,
@@ -54,14 +54,64 @@ pub use optim::{
 pub use schedule::{HyperSchedule, Schedule};
 pub use transform::{GradTransform, NormReport};
 
+/// The setters of [`Stepper`] that change only the layout (the device reads it at each step),
+/// for the optimizers that own one in `self.layout`: the layout is never handed out mutably, so
+/// nothing outside these validated setters can put it out of step with the device's state.
+macro_rules! layout_setters {
+    () => {
+        fn set_config(&mut self, config: $crate::OptimizerConfig) -> $crate::Result<()> {
+            self.layout.set_config_everywhere(&config)
+        }
+
+        fn set_group_config(
+            &mut self,
+            group: $crate::GroupId,
+            config: $crate::OptimizerConfig,
+        ) -> $crate::Result<()> {
+            self.layout.set_group_config(group, config)
+        }
+
+        fn set_nonfinite_policy(&mut self, policy: $crate::NonFinitePolicy) {
+            self.layout.set_policy_everywhere(policy)
+        }
+
+        fn set_group_policy(
+            &mut self,
+            group: $crate::GroupId,
+            policy: $crate::NonFinitePolicy,
+        ) -> $crate::Result<()> {
+            self.layout.set_group_policy(group, policy)
+        }
+
+        fn set_schedule(&mut self, schedule: $crate::HyperSchedule) -> $crate::Result<()> {
+            self.layout.set_schedule_everywhere(&schedule)
+        }
+
+        fn set_group_schedule(
+            &mut self,
+            group: $crate::GroupId,
+            schedule: $crate::HyperSchedule,
+        ) -> $crate::Result<()> {
+            self.layout.set_group_schedule(group, schedule)
+        }
+
+        fn restore_all(&mut self, checkpoint: &$crate::Checkpoint) -> $crate::Result<()> {
+            let settings = checkpoint.restore_settings(&self.layout)?;
+            self.restore(checkpoint)?;
+            let transform = *settings.transform();
+            self.layout = settings;
+            // Through the setter, which also resets the count of steps skipped in a row.
+            self.set_grad_transform(transform)
+        }
+    };
+}
+pub(crate) use layout_setters;
+
 /// What `CpuOptimizer` and `GpuOptimizer` share: step every group, read it back, change
 /// hyperparameters between steps.
 pub trait Stepper {
     /// The groups and tensors, with each group's current config and policy.
     fn layout(&self) -> &Layout;
-
-    /// For the setters below, which validate every change.
-    fn layout_mut(&mut self) -> &mut Layout;
 
     /// Number of parameters over all tensors: the length of a flat gradient.
     fn len(&self) -> usize {
@@ -84,14 +134,10 @@ pub trait Stepper {
 
     /// Replaces every group's hyperparameters between steps (for schedules); validated, and
     /// each group must keep the same state vectors.
-    fn set_config(&mut self, config: OptimizerConfig) -> Result<()> {
-        self.layout_mut().set_config_everywhere(&config)
-    }
+    fn set_config(&mut self, config: OptimizerConfig) -> Result<()>;
 
     /// Replaces one group's hyperparameters between steps; nothing is rebuilt.
-    fn set_group_config(&mut self, group: GroupId, config: OptimizerConfig) -> Result<()> {
-        self.layout_mut().set_group_config(group, config)
-    }
+    fn set_group_config(&mut self, group: GroupId, config: OptimizerConfig) -> Result<()>;
 
     /// Group 0's policy.
     fn nonfinite_policy(&self) -> NonFinitePolicy {
@@ -99,13 +145,9 @@ pub trait Stepper {
     }
 
     /// Every group's policy, from the next step on.
-    fn set_nonfinite_policy(&mut self, policy: NonFinitePolicy) {
-        self.layout_mut().set_policy_everywhere(policy)
-    }
+    fn set_nonfinite_policy(&mut self, policy: NonFinitePolicy);
 
-    fn set_group_policy(&mut self, group: GroupId, policy: NonFinitePolicy) -> Result<()> {
-        self.layout_mut().set_group_policy(group, policy)
-    }
+    fn set_group_policy(&mut self, group: GroupId, policy: NonFinitePolicy) -> Result<()>;
 
     /// What every step does to the raw gradient before the update (SPEC §4b).
     fn grad_transform(&self) -> GradTransform {
@@ -119,13 +161,9 @@ pub trait Stepper {
     /// Schedules a float hyperparameter of every group by its SPEC name (`lr`, `eta`, …),
     /// replacing any schedule of that hyperparameter; an error, and no change, if a group's
     /// optimizer has no such float.
-    fn set_schedule(&mut self, schedule: HyperSchedule) -> Result<()> {
-        self.layout_mut().set_schedule_everywhere(&schedule)
-    }
+    fn set_schedule(&mut self, schedule: HyperSchedule) -> Result<()>;
 
-    fn set_group_schedule(&mut self, group: GroupId, schedule: HyperSchedule) -> Result<()> {
-        self.layout_mut().set_group_schedule(group, schedule)
-    }
+    fn set_group_schedule(&mut self, group: GroupId, schedule: HyperSchedule) -> Result<()>;
 
     /// The global gradient norm and clip factor of each step since the last call, while
     /// clipping is on (waiting for the device to finish them, as `step_reports`).
@@ -177,14 +215,7 @@ pub trait Stepper {
     /// [`Stepper::restore`], and the saved configs, policies, schedules and gradient
     /// transform too: going on from here is the saved run going on. Nothing changes unless
     /// all of it fits.
-    fn restore_all(&mut self, checkpoint: &Checkpoint) -> Result<()> {
-        let settings = checkpoint.restore_settings(self.layout())?;
-        self.restore(checkpoint)?;
-        let transform = *settings.transform();
-        *self.layout_mut() = settings;
-        // Through the setter, which also resets the count of steps skipped in a row.
-        self.set_grad_transform(transform)
-    }
+    fn restore_all(&mut self, checkpoint: &Checkpoint) -> Result<()>;
 
     /// Saves a checkpoint atomically (safetensors; see [`checkpoint`]).
     fn save(&self, path: impl AsRef<std::path::Path>) -> Result<()>

@@ -4,8 +4,13 @@
 mod common;
 
 use bayesprop::gpu::GpuOptions;
+use bayesprop::optim::AdamConfig;
+use bayesprop::schedule::Schedule;
 use bayesprop::validate::{self, Rule};
-use bayesprop::{BayesConfig, CpuOptimizer, Error, GpuContext, GpuOptimizer, Stepper, TensorId};
+use bayesprop::{
+    BayesConfig, CpuOptimizer, Error, GpuContext, GpuOptimizer, HyperSchedule, Stepper, TensorId,
+};
+use wgpu::util::DeviceExt;
 
 #[test]
 fn standard_battery_passes_its_rule() {
@@ -60,9 +65,9 @@ fn chunked_bindings_and_2d_grid_equal_the_plain_run() {
     let theta0 = validate::initial_theta(n, 7);
     let config = BayesConfig::bayes_adam();
     let mut chunked = GpuOptimizer::new(&small, config, &theta0).unwrap();
-    assert_eq!(chunked.chunk_count(), 10);
+    assert_eq!(chunked.step_shape().bindings, 10);
     let mut plain = GpuOptimizer::new(&ctx, config, &theta0).unwrap();
-    assert_eq!(plain.chunk_count(), 1);
+    assert_eq!(plain.step_shape().bindings, 1);
     let mut reference = CpuOptimizer::reference(config, &theta0).unwrap();
     let (a, b, c) = (
         run(&mut chunked, n, 20),
@@ -106,8 +111,8 @@ fn gradients_on_the_device_equal_host_gradients() {
     let mut device = GpuOptimizer::new(&ctx, config, &theta0).unwrap();
     // Gradients written straight into the optimizer's gradient arena, as a caller's kernel
     // would, then a step that reads them in place.
-    let (grad, bytes) = device.tensor_grad(TensorId(0)).unwrap();
-    assert_eq!(bytes, n as u64 * 4);
+    let grad = device.tensor_grad(TensorId(0)).unwrap();
+    assert_eq!(grad.size, n as u64 * 4);
     for t in 1..=10 {
         let g = validate::gradient(n, 3, t);
         host.step(&g).unwrap();
@@ -132,7 +137,8 @@ fn a_step_recorded_into_the_callers_encoder_equals_a_step() {
     let config = BayesConfig::default();
     let mut host = GpuOptimizer::new(&ctx, config, &theta0).unwrap();
     let mut recorded = GpuOptimizer::new(&ctx, config, &theta0).unwrap();
-    let (grad, bytes) = recorded.tensor_grad(TensorId(0)).unwrap();
+    let grad = recorded.tensor_grad(TensorId(0)).unwrap();
+    let bytes = grad.size;
     // The caller's own buffer, copied into the arena by the same command buffer that steps:
     // the step must see the copy, and the scalars written on the queue before the submit.
     let staging = ctx.device().create_buffer(&wgpu::BufferDescriptor {
@@ -158,6 +164,85 @@ fn a_step_recorded_into_the_callers_encoder_equals_a_step() {
         "recorded into the caller's encoder vs step",
     );
     assert_eq!(recorded.steps_taken().unwrap(), steps);
+}
+
+/// Steps recorded before any is submitted, several to an encoder and over two encoders, under
+/// a schedule that changes every step's scalars: each step must see its own scalars and its
+/// own gradient, as `step` would give them. A step recorded and never submitted is an error
+/// at the first call that needs its outcome, and that call does not hang.
+#[test]
+fn steps_recorded_before_one_submit_each_see_their_own_scalars() {
+    let Some(ctx) = common::gpu("steps_recorded_before_one_submit_each_see_their_own_scalars")
+    else {
+        return;
+    };
+    let n = 1001;
+    let theta0 = validate::initial_theta(n, 5);
+    let make = || {
+        let mut o = GpuOptimizer::new(&ctx, AdamConfig::adam(), &theta0).unwrap();
+        let cosine = Schedule::Cosine {
+            warmup: 2,
+            total: 9,
+            final_factor: 0.1,
+        };
+        o.set_schedule(HyperSchedule::new("lr", cosine).unwrap())
+            .unwrap();
+        o
+    };
+    let (mut host, mut recorded) = (make(), make());
+    let grad = recorded.tensor_grad(TensorId(0)).unwrap();
+    let device = ctx.device();
+    // Per encoder, the steps recorded into it before it is submitted.
+    let encoders = [3, 1, 2];
+    let mut t = 0;
+    for steps in encoders {
+        let mut encoder = device.create_command_encoder(&Default::default());
+        let mut held = Vec::new();
+        for _ in 0..steps {
+            t += 1;
+            let g = validate::gradient(n, 5, t);
+            host.step(&g).unwrap();
+            let staged = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("caller gradients"),
+                contents: bytemuck::cast_slice(&g),
+                usage: wgpu::BufferUsages::COPY_SRC,
+            });
+            encoder.copy_buffer_to_buffer(&staged, 0, &grad.buffer, grad.offset, grad.size);
+            recorded.encode_step(&mut encoder).unwrap();
+            held.push(staged);
+        }
+        if steps == 1 {
+            // This one waits for the next encoder's steps to be recorded: two encoders in
+            // flight before either is submitted, submitted in order.
+            let mut next = device.create_command_encoder(&Default::default());
+            t += 1;
+            let g = validate::gradient(n, 5, t);
+            host.step(&g).unwrap();
+            let staged = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("caller gradients"),
+                contents: bytemuck::cast_slice(&g),
+                usage: wgpu::BufferUsages::COPY_SRC,
+            });
+            next.copy_buffer_to_buffer(&staged, 0, &grad.buffer, grad.offset, grad.size);
+            recorded.encode_step(&mut next).unwrap();
+            ctx.queue().submit([encoder.finish(), next.finish()]);
+        } else {
+            ctx.queue().submit([encoder.finish()]);
+        }
+    }
+    assert_eq!(recorded.steps_taken().unwrap(), t);
+    common::assert_same_bits(
+        &[recorded.theta().unwrap(), recorded.state("m").unwrap()],
+        &[host.theta().unwrap(), host.state("m").unwrap()],
+        "steps recorded before their submit vs step",
+    );
+
+    // Recorded, never submitted: an error that says so, from the call that needs the step.
+    let mut lost = device.create_command_encoder(&Default::default());
+    recorded.encode_step(&mut lost).unwrap();
+    drop(lost);
+    let err = recorded.steps_taken().unwrap_err();
+    assert!(err.to_string().contains("never submitted"), "{err}");
 }
 
 #[test]

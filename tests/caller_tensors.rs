@@ -6,7 +6,7 @@
 mod common;
 
 use bayesprop::{
-    BufferSlice, Error, GpuContext, GpuOptimizer, GpuOptions, GradTransform, NonFinitePolicy,
+    BufferRange, Error, GpuContext, GpuOptimizer, GpuOptions, GradTransform, NonFinitePolicy,
     OptimizerConfig, ParamGroups, Stepper, TensorBuffers, TensorId,
 };
 
@@ -115,15 +115,15 @@ fn place(
             })
         })
         .collect();
-    let slice = |(buffer, offset): (usize, u64)| BufferSlice {
-        buffer: buffers[buffer].clone(),
-        offset,
+    let range = |(buffer, offset): (usize, u64), len: usize| {
+        BufferRange::new(buffers[buffer].clone(), offset, len as u64 * 4)
     };
     let tensors: Vec<TensorBuffers> = places
         .iter()
-        .map(|&(theta, grad)| TensorBuffers {
-            theta: slice(theta),
-            grad: slice(grad),
+        .zip(tensors)
+        .map(|(&(theta, grad), t)| TensorBuffers {
+            theta: range(theta, t.len()),
+            grad: range(grad, t.len()),
         })
         .collect();
     for (t, b) in groups.layout().tensors().iter().zip(&tensors) {
@@ -224,8 +224,11 @@ fn every_optimizer_in_caller_tensors_equals_the_arena_bit_for_bit() {
         let mut arena = GpuOptimizer::from_groups(&ctx, &groups).unwrap();
         // One dispatch per group and pair of buffers (θ's, g's) its tensors use, not one per
         // tensor.
-        assert_eq!(tensors.dispatch_count(), runs(&groups, &caller.tensors));
-        assert!(tensors.dispatch_count() < groups.layout().tensors().len());
+        assert_eq!(
+            tensors.step_shape().update_dispatches,
+            runs(&groups, &caller.tensors)
+        );
+        assert!(tensors.step_shape().update_dispatches < groups.layout().tensors().len());
         let expected = run(&mut arena, &groups, 7);
         let got = run(&mut tensors, &groups, 7);
         common::assert_same_bits(&got, &expected, &format!("{policy:?}"));
@@ -299,15 +302,21 @@ fn many_buffers_and_small_bindings_cut_runs_and_still_agree() {
     // 24 tensors in two buffers: per group, θ with g or apart from it, at each width.
     let caller = place(&ctx, &groups, 1, 1);
     let mut few = GpuOptimizer::from_tensors_in(&ctx, &groups, &caller.tensors).unwrap();
-    assert_eq!(few.dispatch_count(), runs(&groups, &caller.tensors));
-    assert_eq!(few.dispatch_count(), 2 * 4);
+    assert_eq!(
+        few.step_shape().update_dispatches,
+        runs(&groups, &caller.tensors)
+    );
+    assert_eq!(few.step_shape().update_dispatches, 2 * 4);
     common::assert_same_bits(&run(&mut few, &groups, 5), &expected, "two buffers");
 
     // Every tensor's θ in a buffer of its own: a run or two per tensor.
     let caller = place(&ctx, &groups, LENS.len() * 2, 7);
     let mut own = GpuOptimizer::from_tensors_in(&ctx, &groups, &caller.tensors).unwrap();
-    assert_eq!(own.dispatch_count(), runs(&groups, &caller.tensors));
-    assert!(own.dispatch_count() >= LENS.len() * 2);
+    assert_eq!(
+        own.step_shape().update_dispatches,
+        runs(&groups, &caller.tensors)
+    );
+    assert!(own.step_shape().update_dispatches >= LENS.len() * 2);
     common::assert_same_bits(&run(&mut own, &groups, 5), &expected, "a buffer per tensor");
 
     // Bindings of 4 KiB: the state is split into many bindings and long tensors into many
@@ -323,9 +332,9 @@ fn many_buffers_and_small_bindings_cut_runs_and_still_agree() {
     let caller = place(&small, &groups, 2, 2);
     let mut split = GpuOptimizer::from_tensors_in(&small, &groups, &caller.tensors).unwrap();
     assert!(
-        split.dispatch_count() > 2 * 70_001 * 4 / 4096,
+        split.step_shape().update_dispatches > 2 * 70_001 * 4 / 4096,
         "{}",
-        split.dispatch_count()
+        split.step_shape().update_dispatches
     );
     common::assert_same_bits(&run(&mut split, &groups, 5), &expected, "small bindings");
 }
@@ -434,10 +443,7 @@ fn bad_places_are_refused_with_the_reason() {
         mapped_at_creation: false,
     });
     let mut wrong = caller.tensors.clone();
-    wrong[0].theta = BufferSlice {
-        buffer: uniform,
-        offset: 0,
-    };
+    wrong[0].theta = BufferRange::new(uniform, 0, wrong[0].theta.size);
     refused(&wrong, "STORAGE");
 
     // A θ over another θ, or over a gradient, would read what the step writes.

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use bayesprop::demo::data::{self, FEATURES};
 use bayesprop::demo::{
-    self, Budget, Contender, DemoOptions, Model, OpenDevice, Outcome, RegimeSettings, Report,
+    self, Budget, Contender, DemoOptions, Model, OpenStepDevice, Outcome, RegimeSettings, Report,
 };
 use bayesprop::OptimizerConfig;
 use ndarray::Array2;
@@ -209,7 +209,7 @@ fn quick_options() -> DemoOptions {
 
 #[test]
 fn quick_demo_trains_every_optimizer_on_the_cpu() {
-    let report = demo::run(&OpenDevice::Cpu, &quick_options()).unwrap();
+    let report = demo::run(&OpenStepDevice::Cpu, &quick_options()).unwrap();
     check_report(&report, &out_dir("cpu"));
 }
 
@@ -218,7 +218,7 @@ fn quick_demo_trains_every_optimizer_on_the_gpu() {
     let Some(ctx) = common::gpu("quick_demo_trains_every_optimizer_on_the_gpu") else {
         return;
     };
-    let report = demo::run(&OpenDevice::Gpu(ctx), &quick_options()).unwrap();
+    let report = demo::run(&OpenStepDevice::Gpu(ctx), &quick_options()).unwrap();
     check_report(&report, &out_dir("gpu"));
 }
 
@@ -248,8 +248,8 @@ fn device_and_cpu_runs_agree() {
         progress: false,
     };
     let software = ctx.is_software();
-    let cpu = demo::run(&OpenDevice::Cpu, &options).unwrap();
-    let gpu = demo::run(&OpenDevice::Gpu(ctx), &options).unwrap();
+    let cpu = demo::run(&OpenStepDevice::Cpu, &options).unwrap();
+    let gpu = demo::run(&OpenStepDevice::Gpu(ctx), &options).unwrap();
     let (a, b) = (
         cpu.entries[0].chosen().unwrap(),
         gpu.entries[0].chosen().unwrap(),
@@ -287,7 +287,7 @@ fn an_optimizer_missing_from_the_table_is_a_skip_line_not_a_crash() {
         ..Budget::quick()
     };
     let report = demo::run(
-        &OpenDevice::Cpu,
+        &OpenStepDevice::Cpu,
         &DemoOptions {
             budget,
             seed: 0,
@@ -318,7 +318,7 @@ fn regimes_follow_the_fixed_point() {
         ..Budget::quick().regimes
     };
     let regimes = demo::regimes::measure(
-        &OpenDevice::Cpu,
+        &OpenStepDevice::Cpu,
         &settings,
         1,
         &indicatif::ProgressBar::hidden(),

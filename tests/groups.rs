@@ -7,8 +7,8 @@ mod common;
 use bayesprop::gpu::GpuOptions;
 use bayesprop::validate::{gradient, initial_theta};
 use bayesprop::{
-    BayesConfig, BufferSlice, CpuOptimizer, CpuPath, Error, ExternalArena, GpuContext,
-    GpuOptimizer, GroupId, OptimizerConfig, ParamGroups, Stepper, TensorId,
+    BayesConfig, BufferRange, CpuOptimizer, CpuPath, Error, GpuContext, GpuOptimizer, GroupId,
+    OptimizerConfig, ParamGroups, Stepper, TensorBuffers, TensorId,
 };
 
 /// The two-group model with 40 tensors whose sizes are not multiples of 4, so the arenas
@@ -89,8 +89,8 @@ fn many_tensors_in_one_step_equal_each_tensor_alone() {
     // Every 7th gradient element is always 0 there: those keep σ = 0 ("no belief yet").
     assert!(sigma.iter().all(|&s| s >= 0.0));
     assert!(sigma.iter().filter(|&&s| s > 0.0).count() > sigma.len() / 2);
-    let (slice, bytes) = gpu.tensor_state_slice(TensorId(1), "sigma").unwrap();
-    assert_eq!(bytes as usize, sigma.len() * 4);
+    let slice = gpu.tensor_state_range(TensorId(1), "sigma").unwrap();
+    assert_eq!(slice.size as usize, sigma.len() * 4);
     assert_eq!(
         ctx.read_f32(&slice.buffer, slice.offset, sigma.len())
             .unwrap(),
@@ -119,7 +119,7 @@ fn ten_thousand_tensors_cost_a_handful_of_dispatches() {
     // Bindings of at most max_storage_buffer_binding_size each: 40 MB is 1 on lavapipe.
     let binding = ctx.limits().max_storage_buffer_binding_size;
     assert_eq!(
-        gpu.chunk_count() as u64,
+        gpu.step_shape().bindings as u64,
         (10_000_000u64 * 4).div_ceil(binding)
     );
     gpu.step(&vec![1.0; 10_000_000]).unwrap();
@@ -146,9 +146,13 @@ fn split_buffers_and_bindings_equal_whole_ones() {
     .unwrap();
     let mut split = GpuOptimizer::from_groups(&small, &groups).unwrap();
     let mut whole = GpuOptimizer::from_groups(&ctx, &groups).unwrap();
-    assert!(split.buffer_count() > 4, "{} buffers", split.buffer_count());
-    assert!(split.chunk_count() > split.buffer_count());
-    assert_eq!(whole.buffer_count(), 2);
+    assert!(
+        split.step_shape().buffers > 4,
+        "{} buffers",
+        split.step_shape().buffers
+    );
+    assert!(split.step_shape().bindings > split.step_shape().buffers);
+    assert_eq!(whole.step_shape().buffers, 2);
     common::assert_same_bits_flat(
         &run(&mut split, &shapes, 8),
         &run(&mut whole, &shapes, 8),
@@ -179,7 +183,7 @@ fn the_callers_own_buffers_are_used_in_place() {
     let usage =
         wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
     // Each group's θ and g in one caller buffer apiece, after some data of the caller's own.
-    let arenas: Vec<ExternalArena> = groups
+    let arenas: Vec<TensorBuffers> = groups
         .groups()
         .iter()
         .enumerate()
@@ -196,15 +200,10 @@ fn the_callers_own_buffers_are_used_in_place() {
             let theta0 = groups.arena_theta0(GroupId(g));
             ctx.queue()
                 .write_buffer(&theta, 3 * align, bytemuck::cast_slice(theta0));
-            ExternalArena {
-                theta: BufferSlice {
-                    buffer: theta,
-                    offset: 3 * align,
-                },
-                grad: BufferSlice {
-                    buffer: grad,
-                    offset: 3 * align,
-                },
+            let bytes = spec.arena_len as u64 * 4;
+            TensorBuffers {
+                theta: BufferRange::new(theta, 3 * align, bytes),
+                grad: BufferRange::new(grad, 3 * align, bytes),
             }
         })
         .collect();
@@ -217,7 +216,7 @@ fn the_callers_own_buffers_are_used_in_place() {
         "user buffers vs owned",
     );
     // θ really is in the caller's buffer.
-    let (slice, _) = user.tensor_theta(TensorId(0)).unwrap();
+    let slice = user.tensor_theta(TensorId(0)).unwrap();
     assert_eq!(slice.buffer, arenas[0].theta.buffer);
     let first = ctx
         .read_f32(
@@ -228,11 +227,8 @@ fn the_callers_own_buffers_are_used_in_place() {
         .unwrap();
     assert_eq!(first, user.tensor_values(TensorId(0)).unwrap());
 
-    let misaligned = ExternalArena {
-        theta: BufferSlice {
-            buffer: arenas[0].theta.buffer.clone(),
-            offset: 4,
-        },
+    let misaligned = TensorBuffers {
+        theta: BufferRange::new(arenas[0].theta.buffer.clone(), 4, arenas[0].theta.size),
         grad: arenas[0].grad.clone(),
     };
     let err =

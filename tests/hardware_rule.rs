@@ -7,8 +7,8 @@ use bayesprop::reference::adam::AdamScalars;
 use bayesprop::reference::bayes::BayesScalars;
 use bayesprop::validate::{self, Case, Rule};
 use bayesprop::{
-    Checkpoint, CpuOptimizer, Error, GradTransform, GroupId, Layout, NormReport, OptimizerConfig,
-    StepReport, Stepper,
+    Checkpoint, CpuOptimizer, Error, GradTransform, GroupId, HyperSchedule, Layout,
+    NonFinitePolicy, NormReport, OptimizerConfig, StepReport, Stepper,
 };
 
 /// How far the degraded device moves θ, in ULP.
@@ -21,8 +21,38 @@ impl Stepper for Degraded {
     fn layout(&self) -> &Layout {
         self.0.layout()
     }
-    fn layout_mut(&mut self) -> &mut Layout {
-        self.0.layout_mut()
+    fn set_config(&mut self, config: OptimizerConfig) -> bayesprop::Result<()> {
+        self.0.set_config(config)
+    }
+    fn set_group_config(
+        &mut self,
+        group: GroupId,
+        config: OptimizerConfig,
+    ) -> bayesprop::Result<()> {
+        self.0.set_group_config(group, config)
+    }
+    fn set_nonfinite_policy(&mut self, policy: NonFinitePolicy) {
+        self.0.set_nonfinite_policy(policy)
+    }
+    fn set_group_policy(
+        &mut self,
+        group: GroupId,
+        policy: NonFinitePolicy,
+    ) -> bayesprop::Result<()> {
+        self.0.set_group_policy(group, policy)
+    }
+    fn set_schedule(&mut self, schedule: HyperSchedule) -> bayesprop::Result<()> {
+        self.0.set_schedule(schedule)
+    }
+    fn set_group_schedule(
+        &mut self,
+        group: GroupId,
+        schedule: HyperSchedule,
+    ) -> bayesprop::Result<()> {
+        self.0.set_group_schedule(group, schedule)
+    }
+    fn restore_all(&mut self, checkpoint: &Checkpoint) -> bayesprop::Result<()> {
+        self.0.restore_all(checkpoint)
     }
     fn steps_taken(&self) -> bayesprop::Result<u64> {
         self.0.steps_taken()
@@ -168,8 +198,38 @@ impl Stepper for Hardware {
     fn layout(&self) -> &Layout {
         self.layout_of.layout()
     }
-    fn layout_mut(&mut self) -> &mut Layout {
-        self.layout_of.layout_mut()
+    fn set_config(&mut self, config: OptimizerConfig) -> bayesprop::Result<()> {
+        self.layout_of.set_config(config)
+    }
+    fn set_group_config(
+        &mut self,
+        group: GroupId,
+        config: OptimizerConfig,
+    ) -> bayesprop::Result<()> {
+        self.layout_of.set_group_config(group, config)
+    }
+    fn set_nonfinite_policy(&mut self, policy: NonFinitePolicy) {
+        self.layout_of.set_nonfinite_policy(policy)
+    }
+    fn set_group_policy(
+        &mut self,
+        group: GroupId,
+        policy: NonFinitePolicy,
+    ) -> bayesprop::Result<()> {
+        self.layout_of.set_group_policy(group, policy)
+    }
+    fn set_schedule(&mut self, schedule: HyperSchedule) -> bayesprop::Result<()> {
+        self.layout_of.set_schedule(schedule)
+    }
+    fn set_group_schedule(
+        &mut self,
+        group: GroupId,
+        schedule: HyperSchedule,
+    ) -> bayesprop::Result<()> {
+        self.layout_of.set_group_schedule(group, schedule)
+    }
+    fn restore_all(&mut self, checkpoint: &Checkpoint) -> bayesprop::Result<()> {
+        self.layout_of.restore_all(checkpoint)
     }
     fn steps_taken(&self) -> bayesprop::Result<u64> {
         Ok(self.t)
@@ -181,8 +241,8 @@ impl Stepper for Hardware {
     fn set_grad_transform(&mut self, transform: GradTransform) -> bayesprop::Result<()> {
         match transform.is_identity() {
             true => Ok(()),
-            false => Err(Error::Device(
-                "the hardware emulation has no gradient transform".into(),
+            false => Err(Error::device(
+                "the hardware emulation has no gradient transform",
             )),
         }
     }
@@ -207,14 +267,10 @@ impl Stepper for Hardware {
         Ok(self.state[slot].clone())
     }
     fn checkpoint(&self) -> bayesprop::Result<Checkpoint> {
-        Err(Error::Device(
-            "the hardware emulation keeps no checkpoints".into(),
-        ))
+        Err(Error::device("the hardware emulation keeps no checkpoints"))
     }
     fn restore(&mut self, _: &Checkpoint) -> bayesprop::Result<()> {
-        Err(Error::Device(
-            "the hardware emulation keeps no checkpoints".into(),
-        ))
+        Err(Error::device("the hardware emulation keeps no checkpoints"))
     }
 }
 

@@ -7,8 +7,8 @@ mod common;
 use bayesprop::gpu::GpuOptions;
 use bayesprop::validate::{gradient, initial_theta};
 use bayesprop::{
-    BufferSlice, CpuOptimizer, ExternalArena, GpuContext, GpuOptimizer, NonFinitePolicy,
-    OptimizerConfig, ParamGroups, Stepper,
+    BufferRange, CpuOptimizer, GpuContext, GpuOptimizer, NonFinitePolicy, OptimizerConfig,
+    ParamGroups, Stepper, TensorBuffers,
 };
 
 const STEPS: u64 = 5;
@@ -64,12 +64,9 @@ fn a_tail_in_the_callers_buffers_runs_at_scalar_width_and_stays_in_the_arena() {
                 contents.extend_from_slice(&sentinel);
                 ctx.queue()
                     .write_buffer(&buffer, align, bytemuck::cast_slice(&contents));
-                BufferSlice {
-                    buffer,
-                    offset: align,
-                }
+                BufferRange::new(buffer, align, n as u64 * 4)
             };
-            let arena = ExternalArena {
+            let arena = TensorBuffers {
                 theta: make("user theta", &theta0),
                 grad: make("user grad", &vec![0.0; n]),
             };
@@ -77,7 +74,7 @@ fn a_tail_in_the_callers_buffers_runs_at_scalar_width_and_stays_in_the_arena() {
                 .unwrap()
                 .with_nonfinite_policy(policy);
             assert_eq!(
-                gpu.dispatch_count(),
+                gpu.step_shape().update_dispatches,
                 2,
                 "{what}: a vec4 body and a scalar tail"
             );
@@ -122,7 +119,7 @@ fn vec4_and_scalar_widths_give_the_same_bits() {
             };
             let (mut wide, mut narrow) = (make(&ctx), make(&scalar));
             assert_eq!(
-                wide.dispatch_count(),
+                wide.step_shape().update_dispatches,
                 1,
                 "{what}: padded, one vec4 dispatch"
             );

@@ -66,13 +66,12 @@ impl Checked {
 }
 
 impl Stepper for Checked {
-    /// The device's layout. The setters below are overridden so that every change reaches the
-    /// reference too; a caller that edits this layout directly changes the device alone.
+    /// The device's layout; every setter below reaches the reference too.
     fn layout(&self) -> &Layout {
         self.device.layout()
     }
-    fn layout_mut(&mut self) -> &mut Layout {
-        self.device.layout_mut()
+    fn restore_all(&mut self, _: &Checkpoint) -> bayesprop::Result<()> {
+        Err(Error::device("the checked device restores no settings"))
     }
     fn steps_taken(&self) -> bayesprop::Result<u64> {
         self.device.steps_taken()
@@ -111,16 +110,16 @@ impl Stepper for Checked {
     fn set_grad_transform(&mut self, transform: GradTransform) -> bayesprop::Result<()> {
         match transform.is_identity() {
             true => Ok(()),
-            false => Err(Error::Device(
-                "the checked device has no gradient transform".into(),
+            false => Err(Error::device(
+                "the checked device has no gradient transform",
             )),
         }
     }
     fn set_schedule(&mut self, _: HyperSchedule) -> bayesprop::Result<()> {
-        Err(Error::Device("the checked device has no schedules".into()))
+        Err(Error::device("the checked device has no schedules"))
     }
     fn set_group_schedule(&mut self, _: GroupId, _: HyperSchedule) -> bayesprop::Result<()> {
-        Err(Error::Device("the checked device has no schedules".into()))
+        Err(Error::device("the checked device has no schedules"))
     }
     fn norm_reports(&mut self) -> bayesprop::Result<Vec<NormReport>> {
         self.device.norm_reports()

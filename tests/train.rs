@@ -10,7 +10,7 @@ use bayesprop::optim::{AdamConfig, SgdConfig};
 use bayesprop::ulp::max_ulp_distance;
 use bayesprop::validate::{gradient, initial_theta};
 use bayesprop::{
-    BayesConfig, BufferSlice, CpuOptimizer, CpuPath, Error, GpuContext, GpuOptimizer, GpuOptions,
+    BayesConfig, BufferRange, CpuOptimizer, CpuPath, Error, GpuContext, GpuOptimizer, GpuOptions,
     GradTransform, NonFinitePolicy, NormReport, OptimizerConfig, StepReport, Stepper,
 };
 
@@ -255,10 +255,7 @@ fn a_device_scale_is_the_host_scale() {
             usage: bayesprop::wgpu::BufferUsages::COPY_SRC | bayesprop::wgpu::BufferUsages::STORAGE,
         });
     device
-        .set_grad_scale_buffer(Some(BufferSlice {
-            buffer: buffer.clone(),
-            offset: 4,
-        }))
+        .set_grad_scale_buffer(Some(BufferRange::new(buffer.clone(), 4, 4)))
         .unwrap();
     let (a, na, _) = run(&mut host, 3);
     let (b, nb, _) = run(&mut device, 3);
@@ -272,10 +269,7 @@ fn a_device_scale_is_the_host_scale() {
             usage: bayesprop::wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
-    let refused = device.set_grad_scale_buffer(Some(BufferSlice {
-        buffer: unusable,
-        offset: 0,
-    }));
+    let refused = device.set_grad_scale_buffer(Some(BufferRange::whole(unusable)));
     assert!(refused.unwrap_err().to_string().contains("COPY_SRC"));
 }
 
@@ -370,7 +364,11 @@ fn bindings_of_whole_norm_chunks_clip_to_the_bit() {
         .unwrap();
         let mut reference = CpuOptimizer::from_groups(&p, CpuPath::Reference);
         let mut split = GpuOptimizer::from_groups(&limited, &p).unwrap();
-        assert_eq!(split.chunk_count(), 3 + 2, "binding of {binding} bytes");
+        assert_eq!(
+            split.step_shape().bindings,
+            3 + 2,
+            "binding of {binding} bytes"
+        );
         configure(&mut reference);
         configure(&mut split);
         let (want, want_norms) = run_rounding(&mut reference, 5);
@@ -422,7 +420,11 @@ fn split_bindings_clip_deterministically() {
     let (_, want, _) = run(&mut reference, 6);
     let mut runs = (0..2).map(|_| {
         let mut split = GpuOptimizer::from_groups(&small, &p).unwrap();
-        assert!(split.chunk_count() > 2, "{} bindings", split.chunk_count());
+        assert!(
+            split.step_shape().bindings > 2,
+            "{} bindings",
+            split.step_shape().bindings
+        );
         configure(&mut split);
         run(&mut split, 6)
     });

@@ -9,9 +9,9 @@ use crate::bench::timing::PassTimer;
 use crate::bench::unfused::GpuUnfused;
 use crate::bench::{Case, StepKind, MANY_TENSORS_LEN};
 use crate::cpu::{CpuOptimizer, CpuPath, PARALLEL_CHUNK};
-use crate::device::Device;
+use crate::device::StepDevice;
 use crate::error::{Error, Result};
-use crate::gpu::{BufferSlice, GpuContext, GpuOptimizer, TensorBuffers};
+use crate::gpu::{BufferRange, GpuContext, GpuOptimizer, TensorBuffers};
 use crate::layout::ParamGroups;
 use crate::transform::{self, GradTransform, NORM_BLOCK};
 use crate::Stepper;
@@ -82,9 +82,9 @@ pub(super) fn measure(job: &Job, steps: usize, gpu: Option<&GpuContext>) -> Resu
     drop(theta0);
     let states = job.config.used_state_names().len();
     let (samples, adapter, workgroup_size, vec4) = match job.device {
-        Device::Reference | Device::Cpu => {
+        StepDevice::Reference | StepDevice::Cpu => {
             let (path, threads) = match job.device {
-                Device::Reference => (CpuPath::Reference, 1),
+                StepDevice::Reference => (CpuPath::Reference, 1),
                 _ => (CpuPath::Parallel, rayon::current_num_threads()),
             };
             let mut optimizer =
@@ -106,7 +106,7 @@ pub(super) fn measure(job: &Job, steps: usize, gpu: Option<&GpuContext>) -> Resu
             };
             (samples, cpu_name(threads), None, None)
         }
-        Device::Gpu => {
+        StepDevice::Gpu => {
             let ctx = gpu.expect("GPU jobs are planned only with a context");
             let owned = GpuOptimizer::from_groups(ctx, &groups)?;
             // The roofline touches the owned arena: the same arrays, in buffers of its own.
@@ -186,15 +186,17 @@ fn caller_buffers(ctx: &GpuContext, groups: &ParamGroups) -> Result<Vec<TensorBu
     }
     ctx.queue()
         .write_buffer(&buffers[0], 0, bytemuck::cast_slice(&theta0));
-    let slice = |buffer: &wgpu::Buffer, offset| BufferSlice {
-        buffer: buffer.clone(),
-        offset,
-    };
-    let places = offsets
+    let places = tensors
         .iter()
-        .map(|&offset| TensorBuffers {
-            theta: slice(&buffers[0], offset),
-            grad: slice(&buffers[1], offset),
+        .zip(&offsets)
+        .map(|(t, &offset)| {
+            let range = |buffer: &wgpu::Buffer| {
+                BufferRange::new(buffer.clone(), offset, t.len() as u64 * 4)
+            };
+            TensorBuffers {
+                theta: range(&buffers[0]),
+                grad: range(&buffers[1]),
+            }
         })
         .collect();
     Ok(places)
@@ -283,7 +285,7 @@ fn wait(ctx: &GpuContext) -> Result<()> {
     ctx.device()
         .poll(wgpu::PollType::wait_indefinitely())
         .map(drop)
-        .map_err(|e| Error::Device(format!("waiting for the device: {e}")))
+        .map_err(|e| Error::device_from("waiting for the device", e))
 }
 
 /// What one GPU row steps: the optimizer, after the unfused passes in unfused rows.

@@ -4,7 +4,7 @@ use crate::bench::{
     bytes_per_element, BenchOptions, Case, StepKind, MANY_TENSORS, MANY_TENSORS_LEN,
     TRAINING_STEP_OPTIMIZERS,
 };
-use crate::device::Device;
+use crate::device::StepDevice;
 use crate::error::{Error, Result};
 use crate::optim::{NonFinitePolicy, OptimizerConfig};
 use crate::transform::GradTransform;
@@ -22,8 +22,8 @@ pub(super) fn memory_available() -> Option<u64> {
 /// groups, then on the CPU the optimizer's θ and state and the roofline's copy target.
 pub(super) fn host_bytes(job: &Job) -> u64 {
     let vectors = match job.device {
-        Device::Reference | Device::Cpu => 3 + job.config.used_state_names().len(),
-        Device::Gpu => 3,
+        StepDevice::Reference | StepDevice::Cpu => 3 + job.config.used_state_names().len(),
+        StepDevice::Gpu => 3,
     } + usize::from(job.step == StepKind::Unfused);
     4 * job.n as u64 * vectors as u64
 }
@@ -34,7 +34,7 @@ pub(super) struct Job {
     pub(super) name: String,
     pub(super) config: OptimizerConfig,
     pub(super) n: usize,
-    pub(super) device: Device,
+    pub(super) device: StepDevice,
     pub(super) case: Case,
     pub(super) policy: NonFinitePolicy,
     pub(super) step: StepKind,
@@ -95,11 +95,11 @@ pub fn format_size(n: usize) -> String {
 /// The rows `run` will measure, in order: by size (so the roofline arrays of one size are
 /// made once), then optimizer, then device.
 pub(super) fn plan(options: &BenchOptions, has_gpu: bool) -> Vec<Job> {
-    let devices: Vec<Device> = options
+    let devices: Vec<StepDevice> = options
         .devices
         .iter()
         .copied()
-        .filter(|&d| d != Device::Gpu || has_gpu)
+        .filter(|&d| d != StepDevice::Gpu || has_gpu)
         .collect();
     let job = |(name, config): &(String, OptimizerConfig), n, device, case, policy| Job {
         name: name.clone(),
@@ -124,7 +124,7 @@ pub(super) fn plan(options: &BenchOptions, has_gpu: bool) -> Vec<Job> {
                 NonFinitePolicy::SkipElement => NonFinitePolicy::SkipStep,
                 _ => NonFinitePolicy::SkipElement,
             };
-            for &device in devices.iter().filter(|&&d| d != Device::Reference) {
+            for &device in devices.iter().filter(|&&d| d != StepDevice::Reference) {
                 jobs.push(job(first, n, device, Case::OneTensor, other));
             }
         }
@@ -132,8 +132,8 @@ pub(super) fn plan(options: &BenchOptions, has_gpu: bool) -> Vec<Job> {
     if let (true, Some(first)) = (options.extras, options.optimizers.first()) {
         let n = MANY_TENSORS * MANY_TENSORS_LEN;
         for case in [Case::OneTensor, Case::ManyTensors, Case::CallerTensors] {
-            for &device in devices.iter().filter(|&&d| d != Device::Reference) {
-                if case != Case::CallerTensors || device == Device::Gpu {
+            for &device in devices.iter().filter(|&&d| d != StepDevice::Reference) {
+                if case != Case::CallerTensors || device == StepDevice::Gpu {
                     jobs.push(job(first, n, device, case, options.policy));
                 }
             }
@@ -149,7 +149,7 @@ pub(super) fn plan(options: &BenchOptions, has_gpu: bool) -> Vec<Job> {
             for name in TRAINING_STEP_OPTIMIZERS {
                 let config = OptimizerConfig::default_for(name).expect("a known optimizer");
                 let optimizer = (name.to_string(), config);
-                for &device in devices.iter().filter(|&&d| d != Device::Reference) {
+                for &device in devices.iter().filter(|&&d| d != StepDevice::Reference) {
                     for &policy in &policies {
                         for step in [StepKind::Fused, StepKind::Unfused] {
                             jobs.push(Job {

@@ -33,7 +33,7 @@ pub use regimes::{RegimeSettings, Regimes};
 pub use render::fmt_value;
 pub use train::{Run, Schedule, SigmaPoint};
 
-pub use crate::device::OpenDevice;
+pub use crate::device::OpenStepDevice;
 
 /// One optimizer of the comparison, with the hyperparameter that is swept.
 #[derive(Clone, Copy, Debug)]
@@ -271,7 +271,7 @@ fn progress_bar(enabled: bool, total: u64) -> ProgressBar {
 /// Trains every model with every optimizer on `device` and measures the regimes. An optimizer
 /// that cannot be configured is reported as skipped; a run that fails is reported with its
 /// error; neither stops the demo.
-pub fn run(device: &OpenDevice, options: &DemoOptions) -> Result<Report> {
+pub fn run(device: &OpenStepDevice, options: &DemoOptions) -> Result<Report> {
     let start = Instant::now();
     let budget = &options.budget;
     let digits = data::split(&data::load_digits()?, options.seed);
@@ -375,7 +375,7 @@ fn choose(model: Model, runs: Vec<(f64, Result<Run, String>)>, data: &data::Spli
 
 /// `bayesprop demo`: runs on the chosen device, prints the results table and writes the
 /// figures and `results.md` into `out`. The GPU is opened with `gpu`.
-pub fn main(device: crate::Device, gpu: &GpuOptions, out: &Path, quick: bool) -> Result<()> {
+pub fn main(device: crate::StepDevice, gpu: &GpuOptions, out: &Path, quick: bool) -> Result<()> {
     let device = device.open(gpu)?;
     let options = DemoOptions {
         budget: if quick {

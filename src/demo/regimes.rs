@@ -11,7 +11,7 @@ use indicatif::ProgressBar;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::demo::OpenDevice;
+use crate::demo::OpenStepDevice;
 use crate::error::Result;
 use crate::optim::{BayesConfig, OptimizerConfig};
 
@@ -100,7 +100,7 @@ fn normal(rng: &mut SmallRng) -> f64 {
 
 /// Runs `bayes` (default β, bias correction and fixed-point start) at every η on `device`.
 pub fn measure(
-    device: &OpenDevice,
+    device: &OpenStepDevice,
     settings: &RegimeSettings,
     seed: u64,
     progress: &ProgressBar,

@@ -9,7 +9,7 @@ use rand::SeedableRng;
 
 use crate::demo::data::{Samples, Split};
 use crate::demo::model::Model;
-use crate::demo::OpenDevice;
+use crate::demo::OpenStepDevice;
 use crate::error::Result;
 use crate::optim::OptimizerConfig;
 
@@ -106,7 +106,7 @@ impl Batches {
 /// What every run of one model shares: the device, the model and its θ₀, the data and the
 /// schedule. Only the optimizer differs between runs.
 pub struct Task<'a> {
-    pub device: &'a OpenDevice,
+    pub device: &'a OpenStepDevice,
     pub model: Model,
     pub theta0: &'a [f32],
     pub data: &'a Split,

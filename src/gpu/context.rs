@@ -286,7 +286,7 @@ impl GpuContext {
             required_limits: limits,
             ..Default::default()
         }))
-        .map_err(|e| Error::Device(format!("request_device on {}: {e}", info.name)))?;
+        .map_err(|e| Error::device_from(format!("request_device on {}", info.name), e))?;
 
         let sink = Arc::new(Mutex::new(Vec::new()));
         // wgpu's default handler panics; ours records, and the next operation returns it.
@@ -395,15 +395,22 @@ impl GpuContext {
         let memory = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let internal = device.push_error_scope(wgpu::ErrorFilter::Internal);
         let value = f();
-        let errors = [internal.pop(), memory.pop(), validation.pop()]
+        let mut errors = [internal.pop(), memory.pop(), validation.pop()]
             .into_iter()
-            .filter_map(pollster::block_on)
-            .map(|e| e.to_string());
-        let mut errors: Vec<String> = errors.collect();
-        errors.append(&mut self.inner.sink.lock().unwrap());
-        match errors.is_empty() {
-            true => Ok(value),
-            false => Err(Error::Device(format!("{what}: {}", errors.join("; ")))),
+            .filter_map(pollster::block_on);
+        // The first error scoped here is kept whole as the source; any other, and those the
+        // uncaptured handler recorded earlier, are named in the message.
+        let first = errors.next();
+        let mut others: Vec<String> = errors.map(|e| e.to_string()).collect();
+        others.append(&mut self.inner.sink.lock().unwrap());
+        let what = match others.is_empty() {
+            true => what.to_string(),
+            false => format!("{what} ({})", others.join("; ")),
+        };
+        match first {
+            Some(error) => Err(Error::device_from(what, error)),
+            None if others.is_empty() => Ok(value),
+            None => Err(Error::device(what)),
         }
     }
 
@@ -489,15 +496,15 @@ impl GpuContext {
             .map_async(wgpu::MapMode::Read, move |r| drop(tx.send(r)));
         device
             .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Device(format!("{what}: {e}")))?;
+            .map_err(|e| Error::device_from(what, e))?;
         rx.recv()
-            .map_err(|_| Error::Device(format!("{what}: the map callback never ran")))?
-            .map_err(|e| Error::Device(format!("{what}: {e}")))?;
+            .map_err(|_| Error::device(format!("{what}: the map callback never ran")))?
+            .map_err(|e| Error::device_from(what, e))?;
         let values = {
             let view = staging
                 .slice(..)
                 .get_mapped_range()
-                .map_err(|e| Error::Device(format!("{what}: {e}")))?;
+                .map_err(|e| Error::device_from(what, e))?;
             bytemuck::cast_slice::<u8, T>(&view).to_vec()
         };
         staging.unmap();

@@ -7,37 +7,23 @@ use std::sync::Arc;
 use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
+use crate::gpu::buffers::{BufferRange, TensorBuffers};
 use crate::gpu::context::GpuContext;
 use crate::gpu::pipeline::{
     in_order, scan_entry, Addressing, Pipeline, COMMIT, NORM_LANES, REDUCE,
 };
-use crate::gpu::segments::{self, Placed, RunPlan, TensorBuffers};
+use crate::gpu::segments::{self, Placed, RunPlan};
 use crate::gpu::tracker::STATUS_BYTES;
 use crate::kernels::{Lanes, WINDOW, WINDOW_HEADER_BYTES};
 use crate::layout::{GroupSpec, Stored, TensorSpec};
 use crate::transform::{NORM_BLOCK, PARTIAL_ALIGN};
 
-/// Where a vector starts on the device: a buffer and a byte offset.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BufferSlice {
-    pub buffer: wgpu::Buffer,
-    pub offset: u64,
-}
-
-/// A user's own θ and gradient buffers for one group, used in place (zero-copy): the group's
-/// arena (see [`crate::ParamGroups`]) starts at each offset. Both need STORAGE usage, and
-/// COPY_SRC / COPY_DST for reading θ back and stepping from host gradients.
-#[derive(Clone, Debug)]
-pub struct ExternalArena {
-    pub theta: BufferSlice,
-    pub grad: BufferSlice,
-}
-
 /// A group's arena in single buffers the optimizer owns (see
 /// [`crate::GpuOptimizer::whole_arena`]): handles for callers that run their own kernels over
 /// the optimizer's arrays, such as `bench`'s roofline.
 #[derive(Clone, Debug)]
-pub struct WholeArena {
+#[cfg(feature = "bench")]
+pub(crate) struct WholeArena {
     pub theta: wgpu::Buffer,
     pub grad: wgpu::Buffer,
     /// The used state vectors, in slot order.
@@ -87,7 +73,7 @@ pub(crate) enum Placement {
     /// In buffers the optimizer owns, where θ₀ is uploaded.
     Owned,
     /// In one caller buffer of each kind, the arena from each offset.
-    Arena(ExternalArena),
+    Arena(TensorBuffers),
     /// Each tensor wherever the caller keeps it (in the group's tensor order).
     Tensors(Vec<TensorBuffers>),
 }
@@ -97,8 +83,8 @@ struct Piece {
     /// Elements of the group's arena.
     range: Range<usize>,
     /// `None` for tensors in the caller's buffers: then the piece holds only state.
-    theta: Option<BufferSlice>,
-    grad: Option<BufferSlice>,
+    theta: Option<BufferRange>,
+    grad: Option<BufferRange>,
     /// One buffer per state slot; `None` where the options do not need that state.
     state: Vec<Option<wgpu::Buffer>>,
     /// Element ranges of the piece that each fit one storage binding, over the piece's length
@@ -175,7 +161,7 @@ pub(crate) struct GpuGroup {
 /// more, chunks are whole multiples of it: each chunk's partial sums of the norm then fill
 /// its region of the partials without padding, and the regions join into exactly the one the
 /// CPU reference sums (see [`crate::transform`]), so clipping stays bit-identical.
-pub fn binding_chunks(n: u64, limits: &wgpu::Limits) -> Vec<Range<u64>> {
+fn binding_chunks(n: u64, limits: &wgpu::Limits) -> Vec<Range<u64>> {
     let align = (limits.min_storage_buffer_offset_alignment as u64 / 4).max(1);
     let max_binding = limits.max_storage_buffer_binding_size / 4;
     let per_chunk = match max_binding >= NORM_CHUNK && NORM_CHUNK.is_multiple_of(align) {
@@ -190,7 +176,7 @@ pub fn binding_chunks(n: u64, limits: &wgpu::Limits) -> Vec<Range<u64>> {
 /// Slots of the region of norm partials that the scan of `len` bound elements at width
 /// `lanes` writes: one per workgroup, then zeros up to the alignment (see
 /// [`crate::transform`]).
-pub fn partial_slots(len: u64, lanes: Lanes) -> u64 {
+pub(crate) fn partial_slots(len: u64, lanes: Lanes) -> u64 {
     len.div_ceil(u64::from(NORM_LANES * lanes.width()))
         .max(1)
         .next_multiple_of(PARTIAL_ALIGN as u64)
@@ -200,7 +186,7 @@ pub fn partial_slots(len: u64, lanes: Lanes) -> u64 {
 /// cut into a vec4 body and a scalar tail (no vec4 under `scalar_only`), as the arena's
 /// kernels bind them (for `bench`'s kernels over the optimizer's own buffers).
 #[cfg(feature = "bench")]
-pub fn arena_parts(ctx: &GpuContext, n: u64) -> Vec<(Range<u64>, Lanes)> {
+pub(crate) fn arena_parts(ctx: &GpuContext, n: u64) -> Vec<(Range<u64>, Lanes)> {
     let limits = ctx.limits();
     let align = (limits.min_storage_buffer_offset_alignment as u64 / 4).max(1);
     binding_chunks(n, &limits)
@@ -211,12 +197,12 @@ pub fn arena_parts(ctx: &GpuContext, n: u64) -> Vec<(Range<u64>, Lanes)> {
 
 /// Elements whose norm partials fill whole aligned regions: [`NORM_BLOCK`] elements per
 /// partial, [`PARTIAL_ALIGN`] partials per region alignment (65,536).
-pub const NORM_CHUNK: u64 = (NORM_BLOCK * PARTIAL_ALIGN) as u64;
+const NORM_CHUNK: u64 = (NORM_BLOCK * PARTIAL_ALIGN) as u64;
 
 /// Cuts a chunk into a vec4 body and a scalar tail. The tail starts at a multiple of `align`
 /// elements (the storage offset alignment) past the chunk's start, which is aligned; with
 /// `vec4` false the whole chunk is scalar.
-pub fn parts_of(chunk: &Range<u64>, align: u64, vec4: bool) -> Vec<(Range<u64>, Lanes)> {
+fn parts_of(chunk: &Range<u64>, align: u64, vec4: bool) -> Vec<(Range<u64>, Lanes)> {
     let len = chunk.end - chunk.start;
     let step = if align.is_multiple_of(4) {
         align
@@ -264,7 +250,7 @@ fn pieces_of(arena_len: usize, tensors: &[&TensorSpec], max: usize) -> Result<Ve
         .collect())
 }
 
-fn slice_binding<'a>(slice: &'a BufferSlice, elements: &Range<u64>) -> wgpu::BufferBinding<'a> {
+fn slice_binding<'a>(slice: &'a BufferRange, elements: &Range<u64>) -> wgpu::BufferBinding<'a> {
     wgpu::BufferBinding {
         buffer: &slice.buffer,
         offset: slice.offset + elements.start * 4,
@@ -365,14 +351,8 @@ impl GpuGroup {
                                 mapped_at_creation: false,
                             });
                             (
-                                Some(BufferSlice {
-                                    buffer: theta,
-                                    offset: 0,
-                                }),
-                                Some(BufferSlice {
-                                    buffer: grad,
-                                    offset: 0,
-                                }),
+                                Some(BufferRange::whole(theta)),
+                                Some(BufferRange::whole(grad)),
                             )
                         }
                     };
@@ -411,10 +391,13 @@ impl GpuGroup {
             (window, status, pieces)
         };
         let (window, status, pieces) = ctx.scoped("allocating buffers", allocate).map_err(|e| match e {
-            Error::Device(message) if message.to_lowercase().contains("memory") => Error::Device(format!(
-                "group `{}` needs {needed} bytes of device memory, which the device refused: {message}",
-                spec.name
-            )),
+            Error::Device { what, source } if is_out_of_memory(&what, &source) => Error::Device {
+                what: format!(
+                    "group `{}` needs {needed} bytes of device memory, which the device refused ({what})",
+                    spec.name
+                ),
+                source,
+            },
             other => other,
         })?;
         let placeholder = device.create_buffer(&wgpu::BufferDescriptor {
@@ -634,7 +617,7 @@ impl GpuGroup {
     }
 
     /// Slots of the partials the group's scan writes: one region per bound part or run.
-    pub fn partial_slots(&self) -> u64 {
+    pub(crate) fn partial_slots(&self) -> u64 {
         self.parts().map(Part::partial_slots).sum::<u64>()
             + self.runs().map(|r| r.plan.partial_slots()).sum::<u64>()
     }
@@ -756,8 +739,9 @@ impl GpuGroup {
         bytes
     }
 
-    pub fn write_window(&self, queue: &wgpu::Queue, bytes: &[u8]) {
-        queue.write_buffer(&self.window, 0, bytes);
+    /// The uniform buffer a step's window is copied into.
+    pub fn window_buffer(&self) -> &wgpu::Buffer {
+        &self.window
     }
 
     /// Before the pass: the non-finite count is per step; t carries over.
@@ -822,20 +806,17 @@ impl GpuGroup {
 
     /// Where a vector of the piece lives (`None` for an unused state slot, and for θ and g
     /// of tensors in the caller's buffers).
-    fn vector(&self, piece: &Piece, vector: Vector) -> Option<BufferSlice> {
+    fn vector(&self, piece: &Piece, vector: Vector) -> Option<BufferRange> {
         match vector {
             Vector::Theta => piece.theta.clone(),
             Vector::Grad => piece.grad.clone(),
-            Vector::State(k) => piece.state[k].as_ref().map(|b| BufferSlice {
-                buffer: b.clone(),
-                offset: 0,
-            }),
+            Vector::State(k) => piece.state[k].clone().map(BufferRange::whole),
         }
     }
 
-    /// The buffer slice holding `range` of the arena, which lies in one piece when `range` is
-    /// a tensor's; with its length in bytes.
-    pub fn slice_of(&self, vector: Vector, range: &Range<usize>) -> Option<(BufferSlice, u64)> {
+    /// The buffer range holding `range` of the arena, which lies in one piece when `range` is
+    /// a tensor's.
+    pub fn slice_of(&self, vector: Vector, range: &Range<usize>) -> Option<BufferRange> {
         if let (Some(segments), Vector::Theta | Vector::Grad) = (&self.segments, vector) {
             // In arena order, so ends never decrease: the first tensor reaching range.end is
             // the only one that can hold it.
@@ -844,25 +825,28 @@ impl GpuGroup {
                 .tensors
                 .get(first)
                 .filter(|(t, _)| t.start <= range.start)?;
-            let mut slice = match vector {
-                Vector::Theta => buffers.theta.clone(),
-                _ => buffers.grad.clone(),
+            let buffers = match vector {
+                Vector::Theta => &buffers.theta,
+                _ => &buffers.grad,
             };
-            slice.offset += (range.start - tensor.start) as u64 * 4;
-            return Some((slice, range.len() as u64 * 4));
+            let from = (range.start - tensor.start) as u64 * 4;
+            return Some(buffers.sub(from, range.len() as u64 * 4));
         }
         let piece = self
             .pieces
             .iter()
             .find(|p| p.range.start <= range.start && range.end <= p.range.end)?;
-        let mut slice = self.vector(piece, vector)?;
-        slice.offset += (range.start - piece.range.start) as u64 * 4;
-        Some((slice, range.len() as u64 * 4))
+        let from = (range.start - piece.range.start) as u64 * 4;
+        Some(
+            self.vector(piece, vector)?
+                .sub(from, range.len() as u64 * 4),
+        )
     }
 
     /// θ, g and the used state buffers of an arena that lives in one buffer of each kind the
     /// optimizer owns, with the bound length (padded to whole vec4s); `None` otherwise. For
     /// `bench`, whose roofline touches the optimizer's own buffers.
+    #[cfg(feature = "bench")]
     pub fn whole_arena(&self) -> Option<WholeArena> {
         let [piece] = &self.pieces[..] else {
             return None;
@@ -925,7 +909,7 @@ impl GpuGroup {
     fn caller_tensors(
         &self,
         vector: Vector,
-    ) -> Option<impl Iterator<Item = (Range<usize>, &BufferSlice)>> {
+    ) -> Option<impl Iterator<Item = (Range<usize>, &BufferRange)>> {
         let segments = self.segments.as_ref()?;
         let grad = match vector {
             Vector::Theta => false,
@@ -962,6 +946,20 @@ impl GpuGroup {
     }
 }
 
+/// Whether a device error is the device's refusal of memory.
+fn is_out_of_memory(what: &str, source: &Option<crate::error::DeviceErrorSource>) -> bool {
+    let text = match source {
+        Some(source) => {
+            if let Some(wgpu::Error::OutOfMemory { .. }) = source.downcast_ref::<wgpu::Error>() {
+                return true;
+            }
+            format!("{what}: {source}")
+        }
+        None => what.to_string(),
+    };
+    text.to_lowercase().contains("memory")
+}
+
 fn part_len(part: &Part) -> u32 {
     (part.range.end - part.range.start) as u32
 }
@@ -984,7 +982,7 @@ fn slice_binding_owned<'a>(
     }
 }
 
-fn check_external(ext: &ExternalArena, arena_len: usize, limits: &wgpu::Limits) -> Result<()> {
+fn check_external(ext: &TensorBuffers, arena_len: usize, limits: &wgpu::Limits) -> Result<()> {
     let align = limits.min_storage_buffer_offset_alignment as u64;
     for (what, slice) in [("θ", &ext.theta), ("gradient", &ext.grad)] {
         if !slice.offset.is_multiple_of(align) {
@@ -998,14 +996,7 @@ fn check_external(ext: &ExternalArena, arena_len: usize, limits: &wgpu::Limits) 
                 "the {what} buffer needs STORAGE usage"
             )));
         }
-        let needed = slice.offset + arena_len.max(1) as u64 * 4;
-        if slice.buffer.size() < needed {
-            return Err(Error::Layout(format!(
-                "the {what} buffer holds {} bytes; the group's arena needs {needed} from offset {}",
-                slice.buffer.size(),
-                slice.offset
-            )));
-        }
+        slice.check_holds(&format!("the group's {what} arena"), arena_len as u64 * 4)?;
     }
     Ok(())
 }

@@ -3,11 +3,16 @@
 
 use std::sync::Mutex;
 
+use wgpu::util::DeviceExt;
+
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
+use crate::gpu::buffers::{BufferRange, TensorBuffers};
 use crate::gpu::context::GpuContext;
-use crate::gpu::group::{BufferSlice, ExternalArena, GpuGroup, Placement, Vector, WholeArena};
-use crate::gpu::segments::{self, TensorBuffers};
+#[cfg(feature = "bench")]
+use crate::gpu::group::WholeArena;
+use crate::gpu::group::{GpuGroup, Placement, Vector};
+use crate::gpu::segments;
 use crate::gpu::tracker::{StepTracker, STATUS_BYTES, TRANSFORM_BYTES};
 use crate::layout::{GroupId, Layout, ParamGroups, StateSource, TensorId, TensorSpec};
 use crate::optim::{NonFinitePolicy, OptimizerConfig, StepReport};
@@ -30,7 +35,7 @@ pub struct GpuOptimizer {
     /// first time a step clips (a scan that does not clip writes none).
     reduce: Option<wgpu::BindGroup>,
     /// Where the caller's kernels write the loss scale, when it is not the host's.
-    device_scale: Option<BufferSlice>,
+    device_scale: Option<BufferRange>,
 }
 
 impl std::fmt::Debug for GpuOptimizer {
@@ -40,6 +45,21 @@ impl std::fmt::Debug for GpuOptimizer {
             .field("tensors", &self.layout.tensors().len())
             .finish()
     }
+}
+
+/// How a step is cut up on the device ([`GpuOptimizer::step_shape`]): what the device's
+/// limits and the tensors' places make of the layout. Read-only; for tests and for users who
+/// want to know what a step records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepShape {
+    /// Storage bindings the vectors are split into (the device's binding size limit), over
+    /// all groups.
+    pub bindings: usize,
+    /// Buffers each vector is split into (the device's buffer size limit), over all groups.
+    pub buffers: usize,
+    /// Update dispatches a step records, over all groups: vec4 bodies and scalar tails, one
+    /// per run of caller tensors. Each group's scan and commit come on top.
+    pub update_dispatches: usize,
 }
 
 impl GpuOptimizer {
@@ -57,13 +77,13 @@ impl GpuOptimizer {
         Self::build(ctx, groups, |_| Placement::Owned)
     }
 
-    /// Every group of `groups`, with θ and g in the caller's buffers (one [`ExternalArena`]
-    /// per group, zero-copy; θ₀ is whatever those buffers hold). The optimizer owns only its
-    /// state.
+    /// Every group of `groups`, with θ and g in the caller's buffers (one [`TensorBuffers`]
+    /// per group, each range holding the group's whole arena; zero-copy, θ₀ is whatever those
+    /// buffers hold). The optimizer owns only its state.
     pub fn from_groups_in(
         ctx: &GpuContext,
         groups: &ParamGroups,
-        arenas: &[ExternalArena],
+        arenas: &[TensorBuffers],
     ) -> Result<Self> {
         if arenas.len() != groups.groups().len() {
             return Err(Error::LengthMismatch {
@@ -79,7 +99,7 @@ impl GpuOptimizer {
     /// [`TensorBuffers`] per tensor in registration order, at any offsets that are multiples
     /// of 4 bytes, in any number of buffers (zero-copy; θ₀ is whatever those buffers hold).
     /// The optimizer owns only its state. A step is one dispatch per run of tensors that
-    /// share buffers (see [`GpuOptimizer::dispatch_count`]), bit-identical to
+    /// share buffers (see [`GpuOptimizer::step_shape`]), bit-identical to
     /// [`GpuOptimizer::from_groups`] except for the norm's rounding when clipping (its sum
     /// runs in another order). [`GpuOptimizer::set_tensor_buffers`] follows tensors that move.
     pub fn from_tensors_in(
@@ -216,19 +236,18 @@ impl GpuOptimizer {
     /// (a loss scaler's), instead of the host `grad_scale`; `None` goes back to the host
     /// value. It is copied inside each step's command encoder, so each step reads the value
     /// its own commands left there. The buffer needs COPY_SRC; the offset is a multiple of 4.
-    pub fn set_grad_scale_buffer(&mut self, scale: Option<BufferSlice>) -> Result<()> {
-        if let Some(slice) = &scale {
-            if !slice.buffer.usage().contains(wgpu::BufferUsages::COPY_SRC)
-                || !slice.offset.is_multiple_of(4)
-                || slice.offset + 4 > slice.buffer.size()
+    pub fn set_grad_scale_buffer(&mut self, scale: Option<BufferRange>) -> Result<()> {
+        if let Some(range) = &scale {
+            if !range.buffer.usage().contains(wgpu::BufferUsages::COPY_SRC)
+                || !range.offset.is_multiple_of(4)
             {
                 return Err(Error::Layout(format!(
                     "the grad scale buffer needs COPY_SRC usage and an f32 at a multiple of 4 \
-                     bytes inside it (offset {}, size {})",
-                    slice.offset,
-                    slice.buffer.size()
+                     bytes (offset {})",
+                    range.offset
                 )));
             }
+            range.check_holds("the grad scale", 4)?;
         }
         self.device_scale = scale;
         Ok(())
@@ -247,19 +266,21 @@ impl GpuOptimizer {
     }
 
     /// Records one step of every group into the caller's `encoder`, for the caller to submit
-    /// (with its own work before and after, e.g. copies into and out of the arenas). Never
-    /// waits for the device.
+    /// on this optimizer's queue (with its own work before and after, e.g. copies into and out
+    /// of the arenas). Never waits for the device.
     ///
-    /// The per-step scalars are written with `Queue::write_buffer`, which wgpu orders before
-    /// every command buffer submitted after it: the recorded step sees them as long as the
-    /// caller submits on this optimizer's queue. Submit `encoder` before the next call on this
-    /// optimizer; the status readback it records is mapped then. Validation errors in the
-    /// recorded commands surface at the caller's `encoder.finish()` or submit.
+    /// Everything the step needs travels in the encoder: its per-step scalars are copied in
+    /// from a staging buffer of its own, and its status readback is mapped when the encoder
+    /// is submitted. So several steps may be recorded, into one encoder or several, before
+    /// any is submitted; submit them in the order they were recorded. A call that must know
+    /// a step's outcome (reading θ or the state, `steps_taken`, the reports) returns an error
+    /// naming a recorded step that was never submitted. Validation errors in the recorded
+    /// commands surface at the caller's `encoder.finish()` or submit.
     pub fn encode_step(&mut self, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
         if self.layout.transform.clip_norm.is_some() {
             self.bind_norm()?;
         }
-        let (device, queue) = (self.ctx.device(), self.ctx.queue());
+        let device = self.ctx.device();
         let mut tracker = self.tracker.lock().unwrap();
         tracker.resolve(device, false)?;
         if let Some(error) = tracker.take_error() {
@@ -292,17 +313,32 @@ impl GpuOptimizer {
                     beginning_of_pass_write_index: Some(*index),
                     end_of_pass_write_index: Some(index + 1),
                 });
+        // Without clipping the factor stays 1: `reduce` does not run.
+        let clip_norm = transform.clip_norm.unwrap_or(0.0);
+        let transform_values = [transform.grad_scale, clip_norm, 0.0, 1.0];
         let recorded = self.ctx.scoped("step", || {
+            // This step's scalars, staged in the encoder rather than written on the queue, so
+            // that each step recorded before a submit sees its own.
+            let mut staged = Vec::new();
+            let mut targets = Vec::new();
             for (group, window) in self.groups.iter().zip(&windows) {
-                group.write_window(queue, window);
+                targets.push((
+                    group.window_buffer(),
+                    staged.len() as u64,
+                    window.len() as u64,
+                ));
+                staged.extend_from_slice(window);
             }
-            // Without clipping the factor stays 1: `reduce` does not run.
-            let clip_norm = transform.clip_norm.unwrap_or(0.0);
-            queue.write_buffer(
-                &self.transform,
-                0,
-                bytemuck::cast_slice(&[transform.grad_scale, clip_norm, 0.0, 1.0]),
-            );
+            targets.push((&self.transform, staged.len() as u64, TRANSFORM_BYTES));
+            staged.extend_from_slice(bytemuck::cast_slice(&transform_values));
+            let staging = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("bayesprop step scalars"),
+                contents: &staged,
+                usage: wgpu::BufferUsages::COPY_SRC,
+            });
+            for (target, from, bytes) in targets {
+                encoder.copy_buffer_to_buffer(&staging, from, target, 0, bytes);
+            }
             for group in &self.groups {
                 group.clear_count(encoder);
             }
@@ -347,6 +383,7 @@ impl GpuOptimizer {
         });
         recorded?;
         tracker.recorded(
+            encoder,
             self.layout.groups().iter().map(|g| g.policy).collect(),
             norm,
             readback,
@@ -366,7 +403,6 @@ impl GpuOptimizer {
         let queue = self.ctx.queue();
         self.ctx
             .scoped("step", || queue.submit([encoder.finish()]))?;
-        self.tracker.lock().unwrap().map_recorded();
         Ok(())
     }
 
@@ -383,16 +419,17 @@ impl GpuOptimizer {
     /// `index` and `index + 1`, to measure its device time (`bench` does; the device needs
     /// `TIMESTAMP_QUERY`, see [`GpuContext::has_timestamps`]). One step only: the steps after
     /// it go untimed unless asked again.
-    pub fn time_next_pass(&mut self, queries: &wgpu::QuerySet, index: u32) {
+    #[cfg(feature = "bench")]
+    pub(crate) fn time_next_pass(&mut self, queries: &wgpu::QuerySet, index: u32) {
         self.next_pass_timestamps = Some((queries.clone(), index));
     }
 
-    /// Where a tensor's θ lives on the device: buffer, byte offset and byte length.
-    pub fn tensor_theta(&self, id: TensorId) -> Result<(BufferSlice, u64)> {
+    /// Where a tensor's θ lives on the device.
+    pub fn tensor_theta(&self, id: TensorId) -> Result<BufferRange> {
         self.tensor_slice(id, Vector::Theta)
     }
 
-    fn tensor_slice(&self, id: TensorId, vector: Vector) -> Result<(BufferSlice, u64)> {
+    fn tensor_slice(&self, id: TensorId, vector: Vector) -> Result<BufferRange> {
         let t = self.layout.tensor(id)?;
         Ok(self.groups[t.group.0]
             .slice_of(vector, &t.range())
@@ -401,12 +438,12 @@ impl GpuOptimizer {
 
     /// Where a tensor's gradient goes on the device: the caller's kernels may write it here
     /// and then call [`GpuOptimizer::step_device`].
-    pub fn tensor_grad(&self, id: TensorId) -> Result<(BufferSlice, u64)> {
+    pub fn tensor_grad(&self, id: TensorId) -> Result<BufferRange> {
         self.tensor_slice(id, Vector::Grad)
     }
 
     /// Where a tensor's state vector lives on the device, e.g. σ, the posterior variance.
-    pub fn tensor_state_slice(&self, id: TensorId, name: &str) -> Result<(BufferSlice, u64)> {
+    pub fn tensor_state_range(&self, id: TensorId, name: &str) -> Result<BufferRange> {
         let slot = self.layout.slot(self.layout.tensor(id)?.group, name)?;
         self.tensor_slice(id, Vector::State(slot))
     }
@@ -416,9 +453,9 @@ impl GpuOptimizer {
         let t = self.layout.tensor(id)?;
         match self.layout.state_source(t.group, name)? {
             StateSource::Slot(_) => {
-                let (slice, bytes) = self.tensor_state_slice(id, name)?;
+                let range = self.tensor_state_range(id, name)?;
                 self.ctx
-                    .read_f32(&slice.buffer, slice.offset, (bytes / 4) as usize)
+                    .read_f32(&range.buffer, range.offset, range.elements() as usize)
             }
             StateSource::Derived => Ok(self.derived(t.group, name)?[t.range()].to_vec()),
         }
@@ -440,9 +477,9 @@ impl GpuOptimizer {
 
     /// A tensor's θ, read back to the host (waits for the device).
     pub fn tensor_values(&self, id: TensorId) -> Result<Vec<f32>> {
-        let (slice, bytes) = self.tensor_theta(id)?;
+        let range = self.tensor_theta(id)?;
         self.ctx
-            .read_f32(&slice.buffer, slice.offset, (bytes / 4) as usize)
+            .read_f32(&range.buffer, range.offset, range.elements() as usize)
     }
 
     /// Each group's applied step count (waits for the steps in flight).
@@ -454,24 +491,18 @@ impl GpuOptimizer {
 
     /// Group 0's arena when it lies in single buffers this optimizer owns, to run other
     /// kernels over the same arrays (`bench`'s roofline does).
-    pub fn whole_arena(&self) -> Option<WholeArena> {
+    #[cfg(feature = "bench")]
+    pub(crate) fn whole_arena(&self) -> Option<WholeArena> {
         self.groups.first()?.whole_arena()
     }
 
-    /// How many storage bindings the vectors are split into, over all groups.
-    pub fn chunk_count(&self) -> usize {
-        self.groups.iter().map(GpuGroup::chunk_count).sum()
-    }
-
-    /// How many update dispatches a step records, over all groups (vec4 bodies and scalar
-    /// tails; the scan and commit of each group come on top).
-    pub fn dispatch_count(&self) -> usize {
-        self.groups.iter().map(GpuGroup::dispatch_count).sum()
-    }
-
-    /// How many buffers each vector is split into, over all groups.
-    pub fn buffer_count(&self) -> usize {
-        self.groups.iter().map(GpuGroup::piece_count).sum()
+    /// How a step is cut up on this device: bindings, buffers and dispatches.
+    pub fn step_shape(&self) -> StepShape {
+        StepShape {
+            bindings: self.groups.iter().map(GpuGroup::chunk_count).sum(),
+            buffers: self.groups.iter().map(GpuGroup::piece_count).sum(),
+            update_dispatches: self.groups.iter().map(GpuGroup::dispatch_count).sum(),
+        }
     }
 
     pub fn context(&self) -> &GpuContext {
@@ -539,9 +570,7 @@ impl Stepper for GpuOptimizer {
         &self.layout
     }
 
-    fn layout_mut(&mut self) -> &mut Layout {
-        &mut self.layout
-    }
+    crate::layout_setters!();
 
     /// The step count of group 0 (see [`GpuOptimizer::group_steps`] for every group).
     fn steps_taken(&self) -> Result<u64> {

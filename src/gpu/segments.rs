@@ -14,19 +14,10 @@ use std::hash::Hash;
 use std::ops::Range;
 
 use crate::error::{Error, Result};
-use crate::gpu::group::BufferSlice;
+use crate::gpu::buffers::TensorBuffers;
 use crate::gpu::pipeline::ROW_LANES;
 use crate::kernels::Lanes;
 use crate::transform::PARTIAL_ALIGN;
-
-/// Where one tensor's θ and gradient live in the caller's buffers: any byte offsets that are
-/// multiples of 4, in buffers with STORAGE usage (and COPY_SRC / COPY_DST for reading θ back
-/// and stepping from host gradients). θ and g may share a buffer; tensors may share buffers.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TensorBuffers {
-    pub theta: BufferSlice,
-    pub grad: BufferSlice,
-}
 
 /// One row of a segment table, as `Block` in shaders/common.wgsl: lane groups k < `count` at
 /// θ[theta + k], g[grad + k] and state[state + k], indices into the run's bindings in units of
@@ -238,8 +229,8 @@ fn span(a: &Range<u64>, b: &Range<u64>) -> u64 {
 }
 
 /// Refuses caller buffers the kernels cannot use, for tensors given as (name, length,
-/// buffers): an offset that is not a multiple of 4, a buffer without STORAGE usage or too
-/// small, and a tensor's θ that overlaps any other θ or gradient (of any tensor: the step
+/// buffers): an offset that is not a multiple of 4, a buffer without STORAGE usage, a range
+/// of another length than the tensor's or outside its buffer, and a tensor's θ that overlaps any other θ or gradient (of any tensor: the step
 /// would read what it writes). Gradients may overlap one another; they are only read.
 pub fn check(tensors: &[(&str, usize, &TensorBuffers)]) -> Result<()> {
     let mut spans = Vec::with_capacity(2 * tensors.len());
@@ -256,14 +247,15 @@ pub fn check(tensors: &[(&str, usize, &TensorBuffers)]) -> Result<()> {
             if !slice.buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
                 return fail(format!("the {what} buffer needs STORAGE usage"));
             }
-            let end = slice.offset + len as u64 * 4;
-            if slice.buffer.size() < end {
+            let bytes = len as u64 * 4;
+            if slice.size != bytes {
                 return fail(format!(
-                    "the {what} buffer holds {} bytes; {len} elements from offset {} need {end}",
-                    slice.buffer.size(),
-                    slice.offset
+                    "the {what} range holds {} bytes; the tensor's {len} elements are {bytes}",
+                    slice.size
                 ));
             }
+            slice.check_holds(&format!("tensor `{name}`'s {what}"), bytes)?;
+            let end = slice.offset + bytes;
             if len > 0 {
                 spans.push((&slice.buffer, slice.offset..end, theta, name));
             }

@@ -36,9 +36,9 @@ pub(crate) struct StepTracker {
     resolved_calls: u64,
     /// Each group's step counter as of the last status read back.
     resolved_t: Vec<u64>,
+    /// Steps recorded, oldest first: each one's readback is mapped when the command buffer
+    /// that holds it is submitted (`CommandEncoder::map_buffer_on_submit`).
     pending: VecDeque<Pending>,
-    /// A step recorded into a caller's encoder, whose readback is mapped once it is submitted.
-    recorded: Option<(Vec<NonFinitePolicy>, bool, wgpu::Buffer)>,
     /// Readback buffers ready for reuse.
     free: Vec<wgpu::Buffer>,
     reports: Vec<StepReport>,
@@ -57,7 +57,6 @@ impl StepTracker {
             resolved_calls: 0,
             resolved_t: t,
             pending: VecDeque::new(),
-            recorded: None,
             free: Vec::new(),
             reports: Vec::new(),
             norms: Vec::new(),
@@ -92,24 +91,19 @@ impl StepTracker {
         })
     }
 
-    /// Records a step whose statuses are copied into `buffer` by commands not yet submitted:
-    /// mapping it now would make wgpu reject the submit, so it is mapped by
-    /// [`StepTracker::map_recorded`] or by the next `resolve`.
-    pub fn recorded(&mut self, policies: Vec<NonFinitePolicy>, norm: bool, buffer: wgpu::Buffer) {
-        self.map_recorded();
-        self.calls += 1;
-        self.recorded = Some((policies, norm, buffer));
-    }
-
-    /// Starts reading back the recorded step's statuses; call once it has been submitted.
-    pub fn map_recorded(&mut self) {
-        let Some((policies, norm, buffer)) = self.recorded.take() else {
-            return;
-        };
+    /// Records a step whose statuses `encoder` copies into `buffer`: the buffer is mapped
+    /// when the caller submits the encoder, whenever that is, so steps may be recorded into
+    /// several encoders before they are submitted (in the order they were recorded).
+    pub fn recorded(
+        &mut self,
+        encoder: &wgpu::CommandEncoder,
+        policies: Vec<NonFinitePolicy>,
+        norm: bool,
+        buffer: wgpu::Buffer,
+    ) {
         let (tx, mapped) = mpsc::channel();
-        buffer
-            .slice(..)
-            .map_async(wgpu::MapMode::Read, move |r| drop(tx.send(r)));
+        encoder.map_buffer_on_submit(&buffer, wgpu::MapMode::Read, .., move |r| drop(tx.send(r)));
+        self.calls += 1;
         self.pending.push_back(Pending {
             call: self.calls,
             policies,
@@ -121,7 +115,6 @@ impl StepTracker {
 
     /// Collects the statuses that have arrived; with `wait`, waits for all of them first.
     pub fn resolve(&mut self, device: &wgpu::Device, wait: bool) -> Result<()> {
-        self.map_recorded();
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -132,21 +125,29 @@ impl StepTracker {
         };
         device
             .poll(poll)
-            .map_err(|e| Error::Device(format!("waiting for a step: {e}")))?;
+            .map_err(|e| Error::device_from("waiting for a step", e))?;
         while let Some(front) = self.pending.front() {
             let mapped = match front.mapped.try_recv() {
                 Ok(result) => result,
                 Err(mpsc::TryRecvError::Empty) if !wait => break,
-                Err(_) => Err(wgpu::BufferAsyncError),
+                // Waited for every submission: this step's command buffer was never
+                // submitted (still held, or dropped unsubmitted).
+                Err(_) => {
+                    return Err(Error::device(format!(
+                        "step call {} was recorded by encode_step but its command buffer was \
+                         never submitted; submit each encoder the step is recorded into, in order",
+                        front.call
+                    )))
+                }
             };
             let pending = self.pending.pop_front().expect("front exists");
-            mapped.map_err(|e| Error::Device(format!("reading step status: {e}")))?;
+            mapped.map_err(|e| Error::device_from("reading step status", e))?;
             let words: Vec<u32> = {
                 let view = pending
                     .buffer
                     .slice(..)
                     .get_mapped_range()
-                    .map_err(|e| Error::Device(format!("reading step status: {e}")))?;
+                    .map_err(|e| Error::device_from("reading step status", e))?;
                 bytemuck::cast_slice(&view).to_vec()
             };
             pending.buffer.unmap();

@@ -2,9 +2,6 @@
 //! under test; snapshots of θ and the state and their bitwise comparison; the two-group model.
 #![allow(dead_code)]
 
-#[cfg(feature = "cli")]
-pub mod cli;
-
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -6,8 +6,7 @@ use std::time::Instant;
 
 use bayesprop::gpu::{enumerate_adapters, GpuOptions};
 use bayesprop::validate::{self, Rule};
-#[cfg(feature = "bench")]
-use bayesprop::Device;
+use bayesprop::StepDevice;
 use bayesprop::{
     kernels, Checkpoint, Error, GpuContext, GpuOptimizer, GradTransform, GroupId, HyperSchedule,
     NonFinitePolicy, OptimizerConfig, Result,
@@ -82,15 +81,11 @@ enum Command {
     Replay(Box<ReplayArgs>),
     /// Train small models on the UCI digits with every optimizer; write loss.svg, sigma.svg,
     /// regimes.svg and results.md.
-    #[cfg(feature = "demo")]
     Demo(DemoArgs),
     /// Step time of each optimizer on the reference, the fast CPU path and the GPU, against a
     /// roofline (touch of the same arrays, and a copy) measured in the same run.
-    #[cfg(feature = "bench")]
     Bench(BenchArgs),
 }
-
-#[cfg(feature = "bench")]
 #[derive(Parser, Debug)]
 struct BenchArgs {
     /// An optimizer name (presets included), or `all`: every optimizer in the table.
@@ -138,25 +133,25 @@ struct BenchArgs {
     gpu: GpuArgs,
 }
 
-/// The devices of `bench --device`: one, or `all`.
-#[cfg(feature = "bench")]
-#[derive(Clone, Debug)]
-struct Devices(Vec<Device>);
+/// `--device`: reference, cpu or gpu.
+fn step_device(text: &str) -> Result<StepDevice> {
+    text.parse()
+}
 
-#[cfg(feature = "bench")]
+/// The devices of `bench --device`: one, or `all`.
+#[derive(Clone, Debug)]
+struct Devices(Vec<StepDevice>);
 fn devices(text: &str) -> Result<Devices> {
     match text {
-        "all" => Ok(Devices(Device::ALL.to_vec())),
+        "all" => Ok(Devices(StepDevice::ALL.to_vec())),
         one => Ok(Devices(vec![one.parse()?])),
     }
 }
-
-#[cfg(feature = "demo")]
 #[derive(Parser, Debug)]
 struct DemoArgs {
     /// Where the optimizers step.
-    #[arg(long, value_enum, default_value_t = bayesprop::Device::Cpu)]
-    device: bayesprop::Device,
+    #[arg(long, value_parser = step_device, default_value_t = StepDevice::Cpu)]
+    device: StepDevice,
     /// Folder for the figures and results.md (created if needed).
     #[arg(long, default_value = "bayesprop-demo")]
     out: PathBuf,
@@ -184,8 +179,8 @@ struct ReplayArgs {
     /// Where to write θ after each step: f32, shape (T, N).
     #[arg(long)]
     out: PathBuf,
-    #[arg(long, value_enum, default_value_t = bayesprop::Device::Gpu)]
-    device: bayesprop::Device,
+    #[arg(long, value_parser = step_device, default_value_t = StepDevice::Gpu)]
+    device: StepDevice,
     /// What a step does with NaN or ±Inf gradients (SPEC §4): skip-step, skip-element or
     /// error (stop with exit 2, naming the step).
     #[arg(long, default_value = "skip-step")]
@@ -226,10 +221,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Info(gpu) => info(&gpu),
         Command::Validate(gpu) => validate(&gpu),
         Command::Replay(args) => replay(&args),
-        #[cfg(feature = "demo")]
         Command::Demo(a) => bayesprop::demo::main(a.device, &a.gpu.options()?, &a.out, a.quick)
             .map(|()| ExitCode::SUCCESS),
-        #[cfg(feature = "bench")]
         Command::Bench(args) => bench(&args),
     }
 }
@@ -421,7 +414,6 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode> {
 }
 
 /// The training step of `bench --training-step` rows: the flags over [`bench::TRAINING_STEP`].
-#[cfg(feature = "bench")]
 fn bench_transform(args: &BenchArgs) -> Result<GradTransform> {
     let mut transform = bayesprop::bench::TRAINING_STEP;
     if let Some(v) = &args.grad_scale {
@@ -434,8 +426,23 @@ fn bench_transform(args: &BenchArgs) -> Result<GradTransform> {
     };
     transform.validate().map(|()| transform)
 }
+/// The adapter the GPU rows run on, in one line; on an OpenGL adapter (what wgpu falls back
+/// to without a Vulkan driver, e.g. Mesa's llvmpipe for GL), how to get the Vulkan one.
+fn adapter_line(ctx: &GpuContext) -> String {
+    let a = ctx.adapter_info();
+    let mut line = format!(
+        "bench: GPU rows on {} ({:?}, {:?})",
+        a.name, a.backend, a.device_type
+    );
+    if a.backend == bayesprop::wgpu::Backend::Gl {
+        line.push_str(
+            "; this is an OpenGL adapter, whose compute is far slower than Vulkan's: install a \
+             Vulkan driver (without a GPU: `apt-get install -y mesa-vulkan-drivers`, lavapipe)",
+        );
+    }
+    line
+}
 
-#[cfg(feature = "bench")]
 fn bench(args: &BenchArgs) -> Result<ExitCode> {
     use bayesprop::bench::{self, BenchOptions};
     let optimizers = match args.optimizer.as_str() {
@@ -461,11 +468,14 @@ fn bench(args: &BenchArgs) -> Result<ExitCode> {
         training_step: args.training_step,
         transform: bench_transform(args)?,
     };
-    let gpu = if options.devices.contains(&Device::Gpu) {
+    let gpu = if options.devices.contains(&StepDevice::Gpu) {
         args.gpu.context().map_err(|e| e.to_string())
     } else {
         Err("not asked for".to_string())
     };
+    if let Ok(ctx) = &gpu {
+        eprintln!("{}", adapter_line(ctx));
+    }
     let total = bench::job_count(&options, gpu.is_ok());
     let bar = indicatif::ProgressBar::new(total as u64);
     bar.set_style(
