@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The figures of README "Performance", from real runs: every command below, each one's output
+# The figures of docs/performance.md, from real runs: every command below, each one's output
 # under docs/bench/. Speeds move with the machine's load: the runs print the load average, and
 # every roofline fraction is taken against a roofline measured in the same run.
 set -euo pipefail
@@ -14,7 +14,7 @@ mkdir -p "$out"
 # the many-tensor case and the scan pass's cost.
 bench --repeat 3 | tee "$out/matrix.txt"
 # The CPU alone, with the default policy and then without the extra read of g that skip-step
-# needs (the rows of README's table); the first with the fused training step against the
+# needs (the rows of docs/performance.md's table); the first with the fused training step against the
 # unfused sequence.
 bench --device cpu --sizes 16M,64M --repeat 3 --training-step | tee "$out/cpu-skip-step.txt"
 bench --device cpu --sizes 16M,64M --nonfinite skip-element --repeat 3 \
@@ -27,7 +27,7 @@ for run in 1 2; do
 done | tee "$out/gpu-unfused.txt"
 bench --device gpu --sizes 16M --optimizer adam --matrix-only --training-step \
   | tee -a "$out/gpu-unfused.txt"
-# The GPU alone at the sizes of README's table, with the fused training step.
+# The GPU alone at the sizes of docs/performance.md's table, with the fused training step.
 bench --device gpu --sizes 16M,64M --matrix-only --training-step --repeat 3 \
   | tee "$out/gpu-16M-64M.txt"
 # Throughput against N, every device (the figure).

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one test command (README "Run the tests"; .ci/run calls it).
+# The one test command (README "Run it"; .ci/run calls it).
 # Installs the software Vulkan driver when no Vulkan driver is present and it can (root and
 # apt-get), then: formatting, lints, every test (unit, integration, shader validation, GPU
 # agreement on the chosen adapter) and `bayesprop validate`.

@@ -1,25 +1,22 @@
-//! # bayesprop
+#![doc = include_str!("../README.md")]
 //!
-//! Fused optimizer steps for wgpu, with an exact CPU reference. Training is filtering: keep a
-//! Gaussian belief (mean θ, diagonal variance σ) over the parameters, update it with each batch
-//! by Bayes' rule on a quadratic model of the loss, then widen it by η². The variance is the
-//! learning rate. `docs/rules.md` in the repository states every update rule exactly; comments
-//! cite its sections as "SPEC §N".
+//! ## Crate layout
 //!
-//! Layout, one place per concern:
+//! One module per concern:
 //! - [`optim`]: configs and the table of optimizers;
 //! - [`reference`](mod@reference): CPU twins of the kernels (f32 reference, f64 oracle);
 //! - [`kernels`]: the WGSL sources in `shaders/` and their validation;
-//! - [`gpu`]: the wgpu host layer; [`cpu`]: the CPU optimizer with the same API;
+//! - [`gpu`]: the wgpu host layer; [`cpu`]: the CPU optimizer with the same API ([`Stepper`]);
 //! - [`transform`]: unscaling and global-norm clipping around the update, and the one order
 //!   of the norm's additions; [`schedule`]: hyperparameters as functions of the step;
+//! - [`checkpoint`]: safetensors checkpoints; [`layout`]: parameter groups and tensors;
 //! - [`validate`]: the agreement battery shared by the tests and `bayesprop validate`;
 //! - [`StepDevice`]: where an optimizer steps, as the CLI, `bench` and `demo` name it.
 //!
-//! Behind cargo features (all on by default, for the binary): `bench` (step times against a
-//! roofline measured in the same run), `demo` (the digits experiments), `ndarray` (array views)
-//! and `cli` (the `bayesprop` binary). Library users who only step can build with
-//! `default-features = false`.
+//! Cargo features: `ndarray` (on by default: `Stepper::step_array`, `ParamGroups::add_array`,
+//! `reference::step_views`), `bench` (step times against a roofline measured in the same run)
+//! and `demo` (the digits experiments), both opt-in. The `bayesprop` binary is the workspace
+//! crate `bayesprop-cli`.
 
 #[cfg(feature = "bench")]
 pub mod bench;
@@ -243,3 +240,8 @@ pub trait Stepper {
         self.restore_all(&checkpoint)
     }
 }
+
+/// The Rust examples of `docs/api.md`, compiled (and type-checked) by `cargo test --doc`.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/api.md")]
+pub struct ApiDocExamples;

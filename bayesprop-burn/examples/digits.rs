@@ -269,7 +269,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .fold(0.0f32, f32::max);
     println!(
         "\nburn Adam vs bayesprop adam after {epochs} epochs: max |Δθ| = {gap:.2e} \
-         (same formula, different rounding; see the README)"
+         (same formula, different rounding; see docs/burn.md)"
     );
     let sigma = bayes.sigma::<2>(runs[2].model.hidden.weight.id)?;
     let sigma = sigma.to_data().try_to_vec::<f32>().unwrap();

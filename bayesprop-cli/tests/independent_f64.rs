@@ -13,7 +13,7 @@ use ndarray_npy::{read_npy, write_npy};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-/// Largest path-relative error allowed, the README's figure for every optimizer.
+/// Largest path-relative error allowed for every optimizer (docs/numerics.md).
 const TOLERANCE: f64 = 1e-5;
 
 /// Rounding slack of the step bound, in ULPs of θ. The f32 update θ − σ·g rounds to half an
