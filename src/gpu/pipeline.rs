@@ -24,11 +24,13 @@ impl Shape {
         }
     }
 
-    /// The 2-D grid that covers `invocations`: x up to the per-dimension limit, y for the rest.
+    /// The 2-D grid that covers `invocations`: as few rows as the per-dimension limit allows,
+    /// then rows as short as covers them, so that fewer than y workgroups are empty (x at the
+    /// limit and y = ⌈groups / x⌉ launched nearly twice the work just past the limit).
     fn grid(&self, invocations: u32) -> (u32, u32) {
         let groups = invocations.div_ceil(self.workgroup_size).max(1);
-        let x = groups.min(self.max_workgroups_per_dimension);
-        (x, groups.div_ceil(x))
+        let y = groups.div_ceil(self.max_workgroups_per_dimension);
+        (groups.div_ceil(y), y)
     }
 
     /// Records `pipelines` at width `lanes` over `n` elements (one invocation per lane group),
@@ -403,5 +405,31 @@ impl Pipeline {
         pass.set_pipeline(self.entries[entry].get(Lanes::Four));
         set_bind_groups(pass, bind_groups);
         pass.dispatch_workgroups(1, 1, 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Shape;
+
+    #[test]
+    fn the_grid_covers_every_workgroup_and_wastes_less_than_a_row() {
+        let shape = Shape {
+            max_workgroups_per_dimension: 65_535,
+            workgroup_size: 256,
+        };
+        for groups in [
+            1u32, 2, 65_534, 65_535, 65_536, 65_537, 131_070, 131_071, 262_144,
+        ] {
+            let (x, y) = shape.grid(groups * 256);
+            assert!(x <= 65_535 && y <= 65_535, "{groups}: {x} × {y}");
+            assert!(x * y >= groups, "{groups}: {x} × {y} does not cover it");
+            assert!(
+                x * y - groups < y,
+                "{groups}: {x} × {y} wastes a row or more"
+            );
+        }
+        // Just past the limit: 2 rows of 32,768, not 2 rows of 65,535.
+        assert_eq!(shape.grid(65_536 * 256), (32_768, 2));
     }
 }
