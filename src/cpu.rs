@@ -6,7 +6,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::checkpoint::Checkpoint;
-use crate::error::{nonfinite_report, Error, Result};
+use crate::error::{Error, Result};
 use crate::layout::{
     initial_state, GroupId, GroupSpec, Layout, ParamGroups, StateSource, Stored, TensorId,
 };
@@ -536,7 +536,7 @@ impl Stepper for CpuOptimizer {
             let xf = transformed.as_ref().map(|x| x[g]);
             let count = group.step(spec, self.path, &arenas[g], xf);
             if count > 0 {
-                let (report, raised) = nonfinite_report(self.calls, g, count, spec.policy);
+                let (report, raised) = StepReport::of(self.calls, g, count, spec.policy);
                 skipped |= !report.applied;
                 self.reports.push(report);
                 error = error.or(raised);

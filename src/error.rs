@@ -2,8 +2,6 @@
 
 use std::path::PathBuf;
 
-use crate::optim::{NonFinitePolicy, StepReport};
-
 /// Every fallible operation in bayesprop returns this.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -151,27 +149,4 @@ impl Error {
             message: message.to_string(),
         }
     }
-}
-
-/// What a step that saw `count` non-finite gradient elements in `group` reports, and the
-/// error it raises under `NonFinitePolicy::Error`: built here alone, so that the CPU, which
-/// learns the count at once, and the GPU, which reads it back later, say the same thing.
-pub(crate) fn nonfinite_report(
-    call: u64,
-    group: usize,
-    count: u64,
-    policy: NonFinitePolicy,
-) -> (StepReport, Option<Error>) {
-    let report = StepReport {
-        call,
-        group,
-        nonfinite: count,
-        applied: policy.applies(count),
-    };
-    let error = (policy == NonFinitePolicy::Error).then_some(Error::NonFinite {
-        step: call,
-        group,
-        count,
-    });
-    (report, error)
 }

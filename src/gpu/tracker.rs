@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::sync::mpsc;
 
-use crate::error::{nonfinite_report, Error, Result};
+use crate::error::{Error, Result};
 use crate::kernels::WINDOW;
 use crate::optim::{NonFinitePolicy, StepReport};
 use crate::transform::NormReport;
@@ -169,7 +169,7 @@ impl StepTracker {
                 if nonfinite == 0 {
                     continue;
                 }
-                let (report, raised) = nonfinite_report(pending.call, group, nonfinite, *policy);
+                let (report, raised) = StepReport::of(pending.call, group, nonfinite, *policy);
                 skipped |= !report.applied;
                 self.reports.push(report);
                 self.error = self.error.take().or(raised);

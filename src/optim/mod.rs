@@ -228,6 +228,32 @@ pub struct StepReport {
     pub applied: bool,
 }
 
+impl StepReport {
+    /// What a step call that saw `count` non-finite gradient elements in `group` reports,
+    /// and the error it raises under `NonFinitePolicy::Error`: built here alone, so that the
+    /// CPU, which learns the count at once, and the GPU, which reads it back later, say the
+    /// same thing.
+    pub(crate) fn of(
+        call: u64,
+        group: usize,
+        count: u64,
+        policy: NonFinitePolicy,
+    ) -> (StepReport, Option<Error>) {
+        let report = StepReport {
+            call,
+            group,
+            nonfinite: count,
+            applied: policy.applies(count),
+        };
+        let error = (policy == NonFinitePolicy::Error).then_some(Error::NonFinite {
+            step: call,
+            group,
+            count,
+        });
+        (report, error)
+    }
+}
+
 /// One per-element state vector of an optimizer, bound to its kernel after θ and g.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StateSlot {
