@@ -5,7 +5,7 @@ use std::path::Path;
 
 use bayesprop::wgpu;
 use bayesprop::{
-    BufferSlice, Checkpoint, GpuOptimizer, OptimizerConfig, ParamGroups, Stepper, TensorBuffers,
+    BufferRange, Checkpoint, GpuOptimizer, OptimizerConfig, ParamGroups, Stepper, TensorBuffers,
     TensorId,
 };
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
@@ -44,6 +44,7 @@ pub struct BayespropOptimizer {
     /// A loaded checkpoint, restored at the next step: only then are the parameters' buffers
     /// known (and pinned) to write θ into.
     pending: Option<Checkpoint>,
+    scratch: Scratch,
 }
 
 impl BayespropOptimizer {
@@ -52,6 +53,7 @@ impl BayespropOptimizer {
             config,
             built: None,
             pending: None,
+            scratch: Scratch::default(),
         }
     }
 
@@ -105,7 +107,11 @@ impl BayespropOptimizer {
             None => self.step_entries(lr, &specs, &entries),
         };
         // Parameters already moved to fresh tensors must get their values back.
-        let result = result.map_err(|error| keep_values(&specs, &entries).err().unwrap_or(error));
+        let result = result.map_err(|error| {
+            keep_values(&specs, &mut self.scratch, &entries)
+                .err()
+                .unwrap_or(error)
+        });
         // The views pin burn's buffers until the submit that uses them is on the queue.
         drop(entries);
         match result {
@@ -133,7 +139,7 @@ impl BayespropOptimizer {
             built.gpu.restore(&checkpoint)?;
         }
         set_lr(&mut built.gpu, lr, &self.config.lr_as)?;
-        submit(&mut built.gpu, entries)
+        submit(&mut built.gpu, &mut self.scratch, entries)
     }
 
     /// The state vector `name` of a parameter as a burn tensor of its shape, copied on the
@@ -164,7 +170,7 @@ impl BayespropOptimizer {
             let data = burn::tensor::TensorData::new(values, shape);
             return Ok(Tensor::from_data(data, &built.device));
         }
-        let (slice, bytes) = built.gpu.tensor_state_slice(registered.id, name)?;
+        let slice = built.gpu.tensor_state_range(registered.id, name)?;
         let out = Tensor::<D>::empty(shape, &built.device);
         let view = GpuView::of(out.clone(), &|| format!("state {name} of {param}"))?;
         let ctx = built.gpu.context();
@@ -174,7 +180,7 @@ impl BayespropOptimizer {
             slice.offset,
             view.buffer(),
             view.offset(),
-            bytes,
+            slice.size,
         );
         submit_checked(ctx, encoder, "reading a state")?;
         drop(view);
@@ -425,11 +431,8 @@ fn places_of(
         .collect()
 }
 
-fn slice(view: &GpuView) -> BufferSlice {
-    BufferSlice {
-        buffer: view.buffer().clone(),
-        offset: view.offset(),
-    }
+fn slice(view: &GpuView) -> BufferRange {
+    BufferRange::new(view.buffer().clone(), view.offset(), view.bytes())
 }
 
 /// The arena holds the parameters of the first step: a step must bring exactly those.
@@ -451,42 +454,92 @@ fn check_same_parameters(built: &Built, specs: &[Spec]) -> Result<()> {
 
 /// Records the step on burn's buffers, after copying each shared parameter into its fresh
 /// tensor: one command buffer, one submit.
-fn submit(gpu: &mut GpuOptimizer, entries: &[Entry]) -> Result<()> {
+fn submit(gpu: &mut GpuOptimizer, scratch: &mut Scratch, entries: &[Entry]) -> Result<()> {
     let ctx = gpu.context().clone();
     let mut encoder = ctx
         .device()
         .create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("bayesprop-burn step"),
         });
-    copy_shared(&mut encoder, entries);
+    scratch.copy_shared(ctx.device(), &mut encoder, entries);
     gpu.encode_step(&mut encoder)?;
     submit_checked(&ctx, encoder, "the step")
 }
 
-/// Copies each shared parameter into the fresh tensor that replaces it in the module.
-fn copy_shared(encoder: &mut wgpu::CommandEncoder, entries: &[Entry]) {
-    for entry in entries {
-        if let Some(out) = &entry.out {
-            let (from, to) = (&entry.theta, out);
-            encoder.copy_buffer_to_buffer(
-                from.buffer(),
-                from.offset(),
-                to.buffer(),
-                to.offset(),
-                from.bytes(),
-            );
+/// A device buffer that carries a shared parameter's values when its fresh tensor lies in the
+/// same wgpu buffer as θ: burn's pool packs many tensors into one buffer, and wgpu refuses a
+/// copy whose source and destination are one buffer, even between disjoint ranges. Kept
+/// between steps, grown to the largest total it has carried.
+#[derive(Default)]
+struct Scratch {
+    buffer: Option<wgpu::Buffer>,
+}
+
+impl Scratch {
+    /// Records the copy of each shared parameter into the fresh tensor that replaces it in the
+    /// module: directly between two buffers, through the scratch buffer within one.
+    fn copy_shared(
+        &mut self,
+        device: &wgpu::Device,
+        encoder: &mut wgpu::CommandEncoder,
+        entries: &[Entry],
+    ) {
+        let shared = || {
+            entries
+                .iter()
+                .filter_map(|e| Some((&e.theta, e.out.as_ref()?)))
+        };
+        let within: u64 = shared()
+            .filter(|(from, to)| from.buffer() == to.buffer())
+            .map(|(from, _)| from.bytes())
+            .sum();
+        let scratch = self.holding(device, within);
+        let mut at = 0;
+        for (from, to) in shared() {
+            let bytes = from.bytes();
+            if from.buffer() != to.buffer() {
+                encoder.copy_buffer_to_buffer(
+                    from.buffer(),
+                    from.offset(),
+                    to.buffer(),
+                    to.offset(),
+                    bytes,
+                );
+                continue;
+            }
+            let scratch = scratch.expect("sized above for every copy within one buffer");
+            // Commands of one encoder run in order: θ is in the scratch before it is read.
+            encoder.copy_buffer_to_buffer(from.buffer(), from.offset(), scratch, at, bytes);
+            encoder.copy_buffer_to_buffer(scratch, at, to.buffer(), to.offset(), bytes);
+            at += bytes;
         }
+    }
+
+    /// The scratch buffer, at least `bytes` long; none while nothing needs it.
+    fn holding(&mut self, device: &wgpu::Device, bytes: u64) -> Option<&wgpu::Buffer> {
+        if bytes == 0 {
+            return None;
+        }
+        if self.buffer.as_ref().is_none_or(|b| b.size() < bytes) {
+            self.buffer = Some(device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("bayesprop-burn shared-parameter scratch"),
+                size: bytes,
+                usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }));
+        }
+        self.buffer.as_ref()
     }
 }
 
 /// After a failed step, gives the fresh tensors that replaced shared parameters their values.
-fn keep_values(specs: &[Spec], entries: &[Entry]) -> Result<()> {
+fn keep_values(specs: &[Spec], scratch: &mut Scratch, entries: &[Entry]) -> Result<()> {
     if entries.iter().all(|e| e.out.is_none()) {
         return Ok(());
     }
     let ctx = shared_context(&specs[0].device.clone().inner())?;
     let mut encoder = ctx.device().create_command_encoder(&Default::default());
-    copy_shared(&mut encoder, entries);
+    scratch.copy_shared(ctx.device(), &mut encoder, entries);
     submit_checked(&ctx, encoder, "restoring parameters after a failed step")
 }
 
@@ -520,6 +573,6 @@ fn submit_checked(
     ctx.queue().submit([encoder.finish()]);
     match pollster::block_on(scope.pop()) {
         None => Ok(()),
-        Some(e) => Err(bayesprop::Error::Device(format!("{what}: {e}")).into()),
+        Some(e) => Err(bayesprop::Error::device_from(what, e).into()),
     }
 }
