@@ -1,0 +1,169 @@
+//! Binding: the bind groups of every part and run, and of the step control.
+
+use super::*;
+
+impl GpuGroup {
+    /// The bindings of a piece's used state slots over `range` (the placeholder for unused
+    /// ones), in slot order.
+    pub(super) fn state_bindings<'a>(
+        &'a self,
+        piece: &'a Piece,
+        range: &Range<u64>,
+    ) -> Vec<wgpu::BufferBinding<'a>> {
+        piece
+            .state
+            .iter()
+            .map(|b| match b {
+                Some(b) => slice_binding_owned(b, range),
+                None => self.placeholder.as_entire_buffer_binding(),
+            })
+            .collect()
+    }
+
+    /// Binds the arena's dispatches of a piece (none for tensors in the caller's buffers).
+    pub(super) fn bind(&self, device: &wgpu::Device, piece: &mut Piece, align: u64, vec4: bool) {
+        let (Some(theta), Some(grad)) = (&piece.theta, &piece.grad) else {
+            return;
+        };
+        let window = || self.window.as_entire_buffer_binding();
+        let status = || self.status.as_entire_buffer_binding();
+        let cuts: Vec<_> = piece
+            .chunks
+            .iter()
+            .flat_map(|chunk| parts_of(chunk, align, vec4))
+            .collect();
+        piece.parts = cuts
+            .into_iter()
+            .map(|(range, lanes)| {
+                let state = self.state_bindings(piece, &range);
+                let theta = slice_binding(theta, &range);
+                let grad = slice_binding(grad, &range);
+                let update = self.pipeline.bind(
+                    device,
+                    "bayesprop step",
+                    in_order([window(), status(), theta, grad].into_iter().chain(state)),
+                );
+                Part {
+                    range,
+                    lanes,
+                    update,
+                    control: None,
+                }
+            })
+            .collect();
+    }
+
+    /// Binds the scan of every part to its region of `partials`, from slot `base` on, and
+    /// the commit; returns the slot after the group's last region. With `base` = `None`
+    /// every part binds the first [`PARTIAL_ALIGN`] slots, which a scan without clipping
+    /// never writes.
+    pub fn bind_control(
+        &mut self,
+        device: &wgpu::Device,
+        partials: &wgpu::Buffer,
+        base: Option<u64>,
+    ) -> u64 {
+        let mut next = base.unwrap_or(0);
+        let first_region = wgpu::BufferBinding {
+            buffer: partials,
+            offset: 0,
+            size: wgpu::BufferSize::new(PARTIAL_ALIGN as u64 * 4),
+        };
+        let window = self.window.as_entire_buffer_binding();
+        let status = self.status.as_entire_buffer_binding();
+        let mut region = |slots: u64| {
+            let region = match base {
+                Some(_) => wgpu::BufferBinding {
+                    buffer: partials,
+                    offset: next * 4,
+                    size: wgpu::BufferSize::new(slots * 4),
+                },
+                None => first_region.clone(),
+            };
+            next += slots;
+            region
+        };
+        for piece in &mut self.pieces {
+            for part in &mut piece.parts {
+                let grad = piece.grad.as_ref().expect("a piece with parts binds g");
+                let grad = slice_binding(grad, &part.range);
+                let region = region(part.partial_slots());
+                part.control = Some(self.control.bind(
+                    device,
+                    "bayesprop control",
+                    in_order([window.clone(), status.clone(), grad, region]),
+                ));
+            }
+            // The commit's gradient and partials are unused.
+            piece.commit = Some(self.control.bind(
+                device,
+                "bayesprop commit",
+                in_order([
+                    window.clone(),
+                    status.clone(),
+                    self.placeholder.as_entire_buffer_binding(),
+                    first_region.clone(),
+                ]),
+            ));
+        }
+        if let Some(segments) = &mut self.segments {
+            for run in &mut segments.runs {
+                let region = region(run.plan.partial_slots());
+                run.control = Some(segments.scan.bind(
+                    device,
+                    "bayesprop control over tensors",
+                    in_order([window.clone(), status.clone(), run.grad(), region]),
+                ));
+            }
+        }
+        next
+    }
+
+    /// The bind group of `reduce`, over every region of `partials` (the group's own window,
+    /// status and gradient are bound, unused).
+    pub fn bind_reduce(&self, device: &wgpu::Device, partials: &wgpu::Buffer) -> wgpu::BindGroup {
+        self.control.bind(
+            device,
+            "bayesprop norm",
+            in_order([
+                self.window.as_entire_buffer_binding(),
+                self.status.as_entire_buffer_binding(),
+                self.placeholder.as_entire_buffer_binding(),
+                partials.as_entire_buffer_binding(),
+            ]),
+        )
+    }
+}
+
+pub(super) fn window_binding<'a>(
+    buffer: &'a wgpu::Buffer,
+    bytes: &Range<u64>,
+) -> wgpu::BufferBinding<'a> {
+    wgpu::BufferBinding {
+        buffer,
+        offset: bytes.start,
+        size: wgpu::BufferSize::new(bytes.end - bytes.start),
+    }
+}
+
+pub(super) fn slice_binding<'a>(
+    slice: &'a BufferRange,
+    elements: &Range<u64>,
+) -> wgpu::BufferBinding<'a> {
+    wgpu::BufferBinding {
+        buffer: &slice.buffer,
+        offset: slice.offset + elements.start * 4,
+        size: wgpu::BufferSize::new((elements.end - elements.start).max(1) * 4),
+    }
+}
+
+pub(super) fn slice_binding_owned<'a>(
+    buffer: &'a wgpu::Buffer,
+    elements: &Range<u64>,
+) -> wgpu::BufferBinding<'a> {
+    wgpu::BufferBinding {
+        buffer,
+        offset: elements.start * 4,
+        size: wgpu::BufferSize::new((elements.end - elements.start).max(1) * 4),
+    }
+}
