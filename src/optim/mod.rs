@@ -174,6 +174,21 @@ table::optimizer_table! {
             ],
             demo "eta" over ADAPTIVE_GRID;
     }
+    /// SPEC §3, torch.optim.Adagrad.
+    Adagrad(AdagradConfig in reference), kernel ADAGRAD = adagrad,
+        state |c| [sum = (c.initial_accumulator_value)] {
+        adagrad => AdagradConfig::default(),
+            battery &[
+                "",
+                "weight_decay=0.1",
+                "lr_decay=0.5",
+                "initial_accumulator_value=0.1",
+                "lr=1e-8",
+                "lr=10 lr_decay=0.01 weight_decay=0.01",
+                "n=257",
+            ],
+            demo "lr" over [3e-3, 1e-2, 3e-2, 1e-1, 3e-1];
+    }
 }
 
 /// What a step does with NaN or ±Inf gradient elements (SPEC §4). They never reach the state.
