@@ -2,26 +2,6 @@
 // the uniforms (coupled weight decay g ← g + λθ, or decoupled θ ← θ·(1 − lr·λ)). Optional
 // AMSGrad. CPU twin: src/reference/adam.rs.
 
-struct Scalars {
-    lr: f32,
-    beta1: f32,
-    one_minus_beta1: f32,
-    beta2: f32,
-    one_minus_beta2: f32,
-    eps: f32,
-    weight_decay: f32,   // λ, added to the gradient unless decoupled
-    decay_factor: f32,   // 1 − lr·λ when decoupled, else 1
-    c1: f32,             // 1/(1 - beta1^t)
-    c2: f32,             // 1/(1 - beta2^t)
-    amsgrad: f32,        // 1: divide by the running maximum of v
-    decoupled: f32,      // 1: adamw, 0: adam
-}
-
-@group(0) @binding(4) var<storage, read_write> m: array<V>;
-@group(0) @binding(5) var<storage, read_write> v: array<V>;
-// Bound to a 16-byte placeholder without amsgrad; then never read or written.
-@group(0) @binding(6) var<storage, read_write> v_max: array<V>;
-
 fn update(at: At, g_in: V, ok: B, p: Scalars) {
     var g = g_in;
     let th_old = theta[at.theta];

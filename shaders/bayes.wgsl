@@ -1,11 +1,6 @@
 // `bayes`, the seed's optimizer (SPEC §2): EMA of g², variance update and mean update in one
-// pass. After `bayes_step.wgsl` (the uniform block and the step's first half, shared with
+// pass. After `bayes_step.wgsl` (the step's first half, shared with
 // `bayes_fp`). CPU twin: src/reference/bayes.rs.
-
-@group(0) @binding(4) var<storage, read_write> s: array<V>;
-@group(0) @binding(5) var<storage, read_write> sigma: array<V>;
-// Bound to a 16-byte placeholder when momentum is off; then never read or written.
-@group(0) @binding(6) var<storage, read_write> m: array<V>;
 
 // Branch-free per element, as the CPU twin's `update_element`: σ*(x) is computed for every
 // element and selected, which gives the same bits as branching. (Without the bound the CPU

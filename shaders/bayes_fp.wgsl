@@ -1,11 +1,7 @@
 // `bayes_fp` (SPEC §2b): `bayes` held at the fixed point σ*(h + eps²) of the current curvature,
 // so σ is not stored. EMA of g², direction and mean update in one pass. After
-// `bayes_step.wgsl` (the uniform block and the step's first half, shared with `bayes`). CPU
+// `bayes_step.wgsl` (the step's first half, shared with `bayes`). CPU
 // twin: src/reference/bayes_fp.rs.
-
-@group(0) @binding(4) var<storage, read_write> s: array<V>;
-// Bound to a 16-byte placeholder when momentum is off; then never read or written.
-@group(0) @binding(5) var<storage, read_write> m: array<V>;
 
 fn update(at: At, g: V, ok: B, p: Scalars) {
     let th = theta[at.theta];

@@ -1,20 +1,6 @@
-// Prepended to `bayes` and `bayes_fp`: their uniform block and the parts of SPEC §2's step they
-// share (as `curvature_and_direction` and `sigma_star` in src/reference/bayes.rs).
-
-struct Scalars {
-    beta: f32,
-    one_minus_beta: f32,
-    c2: f32,              // 1/(1 - beta^t) with bias correction, else 1
-    weight_decay: f32,
-    beta1: f32,           // momentum; 0 turns it off
-    one_minus_beta1: f32,
-    c1: f32,              // 1/(1 - beta1^t)
-    eta: f32,
-    eta_sq: f32,
-    eps_sq: f32,
-    bound: f32,           // bayes: 1 with sigma_max = fixed_point (σ ≤ σ*(h + eps²)), 0 with none
-    pad: f32,
-}
+// Prepended to `bayes` and `bayes_fp`: the parts of SPEC §2's step they share (as
+// `curvature_and_direction` and `sigma_star` in src/reference/bayes.rs), over their one uniform
+// block, `BayesScalars` in src/reference/bayes.rs.
 
 struct Curvature {
     s: V,   // the new EMA of g²

@@ -2,19 +2,6 @@
 // the sign of an interpolation of momentum and gradient, then the momentum's EMA, in one pass.
 // CPU twin: src/reference/lion.rs.
 
-struct Scalars {
-    lr: f32,
-    beta1: f32,            // interpolation of m and g into c, whose sign is stepped along
-    one_minus_beta1: f32,
-    beta2: f32,            // EMA factor of m
-    one_minus_beta2: f32,
-    decay_factor: f32,     // 1 − lr·λ (decoupled, as AdamW)
-    pad0: f32,
-    pad1: f32,
-}
-
-@group(0) @binding(4) var<storage, read_write> m: array<V>;
-
 fn update(at: At, g: V, ok: B, p: Scalars) {
     let th_old = theta[at.theta];
     let m_old = m[at.state];

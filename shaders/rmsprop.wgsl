@@ -1,22 +1,6 @@
 // `rmsprop` (SPEC §3, torch.optim.RMSprop): weight decay, EMA of g², optional centring and
 // momentum in one pass. CPU twin: src/reference/rmsprop.rs.
 
-struct Scalars {
-    lr: f32,
-    alpha: f32,
-    one_minus_alpha: f32,
-    eps: f32,
-    weight_decay: f32,
-    momentum: f32,  // μ; 0 turns momentum off
-    centered: f32,  // 1: divide by sqrt(v − a²), else by sqrt(v)
-    pad0: f32,
-}
-
-@group(0) @binding(4) var<storage, read_write> v: array<V>;
-// Each bound to a 16-byte placeholder when its option is off; then never read or written.
-@group(0) @binding(5) var<storage, read_write> a: array<V>;
-@group(0) @binding(6) var<storage, read_write> b: array<V>;
-
 fn update(at: At, g_in: V, ok: B, p: Scalars) {
     var g = g_in;
     let th_old = theta[at.theta];

@@ -47,14 +47,64 @@ impl Lanes {
     }
 }
 
-/// One WGSL module: the lane width, preludes, then `shaders/<name>.wgsl`.
+/// One WGSL module: the lane width, preludes, the declarations generated from `scalars` and
+/// `states`, then `shaders/<name>.wgsl`.
 #[derive(Debug)]
 pub struct Kernel {
     pub name: &'static str,
     /// Sources prepended to the body, in order.
     pub preludes: &'static [&'static str],
+    /// The fields of the uniform block `struct Scalars`, f32 each, generated before the body
+    /// (padded to a multiple of 16 bytes); empty: no such struct. For an optimizer kernel,
+    /// the `SCALARS` of its twin's `scalars!` declaration.
+    pub scalars: &'static [&'static str],
+    /// The state vectors, generated as `@group(0) @binding(4 + k) var<storage, read_write>
+    /// NAME: array<V>;`. For an optimizer kernel, the state slots of its table row.
+    pub states: &'static [&'static str],
     /// The shader file alone.
     pub body: &'static str,
+}
+
+/// The first binding of an optimizer kernel's state vectors (after the window, the status,
+/// θ and g; `shaders/fused.wgsl`).
+pub const FIRST_STATE_BINDING: usize = 4;
+
+/// Bytes of a uniform block of `scalars` f32 fields: a multiple of 16, the stride of a
+/// uniform array's element.
+pub const fn scalars_bytes(scalars: usize) -> usize {
+    (4 * scalars).next_multiple_of(16)
+}
+
+/// The WGSL of a kernel's generated declarations: its `Scalars` struct and state bindings.
+fn declarations(scalars: &[&str], states: &[&str]) -> String {
+    use std::fmt::Write;
+    let mut text = String::new();
+    if !scalars.is_empty() {
+        text.push_str(
+            "// Generated from the uniform block's declaration (`scalars!`).\nstruct Scalars {\n",
+        );
+        for name in scalars {
+            let _ = writeln!(text, "    {name}: f32,");
+        }
+        for k in scalars.len()..scalars_bytes(scalars.len()) / 4 {
+            let _ = writeln!(text, "    pad{}: f32,", k - scalars.len());
+        }
+        text.push_str("}\n");
+    }
+    if !states.is_empty() {
+        text.push_str(
+            "// Generated from the table row's state slots. A slot the options leave unused is \
+             bound to a\n// 16-byte placeholder, and the body never reads or writes it.\n",
+        );
+    }
+    for (k, name) in states.iter().enumerate() {
+        let binding = FIRST_STATE_BINDING + k;
+        let _ = writeln!(
+            text,
+            "@group(0) @binding({binding}) var<storage, read_write> {name}: array<V>;"
+        );
+    }
+    text
 }
 
 /// The optimizer kernels, one per config type of the optimizer table.
@@ -64,6 +114,8 @@ pub use crate::optim::shaders::*;
 pub const CONTROL: Kernel = Kernel {
     name: "control",
     preludes: &[COMMON],
+    scalars: &[],
+    states: &[],
     body: include_str!("../shaders/control.wgsl"),
 };
 
@@ -95,9 +147,16 @@ impl Kernel {
     /// The complete WGSL module at `lanes` width.
     pub fn source_for(&self, lanes: Lanes) -> String {
         let mut source = String::from(lanes.prelude());
-        for part in self.preludes.iter().chain([&self.body]) {
-            source.push('\n');
-            source.push_str(part);
+        let declarations = declarations(self.scalars, self.states);
+        for part in self
+            .preludes
+            .iter()
+            .chain([&declarations.as_str(), &self.body])
+        {
+            if !part.is_empty() {
+                source.push('\n');
+                source.push_str(part);
+            }
         }
         source
     }

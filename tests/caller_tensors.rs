@@ -5,43 +5,32 @@
 
 mod common;
 
+use bayesprop::optim::TABLE;
+use bayesprop::validate;
 use bayesprop::{
     BufferRange, Error, GpuContext, GpuOptimizer, GpuOptions, GradTransform, NonFinitePolicy,
     OptimizerConfig, ParamGroups, Stepper, TensorBuffers, TensorId,
 };
 
-/// Every optimizer of the table with every kind of its state in use.
+/// Every name of the table with every kind of its state in use: for each, the first case of
+/// its `validate` battery whose config allocates every state slot.
 fn configs() -> Vec<OptimizerConfig> {
-    [
-        (
-            "bayes",
-            &[("weight_decay", "0.01"), ("momentum", "0.9")][..],
-        ),
-        ("bayes_adam", &[]),
-        ("bayes_fp", &[("weight_decay", "0.01"), ("momentum", "0.9")]),
-        (
-            "sgd",
-            &[
-                ("momentum", "0.9"),
-                ("nesterov", "true"),
-                ("weight_decay", "0.01"),
-            ],
-        ),
-        (
-            "rmsprop",
-            &[
-                ("centered", "true"),
-                ("momentum", "0.9"),
-                ("weight_decay", "0.01"),
-            ],
-        ),
-        ("adam", &[("amsgrad", "true")]),
-        ("adamw", &[]),
-        ("lion", &[("weight_decay", "0.1")]),
-    ]
-    .into_iter()
-    .map(|(name, settings)| OptimizerConfig::from_settings(name, settings.iter().copied()).unwrap())
-    .collect()
+    let battery = validate::standard_battery();
+    TABLE
+        .iter()
+        .map(|row| {
+            battery
+                .iter()
+                .filter(|case| case.name.split(' ').next() == Some(row.name))
+                .map(|case| case.config.clone())
+                .find(|config| {
+                    config.used_state_names().len() == config.as_dyn().state_slots().len()
+                })
+                .unwrap_or_else(|| {
+                    panic!("{}: no battery case allocates every state slot", row.name)
+                })
+        })
+        .collect()
 }
 
 /// Tensor lengths: a scalar, lengths off every multiple of 4 and of the 256-element rows, and

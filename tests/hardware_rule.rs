@@ -252,9 +252,13 @@ impl Stepper for Hardware {
     fn step(&mut self, grad: &[f32]) -> bayesprop::Result<()> {
         self.t += 1;
         let bytes = self.config.as_dyn().uniform_bytes(self.t);
+        // The block's scalars, without the zeros that pad it to 16 bytes.
+        fn scalars<T: bytemuck::Pod>(bytes: &[u8]) -> T {
+            bytemuck::pod_read_unaligned(&bytes[..std::mem::size_of::<T>()])
+        }
         match self.config {
-            OptimizerConfig::Adam(_) => self.adam(&bytemuck::pod_read_unaligned(&bytes), grad),
-            OptimizerConfig::Bayes(_) => self.bayes(&bytemuck::pod_read_unaligned(&bytes), grad),
+            OptimizerConfig::Adam(_) => self.adam(&scalars(&bytes), grad),
+            OptimizerConfig::Bayes(_) => self.bayes(&scalars(&bytes), grad),
             _ => unreachable!("the emulation covers bayes, adam and adamw"),
         }
         Ok(())

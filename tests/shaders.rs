@@ -38,6 +38,8 @@ fn a_broken_shader_is_reported_with_its_name() {
     let broken = kernels::Kernel {
         name: "broken",
         preludes: &[],
+        scalars: &[],
+        states: &[],
         body: "@compute @workgroup_size(1) fn main() { let x: f32 = 1u; }",
     };
     match broken.validate() {

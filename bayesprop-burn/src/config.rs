@@ -1,6 +1,5 @@
 //! Configs: every optimizer of bayesprop's table, built the way burn builds its own.
 
-use bayesprop::optim::{AdamConfig, RmspropConfig, SgdConfig};
 use bayesprop::{NonFinitePolicy, OptimizerConfig};
 
 use crate::error::Result;
@@ -43,29 +42,6 @@ impl BayespropConfig {
         Ok(Self::new(OptimizerConfig::default_for(name)?))
     }
 
-    /// `bayes` with its defaults.
-    pub fn bayes() -> Self {
-        Self::new(bayesprop::BayesConfig::default())
-    }
-
-    /// `adam` with torch's defaults (eps 1e-8; burn's Adam uses 1e-5).
-    pub fn adam() -> Self {
-        Self::new(AdamConfig::adam())
-    }
-
-    /// `adamw` with torch's defaults (weight decay 1e-2; burn's AdamW uses 1e-4).
-    pub fn adamw() -> Self {
-        Self::new(AdamConfig::adamw())
-    }
-
-    pub fn sgd() -> Self {
-        Self::new(SgdConfig::default())
-    }
-
-    pub fn rmsprop() -> Self {
-        Self::new(RmspropConfig::default())
-    }
-
     /// What a step does with NaN or ±Inf gradient elements (SPEC §4; default: skip the step).
     pub fn with_nonfinite_policy(mut self, policy: NonFinitePolicy) -> Self {
         self.policy = policy;
@@ -95,6 +71,26 @@ impl BayespropConfig {
         BayespropOptimizer::new(self.clone())
     }
 }
+
+/// One constructor per name of bayesprop's table (optimizers and presets), generated from it:
+/// `BayespropConfig::lion()` is `BayespropConfig::named("lion")`, unwrapped.
+macro_rules! constructors {
+    ($($name:ident)+) => {
+        impl BayespropConfig {
+            $(
+                #[doc = concat!(
+                    "`", stringify!($name), "` with the defaults of bayesprop's table (torch's ",
+                    "for torch's optimizers: e.g. adam's eps is 1e-8 where burn's Adam uses ",
+                    "1e-5, adamw's weight decay 1e-2 where burn's AdamW uses 1e-4)."
+                )]
+                pub fn $name() -> Self {
+                    Self::named(stringify!($name)).expect("a name of bayesprop's table")
+                }
+            )+
+        }
+    };
+}
+bayesprop::for_each_optimizer_name!(constructors);
 
 /// `bayes`, spelled like burn's configs: `BayesConfig::new().init()` in place of
 /// `AdamConfig::new().init()`. Hyperparameters as in SPEC §2.
@@ -134,5 +130,23 @@ impl BayesConfig {
 
     pub fn init(&self) -> BayespropOptimizer {
         BayespropConfig::new(self.config).init()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_of_the_table_has_its_constructor() {
+        for (config, name) in [
+            (BayespropConfig::bayes(), "bayes"),
+            (BayespropConfig::bayes_adam(), "bayes"),
+            (BayespropConfig::bayes_fp(), "bayes_fp"),
+            (BayespropConfig::lion(), "lion"),
+            (BayespropConfig::adamw(), "adamw"),
+        ] {
+            assert_eq!(config.config().name(), name);
+        }
     }
 }

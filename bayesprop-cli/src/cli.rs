@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use bayesprop::gpu::{enumerate_adapters, GpuOptions};
+use bayesprop::optim::TABLE;
 use bayesprop::validate::{self, Rule};
 use bayesprop::StepDevice;
 use bayesprop::{
@@ -76,7 +77,7 @@ enum Command {
     Info(GpuArgs),
     /// Run every kernel against the CPU reference over the standard battery; exit 1 if a case
     /// exceeds its ULP bound, 2 if there is no adapter.
-    Validate(GpuArgs),
+    Validate(ValidateArgs),
     /// Replay a gradient sequence: θ after every step, as a (T, N) f32 .npy.
     Replay(Box<ReplayArgs>),
     /// Train small models on the UCI digits with every optimizer; write loss.svg, sigma.svg,
@@ -86,10 +87,33 @@ enum Command {
     /// roofline (touch of the same arrays, and a copy) measured in the same run.
     Bench(BenchArgs),
 }
+
+/// The names of the optimizer table, optimizers then presets, for the help of `--optimizer`.
+fn optimizer_names() -> String {
+    let optimizers = TABLE.iter().filter(|row| !row.preset);
+    let presets = TABLE.iter().filter(|row| row.preset);
+    let names: Vec<_> = optimizers.chain(presets).map(|row| row.name).collect();
+    names.join(", ")
+}
+
+#[derive(Parser, Debug)]
+struct ValidateArgs {
+    /// Only the battery's cases of this name of the optimizer table (default: every name).
+    #[arg(long, value_name = "NAME", help = format!(
+        "Only the battery's cases of this optimizer (default: all): {}", optimizer_names()
+    ))]
+    optimizer: Option<String>,
+    #[command(flatten)]
+    gpu: GpuArgs,
+}
+
 #[derive(Parser, Debug)]
 struct BenchArgs {
     /// An optimizer name (presets included), or `all`: every optimizer in the table.
-    #[arg(long, default_value = "all")]
+    #[arg(long, default_value = "all", help = format!(
+        "An optimizer name, or `all`: every optimizer of the table [default: all]: {}",
+        optimizer_names()
+    ))]
     optimizer: String,
     /// Parameter counts, comma-separated; K, M, G are binary (16M = 16·2^20).
     #[arg(long, default_value = "1M,16M,64M")]
@@ -165,7 +189,7 @@ struct DemoArgs {
 #[derive(Parser, Debug)]
 struct ReplayArgs {
     /// Optimizer name (SPEC §2–§3).
-    #[arg(long)]
+    #[arg(long, help = format!("Optimizer name (SPEC §2–§3): {}", optimizer_names()))]
     optimizer: String,
     /// A hyperparameter by its SPEC name, e.g. `--set eta=1e-2 --set sigma_init=fixed_point`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -219,7 +243,7 @@ fn number_flag(command: &'static str, flag: &'static str, value: &str) -> Result
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Info(gpu) => info(&gpu),
-        Command::Validate(gpu) => validate(&gpu),
+        Command::Validate(args) => validate(&args),
         Command::Replay(args) => replay(&args),
         Command::Demo(a) => bayesprop::demo::main(a.device, &a.gpu.options()?, &a.out, a.quick)
             .map(|()| ExitCode::SUCCESS),
@@ -268,7 +292,12 @@ fn info(gpu: &GpuArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn validate(gpu: &GpuArgs) -> Result<ExitCode> {
+fn validate(args: &ValidateArgs) -> Result<ExitCode> {
+    let gpu = &args.gpu;
+    // An unknown name is an error that lists the table's, before the adapter is opened.
+    if let Some(name) = &args.optimizer {
+        OptimizerConfig::default_for(name)?;
+    }
     for kernel in kernels::ALL {
         let checked = kernel.validate()?;
         println!(
@@ -295,7 +324,13 @@ fn validate(gpu: &GpuArgs) -> Result<ExitCode> {
     );
     let start = Instant::now();
     let mut failed = 0;
-    for case in validate::standard_battery() {
+    let cases = validate::standard_battery().into_iter().filter(|case| {
+        let name = case.name.split(' ').next();
+        args.optimizer
+            .as_deref()
+            .is_none_or(|only| name == Some(only))
+    });
+    for case in cases {
         let outcome = validate::run_case(&case, rule, &mut |config, theta0| {
             Ok(Box::new(GpuOptimizer::new(&ctx, config.clone(), theta0)?))
         })?;

@@ -321,8 +321,8 @@ fn replay_errors_exit_2_with_one_line() {
     );
 
     let mut args = base("params.npy", "grads.npy");
-    args[1] = "adagrad";
-    replay_fails(&dir, &args, &["optimizer", "adagrad", "bayes"]);
+    args[1] = "no_such_optimizer";
+    replay_fails(&dir, &args, &["optimizer", "no_such_optimizer", "bayes"]);
 
     let with = |extra: &[&'static str]| {
         let mut args = base("params.npy", "grads.npy");

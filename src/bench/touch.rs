@@ -10,6 +10,8 @@ use crate::kernels::{Kernel, COMMON, ENTRY_POINT};
 pub const TOUCH: Kernel = Kernel {
     name: "touch",
     preludes: &[COMMON],
+    scalars: &[],
+    states: &[],
     body: include_str!("../../shaders/touch.wgsl"),
 };
 

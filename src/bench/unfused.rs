@@ -22,6 +22,8 @@ use crate::transform::GradTransform;
 pub const UNFUSED: Kernel = Kernel {
     name: "unfused",
     preludes: &[COMMON],
+    scalars: &[],
+    states: &[],
     body: include_str!("../../shaders/unfused.wgsl"),
 };
 

@@ -93,20 +93,27 @@ pub(crate) enum Addressing {
     Segments,
 }
 
-/// The step control's entry points, as [`Pipeline::control`] compiles them under
-/// [`Addressing::Arena`] (under [`Addressing::Segments`], see [`scan_entry`]).
+/// The step control's entry points (shaders/control.wgsl) under [`Addressing::Arena`], in the
+/// order [`Pipeline::control`] compiles them: [`SCAN`], [`REDUCE`], [`COMMIT`], [`COUNT`].
+const CONTROL_ENTRIES: [&str; 4] = ["scan", "reduce", "commit", "count"];
+pub(crate) const SCAN: usize = 0;
 pub(crate) const REDUCE: usize = 1;
 pub(crate) const COMMIT: usize = 2;
+pub(crate) const COUNT: usize = 3;
+/// The same under [`Addressing::Segments`]: [`SCAN_SEGMENTS`], [`COUNT_SEGMENTS`].
+const CONTROL_SEGMENTS_ENTRIES: [&str; 2] = ["scan_segments", "count_segments"];
+pub(crate) const SCAN_SEGMENTS: usize = 0;
+pub(crate) const COUNT_SEGMENTS: usize = 1;
 
 /// The scan's entry point: with the norm (`scan`: workgroups halve their squares in shared
 /// memory) or with the non-finite count alone (`count`: no barrier, see
 /// shaders/control.wgsl).
 pub(crate) fn scan_entry(addressing: Addressing, norm: bool) -> usize {
     match (addressing, norm) {
-        (Addressing::Arena, true) => 0,
-        (Addressing::Arena, false) => 3,
-        (Addressing::Segments, true) => 0,
-        (Addressing::Segments, false) => 1,
+        (Addressing::Arena, true) => SCAN,
+        (Addressing::Arena, false) => COUNT,
+        (Addressing::Segments, true) => SCAN_SEGMENTS,
+        (Addressing::Segments, false) => COUNT_SEGMENTS,
     }
 }
 
@@ -298,8 +305,8 @@ impl Pipeline {
     }
 
     /// `shaders/control.wgsl`: window header at 0, status at 1, g at 2, the partial sums of
-    /// squares at 3, the transform at group 1; entry points `scan`, [`REDUCE`], [`COMMIT`] and
-    /// `count` (or `scan_segments` and `count_segments`). Always [`NORM_LANES`] invocations
+    /// squares at 3, the transform at group 1; entry points [`SCAN`], [`REDUCE`], [`COMMIT`] and
+    /// [`COUNT`] (or [`SCAN_SEGMENTS`] and [`COUNT_SEGMENTS`]). Always [`NORM_LANES`] invocations
     /// per workgroup: the norm's order needs it.
     pub(crate) fn control(device: &wgpu::Device, addressing: Addressing) -> Self {
         let bindings = [
@@ -309,8 +316,8 @@ impl Pipeline {
             storage(3, false),
         ];
         let entries: &[&str] = match addressing {
-            Addressing::Arena => &["scan", "reduce", "commit", "count"],
-            Addressing::Segments => &["scan_segments", "count_segments"],
+            Addressing::Arena => &CONTROL_ENTRIES,
+            Addressing::Segments => &CONTROL_SEGMENTS_ENTRIES,
         };
         Self::new(
             device,

@@ -2,12 +2,11 @@
 //! whose variant chooses coupled or decoupled weight decay, validation and per-step scalars.
 
 use crate::error::Result;
-use crate::kernels::{Kernel, ADAM};
 use crate::optim::config::config;
 use crate::optim::{
-    bias_correction, check_betas, check_decay_factor, check_field, flag, Optimizer, StateSlot,
+    bias_correction, check_betas, check_decay_factor, check_field, flag, Optimizer,
 };
-use crate::reference::adam::{self as reference, AdamScalars};
+use crate::reference::adam::AdamScalars;
 
 /// Which of the two: they differ only in how weight decay is applied (and its default).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -99,58 +98,13 @@ impl AdamConfig {
     }
 }
 
-impl Optimizer for AdamConfig {
-    fn name(&self) -> &'static str {
-        self.variant.name()
-    }
-
-    fn kernel(&self) -> &'static Kernel {
-        &ADAM
-    }
-
-    fn validate(&self) -> Result<()> {
+impl AdamConfig {
+    /// Checks every hyperparameter against its SPEC range: [`Optimizer::validate`](crate::optim::Optimizer::validate).
+    pub(crate) fn check(&self) -> Result<()> {
         let name = self.name();
         check_field(name, "lr", self.lr, self.lr >= 0.0, "lr >= 0")?;
         check_betas(name, self.beta1, self.beta2)?;
         check_field(name, "eps", self.eps, self.eps >= 0.0, "eps >= 0")?;
         check_decay_factor(name, self.lr, self.weight_decay)
-    }
-
-    fn state_slots(&self) -> Vec<StateSlot> {
-        vec![
-            StateSlot {
-                name: "m",
-                init: 0.0,
-                used: true,
-            },
-            StateSlot {
-                name: "v",
-                init: 0.0,
-                used: true,
-            },
-            StateSlot {
-                name: "v_max",
-                init: 0.0,
-                used: self.amsgrad,
-            },
-        ]
-    }
-
-    fn uniform_bytes(&self, t: u64) -> Vec<u8> {
-        bytemuck::bytes_of(&self.scalars(t).to_f32()).to_vec()
-    }
-
-    fn reference_step(&self, t: u64, theta: &mut [f32], grad: &[f32], state: &mut [&mut [f32]]) {
-        let [m, v, v_max] = state else {
-            panic!("{} has 3 state slots, got {}", self.name(), state.len())
-        };
-        reference::step(&self.scalars(t).to_f32(), theta, grad, m, v, v_max);
-    }
-
-    fn oracle_step(&self, t: u64, theta: &mut [f64], grad: &[f64], state: &mut [&mut [f64]]) {
-        let [m, v, v_max] = state else {
-            panic!("{} has 3 state slots, got {}", self.name(), state.len())
-        };
-        reference::step(&self.scalars(t), theta, grad, m, v, v_max);
     }
 }

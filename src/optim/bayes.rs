@@ -1,9 +1,8 @@
 //! `bayes`, the seed's optimizer (SPEC §2): configuration, validation and per-step scalars.
 
 use crate::error::{Error, Result};
-use crate::kernels::{Kernel, BAYES};
 use crate::optim::config::{config, Setting};
-use crate::optim::{bias_correction, flag, Optimizer, StateSlot};
+use crate::optim::{bias_correction, flag};
 use crate::reference::bayes::{self as reference, BayesScalars};
 
 const NAME: &str = "bayes";
@@ -120,11 +119,11 @@ impl BayesConfig {
             eta_sq: self.eta * self.eta,
             eps_sq: self.eps * self.eps,
             bound: flag(self.sigma_max == SigmaMax::FixedPoint),
-            pad: 0.0,
         }
     }
 
-    fn initial_sigma(&self) -> f64 {
+    /// σ's value before the first step: the `sigma` slot's start.
+    pub(crate) fn initial_sigma(&self) -> f64 {
         match self.sigma_init {
             SigmaInit::FixedPoint => 0.0,
             SigmaInit::Value(v) => v,
@@ -141,16 +140,9 @@ fn check_range(field: &'static str, value: f64, ok: bool, allowed: &'static str)
     }
 }
 
-impl Optimizer for BayesConfig {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
-    fn kernel(&self) -> &'static Kernel {
-        &BAYES
-    }
-
-    fn validate(&self) -> Result<()> {
+impl BayesConfig {
+    /// Checks every hyperparameter against its SPEC range: [`Optimizer::validate`](crate::optim::Optimizer::validate).
+    pub(crate) fn check(&self) -> Result<()> {
         check_range(
             "beta",
             self.beta,
@@ -210,43 +202,5 @@ impl Optimizer for BayesConfig {
             ));
         }
         Ok(())
-    }
-
-    fn state_slots(&self) -> Vec<StateSlot> {
-        vec![
-            StateSlot {
-                name: "s",
-                init: 0.0,
-                used: true,
-            },
-            StateSlot {
-                name: "sigma",
-                init: self.initial_sigma() as f32,
-                used: true,
-            },
-            StateSlot {
-                name: "m",
-                init: 0.0,
-                used: self.momentum > 0.0,
-            },
-        ]
-    }
-
-    fn uniform_bytes(&self, t: u64) -> Vec<u8> {
-        bytemuck::bytes_of(&self.scalars(t).to_f32()).to_vec()
-    }
-
-    fn reference_step(&self, t: u64, theta: &mut [f32], grad: &[f32], state: &mut [&mut [f32]]) {
-        let [s, sigma, m] = state else {
-            panic!("bayes has 3 state slots, got {}", state.len())
-        };
-        reference::step(&self.scalars(t).to_f32(), theta, grad, s, sigma, m);
-    }
-
-    fn oracle_step(&self, t: u64, theta: &mut [f64], grad: &[f64], state: &mut [&mut [f64]]) {
-        let [s, sigma, m] = state else {
-            panic!("bayes has 3 state slots, got {}", state.len())
-        };
-        reference::step(&self.scalars(t), theta, grad, s, sigma, m);
     }
 }

@@ -2,9 +2,8 @@
 //! stored but read on request from s. Configuration, validation and per-step scalars.
 
 use crate::error::{Error, Result};
-use crate::kernels::{Kernel, BAYES_FP};
 use crate::optim::config::config;
-use crate::optim::{check_field, BayesConfig, Optimizer, StateSlot};
+use crate::optim::{check_field, BayesConfig, Optimizer};
 use crate::reference::bayes::BayesScalars;
 use crate::reference::bayes_fp as reference;
 
@@ -54,16 +53,9 @@ impl BayesFpConfig {
     }
 }
 
-impl Optimizer for BayesFpConfig {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
-    fn kernel(&self) -> &'static Kernel {
-        &BAYES_FP
-    }
-
-    fn validate(&self) -> Result<()> {
+impl BayesFpConfig {
+    /// Checks every hyperparameter against its SPEC range: [`Optimizer::validate`](crate::optim::Optimizer::validate).
+    pub(crate) fn check(&self) -> Result<()> {
         // The kernel sees η in f32: one that rounds to 0 there is 0.
         check_field(
             NAME,
@@ -88,46 +80,10 @@ impl Optimizer for BayesFpConfig {
         })
     }
 
-    fn state_slots(&self) -> Vec<StateSlot> {
-        vec![
-            StateSlot {
-                name: "s",
-                init: 0.0,
-                used: true,
-            },
-            StateSlot {
-                name: "m",
-                init: 0.0,
-                used: self.momentum > 0.0,
-            },
-        ]
-    }
-
-    fn uniform_bytes(&self, t: u64) -> Vec<u8> {
-        bytemuck::bytes_of(&self.scalars(t).to_f32()).to_vec()
-    }
-
-    fn reference_step(&self, t: u64, theta: &mut [f32], grad: &[f32], state: &mut [&mut [f32]]) {
-        let [s, m] = state else {
-            panic!("bayes_fp has 2 state slots, got {}", state.len())
-        };
-        reference::step(&self.scalars(t).to_f32(), theta, grad, s, m);
-    }
-
-    fn oracle_step(&self, t: u64, theta: &mut [f64], grad: &[f64], state: &mut [&mut [f64]]) {
-        let [s, m] = state else {
-            panic!("bayes_fp has 2 state slots, got {}", state.len())
-        };
-        reference::step(&self.scalars(t), theta, grad, s, m);
-    }
-
-    fn derived_state_names(&self) -> &'static [&'static str] {
-        &["sigma"]
-    }
-
     /// σ = σ*(ŝ + λ + eps²) from the stored s, with the c2 of step `t`: the σ that step used.
     /// Before any step s = 0 and c2 is taken as 1: σ*(λ + eps²), the belief of no data.
-    fn derived_state(&self, name: &str, t: u64, stored: &[&[f32]]) -> Option<Vec<f32>> {
+    /// [`Optimizer::derived_state`](crate::optim::Optimizer::derived_state).
+    pub(crate) fn derived(&self, name: &str, t: u64, stored: &[&[f32]]) -> Option<Vec<f32>> {
         let [s, _] = stored else { return None };
         if name != "sigma" {
             return None;

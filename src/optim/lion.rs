@@ -2,10 +2,9 @@
 //! validation and per-step scalars.
 
 use crate::error::Result;
-use crate::kernels::{Kernel, LION};
 use crate::optim::config::config;
-use crate::optim::{check_betas, check_decay_factor, check_field, Optimizer, StateSlot};
-use crate::reference::lion::{self as reference, LionScalars};
+use crate::optim::{check_betas, check_decay_factor, check_field};
+use crate::reference::lion::LionScalars;
 
 const NAME: &str = "lion";
 
@@ -40,49 +39,15 @@ impl LionConfig {
             beta2: self.beta2,
             one_minus_beta2: 1.0 - self.beta2,
             decay_factor: 1.0 - self.lr * self.weight_decay,
-            pad: [0.0; 2],
         }
     }
 }
 
-impl Optimizer for LionConfig {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
-    fn kernel(&self) -> &'static Kernel {
-        &LION
-    }
-
-    fn validate(&self) -> Result<()> {
+impl LionConfig {
+    /// Checks every hyperparameter against its SPEC range: [`Optimizer::validate`](crate::optim::Optimizer::validate).
+    pub(crate) fn check(&self) -> Result<()> {
         check_field(NAME, "lr", self.lr, self.lr >= 0.0, "lr >= 0")?;
         check_betas(NAME, self.beta1, self.beta2)?;
         check_decay_factor(NAME, self.lr, self.weight_decay)
-    }
-
-    fn state_slots(&self) -> Vec<StateSlot> {
-        vec![StateSlot {
-            name: "m",
-            init: 0.0,
-            used: true,
-        }]
-    }
-
-    fn uniform_bytes(&self, t: u64) -> Vec<u8> {
-        bytemuck::bytes_of(&self.scalars(t).to_f32()).to_vec()
-    }
-
-    fn reference_step(&self, t: u64, theta: &mut [f32], grad: &[f32], state: &mut [&mut [f32]]) {
-        let [m] = state else {
-            panic!("lion has 1 state slot, got {}", state.len())
-        };
-        reference::step(&self.scalars(t).to_f32(), theta, grad, m);
-    }
-
-    fn oracle_step(&self, t: u64, theta: &mut [f64], grad: &[f64], state: &mut [&mut [f64]]) {
-        let [m] = state else {
-            panic!("lion has 1 state slot, got {}", state.len())
-        };
-        reference::step(&self.scalars(t), theta, grad, m);
     }
 }

@@ -1,18 +1,23 @@
 //! The optimizer table: one config type per optimizer, and [`TABLE`], the one list of them.
 //!
-//! Adding an optimizer of SPEC §3 takes (as `lion` took, in one commit):
-//! - its config, `optim/<name>.rs`: the struct declared with `config!` (one line per
-//!   hyperparameter: name, type, default, doc; the builder, `--set` and the known keys come from
-//!   it), and [`Optimizer`] (ranges, state slots, uniforms, the reference and oracle steps);
-//! - its CPU reference, `reference/<name>.rs`, generic over f32/f64, its `step` through
-//!   `simd_fn!` (the fast CPU path);
-//! - its fused kernel, `shaders/<name>.wgsl`, written over the lane type `V`;
-//! - one row in the `optimizer_table!` below: its name, config type, kernel, presets, its
-//!   `validate` battery rows and its demo row, and its `pub mod`/`pub use` lines above it;
-//! - tests of its own semantics.
+//! Adding an optimizer of SPEC §3 takes four places (as `adagrad` took, in one commit):
+//! - its CPU twin, `reference/<name>.rs`: the uniform block declared once with `scalars!`
+//!   (the WGSL `struct Scalars`, the f32 rounding and the bytes come from it), and the
+//!   per-element update, generic over f32/f64, its `step` through `simd_fn!` (the fast CPU
+//!   path). Its config may live there too: the struct declared with `config!` (one line per
+//!   hyperparameter: name, type, default, doc; the builder, `--set` and the known keys come
+//!   from it), its ranges (`check`) and its f64 per-step scalars (`scalars(t)`), as inherent
+//!   methods; the older optimizers keep theirs in `optim/<name>.rs`;
+//! - its fused kernel, `shaders/<name>.wgsl`: `fn update` over the lane type `V`, without the
+//!   uniform struct or the state bindings, which are generated;
+//! - one row in the `optimizer_table!` below: config type, kernel, state slots, presets, its
+//!   `validate` battery rows and its demo row. The table generates [`Optimizer`] for the config
+//!   (kernel, state slots, uniform bytes, reference and oracle steps), declares the twin's
+//!   module, and gives the kernel its declarations;
+//! - its rule in `docs/rules.md`.
 //!
-//! The host layers, the CLI, `validate`, `replay`, `bench` and the demo are driven by this
-//! table and need no change.
+//! The host layers, the CLI, `validate`, `replay`, `bench`, the demo, checkpoints and
+//! bayesprop-burn's constructors are driven by this table and need no change.
 
 pub mod adam;
 pub mod bayes;
@@ -64,8 +69,9 @@ const ADAM_BATTERY: &[&str] = &[
 
 table::optimizer_table! {
     /// SPEC §2.
-    Bayes(BayesConfig), kernel BAYES = "bayes" after "bayes_step" {
-        "bayes" => BayesConfig::default(),
+    Bayes(BayesConfig), kernel BAYES = bayes after "bayes_step",
+        state |c| [s, sigma = (c.initial_sigma()), m if (c.momentum > 0.0)] {
+        bayes => BayesConfig::default(),
             battery &[
                 "eta=1e-6,1e-3,1,1e3 beta=0,0.9,0.999,0.999999 sigma_init=fixed_point,1e-2",
                 // η = 0 has no fixed point to start from or bound by (SPEC §2)
@@ -93,13 +99,13 @@ table::optimizer_table! {
                 "n=1000003 clip_norm=10 stream=flat",
             ],
             demo "eta" over ADAPTIVE_GRID;
-        preset "bayes_adam" => BayesConfig::bayes_adam(),
+        #[preset] bayes_adam => BayesConfig::bayes_adam(),
             battery &["", "stream=rising"],
             demo "eta" over ADAPTIVE_GRID;
     }
     /// SPEC §3, torch.optim.SGD.
-    Sgd(SgdConfig), kernel SGD = "sgd" {
-        "sgd" => SgdConfig::default(),
+    Sgd(SgdConfig), kernel SGD = sgd, state |c| [b if (c.momentum > 0.0)] {
+        sgd => SgdConfig::default(),
             battery &[
                 "",
                 "weight_decay=0.01",
@@ -115,8 +121,9 @@ table::optimizer_table! {
             demo "lr" over SGD_GRID, fixed "momentum=0.9";
     }
     /// SPEC §3, torch.optim.RMSprop.
-    Rmsprop(RmspropConfig), kernel RMSPROP = "rmsprop" {
-        "rmsprop" => RmspropConfig::default(),
+    Rmsprop(RmspropConfig), kernel RMSPROP = rmsprop,
+        state |c| [v, a if (c.centered), b if (c.momentum > 0.0)] {
+        rmsprop => RmspropConfig::default(),
             battery &[
                 "",
                 "weight_decay=0.01",
@@ -131,17 +138,18 @@ table::optimizer_table! {
     }
     /// `adam` and `adamw` (SPEC §3, torch.optim.Adam and AdamW): one kernel, the variant picks
     /// the weight decay.
-    Adam(AdamConfig), kernel ADAM = "adam" {
-        "adam" => AdamConfig::adam(),
+    Adam(AdamConfig), kernel ADAM = adam,
+        state |c| [m, v, v_max if (c.amsgrad)], name (c.variant.name()) {
+        adam => AdamConfig::adam(),
             battery ADAM_BATTERY,
             demo "lr" over ADAPTIVE_GRID;
-        "adamw" => AdamConfig::adamw(),
+        adamw => AdamConfig::adamw(),
             battery ADAM_BATTERY,
             demo "lr" over ADAPTIVE_GRID;
     }
     /// SPEC §3, Lion as lion-pytorch and optax.
-    Lion(LionConfig), kernel LION = "lion" {
-        "lion" => LionConfig::default(),
+    Lion(LionConfig), kernel LION = lion, state [m] {
+        lion => LionConfig::default(),
             battery &[
                 "",
                 "weight_decay=0.1",
@@ -154,8 +162,9 @@ table::optimizer_table! {
             demo "lr" over LION_GRID;
     }
     /// SPEC §2b: `bayes` at the fixed point, σ computed from s.
-    BayesFp(BayesFpConfig), kernel BAYES_FP = "bayes_fp" after "bayes_step" {
-        "bayes_fp" => BayesFpConfig::default(),
+    BayesFp(BayesFpConfig), kernel BAYES_FP = bayes_fp after "bayes_step",
+        state |c| [s, m if (c.momentum > 0.0)], derived [sigma] {
+        bayes_fp => BayesFpConfig::default(),
             battery &[
                 "eta=1e-6,1e-3,1,1e3 beta=0,0.9,0.999,0.999999",
                 "weight_decay=0.01",
@@ -164,6 +173,21 @@ table::optimizer_table! {
                 "n=1,257",
             ],
             demo "eta" over ADAPTIVE_GRID;
+    }
+    /// SPEC §3, torch.optim.Adagrad.
+    Adagrad(AdagradConfig in reference), kernel ADAGRAD = adagrad,
+        state |c| [sum = (c.initial_accumulator_value)] {
+        adagrad => AdagradConfig::default(),
+            battery &[
+                "",
+                "weight_decay=0.1",
+                "lr_decay=0.5",
+                "initial_accumulator_value=0.1",
+                "lr=1e-8",
+                "lr=10 lr_decay=0.01 weight_decay=0.01",
+                "n=257",
+            ],
+            demo "lr" over [3e-3, 1e-2, 3e-2, 1e-1, 3e-1];
     }
 }
 

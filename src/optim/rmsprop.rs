@@ -2,10 +2,9 @@
 //! per-step scalars.
 
 use crate::error::Result;
-use crate::kernels::{Kernel, RMSPROP};
 use crate::optim::config::config;
-use crate::optim::{check_field, flag, Optimizer, StateSlot};
-use crate::reference::rmsprop::{self as reference, RmspropScalars};
+use crate::optim::{check_field, flag};
+use crate::reference::rmsprop::RmspropScalars;
 
 const NAME: &str = "rmsprop";
 
@@ -44,21 +43,13 @@ impl RmspropConfig {
             weight_decay: self.weight_decay,
             momentum: self.momentum,
             centered: flag(self.centered),
-            pad: 0.0,
         }
     }
 }
 
-impl Optimizer for RmspropConfig {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
-    fn kernel(&self) -> &'static Kernel {
-        &RMSPROP
-    }
-
-    fn validate(&self) -> Result<()> {
+impl RmspropConfig {
+    /// Checks every hyperparameter against its SPEC range: [`Optimizer::validate`](crate::optim::Optimizer::validate).
+    pub(crate) fn check(&self) -> Result<()> {
         check_field(NAME, "lr", self.lr, self.lr >= 0.0, "lr >= 0")?;
         check_field(NAME, "alpha", self.alpha, self.alpha >= 0.0, "alpha >= 0")?;
         check_field(NAME, "eps", self.eps, self.eps >= 0.0, "eps >= 0")?;
@@ -76,43 +67,5 @@ impl Optimizer for RmspropConfig {
             self.momentum >= 0.0,
             "momentum >= 0",
         )
-    }
-
-    fn state_slots(&self) -> Vec<StateSlot> {
-        vec![
-            StateSlot {
-                name: "v",
-                init: 0.0,
-                used: true,
-            },
-            StateSlot {
-                name: "a",
-                init: 0.0,
-                used: self.centered,
-            },
-            StateSlot {
-                name: "b",
-                init: 0.0,
-                used: self.momentum > 0.0,
-            },
-        ]
-    }
-
-    fn uniform_bytes(&self, t: u64) -> Vec<u8> {
-        bytemuck::bytes_of(&self.scalars(t).to_f32()).to_vec()
-    }
-
-    fn reference_step(&self, t: u64, theta: &mut [f32], grad: &[f32], state: &mut [&mut [f32]]) {
-        let [v, a, b] = state else {
-            panic!("rmsprop has 3 state slots, got {}", state.len())
-        };
-        reference::step(&self.scalars(t).to_f32(), theta, grad, v, a, b);
-    }
-
-    fn oracle_step(&self, t: u64, theta: &mut [f64], grad: &[f64], state: &mut [&mut [f64]]) {
-        let [v, a, b] = state else {
-            panic!("rmsprop has 3 state slots, got {}", state.len())
-        };
-        reference::step(&self.scalars(t), theta, grad, v, a, b);
     }
 }

@@ -2,10 +2,9 @@
 //! scalars.
 
 use crate::error::{Error, Result};
-use crate::kernels::{Kernel, SGD};
 use crate::optim::config::config;
-use crate::optim::{check_field, flag, Optimizer, StateSlot};
-use crate::reference::sgd::{self as reference, SgdScalars};
+use crate::optim::{check_field, flag};
+use crate::reference::sgd::SgdScalars;
 
 const NAME: &str = "sgd";
 
@@ -41,21 +40,13 @@ impl SgdConfig {
             weight_decay: self.weight_decay,
             first_step: flag(t == 1),
             nesterov: flag(self.nesterov),
-            pad: [0.0; 2],
         }
     }
 }
 
-impl Optimizer for SgdConfig {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
-    fn kernel(&self) -> &'static Kernel {
-        &SGD
-    }
-
-    fn validate(&self) -> Result<()> {
+impl SgdConfig {
+    /// Checks every hyperparameter against its SPEC range: [`Optimizer::validate`](crate::optim::Optimizer::validate).
+    pub(crate) fn check(&self) -> Result<()> {
         check_field(NAME, "lr", self.lr, self.lr >= 0.0, "lr >= 0")?;
         check_field(
             NAME,
@@ -87,31 +78,5 @@ impl Optimizer for SgdConfig {
             ));
         }
         Ok(())
-    }
-
-    fn state_slots(&self) -> Vec<StateSlot> {
-        vec![StateSlot {
-            name: "b",
-            init: 0.0,
-            used: self.momentum > 0.0,
-        }]
-    }
-
-    fn uniform_bytes(&self, t: u64) -> Vec<u8> {
-        bytemuck::bytes_of(&self.scalars(t).to_f32()).to_vec()
-    }
-
-    fn reference_step(&self, t: u64, theta: &mut [f32], grad: &[f32], state: &mut [&mut [f32]]) {
-        let [b] = state else {
-            panic!("sgd has 1 state slot, got {}", state.len())
-        };
-        reference::step(&self.scalars(t).to_f32(), theta, grad, b);
-    }
-
-    fn oracle_step(&self, t: u64, theta: &mut [f64], grad: &[f64], state: &mut [&mut [f64]]) {
-        let [b] = state else {
-            panic!("sgd has 1 state slot, got {}", state.len())
-        };
-        reference::step(&self.scalars(t), theta, grad, b);
     }
 }

@@ -39,27 +39,53 @@ pub fn settings(text: &str) -> impl Iterator<Item = (&str, &str)> {
         .map(|token| token.split_once('=').unwrap_or((token, "true")))
 }
 
-/// Declares the table. Each group is one config type with its kernel, then its names:
+/// Declares the table. Each group is one config type with its kernel, twin and state slots,
+/// then its names:
 ///
 /// ```text
-/// Variant(ConfigType), kernel CONST = "file" {
-///     [preset] "name" => constructor,
+/// Variant(ConfigType [in reference]), kernel CONST = file [after "shared"],
+///     state [|c|] [slot [= (init)] [if (used)], …] [, name (expr)] [, derived [name, …]] {
+///     [#[preset]] name => constructor,
 ///         battery &["settings", …],
 ///         demo "knob" over GRID [, fixed "settings"];
 /// }
 /// ```
 ///
-/// `file` is `shaders/<file>.wgsl`, compiled as the fused kernel `CONST` (entry point `main`,
-/// after `common.wgsl` and `fused.wgsl`); `kernel CONST = "file" after "shared"` also prepends
-/// `shaders/<shared>.wgsl`, code that two kernels share.
+/// `file` names the fused kernel `shaders/<file>.wgsl` (compiled as `CONST`, entry points
+/// `main` and `segments`, after `common.wgsl` and `fused.wgsl`; `after "shared"` also prepends
+/// `shaders/<shared>.wgsl`, code that two kernels share) and its CPU twin `reference::<file>`,
+/// which declares the uniform block with `scalars!` and defines
+/// `step(p, theta, grad, slot, …)`, one slice per state slot in the row's order.
+///
+/// The state slots are declared here once: the kernel's bindings 4, 5, … are generated from
+/// them, so are [`Optimizer::state_slots`] and the reference and oracle steps. A slot starts
+/// at `init` (0 if not given) and is allocated when `used` holds (always if not given); both
+/// read the config as `c`. `name` is the config's SPEC name where a group has several
+/// (default: the group's first name); `derived` lists [`Optimizer::derived_state_names`],
+/// computed by the config's inherent `derived(name, t, stored)`.
+///
+/// `in reference` says the config is declared in the twin (and re-exports it here); else it
+/// is in scope where the table is.
+///
+/// Each config provides, as inherent methods, only what is its own: `scalars(t)` (the f64
+/// uniform block of step `t`) and `check()` (its ranges, for [`Optimizer::validate`]). The
+/// table generates the rest of [`Optimizer`] for it.
+///
+/// [`Optimizer`]: crate::optim::Optimizer
+/// [`Optimizer::state_slots`]: crate::optim::Optimizer::state_slots
+/// [`Optimizer::validate`]: crate::optim::Optimizer::validate
+/// [`Optimizer::derived_state_names`]: crate::optim::Optimizer::derived_state_names
 macro_rules! optimizer_table {
     (
         $(
             $(#[$meta:meta])*
-            $variant:ident($config:ty), kernel $kernel:ident = $file:literal
-                $(after $prelude:literal)? {
+            $variant:ident($config:ident $(in $home:ident)?), kernel $kernel:ident = $file:ident
+                $(after $prelude:literal)?,
+                state $(|$c:ident|)? [$($slot:ident $(= ($init:expr))? $(if ($used:expr))?),+ $(,)?]
+                $(, name ($config_name:expr))?
+                $(, derived [$($derived:ident),+])? {
                 $(
-                    $($preset:ident)? $name:literal => $make:expr,
+                    $(#[$preset:ident])? $name:ident => $make:expr,
                         battery $battery:expr,
                         demo $knob:literal over $grid:expr $(, fixed $fixed:literal)?;
                 )+
@@ -88,19 +114,99 @@ macro_rules! optimizer_table {
         }
 
         $(
+            $(pub use $crate::$home::$file::$config;)?
+
             impl From<$config> for OptimizerConfig {
                 fn from(c: $config) -> Self {
                     OptimizerConfig::$variant(c)
                 }
             }
+
+            impl Optimizer for $config {
+                fn name(&self) -> &'static str {
+                    $crate::optim::table::optimizer_table!(
+                        @name self [$($c)?] [$($config_name)?] ; $($name)+
+                    )
+                }
+
+                fn kernel(&self) -> &'static Kernel {
+                    &shaders::$kernel
+                }
+
+                fn validate(&self) -> $crate::error::Result<()> {
+                    self.check()
+                }
+
+                fn state_slots(&self) -> Vec<StateSlot> {
+                    $(let $c = self; let _ = $c;)?
+                    vec![$(
+                        StateSlot {
+                            name: stringify!($slot),
+                            init: $crate::optim::table::optimizer_table!(@init $($init)?),
+                            used: $crate::optim::table::optimizer_table!(@used $($used)?),
+                        },
+                    )+]
+                }
+
+                fn uniform_bytes(&self, t: u64) -> Vec<u8> {
+                    self.scalars(t).to_f32().uniform_bytes()
+                }
+
+                fn reference_step(
+                    &self,
+                    t: u64,
+                    theta: &mut [f32],
+                    grad: &[f32],
+                    state: &mut [&mut [f32]],
+                ) {
+                    let [$($slot),+] = state else {
+                        panic!("{} has the state slots {:?}, got {}", self.name(),
+                            [$(stringify!($slot)),+], state.len())
+                    };
+                    $crate::reference::$file::step(
+                        &self.scalars(t).to_f32(), theta, grad, $($slot),+
+                    );
+                }
+
+                fn oracle_step(
+                    &self,
+                    t: u64,
+                    theta: &mut [f64],
+                    grad: &[f64],
+                    state: &mut [&mut [f64]],
+                ) {
+                    let [$($slot),+] = state else {
+                        panic!("{} has the state slots {:?}, got {}", self.name(),
+                            [$(stringify!($slot)),+], state.len())
+                    };
+                    $crate::reference::$file::step(&self.scalars(t), theta, grad, $($slot),+);
+                }
+
+                $(
+                    fn derived_state_names(&self) -> &'static [&'static str] {
+                        &[$(stringify!($derived)),+]
+                    }
+
+                    fn derived_state(
+                        &self,
+                        name: &str,
+                        t: u64,
+                        stored: &[&[f32]],
+                    ) -> Option<Vec<f32>> {
+                        self.derived(name, t, stored)
+                    }
+                )?
+            }
         )+
 
-        /// The fused kernel of every config type, `shaders/<name>.wgsl` after the preludes.
+        /// The fused kernel of every config type, `shaders/<name>.wgsl` after the preludes,
+        /// with its `Scalars` and state bindings generated from the twin's and the row's
+        /// declarations.
         pub mod shaders {
             use $crate::kernels::{Kernel, COMMON, FUSED};
             $(
                 pub const $kernel: Kernel = Kernel {
-                    name: $file,
+                    name: stringify!($file),
                     preludes: &[
                         COMMON,
                         FUSED,
@@ -108,8 +214,10 @@ macro_rules! optimizer_table {
                             env!("CARGO_MANIFEST_DIR"), "/shaders/", $prelude, ".wgsl"
                         )),)?
                     ],
+                    scalars: $crate::reference::$file::SCALARS,
+                    states: &[$(stringify!($slot)),+],
                     body: include_str!(concat!(
-                        env!("CARGO_MANIFEST_DIR"), "/shaders/", $file, ".wgsl"
+                        env!("CARGO_MANIFEST_DIR"), "/shaders/", stringify!($file), ".wgsl"
                     )),
                 };
             )+
@@ -122,7 +230,7 @@ macro_rules! optimizer_table {
         pub const TABLE: &[Row] = &[
             $($(
                 Row {
-                    name: $name,
+                    name: stringify!($name),
                     preset: $crate::optim::table::optimizer_table!(@preset $($preset)?),
                     config: || OptimizerConfig::from($make),
                     battery: $battery,
@@ -138,11 +246,41 @@ macro_rules! optimizer_table {
         /// How errors call an option of `optimizer`, e.g. `adamw option`.
         pub(crate) fn option_kind(optimizer: &str) -> &'static str {
             match optimizer {
-                $($($name => concat!($name, " option"),)+)+
+                $($(stringify!($name) => concat!(stringify!($name), " option"),)+)+
                 _ => "option",
             }
         }
+
+        /// Declares the CPU twin of every row, `reference::<file>`: `reference/mod.rs` calls
+        /// this, so that a row is all it takes to add one.
+        macro_rules! twin_modules {
+            () => {
+                $(pub mod $file;)+
+            };
+        }
+        pub(crate) use twin_modules;
+
+        /// Calls `$callback! { name name … }` with every name of the table (optimizers and
+        /// presets, in table order) as identifiers, for code generated per name in other
+        /// crates (bayesprop-burn's constructors).
+        #[macro_export]
+        macro_rules! for_each_optimizer_name {
+            ($callback:ident) => {
+                $callback! { $($($name)+)+ }
+            };
+        }
     };
+    (@name $self:ident [$($c:ident)?] [] ; $name:ident $($_other:ident)*) => {
+        stringify!($name)
+    };
+    (@name $self:ident [$($c:ident)?] [$config_name:expr] ; $($name:ident)+) => {{
+        $(let $c = $self;)?
+        $config_name
+    }};
+    (@init $init:expr) => { ($init) as f32 };
+    (@init) => { 0.0 };
+    (@used $used:expr) => { $used };
+    (@used) => { true };
     (@preset preset) => { true };
     (@preset) => { false };
     (@fixed $fixed:literal) => { $fixed };

@@ -2,53 +2,29 @@
 
 use num_traits::Float;
 
-/// The kernel's uniform block (`Scalars` in `shaders/adam.wgsl`), field for field. Adam and
-/// AdamW differ only in `decoupled` and `decay_factor`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct AdamScalars<F> {
-    pub lr: F,
-    pub beta1: F,
-    pub one_minus_beta1: F,
-    pub beta2: F,
-    pub one_minus_beta2: F,
-    pub eps: F,
-    /// λ; added to the gradient as λθ unless decoupled.
-    pub weight_decay: F,
-    /// 1 − lr·λ when decoupled (AdamW), else 1.
-    pub decay_factor: F,
-    /// 1/(1 − beta1^t).
-    pub c1: F,
-    /// 1/(1 − beta2^t).
-    pub c2: F,
-    /// 1: divide by the running maximum of v (and keep `v_max`), else 0.
-    pub amsgrad: F,
-    /// 1: AdamW's θ ← θ·(1 − lr·λ), else 0: Adam's g ← g + λθ.
-    pub decoupled: F,
-}
 
-// SAFETY: `repr(C)` with only f32 fields: no padding, every bit pattern valid.
-unsafe impl bytemuck::Zeroable for AdamScalars<f32> {}
-unsafe impl bytemuck::Pod for AdamScalars<f32> {}
-
-impl AdamScalars<f64> {
-    /// Rounds every scalar to f32, as the kernel receives them.
-    pub fn to_f32(&self) -> AdamScalars<f32> {
-        let r = |x: f64| x as f32;
-        AdamScalars {
-            lr: r(self.lr),
-            beta1: r(self.beta1),
-            one_minus_beta1: r(self.one_minus_beta1),
-            beta2: r(self.beta2),
-            one_minus_beta2: r(self.one_minus_beta2),
-            eps: r(self.eps),
-            weight_decay: r(self.weight_decay),
-            decay_factor: r(self.decay_factor),
-            c1: r(self.c1),
-            c2: r(self.c2),
-            amsgrad: r(self.amsgrad),
-            decoupled: r(self.decoupled),
-        }
+scalars! {
+    /// The uniform block of `shaders/adam.wgsl`. Adam and AdamW differ only in `decoupled`
+    /// and `decay_factor`.
+    pub struct AdamScalars {
+        lr,
+        beta1,
+        one_minus_beta1,
+        beta2,
+        one_minus_beta2,
+        eps,
+        /// λ; added to the gradient as λθ unless decoupled.
+        weight_decay,
+        /// 1 − lr·λ when decoupled (AdamW), else 1.
+        decay_factor,
+        /// 1/(1 − beta1^t).
+        c1,
+        /// 1/(1 − beta2^t).
+        c2,
+        /// 1: divide by the running maximum of v (and keep `v_max`), else 0.
+        amsgrad,
+        /// 1: AdamW's θ ← θ·(1 − lr·λ), else 0: Adam's g ← g + λθ.
+        decoupled,
     }
 }
 

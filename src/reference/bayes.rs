@@ -4,50 +4,24 @@
 use ndarray::{ArrayViewMut1, Zip};
 use num_traits::Float;
 
-/// The kernel's uniform block (`Scalars` in `shaders/bayes.wgsl`), field for field.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct BayesScalars<F> {
-    pub beta: F,
-    pub one_minus_beta: F,
-    /// 1/(1 − beta^t) with bias correction, else 1.
-    pub c2: F,
-    pub weight_decay: F,
-    pub beta1: F,
-    pub one_minus_beta1: F,
-    /// 1/(1 − β₁^t) with momentum, else 1.
-    pub c1: F,
-    pub eta: F,
-    pub eta_sq: F,
-    pub eps_sq: F,
-    /// 1 with `sigma_max = fixed_point` (σ never exceeds σ*(h + eps²)), 0 with `none`.
-    pub bound: F,
-    /// Uniform blocks are sized in multiples of 16 bytes.
-    pub pad: F,
-}
 
-// SAFETY: `repr(C)` with only f32 fields: no padding, every bit pattern valid.
-unsafe impl bytemuck::Zeroable for BayesScalars<f32> {}
-unsafe impl bytemuck::Pod for BayesScalars<f32> {}
-
-impl BayesScalars<f64> {
-    /// Rounds every scalar to f32, as the kernel receives them.
-    pub fn to_f32(&self) -> BayesScalars<f32> {
-        let r = |x: f64| x as f32;
-        BayesScalars {
-            beta: r(self.beta),
-            one_minus_beta: r(self.one_minus_beta),
-            c2: r(self.c2),
-            weight_decay: r(self.weight_decay),
-            beta1: r(self.beta1),
-            one_minus_beta1: r(self.one_minus_beta1),
-            c1: r(self.c1),
-            eta: r(self.eta),
-            eta_sq: r(self.eta_sq),
-            eps_sq: r(self.eps_sq),
-            bound: r(self.bound),
-            pad: 0.0,
-        }
+scalars! {
+    /// The uniform block of `shaders/bayes.wgsl`.
+    pub struct BayesScalars {
+        beta,
+        one_minus_beta,
+        /// 1/(1 − beta^t) with bias correction, else 1.
+        c2,
+        weight_decay,
+        beta1,
+        one_minus_beta1,
+        /// 1/(1 − β₁^t) with momentum, else 1.
+        c1,
+        eta,
+        eta_sq,
+        eps_sq,
+        /// 1 with `sigma_max = fixed_point` (σ never exceeds σ*(h + eps²)), 0 with `none`.
+        bound,
     }
 }
 
@@ -266,7 +240,6 @@ mod tests {
             eta_sq: 1e-4,
             eps_sq: 1e-16,
             bound: 0.0,
-            pad: 0.0,
         }
         .to_f32();
         // Block 0: σ all 0; block 1: none 0; blocks 2 and 3: every 7th 0.

@@ -3,7 +3,9 @@
 
 use num_traits::Float;
 
-use crate::reference::bayes::{curvature_and_direction, sigma_star, BayesScalars};
+use crate::reference::bayes::{curvature_and_direction, sigma_star};
+/// `bayes`'s uniform block, and so its `Scalars` in the kernel.
+pub use crate::reference::bayes::{BayesScalars, SCALARS};
 
 /// One element's step: the body of the kernel's `update`, statement for statement. `m` is
 /// `None` when momentum is off (β₁ = 0).

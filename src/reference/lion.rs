@@ -2,40 +2,19 @@
 
 use num_traits::Float;
 
-/// The kernel's uniform block (`Scalars` in `shaders/lion.wgsl`), field for field.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct LionScalars<F> {
-    pub lr: F,
-    /// Interpolates m and g into the direction c whose sign is stepped along.
-    pub beta1: F,
-    pub one_minus_beta1: F,
-    /// EMA factor of the momentum m.
-    pub beta2: F,
-    pub one_minus_beta2: F,
-    /// 1 − lr·λ: decoupled weight decay, as AdamW's.
-    pub decay_factor: F,
-    /// Uniform blocks are sized in multiples of 16 bytes.
-    pub pad: [F; 2],
-}
 
-// SAFETY: `repr(C)` with only f32 fields: no padding, every bit pattern valid.
-unsafe impl bytemuck::Zeroable for LionScalars<f32> {}
-unsafe impl bytemuck::Pod for LionScalars<f32> {}
-
-impl LionScalars<f64> {
-    /// Rounds every scalar to f32, as the kernel receives them.
-    pub fn to_f32(&self) -> LionScalars<f32> {
-        let r = |x: f64| x as f32;
-        LionScalars {
-            lr: r(self.lr),
-            beta1: r(self.beta1),
-            one_minus_beta1: r(self.one_minus_beta1),
-            beta2: r(self.beta2),
-            one_minus_beta2: r(self.one_minus_beta2),
-            decay_factor: r(self.decay_factor),
-            pad: [0.0; 2],
-        }
+scalars! {
+    /// The uniform block of `shaders/lion.wgsl`.
+    pub struct LionScalars {
+        lr,
+        /// Interpolates m and g into the direction c whose sign is stepped along.
+        beta1,
+        one_minus_beta1,
+        /// EMA factor of the momentum m.
+        beta2,
+        one_minus_beta2,
+        /// 1 − lr·λ: decoupled weight decay, as AdamW's.
+        decay_factor,
     }
 }
 

@@ -53,9 +53,68 @@ macro_rules! simd_fn {
 }
 pub(crate) use simd_fn;
 
-pub mod adam;
-pub mod bayes;
-pub mod bayes_fp;
-pub mod lion;
-pub mod rmsprop;
-pub mod sgd;
+/// Declares a kernel's uniform block once, as a list of scalar names; from it come:
+/// - the struct, generic over the float type (`Foo<f64>` from the host's f64 computation,
+///   `Foo<f32>` as the kernel and the reference get it), `repr(C)`, one `F` per name;
+/// - `to_f32` (each scalar rounded once), `uniform_bytes` (the f32 block padded with zeros to a
+///   multiple of 16 bytes, the stride of a uniform array element), `Pod` and `Zeroable`;
+/// - `SCALARS`, the names in order, from which [`crate::kernels::Kernel`] writes the WGSL
+///   `struct Scalars { name: f32, …, pad0: f32, … }` in front of the kernel's body.
+///
+/// ```text
+/// scalars! {
+///     /// doc of the struct
+///     pub struct LionScalars {
+///         /// doc of the scalar
+///         lr,
+///         beta1,
+///     }
+/// }
+/// ```
+macro_rules! scalars {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $($(#[$field_meta:meta])* $field:ident),+ $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        ///
+        /// Declared once (`scalars!`): the kernel's WGSL `struct Scalars` is generated from it,
+        /// field for field, f32 each, padded to a multiple of 16 bytes.
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, PartialEq)]
+        pub struct $name<F> {
+            $($(#[$field_meta])* pub $field: F,)+
+        }
+
+        /// The scalars of the uniform block, in order: the WGSL `struct Scalars`'s fields.
+        pub const SCALARS: &[&str] = &[$(stringify!($field)),+];
+
+        // SAFETY: `repr(C)` with only f32 fields: no padding, every bit pattern valid.
+        unsafe impl bytemuck::Zeroable for $name<f32> {}
+        unsafe impl bytemuck::Pod for $name<f32> {}
+
+        impl $name<f64> {
+            /// Rounds every scalar to f32, as the kernel receives them.
+            pub fn to_f32(&self) -> $name<f32> {
+                $name {
+                    $($field: self.$field as f32,)+
+                }
+            }
+        }
+
+        impl $name<f32> {
+            /// The kernel's uniform block: the scalars, then zeros to a multiple of 16 bytes
+            /// (the generated WGSL struct's `pad` fields).
+            pub fn uniform_bytes(&self) -> Vec<u8> {
+                let mut bytes = bytemuck::bytes_of(self).to_vec();
+                bytes.resize($crate::kernels::scalars_bytes(SCALARS.len()), 0);
+                bytes
+            }
+        }
+    };
+}
+
+// `pub mod <file>;` for the twin of every row of the optimizer table.
+crate::optim::twin_modules!();

@@ -2,41 +2,19 @@
 
 use num_traits::Float;
 
-/// The kernel's uniform block (`Scalars` in `shaders/rmsprop.wgsl`), field for field.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct RmspropScalars<F> {
-    pub lr: F,
-    pub alpha: F,
-    pub one_minus_alpha: F,
-    pub eps: F,
-    pub weight_decay: F,
-    /// μ; 0 turns momentum off (and `b` is not allocated).
-    pub momentum: F,
-    /// 1: divide by the centred second moment v − a² (and keep `a`), else 0.
-    pub centered: F,
-    /// Uniform blocks are sized in multiples of 16 bytes.
-    pub pad: F,
-}
 
-// SAFETY: `repr(C)` with only f32 fields: no padding, every bit pattern valid.
-unsafe impl bytemuck::Zeroable for RmspropScalars<f32> {}
-unsafe impl bytemuck::Pod for RmspropScalars<f32> {}
-
-impl RmspropScalars<f64> {
-    /// Rounds every scalar to f32, as the kernel receives them.
-    pub fn to_f32(&self) -> RmspropScalars<f32> {
-        let r = |x: f64| x as f32;
-        RmspropScalars {
-            lr: r(self.lr),
-            alpha: r(self.alpha),
-            one_minus_alpha: r(self.one_minus_alpha),
-            eps: r(self.eps),
-            weight_decay: r(self.weight_decay),
-            momentum: r(self.momentum),
-            centered: r(self.centered),
-            pad: 0.0,
-        }
+scalars! {
+    /// The uniform block of `shaders/rmsprop.wgsl`.
+    pub struct RmspropScalars {
+        lr,
+        alpha,
+        one_minus_alpha,
+        eps,
+        weight_decay,
+        /// μ; 0 turns momentum off (and `b` is not allocated).
+        momentum,
+        /// 1: divide by the centred second moment v − a² (and keep `a`), else 0.
+        centered,
     }
 }
 

@@ -2,40 +2,19 @@
 
 use num_traits::Float;
 
-/// The kernel's uniform block (`Scalars` in `shaders/sgd.wgsl`), field for field.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct SgdScalars<F> {
-    pub lr: F,
-    /// μ; 0 turns momentum off (and `b` is not allocated).
-    pub momentum: F,
-    pub one_minus_dampening: F,
-    pub weight_decay: F,
-    /// 1 at t = 1, where the buffer starts as the gradient (torch's first step), else 0.
-    pub first_step: F,
-    /// 1: step along g + μ·b (Nesterov), else 0: along b.
-    pub nesterov: F,
-    /// Uniform blocks are sized in multiples of 16 bytes.
-    pub pad: [F; 2],
-}
 
-// SAFETY: `repr(C)` with only f32 fields: no padding, every bit pattern valid.
-unsafe impl bytemuck::Zeroable for SgdScalars<f32> {}
-unsafe impl bytemuck::Pod for SgdScalars<f32> {}
-
-impl SgdScalars<f64> {
-    /// Rounds every scalar to f32, as the kernel receives them.
-    pub fn to_f32(&self) -> SgdScalars<f32> {
-        let r = |x: f64| x as f32;
-        SgdScalars {
-            lr: r(self.lr),
-            momentum: r(self.momentum),
-            one_minus_dampening: r(self.one_minus_dampening),
-            weight_decay: r(self.weight_decay),
-            first_step: r(self.first_step),
-            nesterov: r(self.nesterov),
-            pad: [0.0; 2],
-        }
+scalars! {
+    /// The uniform block of `shaders/sgd.wgsl`.
+    pub struct SgdScalars {
+        lr,
+        /// μ; 0 turns momentum off (and `b` is not allocated).
+        momentum,
+        one_minus_dampening,
+        weight_decay,
+        /// 1 at t = 1, where the buffer starts as the gradient (torch's first step), else 0.
+        first_step,
+        /// 1: step along g + μ·b (Nesterov), else 0: along b.
+        nesterov,
     }
 }
 

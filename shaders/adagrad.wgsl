@@ -1,0 +1,15 @@
+// `adagrad` (SPEC §3, torch.optim.Adagrad): weight decay, the running sum of g² and the step
+// along g / (sqrt(sum) + eps), in one pass. `Scalars` (clr, the learning rate of step t, with
+// its decay) and the binding of `sum` are generated. CPU twin: src/reference/adagrad.rs.
+
+fn update(at: At, g_in: V, ok: B, p: Scalars) {
+    var g = g_in;
+    let th_old = theta[at.theta];
+    if p.weight_decay != 0.0 {
+        g = g + p.weight_decay * th_old;
+    }
+    let sum_old = sum[at.state];
+    let sum_new = sum_old + g * g;
+    sum[at.state] = select(sum_old, sum_new, ok);
+    theta[at.theta] = select(th_old, th_old - p.clr * g / (sqrt(sum_new) + p.eps), ok);
+}
