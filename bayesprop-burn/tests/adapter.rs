@@ -85,8 +85,14 @@ fn sigma_reads_back_as_a_burn_tensor_of_the_parameters_shape() {
     let sigma = optim.sigma::<2>(model.a.weight.id).unwrap();
     assert_eq!(sigma.dims(), [common::INPUTS, 7]);
     let values = host(sigma);
+    // An element whose gradient was 0 at every step (a dead ReLU, depending on the draw of
+    // the weights, which tests running in parallel share) keeps σ = 0: no belief yet.
     assert!(
-        values.iter().all(|s| s.is_finite() && *s > 0.0),
+        values.iter().all(|s| s.is_finite() && *s >= 0.0),
+        "{values:?}"
+    );
+    assert!(
+        values.iter().filter(|&&s| s > 0.0).count() > values.len() / 2,
         "{values:?}"
     );
     let bias = optim.sigma::<1>(model.b.bias.as_ref().unwrap().id).unwrap();
