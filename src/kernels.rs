@@ -107,9 +107,6 @@ fn declarations(scalars: &[&str], states: &[&str]) -> String {
     text
 }
 
-/// The optimizer kernels, one per config type of the optimizer table.
-pub use crate::optim::shaders::*;
-
 /// The per-group step control: entry points `scan` and `commit`.
 pub const CONTROL: Kernel = Kernel {
     name: "control",
@@ -118,19 +115,6 @@ pub const CONTROL: Kernel = Kernel {
     states: &[],
     body: include_str!("../shaders/control.wgsl"),
 };
-
-/// Every module of the core, for validation and `info`: the control kernel, then the
-/// optimizers' in table order (`bench`'s roofline kernel is `bench::touch::TOUCH`).
-pub const ALL: [&Kernel; OPTIMIZERS.len() + 1] = {
-    let mut all = [&CONTROL; OPTIMIZERS.len() + 1];
-    let mut i = 0;
-    while i < OPTIMIZERS.len() {
-        all[i + 1] = OPTIMIZERS[i];
-        i += 1;
-    }
-    all
-};
-const OPTIMIZERS: &[&Kernel] = crate::optim::KERNELS;
 
 /// The entry point of every fused optimizer kernel.
 pub const ENTRY_POINT: &str = "main";

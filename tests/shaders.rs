@@ -6,7 +6,7 @@ use bayesprop::OptimizerConfig;
 
 #[test]
 fn every_kernel_passes_naga_validation() {
-    for kernel in kernels::ALL {
+    for kernel in bayesprop::optim::ALL_KERNELS {
         if let Err(message) = kernel.validate() {
             panic!("{message}");
         }

@@ -9,7 +9,7 @@ use bayesprop::optim::TABLE;
 use bayesprop::validate::{self, Rule};
 use bayesprop::StepDevice;
 use bayesprop::{
-    kernels, Checkpoint, Error, GpuContext, GpuOptimizer, GradTransform, GroupId, HyperSchedule,
+    Checkpoint, Error, GpuContext, GpuOptimizer, GradTransform, GroupId, HyperSchedule,
     NonFinitePolicy, OptimizerConfig, Result,
 };
 use clap::{Args, Parser, Subcommand};
@@ -287,7 +287,10 @@ fn info(gpu: &GpuArgs) -> Result<ExitCode> {
         "  max_storage_buffers_per_shader_stage {}",
         l.max_storage_buffers_per_shader_stage
     );
-    let names: Vec<_> = kernels::ALL.iter().map(|k| k.name).collect();
+    let names: Vec<_> = bayesprop::optim::ALL_KERNELS
+        .iter()
+        .map(|k| k.name)
+        .collect();
     println!("kernels: {}", names.join(", "));
     Ok(ExitCode::SUCCESS)
 }
@@ -298,7 +301,7 @@ fn validate(args: &ValidateArgs) -> Result<ExitCode> {
     if let Some(name) = &args.optimizer {
         OptimizerConfig::default_for(name)?;
     }
-    for kernel in kernels::ALL {
+    for kernel in bayesprop::optim::ALL_KERNELS {
         let checked = kernel.validate()?;
         println!(
             "naga: {} ok (uniform block {} bytes, {} storage bindings)",

@@ -42,6 +42,18 @@ pub use rmsprop::{RmspropConfig, RmspropConfigBuilder};
 pub use sgd::{SgdConfig, SgdConfigBuilder};
 pub use table::{settings, DemoRow, Row};
 
+/// Every WGSL module of the core, for validation and `info`: the step control, then each
+/// optimizer's kernel in table order (`bench`'s roofline kernel is `bench::touch::TOUCH`).
+pub const ALL_KERNELS: [&Kernel; KERNELS.len() + 1] = {
+    let mut all = [&crate::kernels::CONTROL; KERNELS.len() + 1];
+    let mut i = 0;
+    while i < KERNELS.len() {
+        all[i + 1] = KERNELS[i];
+        i += 1;
+    }
+    all
+};
+
 /// Half-decade grids of the demo, centred where each family's learning rate works on its
 /// models: a 500-step trial (Adam, RMSProp and SGD with momentum written out by hand, `bayes`
 /// from this crate) put each one's best value inside its grid on the digits models. `bayes` and
