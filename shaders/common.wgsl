@@ -11,6 +11,7 @@ override WORKGROUP_SIZE: u32 = 256u;
 const POLICY_SKIP_STEP: u32 = 0u;
 const POLICY_SKIP_ELEMENT: u32 = 1u;
 const POLICY_ERROR: u32 = 2u;
+const POLICY_PROPAGATE: u32 = 3u;
 
 // Per parameter group, on the device, so a skipped step needs no round trip to the host.
 struct Status {

@@ -93,11 +93,11 @@ fn count_segments(
     }
 }
 
-// Counts the non-finite lanes of g / scale (unless the update counts them, under
-// SkipElement) and returns the squares of its finite lanes.
+// Counts the non-finite lanes of g / scale (under SkipStep and Error: SkipElement's update
+// counts its own, Propagate counts none) and returns the squares of its finite lanes.
 fn count_and_square(raw: V) -> V {
     let u = raw / transform.scale;
-    if header.policy != POLICY_SKIP_ELEMENT {
+    if header.policy == POLICY_SKIP_STEP || header.policy == POLICY_ERROR {
         let bad = nonfinite_lanes(u);
         if bad > 0u {
             atomicAdd(&status.nonfinite, bad);
@@ -148,7 +148,8 @@ fn reduce(@builtin(local_invocation_index) local: u32) {
 
 @compute @workgroup_size(1)
 fn commit() {
-    if header.policy == POLICY_SKIP_ELEMENT || atomicLoad(&status.nonfinite) == 0u {
+    if header.policy == POLICY_SKIP_ELEMENT || header.policy == POLICY_PROPAGATE
+        || atomicLoad(&status.nonfinite) == 0u {
         status.t = status.t + 1u;
     }
 }

@@ -49,9 +49,13 @@ fn step_scalars() -> Scalars {
 
 // Which lanes of this invocation are updated. Under SkipStep and Error the scan pass has
 // counted the group's non-finite gradients, and any one skips the whole step (no lane). Under
-// SkipElement only the non-finite lanes are skipped, and counted here. A kernel returns when no
-// lane is admitted, and otherwise stores `select(old, new, admitted)`.
+// SkipElement only the non-finite lanes are skipped, and counted here. Under Propagate every
+// lane is, untested. A kernel returns when no lane is admitted, and otherwise stores
+// `select(old, new, admitted)`.
 fn admit(g: V) -> B {
+    if window.policy == POLICY_PROPAGATE {
+        return B(true);
+    }
     if window.policy == POLICY_SKIP_ELEMENT {
         let bad = nonfinite_lanes(g);
         if bad > 0u {

@@ -103,7 +103,8 @@ pub const TRAINING_STEP_OPTIMIZERS: [&str; 2] = ["bayes", "adam"];
 /// Bytes one step really moves per element, every pass included: the update's (SPEC: g read,
 /// θ and each used state vector read and written), plus one more read of g for the scan,
 /// which runs under `skip-step` and `error` (the non-finite count before any element
-/// changes) and under every policy when `transform` clips (the norm); the
+/// changes; not under `skip-element` or `propagate`) and under every policy when `transform`
+/// clips (the norm); the
 /// unfused sequence adds its unscale (8), norm (4) and scale (8) passes to a plain step.
 pub fn bytes_per_element(
     config: &OptimizerConfig,
@@ -113,7 +114,7 @@ pub fn bytes_per_element(
 ) -> usize {
     let update = config.as_dyn().bytes_per_element();
     let scan = |transform: &GradTransform| {
-        if policy != NonFinitePolicy::SkipElement || transform.clip_norm.is_some() {
+        if policy.counts_first() || transform.clip_norm.is_some() {
             4
         } else {
             0
@@ -205,7 +206,8 @@ pub struct Row {
     pub copy_gb_per_second: f64,
     /// `one tensor` or `10000 tensors of 1000`.
     pub case: String,
-    /// The non-finite policy (`skip-step` runs the GPU's scan pass; `skip-element` does not).
+    /// The non-finite policy (`skip-step` runs the GPU's scan pass; `skip-element` and
+    /// `propagate` do not).
     pub policy: String,
     /// `timestamp-query` (device time of the pass) or `wall-clock`.
     pub timing: String,
@@ -329,7 +331,7 @@ mod tests {
     /// the update reads g and reads and writes θ and each state vector; the scan reads g.
     #[test]
     fn bytes_per_element_counts_every_pass() {
-        use NonFinitePolicy::{Error, SkipElement, SkipStep};
+        use NonFinitePolicy::{Error, Propagate, SkipElement, SkipStep};
         use StepKind::{Fused, Unfused, Update};
         let none = GradTransform::default();
         let bayes = OptimizerConfig::default_for("bayes").unwrap();
@@ -346,6 +348,9 @@ mod tests {
             ("sgd skip-step", sgd(0.0), SkipStep, none, Update, 16),
             ("sgd error", sgd(0.0), Error, none, Update, 16),
             ("sgd skip-element", sgd(0.0), SkipElement, none, Update, 12),
+            // Propagate: no count, no scan; a clip still reads g for its norm.
+            ("sgd propagate", sgd(0.0), Propagate, none, Update, 12),
+            ("sgd propagate clip", sgd(0.0), Propagate, CLIP, Fused, 16),
             // Unscaling alone needs no norm, and skip-element no count: no scan.
             (
                 "sgd skip-element unscale",

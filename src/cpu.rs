@@ -175,12 +175,14 @@ impl CpuGroup {
         let config = spec.config_at(t);
         let optimizer = config.as_dyn();
         if spec.policy != NonFinitePolicy::SkipElement {
-            let count: u64 = match xf {
-                Some(x) => x.count,
-                None => grad.par_chunks(PARALLEL_CHUNK).map(count_nonfinite).sum(),
-            };
-            if count > 0 {
-                return count;
+            if spec.policy.counts_first() {
+                let count: u64 = match xf {
+                    Some(x) => x.count,
+                    None => grad.par_chunks(PARALLEL_CHUNK).map(count_nonfinite).sum(),
+                };
+                if count > 0 {
+                    return count;
+                }
             }
             self.t = t;
             return self.for_each_chunk(grad, |theta, grad, state| {
@@ -286,8 +288,12 @@ impl CpuGroup {
 
     /// `step` on the reference path: one thread, element by element.
     fn step_reference(&mut self, spec: &GroupSpec, grad: &[f32]) -> u64 {
-        // The kernels' bit test (SPEC §4): an all-ones exponent is NaN or ±Inf.
-        let nonfinite: Vec<usize> = (0..grad.len()).filter(|&i| !grad[i].is_finite()).collect();
+        // The kernels' bit test (SPEC §4): an all-ones exponent is NaN or ±Inf. Propagate
+        // tests nothing.
+        let nonfinite: Vec<usize> = match spec.policy {
+            NonFinitePolicy::Propagate => Vec::new(),
+            _ => (0..grad.len()).filter(|&i| !grad[i].is_finite()).collect(),
+        };
         let count = nonfinite.len() as u64;
         if !spec.policy.applies(count) {
             return count;
@@ -502,8 +508,7 @@ impl Stepper for CpuOptimizer {
                     // Without a norm, a `SkipElement` group needs no count before its update
                     // either (each chunk counts its own), so it is not read twice; the device
                     // skips its scan likewise.
-                    if transform.clip_norm.is_none() && spec.policy == NonFinitePolicy::SkipElement
-                    {
+                    if transform.clip_norm.is_none() && !spec.policy.counts_first() {
                         return (0, Vec::new());
                     }
                     transform::scan_arena(a, transform.grad_scale, parallel, PARALLEL_CHUNK)

@@ -240,3 +240,50 @@ fn skip_step_with_many_steps_in_flight() {
         "gpu, many in flight",
     );
 }
+
+/// `Propagate` tests nothing: NaN and ±Inf flow into θ and the state exactly as the update's
+/// arithmetic carries them, every step is applied and nothing is reported. On every device the
+/// result is the reference's, NaN for NaN (any NaN: payloads are not part of SPEC) and every
+/// number bit for bit; on clean gradients it is `SkipStep`'s step.
+#[test]
+fn propagate_lets_non_finite_values_flow_as_the_reference_does() {
+    let ctx = common::gpu("propagate_lets_non_finite_values_flow_as_the_reference_does");
+    let same = |a: f32, b: f32| (a.is_nan() && b.is_nan()) || a.to_bits() == b.to_bits();
+    for (device, mut make) in common::devices(ctx.as_ref()) {
+        for config in configs() {
+            let theta0 = initial_theta(N, 11);
+            let what = format!("{device} {}", config.name());
+            let mut subject = make(config.clone(), &theta0);
+            subject.set_nonfinite_policy(NonFinitePolicy::Propagate);
+            let mut reference = CpuOptimizer::reference(config.clone(), &theta0)
+                .unwrap()
+                .with_nonfinite_policy(NonFinitePolicy::Propagate);
+            let mut clean = make(config.clone(), &theta0);
+            for t in 1..=STEPS {
+                let g = poisoned(t);
+                subject.step(&g).unwrap();
+                reference.step(&g).unwrap();
+                if t < 3 {
+                    clean.step(&g).unwrap();
+                }
+                if t == 2 {
+                    // Before the first NaN: the same bits as the default policy.
+                    common::assert_same_bits(
+                        &common::snapshot(&*subject),
+                        &common::snapshot(&*clean),
+                        &format!("{what}: clean steps"),
+                    );
+                }
+            }
+            assert_eq!(subject.step_reports().unwrap(), Vec::new(), "{what}");
+            assert_eq!(subject.steps_taken().unwrap(), STEPS, "{what}");
+            let (got, want) = (common::snapshot(&*subject), common::snapshot(&reference));
+            for (k, (a, b)) in got.iter().zip(&want).enumerate() {
+                let differ = a.iter().zip(b).position(|(&x, &y)| !same(x, y));
+                assert_eq!(differ, None, "{what}: vector {k}");
+            }
+            // The NaN of step 3 reached θ at element 5.
+            assert!(got[0][5].is_nan(), "{what}: θ[5] = {}", got[0][5]);
+        }
+    }
+}

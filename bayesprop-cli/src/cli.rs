@@ -134,7 +134,8 @@ struct BenchArgs {
     /// Also draw throughput against N for each device (SVG).
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
-    /// Non-finite policy of the matrix: skip-step runs the scan pass, skip-element does not.
+    /// Non-finite policy of the matrix: skip-step runs the scan pass, skip-element tests each
+    /// element in the update, propagate tests nothing.
     #[arg(long, default_value = "skip-step")]
     nonfinite: NonFinitePolicy,
     /// Only the matrix: no many-tensor case, no scan-pass cost.

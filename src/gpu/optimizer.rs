@@ -353,7 +353,7 @@ impl GpuOptimizer {
                 // Every scan before the norm, the norm before any update: one read of g
                 // gives the counts and the norm, and the updates apply the factor.
                 for (group, spec) in self.groups.iter().zip(self.layout.groups()) {
-                    if norm || spec.policy != NonFinitePolicy::SkipElement {
+                    if norm || spec.policy.counts_first() {
                         group.encode_scan(&mut pass, norm);
                     }
                 }

@@ -203,7 +203,8 @@ table::optimizer_table! {
     }
 }
 
-/// What a step does with NaN or ±Inf gradient elements (SPEC §4). They never reach the state.
+/// What a step does with NaN or ±Inf gradient elements (SPEC §4). Under every policy but
+/// `Propagate` they never reach the state.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
 )]
@@ -217,23 +218,39 @@ pub enum NonFinitePolicy {
     SkipElement = 1,
     /// As `SkipStep`, and the caller gets [`Error::NonFinite`] with the count.
     Error = 2,
+    /// No test and no count: non-finite values flow into θ and the state, as in torch's and
+    /// burn's optimizers without a gradient scaler. The fastest step, for comparisons like
+    /// for like and for callers who check elsewhere.
+    Propagate = 3,
 }
 
 impl NonFinitePolicy {
-    pub const ALL: [NonFinitePolicy; 3] = [Self::SkipStep, Self::SkipElement, Self::Error];
+    pub const ALL: [NonFinitePolicy; 4] = [
+        Self::SkipStep,
+        Self::SkipElement,
+        Self::Error,
+        Self::Propagate,
+    ];
 
-    /// The CLI spelling: `skip-step`, `skip-element`, `error`.
+    /// The CLI spelling: `skip-step`, `skip-element`, `error`, `propagate`.
     pub fn name(self) -> &'static str {
         match self {
             Self::SkipStep => "skip-step",
             Self::SkipElement => "skip-element",
             Self::Error => "error",
+            Self::Propagate => "propagate",
         }
     }
 
     /// Whether a step that saw `nonfinite` such elements is applied.
     pub fn applies(self, nonfinite: u64) -> bool {
-        nonfinite == 0 || self == Self::SkipElement
+        nonfinite == 0 || matches!(self, Self::SkipElement | Self::Propagate)
+    }
+
+    /// Whether the whole group's gradient is counted before any element is updated: the
+    /// policies under which one non-finite element skips the step.
+    pub fn counts_first(self) -> bool {
+        matches!(self, Self::SkipStep | Self::Error)
     }
 }
 
@@ -246,7 +263,7 @@ impl std::str::FromStr for NonFinitePolicy {
             .ok_or_else(|| Error::Unknown {
                 what: "non-finite policy",
                 name: s.to_string(),
-                known: "skip-step, skip-element, error".into(),
+                known: Self::ALL.map(Self::name).join(", "),
             })
     }
 }
