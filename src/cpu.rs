@@ -76,7 +76,7 @@ impl Transformed {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CpuPath {
     /// The reference, one thread, with the non-finite check element by element: the
-    /// yardstick. (Its update loops are the same SIMD loops as `Parallel`'s; tests/fast_path.rs
+    /// yardstick. (Its update loops are the same SIMD loops as `Parallel`'s; tests/integration/fast_path.rs
     /// checks them against one element at a time.)
     Reference,
     /// The fast path: the reference's element update over cache-sized chunks on every core
@@ -86,7 +86,7 @@ pub enum CpuPath {
     /// Bit-identical to `Reference`: the element functions are written branch-free, so their
     /// loops compile to SIMD without a second implementation, and SIMD `+ − × ÷ sqrt` round
     /// exactly as the scalar instructions do. Rust never contracts `a * b + c` to a fused
-    /// multiply-add, so no FMA enters either path (tests/fast_path.rs checks every optimizer).
+    /// multiply-add, so no FMA enters either path (tests/integration/fast_path.rs checks every optimizer).
     Parallel,
 }
 

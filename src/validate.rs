@@ -27,14 +27,14 @@ pub const MEAN_TO_BOUND: f64 = 2.0;
 /// k·½ = 9 ULP after step 1. That is the longest chain of approximate operations one step
 /// holds, at WGSL's allowance: `bayes`'s σ* takes `sqrt` (4.5 ULP) of `1/x` (2.5, halved by
 /// the root: 1.25), then σ/(1 + hσ) divides once more (2.5), 8.25 ULP in all. Measured on a
-/// legal FMA emulation (tests/hardware_rule.rs): with a ¼-ULP floor (one `sqrt` alone) σ after
+/// legal FMA emulation (tests/integration/hardware_rule.rs): with a ¼-ULP floor (one `sqrt` alone) σ after
 /// step 1 of a stream of tiny first gradients came out 5.9 ULP against a limit of 4.5.
 pub const ORACLE_FLOOR_ULPS: f64 = 0.5;
 
 /// Below this many elements the mean of a vector is too small a sample: its elements' errors
 /// spread about as widely as their mean, so a mean of n falls short of its expectation by
 /// about 1/√n of it, and the floor grows by √(64/n) to cover that. Measured on a legal FMA
-/// emulation (tests/hardware_rule.rs): the battery's 1- and 3-element cases failed without
+/// emulation (tests/integration/hardware_rule.rs): the battery's 1- and 3-element cases failed without
 /// it, one σ of 6.7 ULP against a limit of 4.7.
 pub const ORACLE_SAMPLE: usize = 64;
 

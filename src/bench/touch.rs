@@ -41,7 +41,7 @@ pub fn pipeline(device: &wgpu::Device, states: u32, workgroup_size: u32) -> Pipe
 mod tests {
     use super::*;
 
-    // `optim::ALL_KERNELS` (validated by tests/shaders.rs) holds only the core's kernels.
+    // `optim::ALL_KERNELS` (validated by tests/integration/shaders.rs) holds only the core's kernels.
     #[test]
     fn touch_kernel_validates_at_both_widths() {
         let checked = TOUCH.validate().unwrap();

@@ -247,7 +247,7 @@ impl GpuUnfused {
 mod tests {
     use super::*;
 
-    // `optim::ALL_KERNELS` (validated by tests/shaders.rs) holds only the core's kernels.
+    // `optim::ALL_KERNELS` (validated by tests/integration/shaders.rs) holds only the core's kernels.
     #[test]
     fn unfused_kernel_validates_at_both_widths() {
         let checked = UNFUSED.validate().unwrap();

@@ -4,7 +4,7 @@
 //! Nothing here asserts which optimizer wins; only that each one in the optimizer table trains
 //! (lowers the training loss) on each device.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

@@ -2,7 +2,7 @@
 //! bit, split buffers and bindings equal whole ones, the caller's own buffers work in place,
 //! and per-group hyperparameters change between steps.
 
-mod common;
+use crate::common;
 
 use bayesprop::gpu::GpuOptions;
 use bayesprop::validate::{gradient, initial_theta};

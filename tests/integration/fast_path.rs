@@ -3,7 +3,7 @@
 //! in the table and its options), across chunk boundaries and under every non-finite policy.
 //! No FMA is involved anywhere on the CPU, so the claim is bit identity, not a tolerance.
 
-mod common;
+use crate::common;
 
 use bayesprop::cpu::PARALLEL_CHUNK;
 use bayesprop::validate::{gradient, initial_theta, standard_battery};

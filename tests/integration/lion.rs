@@ -2,7 +2,7 @@
 //! hand, sign(0) = 0, decoupled weight decay, on the CPU reference and on the GPU; invalid
 //! options rejected with errors that name the field.
 
-mod common;
+use crate::common;
 
 use bayesprop::optim::LionConfig;
 use bayesprop::{CpuOptimizer, Error, GpuOptimizer, OptimizerConfig, Stepper};

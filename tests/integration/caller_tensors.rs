@@ -3,7 +3,7 @@
 //! 16, in many buffers, θ and g sometimes in one buffer. Every step must be bit-identical to
 //! the optimizer's own arena (`from_groups`), which agrees with the CPU reference.
 
-mod common;
+use crate::common;
 
 use bayesprop::optim::TABLE;
 use bayesprop::validate;

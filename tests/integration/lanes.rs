@@ -2,7 +2,7 @@
 //! every optimizer in the table; a tail in the caller's buffers never writes past the arena;
 //! one element per invocation everywhere (`scalar_only`) gives the same bits as vec4.
 
-mod common;
+use crate::common;
 
 use bayesprop::gpu::GpuOptions;
 use bayesprop::validate::{gradient, initial_theta};

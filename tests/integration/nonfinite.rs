@@ -1,7 +1,7 @@
 //! SPEC §4: NaN and ±Inf gradients never reach the state, and each policy does exactly what it
 //! says, on the reference, the parallel CPU path and the GPU.
 
-mod common;
+use crate::common;
 
 use bayesprop::validate::{gradient, initial_theta};
 use bayesprop::{

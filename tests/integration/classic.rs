@@ -2,7 +2,7 @@
 //! against trajectories computed by hand, on the CPU reference and on the GPU; state allocated
 //! only for the options that need it; invalid options rejected with errors that name the field.
 
-mod common;
+use crate::common;
 
 use bayesprop::optim::{AdamConfig, AdamVariant, RmspropConfig, SgdConfig, TABLE};
 use bayesprop::{

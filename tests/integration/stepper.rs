@@ -2,7 +2,7 @@
 //! `set_config` between steps is validated, refused when it would change the state vectors,
 //! and honoured from the next step on.
 
-mod common;
+use crate::common;
 
 use bayesprop::validate::{self, Oracle, Rule};
 use bayesprop::{

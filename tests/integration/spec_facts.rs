@@ -7,8 +7,6 @@
 //! Every tolerance below was measured (`cargo test --test spec_facts -- --nocapture
 //! --test-threads=1` prints the figures) and is asserted a little above what was seen.
 
-mod common;
-
 use bayesprop::reference::bayes as reference;
 use bayesprop::ulp::max_ulp_distance;
 use bayesprop::validate::{self, Oracle, Rule};
@@ -106,7 +104,7 @@ impl Stepper for Checked {
         self.device.step_reports()
     }
     /// The oracle steps on the raw gradient with fixed hyperparameters, so the facts run
-    /// without transforms or schedules (tests/train.rs checks those on every device).
+    /// without transforms or schedules (tests/integration/train.rs checks those on every device).
     fn set_grad_transform(&mut self, transform: GradTransform) -> bayesprop::Result<()> {
         match transform.is_identity() {
             true => Ok(()),

@@ -1,7 +1,7 @@
 //! Checkpoints resume bit-exactly on every device and across devices, and a damaged or
 //! mismatched file is refused with the live optimizer left as it was.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

@@ -2,7 +2,7 @@
 //! of SPEC §2 holds; σ is read on request from s (whole vector and per tensor, CPU and GPU),
 //! and checkpoints carry no σ.
 
-mod common;
+use crate::common;
 
 use bayesprop::optim::{BayesFpConfig, Optimizer};
 use bayesprop::reference::{bayes, bayes_fp};

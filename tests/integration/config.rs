@@ -1,6 +1,6 @@
 //! Configuration errors of `bayes` (SPEC §2): every out-of-range value gives the typed
 //! `Error::Config` naming its field, through the builder and through `--set` style settings,
-//! never a panic. (How a `Stepper` takes configs between steps is in tests/stepper.rs.)
+//! never a panic. (How a `Stepper` takes configs between steps is in tests/integration/stepper.rs.)
 
 use bayesprop::{BayesConfig, Error, OptimizerConfig, SigmaInit, SigmaMax};
 use proptest::prelude::*;

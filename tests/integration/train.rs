@@ -2,7 +2,7 @@
 //! schedules, on the CPU reference, the fast CPU path and the GPU, which must agree to the bit
 //! on a software adapter, norms included; and the definitions, checked in f64.
 
-mod common;
+use crate::common;
 
 use bayesprop::kernels::WINDOW;
 use bayesprop::layout::ParamGroups;

@@ -1,7 +1,7 @@
 //! The GPU against the CPU reference: the standard battery (every regime of SPEC §5, sizes
 //! 1 … 1,000,003), the chunked and 2-D dispatch paths, and gradients already on the device.
 
-mod common;
+use crate::common;
 
 use bayesprop::gpu::GpuOptions;
 use bayesprop::optim::AdamConfig;
