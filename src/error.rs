@@ -30,6 +30,14 @@ pub enum Error {
         known: String,
     },
 
+    /// A `--set` key that the optimizer's config does not have.
+    #[error("unknown {optimizer} option `{key}`; known: {known}")]
+    UnknownOption {
+        optimizer: &'static str,
+        key: String,
+        known: String,
+    },
+
     /// Groups and tensors that cannot be laid out as asked (duplicate names, unknown ids,
     /// buffers that do not fit the layout).
     #[error("layout: {0}")]

@@ -21,6 +21,7 @@
 #[cfg(feature = "bench")]
 pub mod bench;
 pub mod checkpoint;
+pub mod config;
 pub mod cpu;
 #[cfg(feature = "demo")]
 pub mod demo;

@@ -554,7 +554,7 @@ fn set_lr(gpu: &mut GpuOptimizer, lr: LearningRate, target: &LrTarget) -> Result
     };
     let mut config = gpu.config().clone();
     match config.as_dyn_mut().set(key, &lr.to_string()) {
-        Err(bayesprop::Error::Unknown { .. }) if *target == LrTarget::Lr => return Ok(()),
+        Err(bayesprop::Error::UnknownOption { .. }) if *target == LrTarget::Lr => return Ok(()),
         other => other?,
     }
     if &config != gpu.config() {

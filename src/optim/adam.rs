@@ -1,11 +1,10 @@
 //! `adam` and `adamw` with torch.optim.Adam's and AdamW's semantics (SPEC §3): one config,
 //! whose variant chooses coupled or decoupled weight decay, validation and per-step scalars.
 
+use crate::config::config;
+use crate::config::{check_betas, check_decay_factor, check_field};
 use crate::error::Result;
-use crate::optim::config::config;
-use crate::optim::{
-    bias_correction, check_betas, check_decay_factor, check_field, flag, Optimizer,
-};
+use crate::optim::{bias_correction, flag, Optimizer};
 use crate::reference::adam::AdamScalars;
 
 /// Which of the two: they differ only in how weight decay is applied (and its default).

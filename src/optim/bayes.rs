@@ -1,7 +1,7 @@
 //! `bayes`, the seed's optimizer (SPEC §2): configuration, validation and per-step scalars.
 
+use crate::config::{config, Setting};
 use crate::error::{Error, Result};
-use crate::optim::config::{config, Setting};
 use crate::optim::{bias_correction, flag};
 use crate::reference::bayes::{self as reference, BayesScalars};
 

@@ -1,9 +1,10 @@
 //! `bayes_fp` (SPEC §2b): `bayes` held at the fixed point of the current curvature, so σ is not
 //! stored but read on request from s. Configuration, validation and per-step scalars.
 
+use crate::config::check_field;
+use crate::config::config;
 use crate::error::{Error, Result};
-use crate::optim::config::config;
-use crate::optim::{check_field, BayesConfig, Optimizer};
+use crate::optim::{BayesConfig, Optimizer};
 use crate::reference::bayes::BayesScalars;
 use crate::reference::bayes_fp as reference;
 

@@ -1,9 +1,9 @@
 //! `lion` (SPEC §3; Chen et al. 2023, as lion-pytorch and optax implement it): configuration,
 //! validation and per-step scalars.
 
+use crate::config::config;
+use crate::config::{check_betas, check_decay_factor, check_field};
 use crate::error::Result;
-use crate::optim::config::config;
-use crate::optim::{check_betas, check_decay_factor, check_field};
 use crate::reference::lion::LionScalars;
 
 const NAME: &str = "lion";

@@ -22,7 +22,7 @@
 pub mod adam;
 pub mod bayes;
 pub mod bayes_fp;
-pub mod config;
+
 pub mod lion;
 pub mod rmsprop;
 pub mod sgd;
@@ -33,10 +33,10 @@ use std::fmt;
 use crate::error::{Error, Result};
 use crate::kernels::Kernel;
 
+pub use crate::config::Hyperparameters;
 pub use adam::{AdamConfig, AdamConfigBuilder, AdamVariant};
 pub use bayes::{BayesConfig, BayesConfigBuilder, SigmaInit, SigmaMax};
 pub use bayes_fp::{BayesFpConfig, BayesFpConfigBuilder};
-pub use config::Hyperparameters;
 pub use lion::{LionConfig, LionConfigBuilder};
 pub use rmsprop::{RmspropConfig, RmspropConfigBuilder};
 pub use sgd::{SgdConfig, SgdConfigBuilder};
@@ -453,77 +453,6 @@ impl OptimizerConfig {
         }
         Ok(())
     }
-}
-
-/// Parses a finite number for `--set`, with an error that names the field.
-pub(crate) fn parse_f64(optimizer: &'static str, field: &'static str, value: &str) -> Result<f64> {
-    value
-        .trim()
-        .parse::<f64>()
-        .map_err(|_| Error::config(optimizer, field, value, "a number"))
-}
-
-/// Parses `true`/`false` for `--set`, with an error that names the field.
-pub(crate) fn parse_bool(
-    optimizer: &'static str,
-    field: &'static str,
-    value: &str,
-) -> Result<bool> {
-    match value.trim() {
-        "true" | "1" => Ok(true),
-        "false" | "0" => Ok(false),
-        _ => Err(Error::config(optimizer, field, value, "true or false")),
-    }
-}
-
-/// Checks that `value` is finite, fits f32 (the kernel gets it as f32) and satisfies `ok`; else
-/// a `Config` error that names the field and its allowed range.
-pub(crate) fn check_field(
-    optimizer: &'static str,
-    field: &'static str,
-    value: f64,
-    ok: bool,
-    allowed: &'static str,
-) -> Result<()> {
-    if value.is_finite() && ok && (value as f32).is_finite() {
-        Ok(())
-    } else {
-        Err(Error::config(optimizer, field, value, allowed))
-    }
-}
-
-/// `beta1` and `beta2` of the Adam-like optimizers: EMA factors in [0, 1).
-pub(crate) fn check_betas(optimizer: &'static str, beta1: f64, beta2: f64) -> Result<()> {
-    check_field(
-        optimizer,
-        "beta1",
-        beta1,
-        (0.0..1.0).contains(&beta1),
-        "0 <= beta1 < 1",
-    )?;
-    check_field(
-        optimizer,
-        "beta2",
-        beta2,
-        (0.0..1.0).contains(&beta2),
-        "0 <= beta2 < 1",
-    )
-}
-
-/// λ ≥ 0 of a decay that may be decoupled: its factor 1 − lr·λ is passed to the kernel as f32,
-/// so it must be finite there.
-pub(crate) fn check_decay_factor(
-    optimizer: &'static str,
-    lr: f64,
-    weight_decay: f64,
-) -> Result<()> {
-    check_field(
-        optimizer,
-        "weight_decay",
-        weight_decay,
-        weight_decay >= 0.0 && ((1.0 - lr * weight_decay) as f32).is_finite(),
-        "weight_decay >= 0 with lr·weight_decay finite in f32",
-    )
 }
 
 /// An option passed to a kernel as an f32 uniform: 1 on, 0 off.

@@ -1,9 +1,10 @@
 //! `rmsprop` with torch.optim.RMSprop's semantics (SPEC §3): configuration, validation and
 //! per-step scalars.
 
+use crate::config::check_field;
+use crate::config::config;
 use crate::error::Result;
-use crate::optim::config::config;
-use crate::optim::{check_field, flag};
+use crate::optim::flag;
 use crate::reference::rmsprop::RmspropScalars;
 
 const NAME: &str = "rmsprop";

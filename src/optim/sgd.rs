@@ -1,9 +1,10 @@
 //! `sgd` with torch.optim.SGD's semantics (SPEC §3): configuration, validation and per-step
 //! scalars.
 
+use crate::config::check_field;
+use crate::config::config;
 use crate::error::{Error, Result};
-use crate::optim::config::config;
-use crate::optim::{check_field, flag};
+use crate::optim::flag;
 use crate::reference::sgd::SgdScalars;
 
 const NAME: &str = "sgd";

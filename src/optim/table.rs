@@ -243,22 +243,6 @@ macro_rules! optimizer_table {
             )+)+
         ];
 
-        /// How errors call an option of `optimizer`, e.g. `adamw option`.
-        pub(crate) fn option_kind(optimizer: &str) -> &'static str {
-            match optimizer {
-                $($(stringify!($name) => concat!(stringify!($name), " option"),)+)+
-                _ => "option",
-            }
-        }
-
-        /// Declares the CPU twin of every row, `reference::<file>`: `reference/mod.rs` calls
-        /// this, so that a row is all it takes to add one.
-        macro_rules! twin_modules {
-            () => {
-                $(pub mod $file;)+
-            };
-        }
-        pub(crate) use twin_modules;
 
         /// Calls `$callback! { name name … }` with every name of the table (optimizers and
         /// presets, in table order) as identifiers, for code generated per name in other

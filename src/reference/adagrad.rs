@@ -3,9 +3,9 @@
 
 use num_traits::Float;
 
+use crate::config::check_field;
+use crate::config::config;
 use crate::error::Result;
-use crate::optim::check_field;
-use crate::optim::config::config;
 
 const NAME: &str = "adagrad";
 
@@ -42,7 +42,7 @@ impl AdagradConfig {
     }
 
     /// Checks every hyperparameter against its range (torch's):
-    /// [`Optimizer::validate`](crate::optim::Optimizer::validate).
+    /// the table's `Optimizer::validate`.
     pub(crate) fn check(&self) -> Result<()> {
         check_field(NAME, "lr", self.lr, self.lr >= 0.0, "lr >= 0")?;
         check_field(

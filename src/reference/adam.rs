@@ -2,7 +2,6 @@
 
 use num_traits::Float;
 
-
 scalars! {
     /// The uniform block of `shaders/adam.wgsl`. Adam and AdamW differ only in `decoupled`
     /// and `decay_factor`.

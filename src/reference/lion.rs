@@ -2,7 +2,6 @@
 
 use num_traits::Float;
 
-
 scalars! {
     /// The uniform block of `shaders/lion.wgsl`.
     pub struct LionScalars {

@@ -116,5 +116,12 @@ macro_rules! scalars {
     };
 }
 
-// `pub mod <file>;` for the twin of every row of the optimizer table.
-crate::optim::twin_modules!();
+// The twin of every row of the optimizer table, `shaders/<file>.wgsl`'s CPU side. Declared
+// here, not by the table: the table imports the twins, and nothing here imports the table.
+pub mod adagrad;
+pub mod adam;
+pub mod bayes;
+pub mod bayes_fp;
+pub mod lion;
+pub mod rmsprop;
+pub mod sgd;

@@ -441,8 +441,12 @@ fn invalid_options_give_errors_that_name_the_field() {
         ("sgd", "nesterov")
     );
     match OptimizerConfig::from_settings("rmsprop", [("amsgrad", "true")]) {
-        Err(Error::Unknown { what, name, known }) => {
-            assert_eq!((what, name.as_str()), ("rmsprop option", "amsgrad"));
+        Err(Error::UnknownOption {
+            optimizer,
+            key,
+            known,
+        }) => {
+            assert_eq!((optimizer, key.as_str()), ("rmsprop", "amsgrad"));
             assert!(known.contains("centered"), "{known}");
         }
         other => panic!("expected Unknown, got {other:?}"),

@@ -362,19 +362,26 @@ fn unparsable_values_name_their_field() {
 fn unknown_keys_are_named() {
     for key in ["lr", "Eta", "sigma", ""] {
         match OptimizerConfig::from_settings("bayes", [(key, "1")]) {
-            Err(e @ Error::Unknown { .. }) => {
+            Err(e @ Error::UnknownOption { .. }) => {
                 let message = e.to_string();
-                let Error::Unknown { name, known, .. } = e else {
+                let Error::UnknownOption {
+                    optimizer,
+                    key: name,
+                    known,
+                } = e
+                else {
                     unreachable!()
                 };
+                assert_eq!(optimizer, "bayes");
                 assert_eq!(name, key);
+                assert!(message.starts_with("unknown bayes option"), "{message}");
                 assert!(message.contains(&format!("`{key}`")), "{message}");
                 for field in NUMERIC_FIELDS {
                     assert!(known.contains(field), "{message}");
                 }
                 assert!(!message.contains('\n'), "{message}");
             }
-            other => panic!("key {key:?}: expected Error::Unknown, got {other:?}"),
+            other => panic!("key {key:?}: expected Error::UnknownOption, got {other:?}"),
         }
     }
 }

@@ -20,6 +20,7 @@ mod lanes;
 mod lion;
 mod nonfinite;
 mod shaders;
+mod sigma_max;
 #[cfg(feature = "ndarray")]
 mod spec_facts;
 mod stepper;

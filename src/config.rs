@@ -1,8 +1,10 @@
-//! `config!`: a config struct from one declaration per hyperparameter (name, type, default, doc),
-//! and from it the defaults, the builder, `--set` and the list of known keys.
+//! How an optimizer's config is declared and checked, below the optimizer table: `config!`, a
+//! config struct from one declaration per hyperparameter (name, type, default, doc), and from
+//! it the defaults, the builder, `--set` and the list of known keys; the parsing and range
+//! checks every config shares. It imports nothing of `optim` or `reference`, where configs are
+//! declared.
 
 use crate::error::{Error, Result};
-use crate::optim::{parse_bool, parse_f64};
 
 /// A hyperparameter type that `--set KEY=VALUE` can parse.
 pub trait Setting: Sized {
@@ -33,14 +35,15 @@ pub trait Hyperparameters {
 
 /// The error of a key that `keys` does not list.
 pub(crate) fn unknown_key(optimizer: &'static str, key: &str, keys: &[&str]) -> Error {
-    Error::Unknown {
-        what: crate::optim::option_kind(optimizer),
-        name: key.to_string(),
+    Error::UnknownOption {
+        optimizer,
+        key: key.to_string(),
         known: keys.join(", "),
     }
 }
 
-/// Declares a config struct, its `Default`, its builder (`build` validates) and its
+/// Declares a config struct, its `Default`, its builder (`build` validates with the config's
+/// inherent `check`, which every config defines) and its
 /// [`Hyperparameters`] from one line per hyperparameter:
 ///
 /// ```text
@@ -86,7 +89,7 @@ macro_rules! config {
             pub const KEYS: &'static [&'static str] = &[$(stringify!($field)),*];
         }
 
-        impl $crate::optim::config::Hyperparameters for $config {
+        impl $crate::config::Hyperparameters for $config {
             fn keys(&self) -> &'static [&'static str] {
                 Self::KEYS
             }
@@ -95,13 +98,13 @@ macro_rules! config {
                 -> $crate::error::Result<()> {
                 match key {
                     $(stringify!($field) => {
-                        self.$field = <$ty as $crate::optim::config::Setting>::parse_setting(
+                        self.$field = <$ty as $crate::config::Setting>::parse_setting(
                             optimizer,
                             stringify!($field),
                             value,
                         )?
                     })*
-                    _ => return Err($crate::optim::config::unknown_key(optimizer, key, Self::KEYS)),
+                    _ => return Err($crate::config::unknown_key(optimizer, key, Self::KEYS)),
                 }
                 Ok(())
             }
@@ -121,10 +124,81 @@ macro_rules! config {
             )*
 
             pub fn build(self) -> $crate::error::Result<$config> {
-                $crate::optim::Optimizer::validate(&self.0)?;
+                self.0.check()?;
                 Ok(self.0)
             }
         }
     };
 }
 pub(crate) use config;
+
+/// Parses a finite number for `--set`, with an error that names the field.
+pub(crate) fn parse_f64(optimizer: &'static str, field: &'static str, value: &str) -> Result<f64> {
+    value
+        .trim()
+        .parse::<f64>()
+        .map_err(|_| Error::config(optimizer, field, value, "a number"))
+}
+
+/// Parses `true`/`false` for `--set`, with an error that names the field.
+pub(crate) fn parse_bool(
+    optimizer: &'static str,
+    field: &'static str,
+    value: &str,
+) -> Result<bool> {
+    match value.trim() {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(Error::config(optimizer, field, value, "true or false")),
+    }
+}
+
+/// Checks that `value` is finite, fits f32 (the kernel gets it as f32) and satisfies `ok`; else
+/// a `Config` error that names the field and its allowed range.
+pub(crate) fn check_field(
+    optimizer: &'static str,
+    field: &'static str,
+    value: f64,
+    ok: bool,
+    allowed: &'static str,
+) -> Result<()> {
+    if value.is_finite() && ok && (value as f32).is_finite() {
+        Ok(())
+    } else {
+        Err(Error::config(optimizer, field, value, allowed))
+    }
+}
+
+/// `beta1` and `beta2` of the Adam-like optimizers: EMA factors in [0, 1).
+pub(crate) fn check_betas(optimizer: &'static str, beta1: f64, beta2: f64) -> Result<()> {
+    check_field(
+        optimizer,
+        "beta1",
+        beta1,
+        (0.0..1.0).contains(&beta1),
+        "0 <= beta1 < 1",
+    )?;
+    check_field(
+        optimizer,
+        "beta2",
+        beta2,
+        (0.0..1.0).contains(&beta2),
+        "0 <= beta2 < 1",
+    )
+}
+
+/// λ ≥ 0 of a decay that may be decoupled: its factor 1 − lr·λ is passed to the kernel as f32,
+/// so it must be finite there.
+pub(crate) fn check_decay_factor(
+    optimizer: &'static str,
+    lr: f64,
+    weight_decay: f64,
+) -> Result<()> {
+    check_field(
+        optimizer,
+        "weight_decay",
+        weight_decay,
+        weight_decay >= 0.0 && ((1.0 - lr * weight_decay) as f32).is_finite(),
+        "weight_decay >= 0 with lr·weight_decay finite in f32",
+    )
+}
