@@ -1,6 +1,8 @@
 //! The optimizer table: one config type per optimizer, and [`TABLE`], the one list of them.
 //!
-//! Adding an optimizer of SPEC §3 takes four places (as `adagrad` took, in one commit):
+//! Adding an optimizer of SPEC §3 takes four places (as `adagrad` took, in one commit), and a
+//! `pub mod` line in `reference/mod.rs`, which declares the twins so that it imports nothing
+//! of this module:
 //! - its CPU twin, `reference/<name>.rs`: the uniform block declared once with `scalars!`
 //!   (the WGSL `struct Scalars`, the f32 rounding and the bytes come from it), and the
 //!   per-element update, generic over f32/f64, its `step` through `simd_fn!` (the fast CPU
@@ -12,8 +14,8 @@
 //!   uniform struct or the state bindings, which are generated;
 //! - one row in the `optimizer_table!` below: config type, kernel, state slots, presets, its
 //!   `validate` battery rows and its demo row. The table generates [`Optimizer`] for the config
-//!   (kernel, state slots, uniform bytes, reference and oracle steps), declares the twin's
-//!   module, and gives the kernel its declarations;
+//!   (kernel, state slots, uniform bytes, reference and oracle steps) and gives the kernel
+//!   its declarations;
 //! - its rule in `docs/rules.md`.
 //!
 //! The host layers, the CLI, `validate`, `replay`, `bench`, the demo, checkpoints and
