@@ -38,7 +38,7 @@ impl StepDevice {
     }
 }
 
-/// A [`Device`] opened: where the optimizers of a run step, with the GPU context they share.
+/// A [`StepDevice`] opened: where the optimizers of a run step, with the GPU context they share.
 #[derive(Clone, Debug)]
 pub enum OpenStepDevice {
     /// [`CpuOptimizer::reference`] (the single-threaded reference).
