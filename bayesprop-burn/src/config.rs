@@ -1,6 +1,6 @@
 //! Configs: every optimizer of bayesprop's table, built the way burn builds its own.
 
-use bayesprop::{NonFinitePolicy, OptimizerConfig};
+use bayesprop::{GradTransform, NonFinitePolicy, OptimizerConfig};
 
 use crate::error::Result;
 use crate::optimizer::BayespropOptimizer;
@@ -12,6 +12,7 @@ pub struct BayespropConfig {
     pub(crate) config: OptimizerConfig,
     pub(crate) policy: NonFinitePolicy,
     pub(crate) lr_as: LrTarget,
+    pub(crate) transform: GradTransform,
 }
 
 /// Which hyperparameter burn's per-step learning rate sets.
@@ -33,6 +34,7 @@ impl BayespropConfig {
             config: config.into(),
             policy: NonFinitePolicy::default(),
             lr_as: LrTarget::Lr,
+            transform: GradTransform::default(),
         }
     }
 
@@ -45,6 +47,28 @@ impl BayespropConfig {
     /// What a step does with NaN or ±Inf gradient elements (SPEC §4; default: skip the step).
     pub fn with_nonfinite_policy(mut self, policy: NonFinitePolicy) -> Self {
         self.policy = policy;
+        self
+    }
+
+    /// The training step around the update, fused into the same step (SPEC §4b): divide every
+    /// gradient by a loss scale, clip the global norm over every parameter (which burn's
+    /// per-tensor clipping cannot), and stop after too many skipped steps. Validated at the
+    /// first step.
+    pub fn with_grad_transform(mut self, transform: GradTransform) -> Self {
+        self.transform = transform;
+        self
+    }
+
+    /// Clips the global gradient norm over every parameter to `max_norm`, as
+    /// `torch.nn.utils.clip_grad_norm_` (see [`BayespropConfig::with_grad_transform`]).
+    pub fn with_clip_norm(mut self, max_norm: f32) -> Self {
+        self.transform.clip_norm = Some(max_norm);
+        self
+    }
+
+    /// Divides every gradient by `scale` first: the loss scale of mixed-precision training.
+    pub fn with_grad_scale(mut self, scale: f32) -> Self {
+        self.transform.grad_scale = scale;
         self
     }
 

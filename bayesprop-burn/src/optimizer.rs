@@ -393,8 +393,10 @@ fn build(config: &BayespropConfig, specs: &[Spec], entries: &[Entry]) -> Result<
         );
     }
     let places = places_of(&tensors, entries)?;
+    let mut gpu = GpuOptimizer::from_tensors_in(&ctx, &groups, &places)?;
+    gpu.set_grad_transform(config.transform)?;
     Ok(Built {
-        gpu: GpuOptimizer::from_tensors_in(&ctx, &groups, &places)?,
+        gpu,
         device,
         tensors,
     })

@@ -298,3 +298,73 @@ fn a_clone_held_across_steps_keeps_its_values_and_the_step_is_bayesprops() {
         }
     }
 }
+
+/// The fused training step through burn: a loss scale and a clip of the global norm over every
+/// parameter (burn clips per tensor only). Measuring the norm (M = inf) leaves θ bit for bit
+/// bayesprop's own step; a clip that binds gives θ within 4 units of ε·(|θ| + the largest
+/// movement) of it, because burn's tensors sit in burn's buffers, where the norm's partial
+/// sums run per segment-table row, in another order than the arena's (tests/integration/
+/// caller_tensors.rs measures 1.55 units there; 0.73 measured here).
+#[test]
+fn the_fused_training_step_unscales_and_clips_over_every_parameter() {
+    use bayesprop::GradTransform;
+    let device = common::device();
+    let config: OptimizerConfig = bayesprop::optim::AdamConfig {
+        lr: LR,
+        ..bayesprop::optim::AdamConfig::adam()
+    }
+    .into();
+    for clip_norm in [f32::INFINITY, 1e-4] {
+        let transform = GradTransform {
+            grad_scale: 8.0,
+            clip_norm: Some(clip_norm),
+            ..GradTransform::default()
+        };
+        let mut model = Mlp::new(&device);
+        let theta0 = flat(&model);
+        let ids: Vec<_> = params(&model)
+            .iter()
+            .map(|(id, shape, _)| (*id, shape.len()))
+            .collect();
+        let mut expected = reference(&device, &model, &config);
+        expected.set_grad_transform(transform).unwrap();
+        let mut optim = BayespropConfig::new(config.clone())
+            .with_grad_scale(8.0)
+            .with_clip_norm(clip_norm)
+            .init();
+        for t in 0..4 {
+            let g = grads(&model, &device, t);
+            expected.step(&flat_grads(&g, &ids)).unwrap();
+            model = optim.try_step(LR, model, g).unwrap();
+        }
+        let ours = optim.inner().unwrap().norm_reports().unwrap();
+        let theirs = expected.norm_reports().unwrap();
+        assert_eq!(ours.len(), 4, "M = {clip_norm}");
+        for (a, b) in ours.iter().zip(&theirs) {
+            let ulps = bayesprop::ulp::ulp_distance(a.norm, b.norm);
+            assert!(ulps <= 2, "M = {clip_norm}: norm {} vs {}", a.norm, b.norm);
+            assert_eq!(
+                a.factor < 1.0,
+                clip_norm.is_finite(),
+                "M = {clip_norm}: {a:?}"
+            );
+        }
+        let (got, want) = (flat(&model), expected.theta().unwrap());
+        if clip_norm.is_infinite() {
+            assert_eq!(bits(&got), bits(&want), "θ, measuring only");
+            continue;
+        }
+        let moved = want
+            .iter()
+            .zip(&theta0)
+            .map(|(q, t0)| (q - t0).abs())
+            .fold(0.0f32, f32::max) as f64;
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(p, q)| (p - q).abs() as f64 / (f32::EPSILON as f64 * (moved + q.abs() as f64)))
+            .fold(0.0, f64::max);
+        eprintln!("clipped through burn: worst θ difference {worst:.2} units");
+        assert!(worst <= 4.0, "{worst:.2}");
+    }
+}
