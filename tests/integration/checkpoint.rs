@@ -321,3 +321,45 @@ fn an_altered_manifest_is_refused() {
         assert_eq!((everything(&live), live.layout().clone()), before, "{what}");
     }
 }
+
+/// Every optimizer of the table, with every state slot it can have, saves and resumes bit for
+/// bit through a checkpoint's bytes: the state names and slots come from the table, so a new
+/// row is saved with nothing written for it here.
+#[test]
+fn every_optimizer_of_the_table_resumes_bit_for_bit() {
+    let battery = bayesprop::validate::standard_battery();
+    for row in bayesprop::optim::TABLE {
+        let config = battery
+            .iter()
+            .filter(|case| case.name.split(' ').next() == Some(row.name))
+            .map(|case| case.config.clone())
+            .max_by_key(|c| c.used_state_names().len())
+            .unwrap_or_else(|| (row.config)());
+        let theta0 = bayesprop::validate::initial_theta(301, 5);
+        let make = || CpuOptimizer::reference(config.clone(), &theta0).unwrap();
+        let (mut straight, mut first) = (make(), make());
+        steps(&mut straight, 1..=6);
+        steps(&mut first, 1..=3);
+        let bytes = first.checkpoint().unwrap().to_bytes().unwrap();
+        let mut resumed = make();
+        resumed
+            .restore(&Checkpoint::from_bytes(&bytes).unwrap())
+            .unwrap();
+        steps(&mut resumed, 4..=6);
+        let state = |o: &CpuOptimizer| {
+            let mut v = vec![o.theta().unwrap()];
+            v.extend(
+                config
+                    .used_state_names()
+                    .iter()
+                    .map(|name| o.state(name).unwrap()),
+            );
+            v
+        };
+        common::assert_same_bits(&state(&resumed), &state(&straight), row.name);
+        assert_eq!(
+            resumed.steps_taken().unwrap(),
+            straight.steps_taken().unwrap()
+        );
+    }
+}
