@@ -1,6 +1,8 @@
 //! One optimizer step, burn's own Adam/AdamW against bayesprop's adam/adamw through the
 //! adapter, on the same wgpu device, model and gradients: a model of 128 small tensors and
-//! one with a 16.8M-element tensor. `cargo bench -p bayesprop-burn`.
+//! one with a 16.8M-element tensor, under bayesprop's default non-finite policy (skip-step:
+//! a scan of g first) and under propagate (no test, as burn's own optimizers).
+//! `cargo bench -p bayesprop-burn`.
 //!
 //! Each optimizer runs in blocks of steps, burn's and bayesprop's alternating, each block timed
 //! with the device synchronised before and after (burn's fusion runs lazily); a row gives the
@@ -11,6 +13,7 @@
 use std::time::Instant;
 
 use bayesprop::optim::AdamConfig as OurAdam;
+use bayesprop::NonFinitePolicy;
 use bayesprop_burn::BayespropConfig;
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::nn::{Linear, LinearConfig};
@@ -140,6 +143,7 @@ fn compare<M: Module + Clone>(
     device: &Device,
     inner: &Device,
     runs: (usize, usize),
+    policy: NonFinitePolicy,
 ) {
     let grads = Grads::of(&model, inner);
     let elements: usize = model.num_params();
@@ -152,12 +156,14 @@ fn compare<M: Module + Clone>(
         eps: EPS,
         ..OurAdam::adam()
     })
+    .with_nonfinite_policy(policy)
     .init();
     let mut our_adamw = BayespropConfig::new(OurAdam {
         eps: EPS,
         weight_decay: WEIGHT_DECAY,
         ..OurAdam::adamw()
     })
+    .with_nonfinite_policy(policy)
     .init();
     let adam = race(
         &model,
@@ -177,8 +183,9 @@ fn compare<M: Module + Clone>(
     );
     for (pair, [burn, ours, ratio, low, high]) in [("adam", adam), ("adamw", adamw)] {
         println!(
-            "| {name} | {} | {elements} | {pair} | {:.2} | {:.2} | {ratio:.2} ({low:.2}–{high:.2}) |",
+            "| {name} | {} | {elements} | {pair} | {} | {:.2} | {:.2} | {ratio:.2} ({low:.2}–{high:.2}) |",
             grads.tensors(),
+            policy.name(),
             burn * 1e3,
             ours * 1e3,
         );
@@ -200,16 +207,20 @@ fn main() {
     device.seed(1);
     let inner = device.clone();
     let device = device.autodiff();
-    println!("\n| model | tensors | elements | optimizer | burn (ms/step) | bayesprop (ms/step) | bayesprop/burn: median (range) |");
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    println!("\n| model | tensors | elements | optimizer | policy | burn (ms/step) | bayesprop (ms/step) | bayesprop/burn: median (range) |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     let many = Many {
         layers: (0..64)
             .map(|_| LinearConfig::new(32, 32).init(&device))
             .collect(),
     };
-    compare("many: 64 × Linear(32, 32)", many, &device, &inner, (3, 20));
     let large = Large {
         layer: LinearConfig::new(4096, 4096).init(&device),
     };
-    compare("large: Linear(4096, 4096)", large, &device, &inner, (2, 5));
+    for policy in [NonFinitePolicy::SkipStep, NonFinitePolicy::Propagate] {
+        let name = "many: 64 × Linear(32, 32)";
+        compare(name, many.clone(), &device, &inner, (3, 20), policy);
+        let name = "large: Linear(4096, 4096)";
+        compare(name, large.clone(), &device, &inner, (2, 5), policy);
+    }
 }
