@@ -226,8 +226,8 @@ fn it_has_bayes_defaults_and_needs_eta_above_zero() {
     }
     assert!(matches!(
         OptimizerConfig::from_settings("bayes_fp", [("sigma_init", "1e-3")]),
-        Err(Error::Unknown {
-            what: "bayes_fp option",
+        Err(Error::UnknownOption {
+            optimizer: "bayes_fp",
             ..
         })
     ));

@@ -423,7 +423,12 @@ fn bad_places_are_refused_with_the_reason() {
 
     let mut short = caller.tensors.clone();
     short[11].grad.offset = short[11].grad.buffer.size() - 8;
-    refused(&short, "tensor `g0t11`: the gradient buffer holds");
+    refused(&short, "tensor `g0t11`'s gradient: the range of");
+    refused(&short, "leaves its buffer");
+
+    let mut long = caller.tensors.clone();
+    long[5].theta.size += 4;
+    refused(&long, "the θ range holds");
 
     let uniform = ctx.device().create_buffer(&wgpu::BufferDescriptor {
         label: None,
@@ -439,16 +444,19 @@ fn bad_places_are_refused_with_the_reason() {
     let mut over = caller.tensors.clone();
     over[3].theta = over[2].theta.clone();
     over[3].theta.offset += 4;
+    over[3].theta.size = caller.tensors[3].theta.size;
     refused(
         &over,
         "the θ of tensor `g0t2` and the θ of tensor `g0t3` overlap",
     );
     let mut over = caller.tensors.clone();
     over[7].grad = over[6].theta.clone();
+    over[7].grad.size = caller.tensors[7].grad.size;
     refused(&over, "tensor `g0t7` overlap");
     // Gradients are only read: two tensors may share one.
     let mut shared = caller.tensors.clone();
     shared[9].grad = shared[8].grad.clone();
+    shared[9].grad.size = caller.tensors[9].grad.size;
     assert!(GpuOptimizer::from_tensors_in(&ctx, &groups, &shared).is_ok());
 
     // Moving tensors is for optimizers built over the caller's tensors, and loses nothing.

@@ -138,8 +138,12 @@ fn lion_has_its_defaults_and_rejects_what_spec_rules_out() {
         }
     }
     match OptimizerConfig::from_settings("lion", [("eps", "1e-8")]) {
-        Err(Error::Unknown { what, name, known }) => {
-            assert_eq!((what, name.as_str()), ("lion option", "eps"));
+        Err(Error::UnknownOption {
+            optimizer,
+            key,
+            known,
+        }) => {
+            assert_eq!((optimizer, key.as_str()), ("lion", "eps"));
             assert_eq!(known, "lr, beta1, beta2, weight_decay");
         }
         other => panic!("expected Unknown, got {other:?}"),
