@@ -158,11 +158,6 @@ struct BenchArgs {
     gpu: GpuArgs,
 }
 
-/// `--device`: reference, cpu or gpu.
-fn step_device(text: &str) -> Result<StepDevice> {
-    text.parse()
-}
-
 /// The devices of `bench --device`: one, or `all`.
 #[derive(Clone, Debug)]
 struct Devices(Vec<StepDevice>);
@@ -175,7 +170,7 @@ fn devices(text: &str) -> Result<Devices> {
 #[derive(Parser, Debug)]
 struct DemoArgs {
     /// Where the optimizers step.
-    #[arg(long, value_parser = step_device, default_value_t = StepDevice::Cpu)]
+    #[arg(long, default_value_t = StepDevice::Cpu)]
     device: StepDevice,
     /// Folder for the figures and results.md (created if needed).
     #[arg(long, default_value = "bayesprop-demo")]
@@ -204,7 +199,7 @@ struct ReplayArgs {
     /// Where to write θ after each step: f32, shape (T, N).
     #[arg(long)]
     out: PathBuf,
-    #[arg(long, value_parser = step_device, default_value_t = StepDevice::Gpu)]
+    #[arg(long, default_value_t = StepDevice::Gpu)]
     device: StepDevice,
     /// What a step does with NaN or ±Inf gradients (SPEC §4): skip-step, skip-element or
     /// error (stop with exit 2, naming the step).

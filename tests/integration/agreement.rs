@@ -192,39 +192,34 @@ fn steps_recorded_before_one_submit_each_see_their_own_scalars() {
     let (mut host, mut recorded) = (make(), make());
     let grad = recorded.tensor_grad(TensorId(0)).unwrap();
     let device = ctx.device();
+    // Step t through `step` on the host, and recorded into `encoder` after a copy of the same
+    // gradient into the arena (wgpu keeps the staging buffer alive until the submit).
+    let mut record = |encoder: &mut wgpu::CommandEncoder, t: u64| {
+        let g = validate::gradient(n, 5, t);
+        host.step(&g).unwrap();
+        let staged = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("caller gradients"),
+            contents: bytemuck::cast_slice(&g),
+            usage: wgpu::BufferUsages::COPY_SRC,
+        });
+        encoder.copy_buffer_to_buffer(&staged, 0, &grad.buffer, grad.offset, grad.size);
+        recorded.encode_step(encoder).unwrap();
+    };
     // Per encoder, the steps recorded into it before it is submitted.
     let encoders = [3, 1, 2];
     let mut t = 0;
     for steps in encoders {
         let mut encoder = device.create_command_encoder(&Default::default());
-        let mut held = Vec::new();
         for _ in 0..steps {
             t += 1;
-            let g = validate::gradient(n, 5, t);
-            host.step(&g).unwrap();
-            let staged = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("caller gradients"),
-                contents: bytemuck::cast_slice(&g),
-                usage: wgpu::BufferUsages::COPY_SRC,
-            });
-            encoder.copy_buffer_to_buffer(&staged, 0, &grad.buffer, grad.offset, grad.size);
-            recorded.encode_step(&mut encoder).unwrap();
-            held.push(staged);
+            record(&mut encoder, t);
         }
         if steps == 1 {
             // This one waits for the next encoder's steps to be recorded: two encoders in
             // flight before either is submitted, submitted in order.
             let mut next = device.create_command_encoder(&Default::default());
             t += 1;
-            let g = validate::gradient(n, 5, t);
-            host.step(&g).unwrap();
-            let staged = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("caller gradients"),
-                contents: bytemuck::cast_slice(&g),
-                usage: wgpu::BufferUsages::COPY_SRC,
-            });
-            next.copy_buffer_to_buffer(&staged, 0, &grad.buffer, grad.offset, grad.size);
-            recorded.encode_step(&mut next).unwrap();
+            record(&mut next, t);
             ctx.queue().submit([encoder.finish(), next.finish()]);
         } else {
             ctx.queue().submit([encoder.finish()]);
