@@ -23,6 +23,7 @@ pub const UNFUSED: Kernel = Kernel {
     name: "unfused",
     preludes: &[COMMON],
     scalars: &[],
+    flags: &[],
     states: &[],
     body: include_str!("../../shaders/unfused.wgsl"),
 };

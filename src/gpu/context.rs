@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
-use crate::gpu::pipeline::{Addressing, Pipeline};
+use crate::gpu::pipeline::{Addressing, ByWidth, Pipeline, Specialization};
 use crate::kernels::{Kernel, CONTROL};
 
 /// Environment variable: a case-insensitive substring of the adapter name to use.
@@ -414,7 +414,8 @@ impl GpuContext {
         }
     }
 
-    /// The pipeline of `kernel`, compiled once per context and addressing.
+    /// The pipeline of `kernel`, its layout made once per context and addressing (its
+    /// variants are compiled as steps need them: [`GpuContext::variant`]).
     pub(crate) fn pipeline(
         &self,
         kernel: &'static Kernel,
@@ -429,6 +430,20 @@ impl GpuContext {
                 self.workgroup_size(),
                 addressing,
             )
+        })
+    }
+
+    /// The variant of a fused kernel's `pipeline` for `values`, compiled once per context.
+    pub(crate) fn variant(
+        &self,
+        pipeline: &Pipeline,
+        values: &Specialization,
+    ) -> Result<Arc<ByWidth>> {
+        if let Some(variant) = pipeline.compiled_variant(values) {
+            return Ok(variant);
+        }
+        self.scoped("compiling a kernel variant", || {
+            pipeline.compile_variant(&self.inner.device, values)
         })
     }
 

@@ -27,10 +27,15 @@ impl GpuGroup {
         norm: bool,
     ) -> Vec<u8> {
         let mut bytes = Vec::with_capacity(WINDOW_HEADER_BYTES + WINDOW * 64);
+        // t and the non-finite count (after the pad) are the status's, copied in later.
         bytes.extend_from_slice(bytemuck::cast_slice(&[
             base as u32,
             spec.policy as u32,
             u32::from(norm),
+            0,
+            0,
+            0,
+            0,
             0,
         ]));
         for t in steps {
@@ -49,6 +54,48 @@ impl GpuGroup {
         encoder.clear_buffer(&self.status, 4, Some(4));
     }
 
+    /// Between the scan and the update: the status (t and the scan's count) into the window,
+    /// where the update reads it as a uniform.
+    pub fn copy_status(&self, encoder: &mut wgpu::CommandEncoder) {
+        encoder.copy_buffer_to_buffer(
+            &self.status,
+            0,
+            &self.window,
+            WINDOW_STATUS_OFFSET,
+            STATUS_BYTES,
+        );
+    }
+
+    /// The variants of the update this step needs, compiled on first use: for the group's
+    /// policy, whether g is unscaled and clipped, and the flags of the per-step scalars in
+    /// `window` (as [`GpuGroup::window_bytes`] wrote it).
+    pub fn variants(
+        &self,
+        ctx: &GpuContext,
+        spec: &GroupSpec,
+        window: &[u8],
+        unscale: bool,
+        clip: bool,
+    ) -> Result<Variants> {
+        let kernel = spec.config.as_dyn().kernel();
+        let stride = scalars_bytes(kernel.scalars.len());
+        let entries = window[WINDOW_HEADER_BYTES..].chunks(stride);
+        let values = Specialization(
+            [spec.policy as u32, u32::from(unscale), u32::from(clip)]
+                .into_iter()
+                .chain(kernel.flag_values(entries))
+                .collect(),
+        );
+        let arena = match self.parts().next() {
+            Some(_) => Some(ctx.variant(&self.pipeline, &values)?),
+            None => None,
+        };
+        let segments = match &self.segments {
+            Some(segments) => Some(ctx.variant(&segments.pipeline, &values)?),
+            None => None,
+        };
+        Ok(Variants { arena, segments })
+    }
     /// Records the group's scan: its non-finite count and, with clipping (`norm`), its
     /// partials.
     pub fn encode_scan(&self, pass: &mut wgpu::ComputePass<'_>, norm: bool) {
@@ -76,12 +123,16 @@ impl GpuGroup {
         }
     }
 
-    /// Records the fused update of every chunk and the commit of the step counter.
-    pub fn encode_update(&self, pass: &mut wgpu::ComputePass<'_>) {
+    /// Records the fused update of every chunk, by `variants` (this step's, from
+    /// [`GpuGroup::variants`]), and the commit of the step counter.
+    pub fn encode_update(&self, pass: &mut wgpu::ComputePass<'_>, variants: &Variants) {
         for part in self.parts() {
-            self.pipeline.dispatch(
+            self.pipeline.dispatch_of(
                 pass,
-                0,
+                variants
+                    .arena
+                    .as_ref()
+                    .expect("compiled where there are parts"),
                 &[&part.update, &self.transform_update],
                 part.lanes,
                 part_len(part),
@@ -89,9 +140,9 @@ impl GpuGroup {
         }
         if let Some(segments) = &self.segments {
             for run in &segments.runs {
-                segments.pipeline.dispatch_rows(
+                segments.pipeline.dispatch_rows_of(
                     pass,
-                    0,
+                    variants.segments.as_ref().expect("compiled with segments"),
                     &[&run.update, &self.transform_update, &run.table_update],
                     run.plan.lanes,
                     run.rows(),
@@ -107,4 +158,11 @@ impl GpuGroup {
 
 pub(super) fn part_len(part: &Part) -> u32 {
     (part.range.end - part.range.start) as u32
+}
+
+/// The compiled update of one step of a group: over its arena's parts and over its segment
+/// tables, where it has them.
+pub(crate) struct Variants {
+    arena: Option<Arc<ByWidth>>,
+    segments: Option<Arc<ByWidth>>,
 }

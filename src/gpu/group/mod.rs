@@ -12,11 +12,11 @@ use crate::error::{Error, Result};
 use crate::gpu::buffers::{BufferRange, TensorBuffers};
 use crate::gpu::context::GpuContext;
 use crate::gpu::pipeline::{
-    in_order, scan_entry, Addressing, Pipeline, COMMIT, NORM_LANES, REDUCE,
+    in_order, scan_entry, Addressing, ByWidth, Pipeline, Specialization, COMMIT, NORM_LANES, REDUCE,
 };
 use crate::gpu::segments::{self, Placed, RunPlan};
 use crate::gpu::tracker::STATUS_BYTES;
-use crate::kernels::{Lanes, WINDOW, WINDOW_HEADER_BYTES};
+use crate::kernels::{scalars_bytes, Lanes, WINDOW, WINDOW_HEADER_BYTES, WINDOW_STATUS_OFFSET};
 use crate::layout::{GroupSpec, Stored, TensorSpec};
 use crate::transform::{NORM_BLOCK, PARTIAL_ALIGN};
 
