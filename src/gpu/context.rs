@@ -121,6 +121,9 @@ impl GpuOptions {
 
 /// A device and queue, with errors captured instead of wgpu's default panicking handler.
 ///
+/// A kernel's name, its addressing, and for the control kernels whether the scan unscales.
+type PipelineKey = (&'static str, Addressing, bool);
+
 /// Cheap to clone: clones share the device, its error sink and its pipeline cache.
 #[derive(Clone)]
 pub struct GpuContext {
@@ -138,7 +141,7 @@ struct Inner {
     /// Errors that reached no error scope (on a device we created) and device loss.
     sink: Arc<Mutex<Vec<String>>>,
     /// By kernel name ("control" for the step control) and addressing.
-    pipelines: Mutex<HashMap<(&'static str, Addressing), Arc<Pipeline>>>,
+    pipelines: Mutex<HashMap<PipelineKey, Arc<Pipeline>>>,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -422,7 +425,7 @@ impl GpuContext {
         states: u32,
         addressing: Addressing,
     ) -> Result<Arc<Pipeline>> {
-        self.cached((kernel.name, addressing), || {
+        self.cached((kernel.name, addressing, false), || {
             Pipeline::fused(
                 &self.inner.device,
                 kernel,
@@ -447,16 +450,21 @@ impl GpuContext {
         })
     }
 
-    /// The step-control pipelines, compiled once per context and addressing.
-    pub(crate) fn control_pipeline(&self, addressing: Addressing) -> Result<Arc<Pipeline>> {
-        self.cached((CONTROL.name, addressing), || {
-            Pipeline::control(&self.inner.device, addressing)
+    /// The step-control pipelines, compiled once per context, addressing and whether the
+    /// scan divides g by the scale (`unscale`).
+    pub(crate) fn control_pipeline(
+        &self,
+        addressing: Addressing,
+        unscale: bool,
+    ) -> Result<Arc<Pipeline>> {
+        self.cached((CONTROL.name, addressing, unscale), || {
+            Pipeline::control(&self.inner.device, addressing, unscale)
         })
     }
 
     fn cached(
         &self,
-        key: (&'static str, Addressing),
+        key: PipelineKey,
         compile: impl FnOnce() -> Pipeline,
     ) -> Result<Arc<Pipeline>> {
         if let Some(p) = self.inner.pipelines.lock().unwrap().get(&key) {

@@ -303,15 +303,18 @@ impl GpuOptimizer {
                 self.groups[g].window_bytes(&self.layout.groups()[g], base, steps, norm)
             })
             .collect();
-        // The update divides by the scale only where it is not 1 (the host's), and multiplies
-        // by the factor only with clipping.
+        // The update and the scan divide by the scale only where it is not 1 (the host's),
+        // and the update multiplies by the factor only with clipping.
         let unscale = self.device_scale.is_some() || transform.grad_scale != 1.0;
         let variants = self
             .groups
             .iter()
             .zip(self.layout.groups())
             .zip(&windows)
-            .map(|((group, spec), window)| group.variants(&self.ctx, spec, window, unscale, norm))
+            .map(|((group, spec), window)| {
+                let scan = norm || spec.policy.counts_first();
+                group.variants(&self.ctx, spec, window, unscale, norm, scan)
+            })
             .collect::<Result<Vec<_>>>()?;
         let readback = tracker.readback_buffer(device);
         let timestamps = self.next_pass_timestamps.take();
@@ -378,9 +381,11 @@ impl GpuOptimizer {
                 });
                 // Every scan before the norm, the norm before any update: one read of g
                 // gives the counts and the norm, and the updates apply the factor.
-                for (group, spec) in self.groups.iter().zip(self.layout.groups()) {
+                for ((group, spec), variants) in
+                    self.groups.iter().zip(self.layout.groups()).zip(&variants)
+                {
                     if norm || spec.policy.counts_first() {
-                        group.encode_scan(&mut pass, norm);
+                        group.encode_scan(&mut pass, norm, variants);
                     }
                 }
                 if let (true, Some(reduce)) = (norm, &self.reduce) {

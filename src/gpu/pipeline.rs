@@ -384,8 +384,9 @@ impl Pipeline {
     /// `shaders/control.wgsl`: window header at 0, status at 1, g at 2, the partial sums of
     /// squares at 3, the transform at group 1; entry points [`SCAN`], [`REDUCE`], [`COMMIT`] and
     /// [`COUNT`] (or [`SCAN_SEGMENTS`] and [`COUNT_SEGMENTS`]). Always [`NORM_LANES`] invocations
-    /// per workgroup: the norm's order needs it.
-    pub(crate) fn control(device: &wgpu::Device, addressing: Addressing) -> Self {
+    /// per workgroup: the norm's order needs it. The scan divides g by the scale only with
+    /// `unscale` (the `UNSCALE` override).
+    pub(crate) fn control(device: &wgpu::Device, addressing: Addressing, unscale: bool) -> Self {
         let bindings = [
             uniform(0),
             storage(1, false),
@@ -404,7 +405,7 @@ impl Pipeline {
             addressing,
             entries,
             NORM_LANES,
-            &[],
+            &[("UNSCALE", f64::from(u8::from(unscale)))],
         )
     }
 

@@ -68,7 +68,7 @@ impl GpuGroup {
 
     /// The variants of the update this step needs, compiled on first use: for the group's
     /// policy, whether g is unscaled and clipped, and the flags of the per-step scalars in
-    /// `window` (as [`GpuGroup::window_bytes`] wrote it).
+    /// `window` (as [`GpuGroup::window_bytes`] wrote it); and of the scan, if `scan`.
     pub fn variants(
         &self,
         ctx: &GpuContext,
@@ -76,6 +76,7 @@ impl GpuGroup {
         window: &[u8],
         unscale: bool,
         clip: bool,
+        scan: bool,
     ) -> Result<Variants> {
         let kernel = spec.config.as_dyn().kernel();
         let stride = scalars_bytes(kernel.scalars.len());
@@ -94,14 +95,29 @@ impl GpuGroup {
             Some(segments) => Some(ctx.variant(&segments.pipeline, &values)?),
             None => None,
         };
-        Ok(Variants { arena, segments })
+        let scan_of = |addressing, compiled: &Arc<Pipeline>| match (scan, unscale) {
+            (false, _) => Ok(None),
+            (true, false) => Ok(Some(compiled.clone())),
+            (true, true) => ctx.control_pipeline(addressing, true).map(Some),
+        };
+        Ok(Variants {
+            arena,
+            segments,
+            scan: scan_of(Addressing::Arena, &self.control)?,
+            scan_segments: match &self.segments {
+                Some(segments) => scan_of(Addressing::Segments, &segments.scan)?,
+                None => None,
+            },
+        })
     }
+
     /// Records the group's scan: its non-finite count and, with clipping (`norm`), its
-    /// partials.
-    pub fn encode_scan(&self, pass: &mut wgpu::ComputePass<'_>, norm: bool) {
+    /// partials, by `variants` (compiled with `scan`).
+    pub fn encode_scan(&self, pass: &mut wgpu::ComputePass<'_>, norm: bool, variants: &Variants) {
+        let scan = variants.scan.as_ref().expect("compiled with the scan");
         for part in self.parts() {
             let control = part.control.as_ref().expect("bound by bind_control");
-            self.control.dispatch(
+            scan.dispatch(
                 pass,
                 scan_entry(Addressing::Arena, norm),
                 &[control, &self.transform_control],
@@ -110,9 +126,13 @@ impl GpuGroup {
             );
         }
         if let Some(segments) = &self.segments {
+            let scan = variants
+                .scan_segments
+                .as_ref()
+                .expect("compiled with the scan");
             for run in &segments.runs {
                 let control = run.control.as_ref().expect("bound by bind_control");
-                segments.scan.dispatch_rows(
+                scan.dispatch_rows(
                     pass,
                     scan_entry(Addressing::Segments, norm),
                     &[control, &self.transform_control, &run.table_scan],
@@ -160,9 +180,11 @@ pub(super) fn part_len(part: &Part) -> u32 {
     (part.range.end - part.range.start) as u32
 }
 
-/// The compiled update of one step of a group: over its arena's parts and over its segment
-/// tables, where it has them.
+/// The compiled update of one step of a group, over its arena's parts and over its segment
+/// tables where it has them, and its scan where it runs one.
 pub(crate) struct Variants {
     arena: Option<Arc<ByWidth>>,
     segments: Option<Arc<ByWidth>>,
+    scan: Option<Arc<Pipeline>>,
+    scan_segments: Option<Arc<Pipeline>>,
 }

@@ -173,7 +173,8 @@ impl GpuGroup {
         let optimizer = spec.config.as_dyn();
         let slots = optimizer.state_slots();
         let pipeline = ctx.pipeline(optimizer.kernel(), slots.len() as u32, Addressing::Arena)?;
-        let control = ctx.control_pipeline(Addressing::Arena)?;
+        // For the commit, the reduce and the bindings; a step's scan may be another variant.
+        let control = ctx.control_pipeline(Addressing::Arena, false)?;
         let (external, caller_tensors) = match placement {
             Placement::Owned => (None, None),
             Placement::Arena(ext) => (Some(ext), None),
@@ -334,7 +335,7 @@ impl GpuGroup {
                     slots.len() as u32,
                     Addressing::Segments,
                 )?,
-                scan: ctx.control_pipeline(Addressing::Segments)?,
+                scan: ctx.control_pipeline(Addressing::Segments, false)?,
                 tensors: tensors.iter().map(|t| t.range()).zip(buffers).collect(),
                 runs: Vec::new(),
             };
