@@ -95,6 +95,8 @@ impl GpuGroup {
             Some(segments) => Some(ctx.variant(&segments.pipeline, &values)?),
             None => None,
         };
+        // The dividing scan is another control pipeline; the bind groups made with the
+        // default one's layout fit it, as wgpu makes one layout of identical entries.
         let scan_of = |addressing, compiled: &Arc<Pipeline>| match (scan, unscale) {
             (false, _) => Ok(None),
             (true, false) => Ok(Some(compiled.clone())),
