@@ -5,7 +5,7 @@
 fn update(at: At, g_in: V, ok: B, p: Scalars) {
     var g = g_in;
     let th_old = theta[at.theta];
-    if p.weight_decay != 0.0 {
+    if decay(p) {
         g = g + p.weight_decay * th_old;
     }
     let sum_old = sum[at.state];

@@ -7,7 +7,7 @@ fn update(at: At, g_in: V, ok: B, p: Scalars) {
     let th_old = theta[at.theta];
     var th = th_old;
 
-    if p.decoupled != 0.0 {
+    if decoupled(p) {
         th = th * p.decay_factor;
     } else {
         g = g + p.weight_decay * th;
@@ -19,7 +19,7 @@ fn update(at: At, g_in: V, ok: B, p: Scalars) {
     m[at.state] = select(m_old, m_new, ok);
     v[at.state] = select(v_old, v_new, ok);
     var v_used = v_new;
-    if p.amsgrad != 0.0 {
+    if amsgrad(p) {
         // A comparison, not `max`, whose NaN result WGSL leaves to the device.
         let v_max_old = v_max[at.state];
         let v_max_new = select(v_max_old, v_new, v_new > v_max_old);

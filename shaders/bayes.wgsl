@@ -12,11 +12,11 @@ fn update(at: At, g: V, ok: B, p: Scalars) {
     let sig0 = sigma[at.state];
 
     var m_old = V(0.0);
-    if p.beta1 > 0.0 {
+    if momentum(p) {
         m_old = m[at.state];
     }
     let c = curvature_and_direction(p, th, g, s_old, m_old);
-    if p.beta1 > 0.0 {
+    if momentum(p) {
         m[at.state] = select(m_old, c.m, ok);
     }
     let s_new = c.s;
@@ -30,7 +30,7 @@ fn update(at: At, g: V, ok: B, p: Scalars) {
     let live = sig1 > V(0.0);
     let unbounded = sig1 / (1.0 + h * sig1) + p.eta_sq;
     // min(σ, σ*) spelled as a comparison, as the CPU twin does (`min` may differ on NaN)
-    let post = select(unbounded, select(unbounded, star, unbounded > star), p.bound > 0.0);
+    let post = select(unbounded, select(unbounded, star, unbounded > star), bound(p));
     let th_new = select(th, th - post * d, live);
     let sig_new = select(sig1, post, live);
 

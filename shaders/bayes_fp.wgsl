@@ -7,11 +7,11 @@ fn update(at: At, g: V, ok: B, p: Scalars) {
     let th = theta[at.theta];
     let s_old = s[at.state];
     var m_old = V(0.0);
-    if p.beta1 > 0.0 {
+    if momentum(p) {
         m_old = m[at.state];
     }
     let c = curvature_and_direction(p, th, g, s_old, m_old);
-    if p.beta1 > 0.0 {
+    if momentum(p) {
         m[at.state] = select(m_old, c.m, ok);
     }
     let sigma = sigma_star(p, c.h + p.eps_sq);

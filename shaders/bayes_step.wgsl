@@ -17,7 +17,7 @@ fn curvature_and_direction(p: Scalars, th: V, g: V, s_old: V, m_old: V) -> Curva
     let g_tilde = g + p.weight_decay * th;
     var d = g_tilde;
     var m_new = m_old;
-    if p.beta1 > 0.0 {
+    if momentum(p) {
         m_new = p.beta1 * m_old + p.one_minus_beta1 * g_tilde;
         d = m_new * p.c1;
     }

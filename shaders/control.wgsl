@@ -22,6 +22,10 @@ struct WindowHeader {
     pad1: u32,
 }
 
+// Whether the scan divides g by the scale: not for a scale of 1, which leaves g's bits as
+// they are.
+override UNSCALE: bool;
+
 @group(0) @binding(0) var<uniform> header: WindowHeader;
 @group(0) @binding(1) var<storage, read_write> status: Status;
 @group(0) @binding(2) var<storage, read> grad: array<V>;
@@ -96,7 +100,10 @@ fn count_segments(
 // Counts the non-finite lanes of g / scale (under SkipStep and Error: SkipElement's update
 // counts its own, Propagate counts none) and returns the squares of its finite lanes.
 fn count_and_square(raw: V) -> V {
-    let u = raw / transform.scale;
+    var u = raw;
+    if UNSCALE {
+        u = raw / transform.scale;
+    }
     if header.policy == POLICY_SKIP_STEP || header.policy == POLICY_ERROR {
         let bad = nonfinite_lanes(u);
         if bad > 0u {

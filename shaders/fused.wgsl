@@ -4,8 +4,9 @@
 // uniform block's `scalars!` in its CPU twin, the state slots in its row of the optimizer table.
 //
 // Binding convention (the host builds every kernel's layout from it):
-//   @binding(0) uniform  Window   policy and a window of per-step scalars (`Scalars` is the
-//                                 optimizer's own struct), computed by the host in f64
+//   @binding(0) uniform  Window   a window of per-step scalars (`Scalars` is the optimizer's
+//                                 own struct), computed by the host in f64, and a copy of the
+//                                 status made after the scan
 //   @binding(1) storage  Status   this group's step counter and non-finite count
 //   @binding(2) storage  theta    read_write, array<V>
 //   @binding(3) storage  grad     array<V>, only read; declared read_write because a caller's θ
@@ -28,11 +29,24 @@
 
 const WINDOW: u32 = 8u;
 
+// What the host knows of a step when it records it, so each pipeline is compiled for one set
+// of values (src/gpu/group/encode.rs) and the branches it does not take fold away: the
+// non-finite policy, and whether g is unscaled (by a scale other than 1) or clipped.
+override POLICY: u32;
+override UNSCALE: bool;
+override CLIP: bool;
+
 struct Window {
     base: u32,     // the device t the host last read back; entry k is for step base + k + 1
-    policy: u32,
+    policy: u32,   // the control kernels'; the update has POLICY
+    norm: u32,     // the control kernels'
     pad0: u32,
+    // The status, copied in by the host between the scan and the update, so that every
+    // invocation reads t and the scan's count from a uniform rather than from storage.
+    t: u32,
+    nonfinite: u32,
     pad1: u32,
+    pad2: u32,
     scalars: array<Scalars, WINDOW>,
 }
 
@@ -44,7 +58,7 @@ struct Window {
 
 // The scalars of the step being applied.
 fn step_scalars() -> Scalars {
-    return window.scalars[min(status.t - window.base, WINDOW - 1u)];
+    return window.scalars[min(window.t - window.base, WINDOW - 1u)];
 }
 
 // Which lanes of this invocation are updated. Under SkipStep and Error the scan pass has
@@ -53,17 +67,17 @@ fn step_scalars() -> Scalars {
 // lane is, untested. A kernel returns when no lane is admitted, and otherwise stores
 // `select(old, new, admitted)`.
 fn admit(g: V) -> B {
-    if window.policy == POLICY_PROPAGATE {
+    if POLICY == POLICY_PROPAGATE {
         return B(true);
     }
-    if window.policy == POLICY_SKIP_ELEMENT {
+    if POLICY == POLICY_SKIP_ELEMENT {
         let bad = nonfinite_lanes(g);
         if bad > 0u {
             atomicAdd(&status.nonfinite, bad);
         }
         return finite(g);
     }
-    return B(atomicLoad(&status.nonfinite) == 0u);
+    return B(window.nonfinite == 0u);
 }
 
 // The arena's entry point: this invocation's element and its admitted lanes, then the
@@ -82,9 +96,16 @@ fn main(
     step_element(At(i, i), grad[i]);
 }
 
-// The transform, the policy, then the optimizer's update.
+// The transform, the policy, then the optimizer's update. Dividing by a scale of 1 and
+// multiplying by a factor of 1 leave g's bits as they are, so those are left out.
 fn step_element(at: At, raw: V) {
-    let g = raw / transform.scale * transform.factor;
+    var g = raw;
+    if UNSCALE {
+        g = g / transform.scale;
+    }
+    if CLIP {
+        g = g * transform.factor;
+    }
     let ok = admit(g);
     if !any(ok) {
         return;

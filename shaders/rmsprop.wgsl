@@ -11,13 +11,13 @@ fn update(at: At, g_in: V, ok: B, p: Scalars) {
     let v_new = p.alpha * v_old + p.one_minus_alpha * (g * g);
     v[at.state] = select(v_old, v_new, ok);
     var v_bar = v_new;
-    if p.centered != 0.0 {
+    if centered(p) {
         let a_old = a[at.state];
         let a_new = p.alpha * a_old + p.one_minus_alpha * g;
         a[at.state] = select(a_old, a_new, ok);
         v_bar = v_new - a_new * a_new;
     }
-    if p.momentum > 0.0 {
+    if momentum(p) {
         let b_old = b[at.state];
         let b_new = p.momentum * b_old + g / (sqrt(v_bar) + p.eps);
         b[at.state] = select(b_old, b_new, ok);

@@ -7,14 +7,14 @@ fn update(at: At, g_in: V, ok: B, p: Scalars) {
     var th = th_old;
 
     g = g + p.weight_decay * th;
-    if p.momentum > 0.0 {
+    if momentum(p) {
         let b_old = b[at.state];
         var b_new = g;
-        if p.first_step == 0.0 {
+        if !first_step(p) {
             b_new = p.momentum * b_old + p.one_minus_dampening * g;
         }
         b[at.state] = select(b_old, b_new, ok);
-        if p.nesterov != 0.0 {
+        if nesterov(p) {
             g = g + p.momentum * b_new;
         } else {
             g = b_new;

@@ -14,8 +14,11 @@ pub(crate) const FUSED: &str = include_str!("../shaders/fused.wgsl");
 
 /// Entries of per-step scalars in a group's uniform window (`WINDOW` in `shaders/fused.wgsl`).
 pub const WINDOW: usize = 8;
-/// Bytes of the window's header (base, policy, two pads) before the scalars.
-pub const WINDOW_HEADER_BYTES: usize = 16;
+/// Bytes of the window's header (base, policy, norm, a pad, then the copy of the status that
+/// the update reads, t and the non-finite count, and two pads) before the scalars.
+pub const WINDOW_HEADER_BYTES: usize = 32;
+/// Where in the window's header the status (t, non-finite count) is copied before the update.
+pub const WINDOW_STATUS_OFFSET: u64 = 16;
 
 /// How many consecutive elements one invocation handles. Every kernel body is written over the
 /// lane type `V` and compiles at both widths; per element the arithmetic is the same.
@@ -61,8 +64,77 @@ pub struct Kernel {
     /// The state vectors, generated as `@group(0) @binding(4 + k) var<storage, read_write>
     /// NAME: array<V>;`. For an optimizer kernel, the state slots of its table row.
     pub states: &'static [&'static str],
+    /// The branches of the update that its scalars decide (see [`Flag`]), for an optimizer
+    /// kernel the `FLAGS` of its twin.
+    pub flags: &'static [Flag],
     /// The shader file alone.
     pub body: &'static str,
+}
+
+/// A branch of a fused kernel's update that depends on its scalars alone (AMSGrad, momentum,
+/// …). The kernel gets `override NAME: u32;` and `fn name(p: Scalars) -> bool`: with NAME = 0
+/// or 1 the branch is a constant, and the driver folds away the dead code and its loads and
+/// stores; with 2 the function tests `p.field` at run time. The host compiles one variant per
+/// set of values, choosing 0 or 1 when every step a window can apply agrees (a schedule may
+/// move a value across zero), else 2.
+#[derive(Clone, Copy, Debug)]
+pub struct Flag {
+    /// The function's name; the override's is the same in upper case.
+    pub name: &'static str,
+    /// The `Scalars` field it tests.
+    pub field: &'static str,
+    pub test: Test,
+}
+
+/// How a [`Flag`] tests its field.
+#[derive(Clone, Copy, Debug)]
+pub enum Test {
+    /// `field > 0`.
+    Positive,
+    /// `field != 0`.
+    NonZero,
+}
+
+impl Test {
+    fn wgsl(self) -> &'static str {
+        match self {
+            Test::Positive => "> 0.0",
+            Test::NonZero => "!= 0.0",
+        }
+    }
+
+    fn holds(self, x: f32) -> bool {
+        match self {
+            Test::Positive => x > 0.0,
+            Test::NonZero => x != 0.0,
+        }
+    }
+}
+
+/// A flag override's value where the steps of a window disagree (0 is off, 1 on).
+pub const FLAG_RUNTIME: u32 = 2;
+
+impl Flag {
+    pub const fn positive(name: &'static str, field: &'static str) -> Self {
+        Flag {
+            name,
+            field,
+            test: Test::Positive,
+        }
+    }
+
+    pub const fn nonzero(name: &'static str, field: &'static str) -> Self {
+        Flag {
+            name,
+            field,
+            test: Test::NonZero,
+        }
+    }
+
+    /// The override's name.
+    pub fn constant(&self) -> String {
+        self.name.to_uppercase()
+    }
 }
 
 /// The first binding of an optimizer kernel's state vectors (after the window, the status,
@@ -75,8 +147,9 @@ pub const fn scalars_bytes(scalars: usize) -> usize {
     (4 * scalars).next_multiple_of(16)
 }
 
-/// The WGSL of a kernel's generated declarations: its `Scalars` struct and state bindings.
-fn declarations(scalars: &[&str], states: &[&str]) -> String {
+/// The WGSL of a kernel's generated declarations: its `Scalars` struct, flags and state
+/// bindings.
+fn declarations(scalars: &[&str], flags: &[Flag], states: &[&str]) -> String {
     use std::fmt::Write;
     let mut text = String::new();
     if !scalars.is_empty() {
@@ -90,6 +163,21 @@ fn declarations(scalars: &[&str], states: &[&str]) -> String {
             let _ = writeln!(text, "    pad{}: f32,", k - scalars.len());
         }
         text.push_str("}\n");
+    }
+    if !flags.is_empty() {
+        text.push_str(
+            "// Generated from the twin's flags: the override is 0 (off), 1 (on) or 2 (this \
+             step's scalars decide).\n",
+        );
+    }
+    for flag in flags {
+        let (name, field, test) = (flag.name, flag.field, flag.test.wgsl());
+        let constant = flag.constant();
+        let _ = writeln!(
+            text,
+            "override {constant}: u32;\nfn {name}(p: Scalars) -> bool {{\n    \
+             return {constant} == 1u || ({constant} == 2u && p.{field} {test});\n}}"
+        );
     }
     if !states.is_empty() {
         text.push_str(
@@ -112,6 +200,7 @@ pub const CONTROL: Kernel = Kernel {
     name: "control",
     preludes: &[COMMON],
     scalars: &[],
+    flags: &[],
     states: &[],
     body: include_str!("../shaders/control.wgsl"),
 };
@@ -123,6 +212,29 @@ pub const ENTRY_POINT: &str = "main";
 pub const SEGMENTS_ENTRY_POINT: &str = "segments";
 
 impl Kernel {
+    /// The values of this kernel's flag overrides for a window of per-step uniform blocks
+    /// (`entries`, one `Scalars` each): 0 or 1 where every entry agrees, else 2.
+    pub fn flag_values<'a>(&self, entries: impl Iterator<Item = &'a [u8]> + Clone) -> Vec<u32> {
+        self.flags
+            .iter()
+            .map(|flag| {
+                let k = self
+                    .scalars
+                    .iter()
+                    .position(|&f| f == flag.field)
+                    .expect("a flag tests one of the kernel's scalars");
+                let mut seen = entries.clone().map(|entry| {
+                    let x: f32 = bytemuck::pod_read_unaligned(&entry[4 * k..4 * k + 4]);
+                    flag.test.holds(x)
+                });
+                match seen.next() {
+                    Some(first) if seen.all(|on| on == first) => u32::from(first),
+                    _ => FLAG_RUNTIME,
+                }
+            })
+            .collect()
+    }
+
     /// The complete WGSL module at vec4 width: lane width, preludes, then the body.
     pub fn source(&self) -> String {
         self.source_for(Lanes::Four)
@@ -131,7 +243,7 @@ impl Kernel {
     /// The complete WGSL module at `lanes` width.
     pub fn source_for(&self, lanes: Lanes) -> String {
         let mut source = String::from(lanes.prelude());
-        let declarations = declarations(self.scalars, self.states);
+        let declarations = declarations(self.scalars, self.flags, self.states);
         for part in self
             .preludes
             .iter()

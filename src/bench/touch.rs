@@ -11,6 +11,7 @@ pub const TOUCH: Kernel = Kernel {
     name: "touch",
     preludes: &[COMMON],
     scalars: &[],
+    flags: &[],
     states: &[],
     body: include_str!("../../shaders/touch.wgsl"),
 };

@@ -23,6 +23,7 @@ pub const UNFUSED: Kernel = Kernel {
     name: "unfused",
     preludes: &[COMMON],
     scalars: &[],
+    flags: &[],
     states: &[],
     body: include_str!("../../shaders/unfused.wgsl"),
 };
@@ -105,7 +106,7 @@ impl GpuUnfused {
             .iter()
             .map(|(r, lanes)| partial_slots(r.end - r.start, *lanes))
             .collect();
-        let control = ctx.control_pipeline(Addressing::Arena)?;
+        let control = ctx.control_pipeline(Addressing::Arena, true)?;
         ctx.scoped("unfused passes", || {
             let pipeline = pipeline(device, ctx.workgroup_size());
             let init = |label: &str, contents: &[u8], usage: wgpu::BufferUsages| {

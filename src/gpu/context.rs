@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
-use crate::gpu::pipeline::{Addressing, Pipeline};
+use crate::gpu::pipeline::{Addressing, ByWidth, Pipeline, Specialization};
 use crate::kernels::{Kernel, CONTROL};
 
 /// Environment variable: a case-insensitive substring of the adapter name to use.
@@ -121,6 +121,9 @@ impl GpuOptions {
 
 /// A device and queue, with errors captured instead of wgpu's default panicking handler.
 ///
+/// A kernel's name, its addressing, and for the control kernels whether the scan unscales.
+type PipelineKey = (&'static str, Addressing, bool);
+
 /// Cheap to clone: clones share the device, its error sink and its pipeline cache.
 #[derive(Clone)]
 pub struct GpuContext {
@@ -138,7 +141,7 @@ struct Inner {
     /// Errors that reached no error scope (on a device we created) and device loss.
     sink: Arc<Mutex<Vec<String>>>,
     /// By kernel name ("control" for the step control) and addressing.
-    pipelines: Mutex<HashMap<(&'static str, Addressing), Arc<Pipeline>>>,
+    pipelines: Mutex<HashMap<PipelineKey, Arc<Pipeline>>>,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -414,14 +417,15 @@ impl GpuContext {
         }
     }
 
-    /// The pipeline of `kernel`, compiled once per context and addressing.
+    /// The pipeline of `kernel`, its layout made once per context and addressing (its
+    /// variants are compiled as steps need them: [`GpuContext::variant`]).
     pub(crate) fn pipeline(
         &self,
         kernel: &'static Kernel,
         states: u32,
         addressing: Addressing,
     ) -> Result<Arc<Pipeline>> {
-        self.cached((kernel.name, addressing), || {
+        self.cached((kernel.name, addressing, false), || {
             Pipeline::fused(
                 &self.inner.device,
                 kernel,
@@ -432,16 +436,35 @@ impl GpuContext {
         })
     }
 
-    /// The step-control pipelines, compiled once per context and addressing.
-    pub(crate) fn control_pipeline(&self, addressing: Addressing) -> Result<Arc<Pipeline>> {
-        self.cached((CONTROL.name, addressing), || {
-            Pipeline::control(&self.inner.device, addressing)
+    /// The variant of a fused kernel's `pipeline` for `values`, compiled once per context.
+    pub(crate) fn variant(
+        &self,
+        pipeline: &Pipeline,
+        values: &Specialization,
+    ) -> Result<Arc<ByWidth>> {
+        if let Some(variant) = pipeline.compiled_variant(values) {
+            return Ok(variant);
+        }
+        self.scoped("compiling a kernel variant", || {
+            pipeline.compile_variant(&self.inner.device, values)
+        })
+    }
+
+    /// The step-control pipelines, compiled once per context, addressing and whether the
+    /// scan divides g by the scale (`unscale`).
+    pub(crate) fn control_pipeline(
+        &self,
+        addressing: Addressing,
+        unscale: bool,
+    ) -> Result<Arc<Pipeline>> {
+        self.cached((CONTROL.name, addressing, unscale), || {
+            Pipeline::control(&self.inner.device, addressing, unscale)
         })
     }
 
     fn cached(
         &self,
-        key: (&'static str, Addressing),
+        key: PipelineKey,
         compile: impl FnOnce() -> Pipeline,
     ) -> Result<Arc<Pipeline>> {
         if let Some(p) = self.inner.pipelines.lock().unwrap().get(&key) {

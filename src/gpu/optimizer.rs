@@ -303,6 +303,19 @@ impl GpuOptimizer {
                 self.groups[g].window_bytes(&self.layout.groups()[g], base, steps, norm)
             })
             .collect();
+        // The update and the scan divide by the scale only where it is not 1 (the host's),
+        // and the update multiplies by the factor only with clipping.
+        let unscale = self.device_scale.is_some() || transform.grad_scale != 1.0;
+        let variants = self
+            .groups
+            .iter()
+            .zip(self.layout.groups())
+            .zip(&windows)
+            .map(|((group, spec), window)| {
+                let scan = norm || spec.policy.counts_first();
+                group.variants(&self.ctx, spec, window, unscale, norm, scan)
+            })
+            .collect::<Result<Vec<_>>>()?;
         let readback = tracker.readback_buffer(device);
         let timestamps = self.next_pass_timestamps.take();
         let timestamp_writes =
@@ -316,6 +329,7 @@ impl GpuOptimizer {
         // Without clipping the factor stays 1: `reduce` does not run.
         let clip_norm = transform.clip_norm.unwrap_or(0.0);
         let transform_values = [transform.grad_scale, clip_norm, 0.0, 1.0];
+        let scans = norm || self.layout.groups().iter().any(|g| g.policy.counts_first());
         let recorded = self.ctx.scoped("step", || {
             // This step's scalars, staged in the encoder rather than written on the queue, so
             // that each step recorded before a submit sees its own.
@@ -345,23 +359,49 @@ impl GpuOptimizer {
             if let Some(scale) = &self.device_scale {
                 encoder.copy_buffer_to_buffer(&scale.buffer, scale.offset, &self.transform, 0, 4);
             }
-            {
+            // Two passes where there is a scan, with the status copied between them: the pass
+            // timed is both, from the first's start to the second's end.
+            let (scan_writes, update_writes) = match (&timestamp_writes, scans) {
+                (Some(writes), true) => (
+                    Some(wgpu::ComputePassTimestampWrites {
+                        end_of_pass_write_index: None,
+                        ..writes.clone()
+                    }),
+                    Some(wgpu::ComputePassTimestampWrites {
+                        beginning_of_pass_write_index: None,
+                        ..writes.clone()
+                    }),
+                ),
+                _ => (None, timestamp_writes),
+            };
+            if scans {
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("bayesprop step"),
-                    timestamp_writes,
+                    label: Some("bayesprop scan"),
+                    timestamp_writes: scan_writes,
                 });
                 // Every scan before the norm, the norm before any update: one read of g
                 // gives the counts and the norm, and the updates apply the factor.
-                for (group, spec) in self.groups.iter().zip(self.layout.groups()) {
+                for ((group, spec), variants) in
+                    self.groups.iter().zip(self.layout.groups()).zip(&variants)
+                {
                     if norm || spec.policy.counts_first() {
-                        group.encode_scan(&mut pass, norm);
+                        group.encode_scan(&mut pass, norm, variants);
                     }
                 }
                 if let (true, Some(reduce)) = (norm, &self.reduce) {
                     self.groups[0].encode_reduce(&mut pass, reduce);
                 }
-                for group in &self.groups {
-                    group.encode_update(&mut pass);
+            }
+            for group in &self.groups {
+                group.copy_status(encoder);
+            }
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("bayesprop step"),
+                    timestamp_writes: update_writes,
+                });
+                for (group, variants) in self.groups.iter().zip(&variants) {
+                    group.encode_update(&mut pass, variants);
                 }
             }
             for (g, group) in self.groups.iter().enumerate() {

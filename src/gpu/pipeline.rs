@@ -3,6 +3,9 @@
 //! step counter), and `bench`'s roofline kernel. Each entry point is compiled at both lane
 //! widths (see [`Lanes`]): vec4 for the body of a vector, scalar for a tail.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use crate::kernels::{Kernel, Lanes, CONTROL, ENTRY_POINT, SEGMENTS_ENTRY_POINT};
 
 /// Invocations per workgroup when the context names none (the shaders' `WORKGROUP_SIZE`
@@ -58,7 +61,7 @@ fn set_bind_groups(pass: &mut wgpu::ComputePass<'_>, bind_groups: &[&wgpu::BindG
 
 /// One pipeline per lane width, in [`Lanes::ALL`] order.
 #[derive(Debug)]
-struct ByWidth([wgpu::ComputePipeline; 2]);
+pub(crate) struct ByWidth([wgpu::ComputePipeline; 2]);
 
 impl ByWidth {
     fn get(&self, lanes: Lanes) -> &wgpu::ComputePipeline {
@@ -76,12 +79,33 @@ impl ByWidth {
 pub struct Pipeline {
     /// In the order of the entry points given to [`Pipeline::new`].
     entries: Vec<ByWidth>,
+    /// A fused kernel's one entry point is compiled per set of override values instead
+    /// ([`Pipeline::variant`]), from these.
+    modules: [wgpu::ShaderModule; 2],
+    pipeline_layout: wgpu::PipelineLayout,
+    name: &'static str,
+    specialized: Option<Specialized>,
     layout: wgpu::BindGroupLayout,
     transform_layout: Option<wgpu::BindGroupLayout>,
     /// Group 2 under [`Addressing::Segments`]: the segment table.
     table_layout: Option<wgpu::BindGroupLayout>,
     shape: Shape,
 }
+
+/// What a fused kernel's variants are compiled from, and those compiled so far.
+#[derive(Debug)]
+struct Specialized {
+    entry_point: &'static str,
+    workgroup_size: u32,
+    /// The overrides a [`Specialization`] gives values to, in its order.
+    names: Vec<String>,
+    variants: Mutex<HashMap<Specialization, Arc<ByWidth>>>,
+}
+
+/// The values of a fused kernel's overrides for one step, in the order POLICY, UNSCALE, CLIP
+/// (`shaders/fused.wgsl`), then the kernel's flags (see [`crate::kernels::Flag`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Specialization(pub Vec<u32>);
 
 /// Where a kernel's invocations find their elements.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -246,23 +270,22 @@ impl Pipeline {
         let entries = entry_points
             .iter()
             .map(|entry_point| {
-                ByWidth(modules.each_ref().map(|module| {
-                    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                        label: Some(kernel.name),
-                        layout: Some(&pipeline_layout),
-                        module,
-                        entry_point: Some(entry_point),
-                        compilation_options: wgpu::PipelineCompilationOptions {
-                            constants: &constants,
-                            ..Default::default()
-                        },
-                        cache: None,
-                    })
-                }))
+                compile(
+                    device,
+                    kernel.name,
+                    &modules,
+                    &pipeline_layout,
+                    entry_point,
+                    &constants,
+                )
             })
             .collect();
         Pipeline {
             entries,
+            modules,
+            pipeline_layout,
+            name: kernel.name,
+            specialized: None,
             layout,
             transform_layout,
             table_layout,
@@ -272,7 +295,7 @@ impl Pipeline {
 
     /// A fused optimizer kernel with `states` state bindings, by the binding convention of
     /// `shaders/fused.wgsl`: window at 0, status at 1, θ at 2, g at 3, state slots from 4; the
-    /// transform at group 1.
+    /// transform at group 1. Nothing is compiled until a step asks for a variant.
     pub(crate) fn fused(
         device: &wgpu::Device,
         kernel: &Kernel,
@@ -288,27 +311,82 @@ impl Pipeline {
             storage(3, false),
         ];
         bindings.extend((0..states).map(|k| storage(4 + k, false)));
-        let entry = match addressing {
+        let entry_point = match addressing {
             Addressing::Arena => ENTRY_POINT,
             Addressing::Segments => SEGMENTS_ENTRY_POINT,
         };
-        Self::new(
+        let mut pipeline = Self::new(
             device,
             kernel,
             &bindings,
             Some(true),
             addressing,
-            &[entry],
+            &[],
             workgroup_size,
             &[],
-        )
+        );
+        let names = ["POLICY", "UNSCALE", "CLIP"]
+            .map(String::from)
+            .into_iter()
+            .chain(kernel.flags.iter().map(|f| f.constant()))
+            .collect();
+        pipeline.specialized = Some(Specialized {
+            entry_point,
+            workgroup_size,
+            names,
+            variants: Mutex::new(HashMap::new()),
+        });
+        pipeline
+    }
+
+    /// The fused kernel's variant for `values` if it has been compiled.
+    pub(crate) fn compiled_variant(&self, values: &Specialization) -> Option<Arc<ByWidth>> {
+        let specialized = self.specialized.as_ref().expect("a fused pipeline");
+        specialized.variants.lock().unwrap().get(values).cloned()
+    }
+
+    /// Compiles the fused kernel's variant for `values` and keeps it. Errors surface through
+    /// the caller's error scope ([`crate::GpuContext`] wraps this).
+    pub(crate) fn compile_variant(
+        &self,
+        device: &wgpu::Device,
+        values: &Specialization,
+    ) -> Arc<ByWidth> {
+        let specialized = self.specialized.as_ref().expect("a fused pipeline");
+        assert_eq!(specialized.names.len(), values.0.len(), "{}", self.name);
+        let constants: Vec<(&str, f64)> = [("WORKGROUP_SIZE", specialized.workgroup_size)]
+            .into_iter()
+            .chain(
+                specialized
+                    .names
+                    .iter()
+                    .map(String::as_str)
+                    .zip(values.0.iter().copied()),
+            )
+            .map(|(name, value)| (name, f64::from(value)))
+            .collect();
+        let variant = Arc::new(compile(
+            device,
+            self.name,
+            &self.modules,
+            &self.pipeline_layout,
+            specialized.entry_point,
+            &constants,
+        ));
+        specialized
+            .variants
+            .lock()
+            .unwrap()
+            .insert(values.clone(), variant.clone());
+        variant
     }
 
     /// `shaders/control.wgsl`: window header at 0, status at 1, g at 2, the partial sums of
     /// squares at 3, the transform at group 1; entry points [`SCAN`], [`REDUCE`], [`COMMIT`] and
     /// [`COUNT`] (or [`SCAN_SEGMENTS`] and [`COUNT_SEGMENTS`]). Always [`NORM_LANES`] invocations
-    /// per workgroup: the norm's order needs it.
-    pub(crate) fn control(device: &wgpu::Device, addressing: Addressing) -> Self {
+    /// per workgroup: the norm's order needs it. The scan divides g by the scale only with
+    /// `unscale` (the `UNSCALE` override).
+    pub(crate) fn control(device: &wgpu::Device, addressing: Addressing, unscale: bool) -> Self {
         let bindings = [
             uniform(0),
             storage(1, false),
@@ -327,7 +405,7 @@ impl Pipeline {
             addressing,
             entries,
             NORM_LANES,
-            &[],
+            &[("UNSCALE", f64::from(u8::from(unscale)))],
         )
     }
 
@@ -366,11 +444,23 @@ impl Pipeline {
         lanes: Lanes,
         rows: u32,
     ) {
+        self.dispatch_rows_of(pass, &self.entries[entry], bind_groups, lanes, rows);
+    }
+
+    /// [`Pipeline::dispatch_rows`] of a fused kernel's variant.
+    pub(crate) fn dispatch_rows_of(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        pipelines: &ByWidth,
+        bind_groups: &[&wgpu::BindGroup],
+        lanes: Lanes,
+        rows: u32,
+    ) {
         // Workgroups narrower than a row share it (`segments` in shaders/fused.wgsl).
         let per_row = ROW_LANES.div_ceil(self.shape.workgroup_size);
         let groups = rows * per_row;
         let x = groups.clamp(1, self.shape.max_workgroups_per_dimension);
-        pass.set_pipeline(self.entries[entry].get(lanes));
+        pass.set_pipeline(pipelines.get(lanes));
         set_bind_groups(pass, bind_groups);
         pass.dispatch_workgroups(x, groups.div_ceil(x).max(1), 1);
     }
@@ -401,6 +491,18 @@ impl Pipeline {
             .dispatch(pass, &self.entries[entry], lanes, bind_groups, n);
     }
 
+    /// [`Pipeline::dispatch`] of a fused kernel's variant.
+    pub(crate) fn dispatch_of(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        pipelines: &ByWidth,
+        bind_groups: &[&wgpu::BindGroup],
+        lanes: Lanes,
+        n: u32,
+    ) {
+        self.shape.dispatch(pass, pipelines, lanes, bind_groups, n);
+    }
+
     /// Records one workgroup of entry point `entry` (the norm's reduce, the commit of a
     /// group's step).
     pub fn dispatch_one(
@@ -413,6 +515,30 @@ impl Pipeline {
         set_bind_groups(pass, bind_groups);
         pass.dispatch_workgroups(1, 1, 1);
     }
+}
+
+/// `entry_point` of `modules` at each width, with `constants`.
+fn compile(
+    device: &wgpu::Device,
+    label: &str,
+    modules: &[wgpu::ShaderModule; 2],
+    layout: &wgpu::PipelineLayout,
+    entry_point: &str,
+    constants: &[(&str, f64)],
+) -> ByWidth {
+    ByWidth(modules.each_ref().map(|module| {
+        device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(label),
+            layout: Some(layout),
+            module,
+            entry_point: Some(entry_point),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants,
+                ..Default::default()
+            },
+            cache: None,
+        })
+    }))
 }
 
 #[cfg(test)]

@@ -215,6 +215,7 @@ macro_rules! optimizer_table {
                         )),)?
                     ],
                     scalars: $crate::reference::$file::SCALARS,
+                    flags: $crate::reference::$file::FLAGS,
                     states: &[$(stringify!($slot)),+],
                     body: include_str!(concat!(
                         env!("CARGO_MANIFEST_DIR"), "/shaders/", stringify!($file), ".wgsl"

@@ -3,6 +3,8 @@
 
 use num_traits::Float;
 
+use crate::kernels::Flag;
+
 use crate::config::check_field;
 use crate::config::config;
 use crate::error::Result;
@@ -80,6 +82,9 @@ scalars! {
         eps,
     }
 }
+
+/// The branches of `shaders/adagrad.wgsl` its scalars decide, compiled per set of values: weight decay.
+pub const FLAGS: &[Flag] = &[Flag::nonzero("decay", "weight_decay")];
 
 /// One element's step: the body of the kernel's `update`, statement for statement.
 #[inline(always)]

@@ -2,6 +2,8 @@
 
 use num_traits::Float;
 
+use crate::kernels::Flag;
+
 scalars! {
     /// The uniform block of `shaders/adam.wgsl`. Adam and AdamW differ only in `decoupled`
     /// and `decay_factor`.
@@ -26,6 +28,12 @@ scalars! {
         decoupled,
     }
 }
+
+/// The branches of `shaders/adam.wgsl` its scalars decide, compiled per set of values: AMSGrad (and `v_max`), decoupled weight decay.
+pub const FLAGS: &[Flag] = &[
+    Flag::nonzero("amsgrad", "amsgrad"),
+    Flag::nonzero("decoupled", "decoupled"),
+];
 
 /// One element's step: the body of the kernel's `main`, statement for statement.
 /// `v_max` is `None` without amsgrad.

@@ -4,6 +4,8 @@
 use ndarray::{ArrayViewMut1, Zip};
 use num_traits::Float;
 
+use crate::kernels::Flag;
+
 scalars! {
     /// The uniform block of `shaders/bayes.wgsl`.
     pub struct BayesScalars {
@@ -23,6 +25,12 @@ scalars! {
         bound,
     }
 }
+
+/// The branches of `shaders/bayes.wgsl` its scalars decide, compiled per set of values: momentum (and `m`), the bound σ ≤ σ*.
+pub const FLAGS: &[Flag] = &[
+    Flag::positive("momentum", "beta1"),
+    Flag::positive("bound", "bound"),
+];
 
 /// One element's step: the body of the kernel's `main`, statement for statement.
 /// `m` is `None` when momentum is off (β₁ = 0).

@@ -3,9 +3,14 @@
 
 use num_traits::Float;
 
+use crate::kernels::Flag;
+
 use crate::reference::bayes::{curvature_and_direction, sigma_star};
 /// `bayes`'s uniform block, and so its `Scalars` in the kernel.
 pub use crate::reference::bayes::{BayesScalars, SCALARS};
+
+/// The branch of `shaders/bayes_fp.wgsl` its scalars decide: momentum (and `m`).
+pub const FLAGS: &[Flag] = &[Flag::positive("momentum", "beta1")];
 
 /// One element's step: the body of the kernel's `update`, statement for statement. `m` is
 /// `None` when momentum is off (β₁ = 0).

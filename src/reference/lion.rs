@@ -2,6 +2,8 @@
 
 use num_traits::Float;
 
+use crate::kernels::Flag;
+
 scalars! {
     /// The uniform block of `shaders/lion.wgsl`.
     pub struct LionScalars {
@@ -16,6 +18,9 @@ scalars! {
         decay_factor,
     }
 }
+
+/// `shaders/lion.wgsl` has no branch its scalars decide.
+pub const FLAGS: &[Flag] = &[];
 
 /// One element's step: the body of the kernel's `update`, statement for statement.
 ///

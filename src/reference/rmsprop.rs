@@ -2,6 +2,8 @@
 
 use num_traits::Float;
 
+use crate::kernels::Flag;
+
 scalars! {
     /// The uniform block of `shaders/rmsprop.wgsl`.
     pub struct RmspropScalars {
@@ -16,6 +18,12 @@ scalars! {
         centered,
     }
 }
+
+/// The branches of `shaders/rmsprop.wgsl` its scalars decide, compiled per set of values: centring (and `a`), momentum (and `b`).
+pub const FLAGS: &[Flag] = &[
+    Flag::nonzero("centered", "centered"),
+    Flag::positive("momentum", "momentum"),
+];
 
 /// One element's step: the body of the kernel's `main`, statement for statement.
 /// `a` is `None` unless centred, `b` is `None` when momentum is off (μ = 0).

@@ -2,6 +2,8 @@
 
 use num_traits::Float;
 
+use crate::kernels::Flag;
+
 scalars! {
     /// The uniform block of `shaders/sgd.wgsl`.
     pub struct SgdScalars {
@@ -16,6 +18,13 @@ scalars! {
         nesterov,
     }
 }
+
+/// The branches of `shaders/sgd.wgsl` its scalars decide, compiled per set of values: momentum (and `b`), Nesterov, the first step's `b ← g`.
+pub const FLAGS: &[Flag] = &[
+    Flag::positive("momentum", "momentum"),
+    Flag::nonzero("nesterov", "nesterov"),
+    Flag::nonzero("first_step", "first_step"),
+];
 
 /// One element's step: the body of the kernel's `main`, statement for statement.
 /// `b` is `None` when momentum is off (μ = 0).

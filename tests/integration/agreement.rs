@@ -4,11 +4,12 @@
 use crate::common;
 
 use bayesprop::gpu::GpuOptions;
-use bayesprop::optim::AdamConfig;
+use bayesprop::optim::{AdamConfig, RmspropConfig, SgdConfig};
 use bayesprop::schedule::Schedule;
 use bayesprop::validate::{self, Rule};
 use bayesprop::{
-    BayesConfig, CpuOptimizer, Error, GpuContext, GpuOptimizer, HyperSchedule, Stepper, TensorId,
+    BayesConfig, CpuOptimizer, Error, GpuContext, GpuOptimizer, HyperSchedule, OptimizerConfig,
+    Stepper, TensorId,
 };
 use wgpu::util::DeviceExt;
 
@@ -275,4 +276,70 @@ fn an_empty_vector_steps_without_error() {
     gpu.step(&[]).unwrap();
     assert_eq!(gpu.theta().unwrap(), Vec::<f32>::new());
     assert_eq!(gpu.steps_taken().unwrap(), 1);
+}
+
+/// A schedule that turns momentum off after step 2 (γ = 0 every 3 steps). The update's
+/// momentum branch is compiled per step from the scalars each step applies: constant where
+/// every step of the window agrees, decided per element where the steps in flight straddle
+/// the change. Steps waited for one by one (each window one step) and steps all in flight
+/// (windows over the change, and a skipped step that holds t back) must give the same bits,
+/// and on a software adapter the reference's.
+#[test]
+fn momentum_scheduled_across_zero_follows_each_steps_scalars() {
+    let Some(ctx) = common::gpu("momentum_scheduled_across_zero_follows_each_steps_scalars") else {
+        return;
+    };
+    let n = 1001;
+    let theta0 = validate::initial_theta(n, 6);
+    let off_after_2 = Schedule::Step {
+        every: 3,
+        gamma: 0.0,
+    };
+    let cases: [(OptimizerConfig, &str); 3] = [
+        (
+            SgdConfig::builder().momentum(0.9).build().unwrap().into(),
+            "momentum",
+        ),
+        (
+            BayesConfig::builder().momentum(0.9).build().unwrap().into(),
+            "momentum",
+        ),
+        (
+            RmspropConfig::builder()
+                .momentum(0.5)
+                .centered(true)
+                .build()
+                .unwrap()
+                .into(),
+            "momentum",
+        ),
+    ];
+    for (config, hyper) in cases {
+        let what = config.name();
+        let schedule = HyperSchedule::new(hyper, off_after_2).unwrap();
+        let mut runs: Vec<Box<dyn Stepper>> = vec![
+            Box::new(CpuOptimizer::reference(config.clone(), &theta0).unwrap()),
+            Box::new(GpuOptimizer::new(&ctx, config.clone(), &theta0).unwrap()),
+            Box::new(GpuOptimizer::new(&ctx, config, &theta0).unwrap()),
+        ];
+        for (k, run) in runs.iter_mut().enumerate() {
+            run.set_schedule(schedule.clone()).unwrap();
+            for t in 1..=7u64 {
+                let mut g = validate::gradient(n, 6, t);
+                if t == 4 {
+                    g[17] = f32::NAN; // skipped (SkipStep): the next steps are t = 4 … 6
+                }
+                run.step(&g).unwrap();
+                if k == 1 {
+                    run.steps_taken().unwrap(); // waits: each window is one step
+                }
+            }
+            assert_eq!(run.steps_taken().unwrap(), 6, "{what} run {k}");
+        }
+        let [reference, waited, in_flight] = [0, 1, 2].map(|k| common::snapshot(&*runs[k]));
+        common::assert_same_bits(&in_flight, &waited, &format!("{what}: in flight vs waited"));
+        if ctx.is_software() {
+            common::assert_same_bits(&waited, &reference, &format!("{what}: vs reference"));
+        }
+    }
 }

@@ -39,6 +39,7 @@ fn a_broken_shader_is_reported_with_its_name() {
         name: "broken",
         preludes: &[],
         scalars: &[],
+        flags: &[],
         states: &[],
         body: "@compute @workgroup_size(1) fn main() { let x: f32 = 1u; }",
     };

@@ -27,10 +27,15 @@ impl GpuGroup {
         norm: bool,
     ) -> Vec<u8> {
         let mut bytes = Vec::with_capacity(WINDOW_HEADER_BYTES + WINDOW * 64);
+        // t and the non-finite count (after the pad) are the status's, copied in later.
         bytes.extend_from_slice(bytemuck::cast_slice(&[
             base as u32,
             spec.policy as u32,
             u32::from(norm),
+            0,
+            0,
+            0,
+            0,
             0,
         ]));
         for t in steps {
@@ -49,12 +54,72 @@ impl GpuGroup {
         encoder.clear_buffer(&self.status, 4, Some(4));
     }
 
+    /// Between the scan and the update: the status (t and the scan's count) into the window,
+    /// where the update reads it as a uniform.
+    pub fn copy_status(&self, encoder: &mut wgpu::CommandEncoder) {
+        encoder.copy_buffer_to_buffer(
+            &self.status,
+            0,
+            &self.window,
+            WINDOW_STATUS_OFFSET,
+            STATUS_BYTES,
+        );
+    }
+
+    /// The variants of the update this step needs, compiled on first use: for the group's
+    /// policy, whether g is unscaled and clipped, and the flags of the per-step scalars in
+    /// `window` (as [`GpuGroup::window_bytes`] wrote it); and of the scan, if `scan`.
+    pub fn variants(
+        &self,
+        ctx: &GpuContext,
+        spec: &GroupSpec,
+        window: &[u8],
+        unscale: bool,
+        clip: bool,
+        scan: bool,
+    ) -> Result<Variants> {
+        let kernel = spec.config.as_dyn().kernel();
+        let stride = scalars_bytes(kernel.scalars.len());
+        let entries = window[WINDOW_HEADER_BYTES..].chunks(stride);
+        let values = Specialization(
+            [spec.policy as u32, u32::from(unscale), u32::from(clip)]
+                .into_iter()
+                .chain(kernel.flag_values(entries))
+                .collect(),
+        );
+        let arena = match self.parts().next() {
+            Some(_) => Some(ctx.variant(&self.pipeline, &values)?),
+            None => None,
+        };
+        let segments = match &self.segments {
+            Some(segments) => Some(ctx.variant(&segments.pipeline, &values)?),
+            None => None,
+        };
+        // The dividing scan is another control pipeline; the bind groups made with the
+        // default one's layout fit it, as wgpu makes one layout of identical entries.
+        let scan_of = |addressing, compiled: &Arc<Pipeline>| match (scan, unscale) {
+            (false, _) => Ok(None),
+            (true, false) => Ok(Some(compiled.clone())),
+            (true, true) => ctx.control_pipeline(addressing, true).map(Some),
+        };
+        Ok(Variants {
+            arena,
+            segments,
+            scan: scan_of(Addressing::Arena, &self.control)?,
+            scan_segments: match &self.segments {
+                Some(segments) => scan_of(Addressing::Segments, &segments.scan)?,
+                None => None,
+            },
+        })
+    }
+
     /// Records the group's scan: its non-finite count and, with clipping (`norm`), its
-    /// partials.
-    pub fn encode_scan(&self, pass: &mut wgpu::ComputePass<'_>, norm: bool) {
+    /// partials, by `variants` (compiled with `scan`).
+    pub fn encode_scan(&self, pass: &mut wgpu::ComputePass<'_>, norm: bool, variants: &Variants) {
+        let scan = variants.scan.as_ref().expect("compiled with the scan");
         for part in self.parts() {
             let control = part.control.as_ref().expect("bound by bind_control");
-            self.control.dispatch(
+            scan.dispatch(
                 pass,
                 scan_entry(Addressing::Arena, norm),
                 &[control, &self.transform_control],
@@ -63,9 +128,13 @@ impl GpuGroup {
             );
         }
         if let Some(segments) = &self.segments {
+            let scan = variants
+                .scan_segments
+                .as_ref()
+                .expect("compiled with the scan");
             for run in &segments.runs {
                 let control = run.control.as_ref().expect("bound by bind_control");
-                segments.scan.dispatch_rows(
+                scan.dispatch_rows(
                     pass,
                     scan_entry(Addressing::Segments, norm),
                     &[control, &self.transform_control, &run.table_scan],
@@ -76,12 +145,16 @@ impl GpuGroup {
         }
     }
 
-    /// Records the fused update of every chunk and the commit of the step counter.
-    pub fn encode_update(&self, pass: &mut wgpu::ComputePass<'_>) {
+    /// Records the fused update of every chunk, by `variants` (this step's, from
+    /// [`GpuGroup::variants`]), and the commit of the step counter.
+    pub fn encode_update(&self, pass: &mut wgpu::ComputePass<'_>, variants: &Variants) {
         for part in self.parts() {
-            self.pipeline.dispatch(
+            self.pipeline.dispatch_of(
                 pass,
-                0,
+                variants
+                    .arena
+                    .as_ref()
+                    .expect("compiled where there are parts"),
                 &[&part.update, &self.transform_update],
                 part.lanes,
                 part_len(part),
@@ -89,9 +162,9 @@ impl GpuGroup {
         }
         if let Some(segments) = &self.segments {
             for run in &segments.runs {
-                segments.pipeline.dispatch_rows(
+                segments.pipeline.dispatch_rows_of(
                     pass,
-                    0,
+                    variants.segments.as_ref().expect("compiled with segments"),
                     &[&run.update, &self.transform_update, &run.table_update],
                     run.plan.lanes,
                     run.rows(),
@@ -107,4 +180,13 @@ impl GpuGroup {
 
 pub(super) fn part_len(part: &Part) -> u32 {
     (part.range.end - part.range.start) as u32
+}
+
+/// The compiled update of one step of a group, over its arena's parts and over its segment
+/// tables where it has them, and its scan where it runs one.
+pub(crate) struct Variants {
+    arena: Option<Arc<ByWidth>>,
+    segments: Option<Arc<ByWidth>>,
+    scan: Option<Arc<Pipeline>>,
+    scan_segments: Option<Arc<Pipeline>>,
 }

@@ -12,11 +12,11 @@ use crate::error::{Error, Result};
 use crate::gpu::buffers::{BufferRange, TensorBuffers};
 use crate::gpu::context::GpuContext;
 use crate::gpu::pipeline::{
-    in_order, scan_entry, Addressing, Pipeline, COMMIT, NORM_LANES, REDUCE,
+    in_order, scan_entry, Addressing, ByWidth, Pipeline, Specialization, COMMIT, NORM_LANES, REDUCE,
 };
 use crate::gpu::segments::{self, Placed, RunPlan};
 use crate::gpu::tracker::STATUS_BYTES;
-use crate::kernels::{Lanes, WINDOW, WINDOW_HEADER_BYTES};
+use crate::kernels::{scalars_bytes, Lanes, WINDOW, WINDOW_HEADER_BYTES, WINDOW_STATUS_OFFSET};
 use crate::layout::{GroupSpec, Stored, TensorSpec};
 use crate::transform::{NORM_BLOCK, PARTIAL_ALIGN};
 
@@ -173,7 +173,8 @@ impl GpuGroup {
         let optimizer = spec.config.as_dyn();
         let slots = optimizer.state_slots();
         let pipeline = ctx.pipeline(optimizer.kernel(), slots.len() as u32, Addressing::Arena)?;
-        let control = ctx.control_pipeline(Addressing::Arena)?;
+        // For the commit, the reduce and the bindings; a step's scan may be another variant.
+        let control = ctx.control_pipeline(Addressing::Arena, false)?;
         let (external, caller_tensors) = match placement {
             Placement::Owned => (None, None),
             Placement::Arena(ext) => (Some(ext), None),
@@ -334,7 +335,7 @@ impl GpuGroup {
                     slots.len() as u32,
                     Addressing::Segments,
                 )?,
-                scan: ctx.control_pipeline(Addressing::Segments)?,
+                scan: ctx.control_pipeline(Addressing::Segments, false)?,
                 tensors: tensors.iter().map(|t| t.range()).zip(buffers).collect(),
                 runs: Vec::new(),
             };
