@@ -202,3 +202,104 @@ pub(crate) fn check_decay_factor(
         "weight_decay >= 0 with lr·weight_decay finite in f32",
     )
 }
+
+/// How a group's optimizer state is held (SPEC §6): `f32` (the default), `bf16` (2 bytes per
+/// element, stochastic rounding) or `q8` (1 byte per element and one f32 scale per block of
+/// [`STATE_Q8_BLOCK`] elements of a tensor's state slot). θ and g stay f32 in every format.
+/// The codec is [`crate::reference::state_codec`] (twin of `shaders/state_codec.wgsl`).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum StateFormat {
+    /// 4 bytes per state element, exact.
+    #[default]
+    F32,
+    /// 2 bytes per state element: the top half of the f32, stochastically rounded.
+    Bf16,
+    /// 1 byte per state element plus 4 bytes of scale per block.
+    Q8,
+}
+
+/// Elements of one q8 block, counted from the start of a tensor's state slot.
+pub const STATE_Q8_BLOCK: usize = 256;
+
+impl StateFormat {
+    /// Every format, in the order their names are listed.
+    pub const ALL: [StateFormat; 3] = [StateFormat::F32, StateFormat::Bf16, StateFormat::Q8];
+
+    /// The name `FromStr` reads and `Display` writes: `f32`, `bf16`, `q8`.
+    pub fn name(self) -> &'static str {
+        match self {
+            StateFormat::F32 => "f32",
+            StateFormat::Bf16 => "bf16",
+            StateFormat::Q8 => "q8",
+        }
+    }
+
+    /// Bytes that one state slot of a tensor of `n` elements takes: 4n, 2n, or for q8
+    /// n + 4·⌈n/256⌉ (codes, then one f32 scale per block; the last block may be shorter).
+    /// A group's state is the sum over its tensors, since blocks never span two tensors.
+    pub fn slot_bytes(self, n: usize) -> usize {
+        match self {
+            StateFormat::F32 => 4 * n,
+            StateFormat::Bf16 => 2 * n,
+            StateFormat::Q8 => n + 4 * n.div_ceil(STATE_Q8_BLOCK),
+        }
+    }
+}
+
+impl std::fmt::Display for StateFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for StateFormat {
+    type Err = Error;
+
+    /// Reads `f32`, `bf16` or `q8`; anything else is one line that lists them.
+    fn from_str(s: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|f| f.name() == s.trim())
+            .ok_or_else(|| Error::Unknown {
+                what: "state format",
+                name: s.to_string(),
+                known: Self::ALL.map(Self::name).join(", "),
+            })
+    }
+}
+
+#[cfg(test)]
+mod state_format_tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_an_unknown_name_lists_the_valid_ones() {
+        for f in StateFormat::ALL {
+            assert_eq!(f.to_string().parse::<StateFormat>().unwrap(), f);
+            let json = serde_json::to_string(&f).unwrap();
+            assert_eq!(json, format!("\"{f}\""));
+        }
+        assert_eq!(StateFormat::default(), StateFormat::F32);
+        let e = "fp8".parse::<StateFormat>().unwrap_err().to_string();
+        assert_eq!(e, "unknown state format `fp8`; known: f32, bf16, q8");
+        assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn bytes_per_slot() {
+        use StateFormat::*;
+        assert_eq!(F32.slot_bytes(1000), 4000);
+        assert_eq!(Bf16.slot_bytes(1000), 2000);
+        assert_eq!(Q8.slot_bytes(0), 0);
+        assert_eq!(Q8.slot_bytes(1), 5);
+        assert_eq!(Q8.slot_bytes(256), 260);
+        assert_eq!(Q8.slot_bytes(257), 265);
+        assert_eq!(Q8.slot_bytes(1000), 1000 + 16);
+        // SPEC §6: `bayes` (two slots) holds 2.03 B per parameter in q8.
+        let per_param = 2.0 * Q8.slot_bytes(1 << 20) as f64 / (1 << 20) as f64;
+        assert!((per_param - 2.03125).abs() < 1e-12);
+    }
+}

@@ -9,6 +9,9 @@ const LANES_4: &str = include_str!("../shaders/lanes_4.wgsl");
 const LANES_1: &str = include_str!("../shaders/lanes_1.wgsl");
 /// Element indexing and the per-group status: in every module.
 pub(crate) const COMMON: &str = include_str!("../shaders/common.wgsl");
+/// The low-precision state's codec (SPEC §6): the random bits, bf16 and q8, per element; no
+/// bindings. Its twin is [`crate::reference::state_codec`].
+pub const STATE_CODEC: &str = include_str!("../shaders/state_codec.wgsl");
 /// The binding convention of fused optimizer kernels: window of scalars, status, θ, g, state.
 pub(crate) const FUSED: &str = include_str!("../shaders/fused.wgsl");
 

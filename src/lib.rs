@@ -41,6 +41,7 @@ pub mod validate;
 pub use wgpu;
 
 pub use checkpoint::Checkpoint;
+pub use config::StateFormat;
 pub use cpu::{CpuOptimizer, CpuPath};
 pub use device::{OpenStepDevice, StepDevice};
 pub use error::{Error, Result};

@@ -125,3 +125,7 @@ pub mod bayes_fp;
 pub mod lion;
 pub mod rmsprop;
 pub mod sgd;
+
+// The twin of `shaders/state_codec.wgsl`, the low-precision state's codec (SPEC §6), a prelude
+// that no table row names yet.
+pub mod state_codec;

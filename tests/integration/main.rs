@@ -23,5 +23,6 @@ mod shaders;
 mod sigma_max;
 #[cfg(feature = "ndarray")]
 mod spec_facts;
+mod state_codec;
 mod stepper;
 mod train;

@@ -55,3 +55,26 @@ fn a_broken_shader_is_reported_with_its_name() {
         other => panic!("expected a shader error naming `broken` at width 4, got {other:?}"),
     }
 }
+
+#[test]
+fn the_state_codec_prelude_passes_naga_validation() {
+    // A prelude has no entry point of its own: validate it under one that calls everything.
+    let codec = kernels::Kernel {
+        name: "state_codec",
+        preludes: &[kernels::STATE_CODEC],
+        scalars: &[],
+        states: &[],
+        body: "@group(0) @binding(0) var<uniform> u: vec4<u32>;
+@group(0) @binding(1) var<storage, read_write> o: array<u32>;
+@compute @workgroup_size(1) fn main() {
+    let x = bitcast<f32>(u.x);
+    let a = bitcast<f32>(u.y);
+    let r = element_bits(u.z, state_key(u.w, 1u, 2u));
+    o[0] = bf16_encode(bf16_decode(u.x) + x, r) + q8_encode_u(x, a, r) + q8_encode_s(x, a, r)
+        + bitcast<u32>(q8_decode_u(u.z, a) + q8_decode_s(u.z, a)) + q8_abs_bits(x);
+}",
+    };
+    if let Err(message) = codec.validate() {
+        panic!("{message}");
+    }
+}
