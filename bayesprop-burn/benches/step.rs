@@ -1,8 +1,10 @@
-//! One optimizer step, burn's own Adam/AdamW against bayesprop's adam/adamw through the
-//! adapter, on the same wgpu device, model and gradients: a model of 128 small tensors and
-//! one with a 16.8M-element tensor, under bayesprop's default non-finite policy (skip-step:
-//! a scan of g first) and under propagate (no test, as burn's own optimizers).
-//! `cargo bench -p bayesprop-burn`.
+//! One optimizer step, burn's own Adam/AdamW against bayesprop's adam/adamw, on the same wgpu
+//! device, model and gradients: a model of 128 small tensors and one with a 16.8M-element
+//! tensor, under bayesprop's default non-finite policy (skip-step: a scan of g first) and
+//! under propagate (no test, as burn's own optimizers), through both of the adapter's paths:
+//! `module` (the fused step of the whole module, `BayespropConfig::init`) and `learner`
+//! (burn's per-tensor trait in burn's `ModuleOptimizer`, `BayespropConfig::build`).
+//! `cargo bench -p bayesprop-burn`; it ends with the rows as one JSON array.
 //!
 //! Each optimizer runs in blocks of steps, burn's and bayesprop's alternating, each block timed
 //! with the device synchronised before and after (burn's fusion runs lazily); a row gives the
@@ -17,7 +19,7 @@ use bayesprop::NonFinitePolicy;
 use bayesprop_burn::BayespropConfig;
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::nn::{Linear, LinearConfig};
-use burn::optim::{AdamConfig, AdamWConfig, GradientsParams};
+use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Distribution, Tensor};
 
 const LR: f64 = 1e-3;
@@ -137,58 +139,104 @@ fn race<M: Module + Clone>(
     [median(t_burn), median(t_ours), median(ratios), low, high]
 }
 
+/// One row of the comparison, as the JSON array at the end prints it.
+#[derive(serde::Serialize)]
+struct Row {
+    model: String,
+    tensors: usize,
+    elements: usize,
+    optimizer: &'static str,
+    policy: &'static str,
+    /// `module` (the fused step of the whole module) or `learner` (burn's per-tensor trait).
+    path: &'static str,
+    burn_ms: f64,
+    bayesprop_ms: f64,
+    ratio_median: f64,
+    ratio_min: f64,
+    ratio_max: f64,
+}
+
+/// bayesprop's `adam` or `adamw` with burn's ε (and weight decay), and `policy`.
+fn ours(adamw: bool, policy: NonFinitePolicy) -> BayespropConfig {
+    let config = match adamw {
+        false => OurAdam {
+            eps: EPS,
+            ..OurAdam::adam()
+        },
+        true => OurAdam {
+            eps: EPS,
+            weight_decay: WEIGHT_DECAY,
+            ..OurAdam::adamw()
+        },
+    };
+    BayespropConfig::new(config).with_nonfinite_policy(policy)
+}
+
 fn compare<M: Module + Clone>(
     name: &str,
     model: M,
-    device: &Device,
-    inner: &Device,
+    (device, inner): (&Device, &Device),
     runs: (usize, usize),
     policy: NonFinitePolicy,
+    rows: &mut Vec<Row>,
 ) {
     let grads = Grads::of(&model, inner);
     let elements: usize = model.num_params();
-    let mut burn_adam = AdamConfig::new().with_epsilon(EPS as f32).init();
-    let mut burn_adamw = AdamWConfig::new()
-        .with_epsilon(EPS as f32)
-        .with_weight_decay(WEIGHT_DECAY as f32)
-        .init();
-    let mut our_adam = BayespropConfig::new(OurAdam {
-        eps: EPS,
-        ..OurAdam::adam()
-    })
-    .with_nonfinite_policy(policy)
-    .init();
-    let mut our_adamw = BayespropConfig::new(OurAdam {
-        eps: EPS,
-        weight_decay: WEIGHT_DECAY,
-        ..OurAdam::adamw()
-    })
-    .with_nonfinite_policy(policy)
-    .init();
-    let adam = race(
-        &model,
-        &grads,
-        device,
-        runs,
-        |m, g| burn_adam.step(LR, m, g),
-        |m, g| our_adam.step(LR, m, g),
-    );
-    let adamw = race(
-        &model,
-        &grads,
-        device,
-        runs,
-        |m, g| burn_adamw.step(LR, m, g),
-        |m, g| our_adamw.step(LR, m, g),
-    );
-    for (pair, [burn, ours, ratio, low, high]) in [("adam", adam), ("adamw", adamw)] {
-        println!(
-            "| {name} | {} | {elements} | {pair} | {} | {:.2} | {:.2} | {ratio:.2} ({low:.2}–{high:.2}) |",
-            grads.tensors(),
-            policy.name(),
-            burn * 1e3,
-            ours * 1e3,
-        );
+    for (optimizer, adamw) in [("adam", false), ("adamw", true)] {
+        let burn_optim = || match adamw {
+            false => AdamConfig::new().with_epsilon(EPS as f32).init(),
+            true => AdamWConfig::new()
+                .with_epsilon(EPS as f32)
+                .with_weight_decay(WEIGHT_DECAY as f32)
+                .init(),
+        };
+        for path in ["module", "learner"] {
+            let mut burn = burn_optim();
+            let burn_step = |m, g| burn.step(LR, m, g);
+            let [burn_s, ours_s, ratio, low, high] = match path {
+                "module" => {
+                    let mut optim = ours(adamw, policy).init();
+                    race(&model, &grads, device, runs, burn_step, |m, g| {
+                        optim.step(LR, m, g)
+                    })
+                }
+                _ => {
+                    let mut optim =
+                        ModuleOptimizer::from(ours(adamw, policy).build().expect("a valid config"));
+                    race(&model, &grads, device, runs, burn_step, |m, g| {
+                        optim.step(LR, m, g)
+                    })
+                }
+            };
+            let row = Row {
+                model: name.to_string(),
+                tensors: grads.tensors(),
+                elements,
+                optimizer,
+                policy: policy.name(),
+                path,
+                burn_ms: burn_s * 1e3,
+                bayesprop_ms: ours_s * 1e3,
+                ratio_median: ratio,
+                ratio_min: low,
+                ratio_max: high,
+            };
+            println!(
+                "| {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} ({:.2}–{:.2}) |",
+                row.model,
+                row.tensors,
+                row.elements,
+                row.optimizer,
+                row.policy,
+                row.path,
+                row.burn_ms,
+                row.bayesprop_ms,
+                row.ratio_median,
+                row.ratio_min,
+                row.ratio_max
+            );
+            rows.push(row);
+        }
     }
 }
 
@@ -207,8 +255,9 @@ fn main() {
     device.seed(1);
     let inner = device.clone();
     let device = device.autodiff();
-    println!("\n| model | tensors | elements | optimizer | policy | burn (ms/step) | bayesprop (ms/step) | bayesprop/burn: median (range) |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("\n| model | tensors | elements | optimizer | policy | path | burn (ms/step) | bayesprop (ms/step) | bayesprop/burn: median (range) |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    let mut rows = Vec::new();
     let many = Many {
         layers: (0..64)
             .map(|_| LinearConfig::new(32, 32).init(&device))
@@ -217,10 +266,15 @@ fn main() {
     let large = Large {
         layer: LinearConfig::new(4096, 4096).init(&device),
     };
+    let devices = (&device, &inner);
     for policy in [NonFinitePolicy::SkipStep, NonFinitePolicy::Propagate] {
-        let name = "many: 64 × Linear(32, 32)";
-        compare(name, many.clone(), &device, &inner, (3, 20), policy);
-        let name = "large: Linear(4096, 4096)";
-        compare(name, large.clone(), &device, &inner, (2, 5), policy);
+        let name = "64 × Linear(32, 32)";
+        compare(name, many.clone(), devices, (3, 20), policy, &mut rows);
+        let name = "Linear(4096, 4096)";
+        compare(name, large.clone(), devices, (2, 5), policy, &mut rows);
     }
+    println!(
+        "\n{}",
+        serde_json::to_string_pretty(&rows).expect("rows serialize")
+    );
 }

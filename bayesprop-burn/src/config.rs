@@ -2,8 +2,9 @@
 
 use bayesprop::{GradTransform, NonFinitePolicy, OptimizerConfig};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::optimizer::BayespropOptimizer;
+use crate::tensor::BayespropTensorOptimizer;
 
 /// Any optimizer of bayesprop's table, for burn: `BayespropConfig::adam().init()` in place of
 /// burn's `AdamConfig::new().init()`.
@@ -93,6 +94,23 @@ impl BayespropConfig {
     /// The optimizer. It finds the device and registers the parameters at its first step.
     pub fn init(&self) -> BayespropOptimizer {
         BayespropOptimizer::new(self.clone())
+    }
+
+    /// burn's per-tensor optimizer, for burn's `ModuleOptimizer` and burn-train's `Learner`:
+    /// `ModuleOptimizer::from(BayespropConfig::adam().build()?)`. Refuses what a step of one
+    /// tensor cannot do: clipping the norm over every parameter (use [`BayespropConfig::init`]).
+    pub fn build(&self) -> Result<BayespropTensorOptimizer> {
+        self.config.validate()?;
+        self.transform.validate()?;
+        if self.transform.clip_norm.is_some() {
+            return Err(Error::Parameters(
+                "clip_norm needs the norm over every parameter, which burn's per-tensor \
+                 optimizer never sees: use BayespropConfig::init, the module-level optimizer, \
+                 or burn's per-tensor GradientClipping"
+                    .into(),
+            ));
+        }
+        Ok(BayespropTensorOptimizer::new(self.clone()))
     }
 }
 

@@ -2,9 +2,16 @@
 //!
 //! bayesprop's fused optimizer steps as a burn optimizer, on burn's wgpu backend (fusion on,
 //! burn's default). A training loop changes two lines: the device comes from
-//! [`init_device`], shared by burn and bayesprop, and the optimizer from [`BayesConfig`] (or
-//! [`BayespropConfig`] for any optimizer of bayesprop's table) in place of burn's
-//! `AdamConfig`. The step call is unchanged.
+//! [`init_device`], shared by burn and bayesprop, and the optimizer from [`BayespropConfig`]
+//! (any optimizer of bayesprop's table) or [`BayesConfig`] in place of burn's `AdamConfig`.
+//! The step call is unchanged.
+//!
+//! Two optimizers come from a config:
+//! - [`BayespropConfig::build`]: burn's per-tensor `Optimizer`, for burn's `ModuleOptimizer`
+//!   and burn-train's `Learner`: `ModuleOptimizer::from(BayespropConfig::adam().build()?)`.
+//!   The state goes into burn's optimizer records, so the Learner's checkpoints resume it.
+//! - [`BayespropConfig::init`]: [`BayespropOptimizer`], the whole module in one fused step,
+//!   with global-norm clipping and a loss scale, for a loop of your own (below).
 //!
 //! ```rust,no_run
 //! use burn::module::Module;
@@ -46,14 +53,17 @@
 
 mod config;
 mod device;
+mod encode;
 mod error;
 mod optimizer;
+mod tensor;
 mod view;
 
 pub use config::{BayesConfig, BayespropConfig};
 pub use device::{init_device, init_device_with, register_setup, shared_context};
 pub use error::{Error, Result, StepError};
 pub use optimizer::BayespropOptimizer;
+pub use tensor::{BayespropTensorOptimizer, TensorState, TensorStepError};
 
 /// The bayesprop this crate is built on.
 pub use bayesprop;

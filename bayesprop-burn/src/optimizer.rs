@@ -5,15 +5,15 @@ use std::path::Path;
 
 use bayesprop::wgpu;
 use bayesprop::{
-    BufferRange, Checkpoint, GpuOptimizer, OptimizerConfig, ParamGroups, Stepper, TensorBuffers,
-    TensorId,
+    Checkpoint, GpuOptimizer, OptimizerConfig, ParamGroups, Stepper, TensorBuffers, TensorId,
 };
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{GradientsParams, LearningRate};
 use burn::tensor::{Device, GradientCheckpointingStrategy, Shape, Tensor};
 
-use crate::config::{BayespropConfig, LrTarget};
+use crate::config::BayespropConfig;
 use crate::device::shared_context;
+use crate::encode::{set_lr, submit_checked, Scratch};
 use crate::error::{Error, Result, StepError};
 use crate::view::GpuView;
 
@@ -419,8 +419,8 @@ fn places_of(
         })?;
         let theta = entry.out.as_ref().unwrap_or(&entry.theta);
         places[registered.id.0] = Some(TensorBuffers {
-            theta: slice(theta),
-            grad: slice(&entry.grad),
+            theta: theta.range(),
+            grad: entry.grad.range(),
         });
     }
     places
@@ -431,10 +431,6 @@ fn places_of(
             })
         })
         .collect()
-}
-
-fn slice(view: &GpuView) -> BufferRange {
-    BufferRange::new(view.buffer().clone(), view.offset(), view.bytes())
 }
 
 /// The arena holds the parameters of the first step: a step must bring exactly those.
@@ -463,75 +459,17 @@ fn submit(gpu: &mut GpuOptimizer, scratch: &mut Scratch, entries: &[Entry]) -> R
         .create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("bayesprop-burn step"),
         });
-    scratch.copy_shared(ctx.device(), &mut encoder, entries);
+    scratch.copy_shared(ctx.device(), &mut encoder, shared_pairs(entries));
     gpu.encode_step(&mut encoder)?;
     submit_checked(&ctx, encoder, "the step")
 }
 
-/// A device buffer that carries a shared parameter's values when its fresh tensor lies in the
-/// same wgpu buffer as θ: burn's pool packs many tensors into one buffer, and wgpu refuses a
-/// copy whose source and destination are one buffer, even between disjoint ranges. Kept
-/// between steps, grown to the largest total it has carried.
-#[derive(Default)]
-struct Scratch {
-    buffer: Option<wgpu::Buffer>,
-}
-
-impl Scratch {
-    /// Records the copy of each shared parameter into the fresh tensor that replaces it in the
-    /// module: directly between two buffers, through the scratch buffer within one.
-    fn copy_shared(
-        &mut self,
-        device: &wgpu::Device,
-        encoder: &mut wgpu::CommandEncoder,
-        entries: &[Entry],
-    ) {
-        let shared = || {
-            entries
-                .iter()
-                .filter_map(|e| Some((&e.theta, e.out.as_ref()?)))
-        };
-        let within: u64 = shared()
-            .filter(|(from, to)| from.buffer() == to.buffer())
-            .map(|(from, _)| from.bytes())
-            .sum();
-        let scratch = self.holding(device, within);
-        let mut at = 0;
-        for (from, to) in shared() {
-            let bytes = from.bytes();
-            if from.buffer() != to.buffer() {
-                encoder.copy_buffer_to_buffer(
-                    from.buffer(),
-                    from.offset(),
-                    to.buffer(),
-                    to.offset(),
-                    bytes,
-                );
-                continue;
-            }
-            let scratch = scratch.expect("sized above for every copy within one buffer");
-            // Commands of one encoder run in order: θ is in the scratch before it is read.
-            encoder.copy_buffer_to_buffer(from.buffer(), from.offset(), scratch, at, bytes);
-            encoder.copy_buffer_to_buffer(scratch, at, to.buffer(), to.offset(), bytes);
-            at += bytes;
-        }
-    }
-
-    /// The scratch buffer, at least `bytes` long; none while nothing needs it.
-    fn holding(&mut self, device: &wgpu::Device, bytes: u64) -> Option<&wgpu::Buffer> {
-        if bytes == 0 {
-            return None;
-        }
-        if self.buffer.as_ref().is_none_or(|b| b.size() < bytes) {
-            self.buffer = Some(device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("bayesprop-burn shared-parameter scratch"),
-                size: bytes,
-                usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            }));
-        }
-        self.buffer.as_ref()
-    }
+/// Each shared parameter's θ and the fresh tensor that replaces it.
+fn shared_pairs(entries: &[Entry]) -> Vec<(&GpuView, &GpuView)> {
+    entries
+        .iter()
+        .filter_map(|e| Some((&e.theta, e.out.as_ref()?)))
+        .collect()
 }
 
 /// After a failed step, gives the fresh tensors that replaced shared parameters their values.
@@ -541,40 +479,6 @@ fn keep_values(specs: &[Spec], scratch: &mut Scratch, entries: &[Entry]) -> Resu
     }
     let ctx = shared_context(&specs[0].device.clone().inner())?;
     let mut encoder = ctx.device().create_command_encoder(&Default::default());
-    scratch.copy_shared(ctx.device(), &mut encoder, entries);
+    scratch.copy_shared(ctx.device(), &mut encoder, shared_pairs(entries));
     submit_checked(&ctx, encoder, "restoring parameters after a failed step")
-}
-
-/// burn hands the learning rate to every step (schedules): it sets `lr`, ignored by optimizers
-/// without one (`bayes`), or the hyperparameter the config names (see
-/// [`BayespropConfig::with_lr_as`]).
-fn set_lr(gpu: &mut GpuOptimizer, lr: LearningRate, target: &LrTarget) -> Result<()> {
-    let key = match target {
-        LrTarget::Lr => "lr",
-        LrTarget::Field(name) => name.as_str(),
-        LrTarget::Ignored => return Ok(()),
-    };
-    let mut config = gpu.config().clone();
-    match config.as_dyn_mut().set(key, &lr.to_string()) {
-        Err(bayesprop::Error::UnknownOption { .. }) if *target == LrTarget::Lr => return Ok(()),
-        other => other?,
-    }
-    if &config != gpu.config() {
-        gpu.set_config(config)?;
-    }
-    Ok(())
-}
-
-/// Submits `encoder` on the shared queue, returning the validation errors it raises.
-fn submit_checked(
-    ctx: &bayesprop::GpuContext,
-    encoder: wgpu::CommandEncoder,
-    what: &str,
-) -> Result<()> {
-    let scope = ctx.device().push_error_scope(wgpu::ErrorFilter::Validation);
-    ctx.queue().submit([encoder.finish()]);
-    match pollster::block_on(scope.pop()) {
-        None => Ok(()),
-        Some(e) => Err(bayesprop::Error::device_from(what, e).into()),
-    }
 }

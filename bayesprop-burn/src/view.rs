@@ -101,4 +101,9 @@ impl GpuView {
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
+
+    /// The elements' range, as bayesprop takes a caller's tensor.
+    pub fn range(&self) -> bayesprop::BufferRange {
+        bayesprop::BufferRange::new(self.buffer().clone(), self.offset(), self.bytes)
+    }
 }

@@ -220,83 +220,17 @@ fn burns_learning_rate_sets_lr_or_the_hyperparameter_named() {
     assert_eq!(bits(&flat(&failed.module)), bits(&before));
 }
 
-/// One linear layer of `inputs` × 4, the shape the shared-parameter panic was found with.
-#[derive(burn::module::Module, Debug)]
-struct Wide {
-    layer: burn::nn::Linear,
-}
-
-fn wide_grads(model: &Wide, device: &Device, inputs: usize, t: usize) -> GradientsParams {
-    let rows = 3;
-    let x: Vec<f32> = (0..rows * inputs)
-        .map(|i| (((i * 7 + t * 13) % 23) as f32 / 11.0 - 1.0) * 0.8)
-        .collect();
-    let x = burn::tensor::Tensor::<1>::from_floats(x.as_slice(), device).reshape([rows, inputs]);
-    let loss = model.layer.forward(x).powi_scalar(2).mean();
-    GradientsParams::from_grads(loss.backward(), model)
-}
-
 #[test]
 fn a_clone_held_across_steps_keeps_its_values_and_the_step_is_bayesprops() {
-    // A clone shares the parameters' buffers, so each step writes θ into a fresh tensor that
-    // burn's pool may place in the very buffer θ lives in (a copy within one buffer, which
-    // wgpu refuses unless it goes through a scratch buffer).
     let device = common::device();
-    for inputs in [1, 8, 13, 64, 1024, 100_000] {
-        let config: OptimizerConfig = bayesprop::BayesConfig {
-            momentum: 0.9,
-            ..Default::default()
-        }
-        .into();
-        let mut model = Wide {
-            layer: burn::nn::LinearConfig::new(inputs, 4).init(&device),
-        };
-        let ids: Vec<_> = params(&model)
-            .iter()
-            .map(|(id, shape, _)| (*id, shape.len()))
-            .collect();
-        let ctx = shared_context(&device).unwrap();
-        let mut groups = ParamGroups::new();
-        let group = groups.add_group("burn", config.clone()).unwrap();
-        for (id, shape, values) in params(&model) {
-            groups
-                .add_tensor(group, &id.val().to_string(), &shape, &values)
-                .unwrap();
-        }
-        let mut expected = GpuOptimizer::from_groups(&ctx, &groups).unwrap();
+    common::check_clones_held(&device, |config| {
         let mut optim = BayespropConfig::new(config).init();
-        let mut held = Vec::new();
-        for t in 0..8 {
-            // Every other step keeps its clone alive to the end; the rest drop it at once.
-            let clone = model.clone();
-            let before = flat(&clone);
-            let g = wide_grads(&model, &device, inputs, t);
-            expected.step(&flat_grads(&g, &ids)).unwrap();
-            model = optim
-                .try_step(LR, model, g)
-                .unwrap_or_else(|e| panic!("{inputs} inputs, step {t}: {e}"));
-            assert_eq!(
-                bits(&flat(&clone)),
-                bits(&before),
-                "{inputs} inputs, step {t}: the clone changed"
-            );
-            if t % 2 == 0 {
-                held.push((clone, before));
-            }
-        }
-        assert_eq!(
-            bits(&flat(&model)),
-            bits(&expected.theta().unwrap()),
-            "{inputs} inputs: θ after 8 steps with clones held"
-        );
-        for (clone, before) in &held {
-            assert_eq!(
-                bits(&flat(clone)),
-                bits(before),
-                "{inputs} inputs: a held clone"
-            );
-        }
-    }
+        Box::new(move |model, grads| {
+            optim
+                .try_step(LR, model, grads)
+                .unwrap_or_else(|e| panic!("{e}"))
+        })
+    });
 }
 
 /// The fused training step through burn: a loss scale and a clip of the global norm over every

@@ -92,3 +92,84 @@ pub fn params<M: Module>(model: &M) -> Vec<(ParamId, Vec<usize>, Vec<f32>)> {
 pub fn flat<M: Module>(model: &M) -> Vec<f32> {
     params(model).into_iter().flat_map(|(_, _, v)| v).collect()
 }
+
+/// One linear layer of `inputs` × 4, the shape the shared-parameter panic was found with.
+#[derive(Module, Debug)]
+pub struct Wide {
+    pub layer: Linear,
+}
+
+fn wide_grads(model: &Wide, device: &Device, inputs: usize, t: usize) -> GradientsParams {
+    let rows = 3;
+    let x: Vec<f32> = (0..rows * inputs)
+        .map(|i| (((i * 7 + t * 13) % 23) as f32 / 11.0 - 1.0) * 0.8)
+        .collect();
+    let x = Tensor::<1>::from_floats(x.as_slice(), device).reshape([rows, inputs]);
+    let loss = model.layer.forward(x).powi_scalar(2).mean();
+    GradientsParams::from_grads(loss.backward(), model)
+}
+
+/// A step of an optimizer under test: the module and its gradients in, the module out.
+pub type StepFn = Box<dyn FnMut(Wide, GradientsParams) -> Wide>;
+
+/// Steps `Linear(n, 4)`, n = 1 … 100,000, 8 times with a clone of the module alive at every
+/// step (every other one held to the end), through the optimizer `make` builds for `bayes`
+/// with momentum: the clones keep their values, and θ is bayesprop's own step bit for bit.
+///
+/// A clone shares the parameters' buffers, so each step writes θ into a fresh tensor that
+/// burn's pool may place in the very buffer θ lives in: a copy within one buffer, which wgpu
+/// refuses unless it goes through a scratch buffer.
+pub fn check_clones_held(device: &Device, make: impl Fn(bayesprop::OptimizerConfig) -> StepFn) {
+    use bayesprop::{GpuOptimizer, ParamGroups, Stepper};
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for inputs in [1, 8, 13, 64, 1024, 100_000] {
+        let config: bayesprop::OptimizerConfig = bayesprop::BayesConfig {
+            momentum: 0.9,
+            ..Default::default()
+        }
+        .into();
+        let mut model = Wide {
+            layer: LinearConfig::new(inputs, 4).init(device),
+        };
+        let ctx = bayesprop_burn::shared_context(device).unwrap();
+        let mut groups = ParamGroups::new();
+        let group = groups.add_group("burn", config.clone()).unwrap();
+        for (id, shape, values) in params(&model) {
+            groups
+                .add_tensor(group, &id.val().to_string(), &shape, &values)
+                .unwrap();
+        }
+        let mut expected = GpuOptimizer::from_groups(&ctx, &groups).unwrap();
+        let mut step = make(config);
+        let mut held = Vec::new();
+        for t in 0..8 {
+            let clone = model.clone();
+            let before = flat(&clone);
+            let g = wide_grads(&model, device, inputs, t);
+            let weight = host(g.get::<2>(model.layer.weight.id).unwrap());
+            let bias = host(g.get::<1>(model.layer.bias.as_ref().unwrap().id).unwrap());
+            expected.step(&[weight, bias].concat()).unwrap();
+            model = step(model, g);
+            assert_eq!(
+                bits(&flat(&clone)),
+                bits(&before),
+                "{inputs} inputs, step {t}: the clone changed"
+            );
+            if t % 2 == 0 {
+                held.push((clone, before));
+            }
+        }
+        assert_eq!(
+            bits(&flat(&model)),
+            bits(&expected.theta().unwrap()),
+            "{inputs} inputs: θ after 8 steps with clones held"
+        );
+        for (clone, before) in &held {
+            assert_eq!(
+                bits(&flat(clone)),
+                bits(before),
+                "{inputs} inputs: a held clone"
+            );
+        }
+    }
+}
