@@ -82,3 +82,5 @@ echo "== bayesprop-burn: clippy, tests, and the digits example shortened"
 cargo clippy -p bayesprop-burn --all-targets -- -D warnings
 cargo test --release -p bayesprop-burn
 BAYESPROP_BURN_QUICK=1 cargo run --release --quiet -p bayesprop-burn --example digits
+echo "== bayesprop-burn: the Learner example shortened"
+BAYESPROP_BURN_QUICK=1 cargo run --release --quiet -p bayesprop-burn --example learner
