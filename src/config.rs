@@ -271,6 +271,18 @@ impl std::str::FromStr for StateFormat {
     }
 }
 
+/// Parses a `state_seed` (SPEC §6): an integer in 0 ..= 2^32 − 1; anything else is one line.
+pub fn parse_state_seed(value: &str) -> Result<u32> {
+    value.trim().parse::<u32>().map_err(|_| {
+        Error::config(
+            "group",
+            "state_seed",
+            value,
+            "an integer in 0 ..= 4294967295 (u32)",
+        )
+    })
+}
+
 #[cfg(test)]
 mod state_format_tests {
     use super::*;
@@ -286,6 +298,17 @@ mod state_format_tests {
         let e = "fp8".parse::<StateFormat>().unwrap_err().to_string();
         assert_eq!(e, "unknown state format `fp8`; known: f32, bf16, q8");
         assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn a_seed_out_of_u32_range_is_one_line() {
+        assert_eq!(parse_state_seed("0").unwrap(), 0);
+        assert_eq!(parse_state_seed(" 4294967295").unwrap(), u32::MAX);
+        for bad in ["4294967296", "-1", "1.5", "x", ""] {
+            let e = parse_state_seed(bad).unwrap_err().to_string();
+            assert!(e.contains("state_seed") && e.contains("u32"), "{e}");
+            assert!(!e.contains('\n'));
+        }
     }
 
     #[test]

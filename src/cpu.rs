@@ -7,6 +7,7 @@ use rayon::prelude::*;
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
+use crate::held::{Held, Piece};
 use crate::layout::{
     initial_state, GroupId, GroupSpec, Layout, ParamGroups, StateSource, Stored, TensorId,
 };
@@ -124,16 +125,42 @@ pub(crate) struct CpuGroup {
     /// Steps applied.
     pub t: u64,
     pub theta: Vec<f32>,
-    /// One arena per state slot; empty where the options do not need that state.
+    /// One arena per state slot; empty where the options do not need that state. Under a
+    /// `bf16` or `q8` state format every arena is empty between steps (the state is `held`)
+    /// and holds the decoded values during one.
     pub state: Vec<Vec<f32>>,
+    /// The state in `bf16` or `q8` (SPEC §6); `None` in `f32`.
+    pub held: Option<Held>,
 }
 
 impl CpuGroup {
-    fn new(spec: &GroupSpec, theta0: &[f32]) -> Self {
+    fn new(spec: &GroupSpec, theta0: &[f32], pieces: Vec<Piece>) -> Self {
+        let held = Held::new(spec, pieces, theta0.len());
+        let state = match held {
+            None => initial_state(&spec.config, theta0.len()),
+            Some(_) => vec![Vec::new(); spec.config.as_dyn().state_slots().len()],
+        };
         CpuGroup {
             t: 0,
             theta: theta0.to_vec(),
-            state: initial_state(&spec.config, theta0.len()),
+            state,
+            held,
+        }
+    }
+
+    /// Every state arena as f32 (decoded from `held` if there is one).
+    fn decoded(&self) -> Cow<'_, [Vec<f32>]> {
+        match &self.held {
+            None => Cow::Borrowed(&self.state[..]),
+            Some(held) => Cow::Owned(held.decode()),
+        }
+    }
+
+    /// Bytes the state takes as held.
+    fn state_bytes(&self) -> usize {
+        match &self.held {
+            None => self.state.iter().map(|v| 4 * v.len()).sum(),
+            Some(held) => held.bytes(),
         }
     }
 
@@ -272,8 +299,79 @@ impl CpuGroup {
     }
 
     /// One step of the group, under its non-finite policy. Returns the count of non-finite
-    /// gradient elements it saw.
+    /// gradient elements it saw (under `q8`, with the elements whose new state overflowed).
     fn step(
+        &mut self,
+        spec: &GroupSpec,
+        path: CpuPath,
+        grad: &[f32],
+        xf: Option<Transformed>,
+    ) -> u64 {
+        let Some(mut held) = self.held.take() else {
+            return self.step_f32(spec, path, grad, xf);
+        };
+        let count = self.step_held(&mut held, spec, path, grad, xf);
+        self.held = Some(held);
+        count
+    }
+
+    /// `step` of a group whose state is held in `bf16` or `q8` (SPEC §6): decode, the f32
+    /// step, encode at the applied step. A step that is not applied encodes nothing. Under
+    /// `q8` (every policy but `Propagate`) an element whose new state is not finite counts
+    /// as a non-finite gradient element: `SkipElement` puts back its θ and state, the other
+    /// policies undo the whole step. An element kept under `SkipElement` is re-encoded with
+    /// its old value, which counts in its block's maximum (exact in `bf16`, whose decoded
+    /// values encode to their own codes).
+    fn step_held(
+        &mut self,
+        held: &mut Held,
+        spec: &GroupSpec,
+        path: CpuPath,
+        grad: &[f32],
+        xf: Option<Transformed>,
+    ) -> u64 {
+        let parallel = path == CpuPath::Parallel;
+        self.state = held.decode();
+        let overflow_counts = held.format() == crate::config::StateFormat::Q8
+            && spec.policy != NonFinitePolicy::Propagate;
+        let before = overflow_counts.then(|| (self.theta.clone(), self.state.clone()));
+        let t0 = self.t;
+        let mut count = self.step_f32(spec, path, grad, xf);
+        if self.t != t0 {
+            if let Some((theta0, state0)) = before {
+                let state = &self.state;
+                let bad: Vec<usize> = (0..self.theta.len())
+                    .filter(|&i| state.iter().any(|v| !v.is_empty() && !v[i].is_finite()))
+                    .collect();
+                if !bad.is_empty() {
+                    count += bad.len() as u64;
+                    if spec.policy == NonFinitePolicy::SkipElement {
+                        for i in bad {
+                            self.theta[i] = theta0[i];
+                            for (v, old) in self.state.iter_mut().zip(&state0) {
+                                if !v.is_empty() {
+                                    v[i] = old[i];
+                                }
+                            }
+                        }
+                    } else {
+                        self.theta = theta0;
+                        self.t = t0;
+                    }
+                }
+            }
+            if self.t != t0 {
+                held.encode(&self.state, self.t, parallel);
+            }
+        }
+        for v in &mut self.state {
+            *v = Vec::new();
+        }
+        count
+    }
+
+    /// `step` of a group whose state is `f32`, in `self.state`.
+    fn step_f32(
         &mut self,
         spec: &GroupSpec,
         path: CpuPath,
@@ -359,7 +457,13 @@ impl CpuOptimizer {
                 .groups()
                 .iter()
                 .enumerate()
-                .map(|(g, spec)| CpuGroup::new(spec, groups.arena_theta0(GroupId(g))))
+                .map(|(g, spec)| {
+                    CpuGroup::new(
+                        spec,
+                        groups.arena_theta0(GroupId(g)),
+                        pieces(groups.layout(), g),
+                    )
+                })
                 .collect(),
             calls: 0,
             reports: Vec::new(),
@@ -388,7 +492,9 @@ impl CpuOptimizer {
     pub fn tensor_state(&self, id: TensorId, name: &str) -> Result<Vec<f32>> {
         let t = self.layout.tensor(id)?;
         match self.layout.state_source(t.group, name)? {
-            StateSource::Slot(slot) => Ok(self.groups[t.group.0].state[slot][t.range()].to_vec()),
+            StateSource::Slot(slot) => {
+                Ok(self.groups[t.group.0].decoded()[slot][t.range()].to_vec())
+            }
             StateSource::Derived => self.derived(t.group, name, t.range()),
         }
     }
@@ -396,8 +502,8 @@ impl CpuOptimizer {
     /// A derived vector of `range` of a group's arena.
     fn derived(&self, group: GroupId, name: &str, range: Range<usize>) -> Result<Vec<f32>> {
         let arenas = &self.groups[group.0];
-        let stored: Vec<&[f32]> = arenas
-            .state
+        let decoded = arenas.decoded();
+        let stored: Vec<&[f32]> = decoded
             .iter()
             .map(|v| {
                 if v.is_empty() {
@@ -408,6 +514,26 @@ impl CpuOptimizer {
             })
             .collect();
         self.layout.derive_state(group, name, arenas.t, &stored)
+    }
+
+    /// Bytes of optimizer state held over every group (arenas, padding included): 4 per
+    /// element of each used slot in `f32`, 2 in `bf16`, 1 and 4 per 256-element block in
+    /// `q8` (SPEC §6).
+    pub fn state_bytes(&self) -> usize {
+        self.groups.iter().map(CpuGroup::state_bytes).sum()
+    }
+
+    /// The error of a checkpoint of a group whose state is not `f32`, if there is one.
+    fn refuse_held_checkpoint(&self, what: &str) -> Result<()> {
+        let held = self.groups.iter().zip(self.layout.groups());
+        match held.into_iter().find(|(g, _)| g.held.is_some()) {
+            None => Ok(()),
+            Some((_, spec)) => Err(Error::Unsupported(format!(
+                "{what} of a {} optimizer state (group `{}`) is not yet supported; only f32 \
+                 state is checkpointed",
+                spec.state_format, spec.name
+            ))),
+        }
     }
 
     /// Each group's applied step count.
@@ -444,7 +570,10 @@ impl CpuOptimizer {
             .map(|(g, group)| match name {
                 None => Ok(Cow::Borrowed(&group.theta[..])),
                 Some(n) => match self.layout.state_source(GroupId(g), n)? {
-                    StateSource::Slot(slot) => Ok(Cow::Borrowed(&group.state[slot][..])),
+                    StateSource::Slot(slot) => Ok(match &group.held {
+                        None => Cow::Borrowed(&group.state[slot][..]),
+                        Some(held) => Cow::Owned(held.decode_slot(slot)),
+                    }),
                     StateSource::Derived => Ok(Cow::Owned(self.derived(
                         GroupId(g),
                         n,
@@ -564,6 +693,8 @@ impl Stepper for CpuOptimizer {
     }
 
     fn checkpoint(&self) -> Result<Checkpoint> {
+        // Never write decoded bf16/q8 state as if it were f32 (SPEC §6: as held, or refused).
+        self.refuse_held_checkpoint("saving a checkpoint")?;
         let arenas: Vec<Vec<(String, Vec<f32>)>> = self
             .groups
             .iter()
@@ -583,6 +714,7 @@ impl Stepper for CpuOptimizer {
     }
 
     fn restore(&mut self, checkpoint: &Checkpoint) -> Result<()> {
+        self.refuse_held_checkpoint("restoring a checkpoint")?;
         let arenas = checkpoint.to_arenas(&self.layout)?;
         self.consecutive_skips = 0;
         let live = self.groups.iter_mut().zip(self.layout.groups());
@@ -594,6 +726,25 @@ impl Stepper for CpuOptimizer {
         }
         Ok(())
     }
+}
+
+/// The tensors of group `g` in its arena, with their flat starts in the group's order.
+fn pieces(layout: &Layout, g: usize) -> Vec<Piece> {
+    let mut flat = 0;
+    let mut first_block = 0;
+    layout
+        .tensors_of(g)
+        .map(|t| {
+            let piece = Piece {
+                range: t.range(),
+                flat,
+                first_block,
+            };
+            flat += t.len();
+            first_block += t.len().div_ceil(crate::config::STATE_Q8_BLOCK);
+            piece
+        })
+        .collect()
 }
 
 #[cfg(test)]

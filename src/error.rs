@@ -94,6 +94,11 @@ pub enum Error {
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },
 
+    /// A setting that this implementation does not support yet (e.g. a low-precision
+    /// `state_format` on the GPU optimizer); nothing was built or changed.
+    #[error("{0}")]
+    Unsupported(String),
+
     /// Work refused up front because the host's memory cannot hold it (the kernel's
     /// out-of-memory killer would end the process instead of an error).
     #[error("{what} needs {needed} bytes of host memory but {available} bytes are available (MemAvailable in /proc/meminfo)")]

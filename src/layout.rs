@@ -5,6 +5,7 @@
 //! that vec4 access never straddles two tensors. The same layout serves the CPU and the GPU, so
 //! a checkpoint written by one loads on the other.
 
+use crate::config::StateFormat;
 use crate::error::{Error, Result};
 use crate::optim::{NonFinitePolicy, OptimizerConfig};
 use crate::schedule::{self, HyperSchedule};
@@ -26,6 +27,10 @@ pub struct GroupSpec {
     pub name: String,
     pub config: OptimizerConfig,
     pub policy: NonFinitePolicy,
+    /// How the group's optimizer state is held (SPEC §6); `f32` by default.
+    pub state_format: StateFormat,
+    /// The seed of the state's stochastic rounding (SPEC §6); 0 by default. Unused in `f32`.
+    pub state_seed: u32,
     /// Schedules of its float hyperparameters, at most one per hyperparameter.
     pub schedules: Vec<HyperSchedule>,
     /// Elements in the group's arena: its tensors and the padding between them.
@@ -397,6 +402,8 @@ impl ParamGroups {
             name: name.to_string(),
             config,
             policy: NonFinitePolicy::default(),
+            state_format: StateFormat::default(),
+            state_seed: 0,
             schedules: Vec::new(),
             arena_len: 0,
             flat_window: None,
@@ -407,6 +414,40 @@ impl ParamGroups {
 
     pub fn set_policy(&mut self, group: GroupId, policy: NonFinitePolicy) -> Result<()> {
         self.layout.set_group_policy(group, policy)
+    }
+
+    /// How `group`'s optimizer state is held, and the seed of its stochastic rounding
+    /// (SPEC §6). A storage setting of the group, like its non-finite policy, fixed when the
+    /// optimizer is built from these groups. The CPU paths support every format; the GPU
+    /// optimizer refuses any but `f32` for now.
+    pub fn set_state_format(
+        &mut self,
+        group: GroupId,
+        format: StateFormat,
+        seed: u32,
+    ) -> Result<()> {
+        let spec = self.layout.group_mut(group)?;
+        spec.state_format = format;
+        spec.state_seed = seed;
+        Ok(())
+    }
+
+    /// Sets a group's storage option from text: `state_format` (`f32`, `bf16`, `q8`) or
+    /// `state_seed` (an integer in 0 ..= 2^32 − 1). A bad key or value is one line.
+    pub fn set_group_option(&mut self, group: GroupId, key: &str, value: &str) -> Result<()> {
+        let spec = self.layout.group_mut(group)?;
+        match key.trim() {
+            "state_format" => spec.state_format = value.parse()?,
+            "state_seed" => spec.state_seed = crate::config::parse_state_seed(value)?,
+            _ => {
+                return Err(Error::Unknown {
+                    what: "group option",
+                    name: key.to_string(),
+                    known: "state_format, state_seed".into(),
+                })
+            }
+        }
+        Ok(())
     }
 
     /// Adds a tensor of `shape` to `group`, starting at θ₀ (in row-major order).

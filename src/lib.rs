@@ -28,6 +28,7 @@ pub mod demo;
 pub mod device;
 pub mod error;
 pub mod gpu;
+mod held;
 pub mod kernels;
 pub mod layout;
 pub mod optim;

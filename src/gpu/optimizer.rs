@@ -159,6 +159,18 @@ impl GpuOptimizer {
         if groups.groups().is_empty() {
             return Err(Error::Layout("no parameter groups".into()));
         }
+        // SPEC §6 is wired into the CPU paths only: never run a bf16 or q8 group as f32.
+        if let Some(spec) = groups
+            .groups()
+            .iter()
+            .find(|s| s.state_format != crate::config::StateFormat::F32)
+        {
+            return Err(Error::Unsupported(format!(
+                "state_format {} (group `{}`) is not yet supported by the GPU kernels; the CPU \
+                 paths support it",
+                spec.state_format, spec.name
+            )));
+        }
         let device = ctx.device();
         let transform = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("bayesprop transform"),

@@ -24,5 +24,6 @@ mod sigma_max;
 #[cfg(feature = "ndarray")]
 mod spec_facts;
 mod state_codec;
+mod state_format;
 mod stepper;
 mod train;

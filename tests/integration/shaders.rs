@@ -64,6 +64,7 @@ fn the_state_codec_prelude_passes_naga_validation() {
         preludes: &[kernels::STATE_CODEC],
         scalars: &[],
         states: &[],
+        flags: &[],
         body: "@group(0) @binding(0) var<uniform> u: vec4<u32>;
 @group(0) @binding(1) var<storage, read_write> o: array<u32>;
 @compute @workgroup_size(1) fn main() {
