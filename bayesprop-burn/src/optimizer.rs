@@ -303,16 +303,7 @@ impl Collect<'_> {
                 None => None,
             };
             let grad = GpuView::of(grad, &|| format!("gradient of parameter {id}"))?;
-            if grad.bytes() != theta.bytes() {
-                return Err(Error::Tensor {
-                    what: what(),
-                    problem: format!(
-                        "{} elements, its gradient {}",
-                        theta.bytes() / 4,
-                        grad.bytes() / 4
-                    ),
-                });
-            }
+            theta.check_gradient(&grad, &what)?;
             Ok(Entry {
                 id,
                 theta,

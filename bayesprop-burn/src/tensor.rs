@@ -112,16 +112,7 @@ impl BayespropTensorOptimizer {
         let theta = GpuView::of(tensor.clone(), &what)?;
         let out = fresh.map(|f| GpuView::of(f.clone(), &what)).transpose()?;
         let grad = GpuView::of(grad, &|| "a parameter's gradient".into())?;
-        if grad.bytes() != theta.bytes() {
-            return Err(Error::Tensor {
-                what: what(),
-                problem: format!(
-                    "{} elements, its gradient {}",
-                    theta.bytes() / 4,
-                    grad.bytes() / 4
-                ),
-            });
-        }
+        theta.check_gradient(&grad, &what)?;
         let place = TensorBuffers {
             theta: out.as_ref().unwrap_or(&theta).range(),
             grad: grad.range(),

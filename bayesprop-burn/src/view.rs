@@ -102,6 +102,21 @@ impl GpuView {
         self.bytes
     }
 
+    /// An error unless `grad` has as many elements as this view (a parameter, `what`).
+    pub fn check_gradient(&self, grad: &GpuView, what: &dyn Fn() -> String) -> Result<()> {
+        if grad.bytes == self.bytes {
+            return Ok(());
+        }
+        Err(Error::Tensor {
+            what: what(),
+            problem: format!(
+                "{} elements, its gradient {}",
+                self.bytes / 4,
+                grad.bytes / 4
+            ),
+        })
+    }
+
     /// The elements' range, as bayesprop takes a caller's tensor.
     pub fn range(&self) -> bayesprop::BufferRange {
         bayesprop::BufferRange::new(self.buffer().clone(), self.offset(), self.bytes)

@@ -3,41 +3,11 @@
 
 mod common;
 
-use bayesprop::{GpuOptimizer, OptimizerConfig, ParamGroups, Stepper, TensorId};
-use bayesprop_burn::{shared_context, BayesConfig, BayespropConfig, Error};
-use burn::optim::GradientsParams;
-use burn::tensor::Device;
-use common::{flat, grads, host, params, Mlp};
+use bayesprop::{OptimizerConfig, Stepper, TensorId};
+use bayesprop_burn::{BayesConfig, BayespropConfig, Error};
+use common::{bits, flat, flat_grads, grads, host, ranks, reference, Mlp};
 
 const LR: f64 = 3e-3;
-
-/// The gradients of `grads`, flat in the order of `ids`, for bayesprop's host API.
-fn flat_grads(grads: &GradientsParams, ids: &[(burn::module::ParamId, usize)]) -> Vec<f32> {
-    ids.iter()
-        .flat_map(|&(id, rank)| match rank {
-            1 => host(grads.get::<1>(id).unwrap()),
-            2 => host(grads.get::<2>(id).unwrap()),
-            _ => unreachable!("the test model has ranks 1 and 2"),
-        })
-        .collect()
-}
-
-/// bayesprop's own optimizer on the same device, over the model's parameters as they are now.
-fn reference(device: &Device, model: &Mlp, config: &OptimizerConfig) -> GpuOptimizer {
-    let ctx = shared_context(device).unwrap();
-    let mut groups = ParamGroups::new();
-    let group = groups.add_group("burn", config.clone()).unwrap();
-    for (id, shape, values) in params(model) {
-        groups
-            .add_tensor(group, &id.val().to_string(), &shape, &values)
-            .unwrap();
-    }
-    GpuOptimizer::from_groups(&ctx, &groups).unwrap()
-}
-
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|x| x.to_bits()).collect()
-}
 
 #[test]
 fn every_optimizer_of_the_table_steps_burns_parameters_as_bayesprop_does() {
@@ -46,10 +16,7 @@ fn every_optimizer_of_the_table_steps_burns_parameters_as_bayesprop_does() {
         // burn's learning rate replaces the config's; bayes has none and ignores it.
         let _ = config.as_dyn_mut().set("lr", &LR.to_string());
         let mut model = Mlp::new(&device);
-        let ids: Vec<_> = params(&model)
-            .iter()
-            .map(|(id, shape, _)| (*id, shape.len()))
-            .collect();
+        let ids = ranks(&model);
         let mut expected = reference(&device, &model, &config);
         let mut optim = BayespropConfig::new(config.clone()).init();
         for t in 0..6 {
@@ -256,10 +223,7 @@ fn the_fused_training_step_unscales_and_clips_over_every_parameter() {
         };
         let mut model = Mlp::new(&device);
         let theta0 = flat(&model);
-        let ids: Vec<_> = params(&model)
-            .iter()
-            .map(|(id, shape, _)| (*id, shape.len()))
-            .collect();
+        let ids = ranks(&model);
         let mut expected = reference(&device, &model, &config);
         expected.set_grad_transform(transform).unwrap();
         let mut optim = BayespropConfig::new(config.clone())

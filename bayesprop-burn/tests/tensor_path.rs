@@ -5,18 +5,13 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use bayesprop::{GpuOptimizer, OptimizerConfig, ParamGroups, Stepper, TensorId};
-use bayesprop_burn::{shared_context, BayespropConfig, TensorState};
-use burn::module::ParamId;
-use burn::optim::{GradientsParams, ModuleOptimizer, RecordState, StateSink, StateSource};
-use burn::tensor::{Device, Tensor};
-use common::{flat, grads, host, params, Mlp};
+use bayesprop::{OptimizerConfig, Stepper, TensorId};
+use bayesprop_burn::{BayespropConfig, TensorState};
+use burn::optim::{ModuleOptimizer, RecordState, StateSink, StateSource};
+use burn::tensor::Tensor;
+use common::{bits, flat, flat_grads, grads, host, ranks, reference, Mlp};
 
 const LR: f64 = 3e-3;
-
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|x| x.to_bits()).collect()
-}
 
 /// Every row of the table, with burn's learning rate in its `lr`, plus the options that add a
 /// state vector (bayes's momentum, adam's AMSGrad).
@@ -41,36 +36,6 @@ fn configs() -> Vec<OptimizerConfig> {
         let _ = config.as_dyn_mut().set("lr", &LR.to_string());
     }
     configs
-}
-
-/// bayesprop's own optimizer over the model's parameters as they are now, one group.
-fn reference(device: &Device, model: &Mlp, config: &OptimizerConfig) -> GpuOptimizer {
-    let ctx = shared_context(device).unwrap();
-    let mut groups = ParamGroups::new();
-    let group = groups.add_group("burn", config.clone()).unwrap();
-    for (id, shape, values) in params(model) {
-        groups
-            .add_tensor(group, &id.val().to_string(), &shape, &values)
-            .unwrap();
-    }
-    GpuOptimizer::from_groups(&ctx, &groups).unwrap()
-}
-
-fn flat_grads(grads: &GradientsParams, ids: &[(ParamId, usize)]) -> Vec<f32> {
-    ids.iter()
-        .flat_map(|&(id, rank)| match rank {
-            1 => host(grads.get::<1>(id).unwrap()),
-            2 => host(grads.get::<2>(id).unwrap()),
-            _ => unreachable!("the test model has ranks 1 and 2"),
-        })
-        .collect()
-}
-
-fn ranks(model: &Mlp) -> Vec<(ParamId, usize)> {
-    params(model)
-        .iter()
-        .map(|(id, shape, _)| (*id, shape.len()))
-        .collect()
 }
 
 #[test]

@@ -88,6 +88,48 @@ pub fn params<M: Module>(model: &M) -> Vec<(ParamId, Vec<usize>, Vec<f32>)> {
     values.0
 }
 
+/// The bits of each value: θ and states are compared bit for bit.
+pub fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// Each parameter's id and rank, in visiting order.
+pub fn ranks<M: Module>(model: &M) -> Vec<(ParamId, usize)> {
+    params(model)
+        .iter()
+        .map(|(id, shape, _)| (*id, shape.len()))
+        .collect()
+}
+
+/// The gradients of `grads`, flat in the order of `ids`, for bayesprop's host API.
+pub fn flat_grads(grads: &GradientsParams, ids: &[(ParamId, usize)]) -> Vec<f32> {
+    ids.iter()
+        .flat_map(|&(id, rank)| match rank {
+            1 => host(grads.get::<1>(id).unwrap()),
+            2 => host(grads.get::<2>(id).unwrap()),
+            _ => unreachable!("the test models have ranks 1 and 2"),
+        })
+        .collect()
+}
+
+/// bayesprop's own optimizer on the same device, over the model's parameters as they are
+/// now, in one group: what every path through burn is compared with.
+pub fn reference<M: Module>(
+    device: &Device,
+    model: &M,
+    config: &bayesprop::OptimizerConfig,
+) -> bayesprop::GpuOptimizer {
+    let ctx = bayesprop_burn::shared_context(device).unwrap();
+    let mut groups = bayesprop::ParamGroups::new();
+    let group = groups.add_group("burn", config.clone()).unwrap();
+    for (id, shape, values) in params(model) {
+        groups
+            .add_tensor(group, &id.val().to_string(), &shape, &values)
+            .unwrap();
+    }
+    bayesprop::GpuOptimizer::from_groups(&ctx, &groups).unwrap()
+}
+
 /// The parameters' values, flat, in visiting order.
 pub fn flat<M: Module>(model: &M) -> Vec<f32> {
     params(model).into_iter().flat_map(|(_, _, v)| v).collect()
@@ -120,8 +162,7 @@ pub type StepFn = Box<dyn FnMut(Wide, GradientsParams) -> Wide>;
 /// burn's pool may place in the very buffer θ lives in: a copy within one buffer, which wgpu
 /// refuses unless it goes through a scratch buffer.
 pub fn check_clones_held(device: &Device, make: impl Fn(bayesprop::OptimizerConfig) -> StepFn) {
-    use bayesprop::{GpuOptimizer, ParamGroups, Stepper};
-    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    use bayesprop::Stepper;
     for inputs in [1, 8, 13, 64, 1024, 100_000] {
         let config: bayesprop::OptimizerConfig = bayesprop::BayesConfig {
             momentum: 0.9,
@@ -131,24 +172,14 @@ pub fn check_clones_held(device: &Device, make: impl Fn(bayesprop::OptimizerConf
         let mut model = Wide {
             layer: LinearConfig::new(inputs, 4).init(device),
         };
-        let ctx = bayesprop_burn::shared_context(device).unwrap();
-        let mut groups = ParamGroups::new();
-        let group = groups.add_group("burn", config.clone()).unwrap();
-        for (id, shape, values) in params(&model) {
-            groups
-                .add_tensor(group, &id.val().to_string(), &shape, &values)
-                .unwrap();
-        }
-        let mut expected = GpuOptimizer::from_groups(&ctx, &groups).unwrap();
+        let mut expected = reference(device, &model, &config);
         let mut step = make(config);
         let mut held = Vec::new();
         for t in 0..8 {
             let clone = model.clone();
             let before = flat(&clone);
             let g = wide_grads(&model, device, inputs, t);
-            let weight = host(g.get::<2>(model.layer.weight.id).unwrap());
-            let bias = host(g.get::<1>(model.layer.bias.as_ref().unwrap().id).unwrap());
-            expected.step(&[weight, bias].concat()).unwrap();
+            expected.step(&flat_grads(&g, &ranks(&model))).unwrap();
             model = step(model, g);
             assert_eq!(
                 bits(&flat(&clone)),
