@@ -20,15 +20,11 @@ use burn_train::metric::LossMetric;
 use burn_train::{
     InferenceStep, Learner, RegressionOutput, SupervisedTraining, TrainOutput, TrainStep,
 };
-use common::{flat, Mlp};
+use common::{bits, flat, Mlp};
 
 const LR: f64 = 3e-3;
 /// Batches per epoch.
 const BATCHES: usize = 4;
-
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|x| x.to_bits()).collect()
-}
 
 #[derive(Clone, Debug)]
 struct Batch {

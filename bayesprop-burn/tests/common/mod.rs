@@ -24,6 +24,38 @@ pub fn device() -> Device {
         .autodiff()
 }
 
+/// A second wgpu device on the adapter burn's default device uses, requested the way cubecl
+/// requests its own, registered with burn and bayesprop.
+pub fn second_device() -> Device {
+    let instance =
+        burn::tensor::wgpu::wgpu::Instance::new(burn::tensor::wgpu::wgpu::InstanceDescriptor {
+            backends: burn::tensor::wgpu::wgpu::Backends::VULKAN,
+            ..burn::tensor::wgpu::wgpu::InstanceDescriptor::new_without_display_handle()
+        });
+    let adapter = pollster::block_on(instance.request_adapter(&Default::default()))
+        .expect("a Vulkan adapter (install mesa-vulkan-drivers for lavapipe)");
+    let (device, queue) = pollster::block_on(
+        adapter.request_device(&burn::tensor::wgpu::wgpu::DeviceDescriptor {
+            required_features: adapter
+                .features()
+                .difference(burn::tensor::wgpu::wgpu::Features::MAPPABLE_PRIMARY_BUFFERS),
+            required_limits: adapter.limits(),
+            memory_hints: burn::tensor::wgpu::wgpu::MemoryHints::MemoryUsage,
+            ..Default::default()
+        }),
+    )
+    .expect("a second device on the adapter");
+    let backend = adapter.get_info().backend;
+    bayesprop_burn::register_setup(burn::tensor::wgpu::WgpuSetup {
+        instance,
+        adapter,
+        device,
+        queue,
+        backend,
+    })
+    .expect("burn registers the second device")
+}
+
 /// Odd sizes on purpose: lengths that are not multiples of 4 take the kernels' scalar tails.
 #[derive(Module, Debug)]
 pub struct Mlp {
