@@ -172,23 +172,7 @@ impl Held {
             let signed = slot.signed;
             match &mut slot.codes {
                 Codes::Bf16(codes) => {
-                    let mut jobs = Vec::new();
-                    let mut rest: &mut [u16] = codes;
-                    let mut at = 0;
-                    for piece in &self.pieces {
-                        let (_, tail) = rest.split_at_mut(piece.range.start - at);
-                        let (mine, tail) = tail.split_at_mut(piece.range.len());
-                        rest = tail;
-                        at = piece.range.end;
-                        let values = &values[piece.range.clone()];
-                        for (j, (c, v)) in mine
-                            .chunks_mut(STATE_Q8_BLOCK)
-                            .zip(values.chunks(STATE_Q8_BLOCK))
-                            .enumerate()
-                        {
-                            jobs.push((piece.flat + j * STATE_Q8_BLOCK, c, v));
-                        }
-                    }
+                    let jobs = block_jobs(&self.pieces, codes, values);
                     let job = |(i0, c, v): (usize, &mut [u16], &[f32])| {
                         for (j, (c, &x)) in c.iter_mut().zip(v).enumerate() {
                             let r = codec::element_bits((i0 + j) as u32, key);
@@ -198,27 +182,12 @@ impl Held {
                     run(jobs, parallel, job);
                 }
                 Codes::Q8 { codes, scales } => {
-                    let mut jobs = Vec::new();
-                    let mut rest: &mut [u8] = codes;
-                    let mut rest_scales: &mut [f32] = scales;
-                    let mut at = 0;
-                    for piece in &self.pieces {
-                        let (_, tail) = rest.split_at_mut(piece.range.start - at);
-                        let (mine, tail) = tail.split_at_mut(piece.range.len());
-                        rest = tail;
-                        at = piece.range.end;
-                        let (my_scales, tail) = rest_scales.split_at_mut(blocks(piece));
-                        rest_scales = tail;
-                        let values = &values[piece.range.clone()];
-                        for (j, ((c, a), v)) in mine
-                            .chunks_mut(STATE_Q8_BLOCK)
-                            .zip(my_scales.iter_mut())
-                            .zip(values.chunks(STATE_Q8_BLOCK))
-                            .enumerate()
-                        {
-                            jobs.push((piece.flat + j * STATE_Q8_BLOCK, c, a, v));
-                        }
-                    }
+                    // The scales lie block after block in piece order, as the blocks do.
+                    let jobs: Vec<_> = block_jobs(&self.pieces, codes, values)
+                        .into_iter()
+                        .zip(scales.iter_mut())
+                        .map(|((i0, c, v), a)| (i0, c, a, v))
+                        .collect();
                     let job = |(i0, c, a, v): (usize, &mut [u8], &mut f32, &[f32])| {
                         let scale = codec::q8_scale(v);
                         *a = scale;
@@ -235,6 +204,34 @@ impl Held {
             }
         }
     }
+}
+
+/// Each piece's codes and new values cut into blocks of [`STATE_Q8_BLOCK`], from the piece's
+/// start, with the flat index of each block's first element: the unit of work of an encode
+/// (and, in q8, the block one scale covers).
+fn block_jobs<'a, C>(
+    pieces: &[Piece],
+    codes: &'a mut [C],
+    values: &'a [f32],
+) -> Vec<(usize, &'a mut [C], &'a [f32])> {
+    let mut jobs = Vec::new();
+    let mut rest = codes;
+    let mut at = 0;
+    for piece in pieces {
+        let (_, tail) = rest.split_at_mut(piece.range.start - at);
+        let (mine, tail) = tail.split_at_mut(piece.range.len());
+        rest = tail;
+        at = piece.range.end;
+        let values = &values[piece.range.clone()];
+        for (j, (c, v)) in mine
+            .chunks_mut(STATE_Q8_BLOCK)
+            .zip(values.chunks(STATE_Q8_BLOCK))
+            .enumerate()
+        {
+            jobs.push((piece.flat + j * STATE_Q8_BLOCK, c, v));
+        }
+    }
+    jobs
 }
 
 /// q8 blocks of one tensor's slot.
