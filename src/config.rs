@@ -283,6 +283,57 @@ pub fn parse_state_seed(value: &str) -> Result<u32> {
     })
 }
 
+/// How a group's optimizer state is held (SPEC §6): its format and the seed of its stochastic
+/// rounding. Set per group ([`crate::ParamGroups::set_state_format`]); the command line and the
+/// demo take them as `state_format=…` and `state_seed=…` beside the hyperparameters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct StateStorage {
+    pub format: StateFormat,
+    pub seed: u32,
+}
+
+impl StateStorage {
+    /// The settings that are storage options rather than hyperparameters.
+    pub const KEYS: [&'static str; 2] = ["state_format", "state_seed"];
+
+    /// Sets `key` from text when it is a storage option (`Ok(true)`); `Ok(false)` for any
+    /// other key. A bad value is one line.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<bool> {
+        match key.trim() {
+            "state_format" => self.format = value.parse()?,
+            "state_seed" => self.seed = parse_state_seed(value)?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Splits `KEY=VALUE` settings into the storage options, read into a `StateStorage`, and
+    /// the rest (the optimizer's hyperparameters), in their order.
+    pub fn split<'a>(
+        settings: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<(Self, Vec<(&'a str, &'a str)>)> {
+        let mut storage = StateStorage::default();
+        let mut rest = Vec::new();
+        for (key, value) in settings {
+            if !storage.set(key, value)? {
+                rest.push((key, value));
+            }
+        }
+        Ok((storage, rest))
+    }
+}
+
+impl std::fmt::Display for StateStorage {
+    /// `state_format=q8 state_seed=7`, the seed left out when it is 0.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "state_format={}", self.format)?;
+        if self.seed != 0 {
+            write!(f, " state_seed={}", self.seed)?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod state_format_tests {
     use super::*;

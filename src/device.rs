@@ -1,8 +1,11 @@
 //! Where an optimizer steps: the one choice that the command line, `bench` and `demo` share.
 
+use crate::config::StateStorage;
 use crate::error::{Error, Result};
 use crate::optim::OptimizerConfig;
-use crate::{CpuOptimizer, GpuContext, GpuOptimizer, GpuOptions, Stepper};
+use crate::{
+    CpuOptimizer, CpuPath, GpuContext, GpuOptimizer, GpuOptions, GroupId, ParamGroups, Stepper,
+};
 
 /// Where an optimizer steps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -59,12 +62,26 @@ impl OpenStepDevice {
         }
     }
 
-    /// A new optimizer over `theta0` on this device.
+    /// A new optimizer over `theta0` on this device, its state held as f32.
     pub fn optimizer(&self, config: OptimizerConfig, theta0: &[f32]) -> Result<Box<dyn Stepper>> {
+        self.optimizer_stored(config, StateStorage::default(), theta0)
+    }
+
+    /// A new optimizer over `theta0` on this device, its state held as `storage` says.
+    pub fn optimizer_stored(
+        &self,
+        config: OptimizerConfig,
+        storage: StateStorage,
+        theta0: &[f32],
+    ) -> Result<Box<dyn Stepper>> {
+        let mut groups = ParamGroups::single(config, theta0)?;
+        groups.set_state_format(GroupId(0), storage.format, storage.seed)?;
         Ok(match self {
-            OpenStepDevice::Reference => Box::new(CpuOptimizer::reference(config, theta0)?),
-            OpenStepDevice::Cpu => Box::new(CpuOptimizer::new(config, theta0)?),
-            OpenStepDevice::Gpu(ctx) => Box::new(GpuOptimizer::new(ctx, config, theta0)?),
+            OpenStepDevice::Reference => {
+                Box::new(CpuOptimizer::from_groups(&groups, CpuPath::Reference))
+            }
+            OpenStepDevice::Cpu => Box::new(CpuOptimizer::from_groups(&groups, CpuPath::Parallel)),
+            OpenStepDevice::Gpu(ctx) => Box::new(GpuOptimizer::from_groups(ctx, &groups)?),
         })
     }
 

@@ -5,7 +5,7 @@
 //! that vec4 access never straddles two tensors. The same layout serves the CPU and the GPU, so
 //! a checkpoint written by one loads on the other.
 
-use crate::config::StateFormat;
+use crate::config::{StateFormat, StateStorage};
 use crate::error::{Error, Result};
 use crate::optim::{NonFinitePolicy, OptimizerConfig};
 use crate::schedule::{self, HyperSchedule};
@@ -436,17 +436,19 @@ impl ParamGroups {
     /// `state_seed` (an integer in 0 ..= 2^32 − 1). A bad key or value is one line.
     pub fn set_group_option(&mut self, group: GroupId, key: &str, value: &str) -> Result<()> {
         let spec = self.layout.group_mut(group)?;
-        match key.trim() {
-            "state_format" => spec.state_format = value.parse()?,
-            "state_seed" => spec.state_seed = crate::config::parse_state_seed(value)?,
-            _ => {
-                return Err(Error::Unknown {
-                    what: "group option",
-                    name: key.to_string(),
-                    known: "state_format, state_seed".into(),
-                })
-            }
+        let mut storage = StateStorage {
+            format: spec.state_format,
+            seed: spec.state_seed,
+        };
+        if !storage.set(key, value)? {
+            return Err(Error::Unknown {
+                what: "group option",
+                name: key.to_string(),
+                known: StateStorage::KEYS.join(", "),
+            });
         }
+        spec.state_format = storage.format;
+        spec.state_seed = storage.seed;
         Ok(())
     }
 

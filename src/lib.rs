@@ -42,7 +42,7 @@ pub mod validate;
 pub use wgpu;
 
 pub use checkpoint::Checkpoint;
-pub use config::StateFormat;
+pub use config::{StateFormat, StateStorage};
 pub use cpu::{CpuOptimizer, CpuPath};
 pub use device::{OpenStepDevice, StepDevice};
 pub use error::{Error, Result};

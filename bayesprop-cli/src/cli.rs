@@ -10,7 +10,7 @@ use bayesprop::validate::{self, Rule};
 use bayesprop::StepDevice;
 use bayesprop::{
     Checkpoint, Error, GpuContext, GpuOptimizer, GradTransform, GroupId, HyperSchedule,
-    NonFinitePolicy, OptimizerConfig, Result,
+    NonFinitePolicy, OptimizerConfig, Result, StateStorage,
 };
 use clap::{Args, Parser, Subcommand};
 use ndarray::{Array1, Array2};
@@ -178,6 +178,11 @@ struct DemoArgs {
     /// Short runs and 3-value sweeps (well under a minute in a release build).
     #[arg(long)]
     quick: bool,
+    /// Hold every optimizer's state this way: `--set state_format=q8 --set state_seed=7`
+    /// (f32, bf16, q8). Without it, the f32 rows and the bf16/q8 rows of bayes, bayes_fp and
+    /// adam.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    settings: Vec<String>,
     #[command(flatten)]
     gpu: GpuArgs,
 }
@@ -187,7 +192,8 @@ struct ReplayArgs {
     /// Optimizer name (SPEC §2–§3).
     #[arg(long, help = format!("Optimizer name (SPEC §2–§3): {}", optimizer_names()))]
     optimizer: String,
-    /// A hyperparameter by its SPEC name, e.g. `--set eta=1e-2 --set sigma_init=fixed_point`.
+    /// A hyperparameter by its SPEC name, e.g. `--set eta=1e-2 --set sigma_init=fixed_point`,
+    /// or how the state is held: `--set state_format=q8 --set state_seed=7` (f32, bf16, q8).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     settings: Vec<String>,
     /// θ₀: f32, shape (N,).
@@ -241,10 +247,43 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Info(gpu) => info(&gpu),
         Command::Validate(args) => validate(&args),
         Command::Replay(args) => replay(&args),
-        Command::Demo(a) => bayesprop::demo::main(a.device, &a.gpu.options()?, &a.out, a.quick)
-            .map(|()| ExitCode::SUCCESS),
+        Command::Demo(a) => demo(&a),
         Command::Bench(args) => bench(&args),
     }
+}
+
+/// `KEY=VALUE` arguments of `--set`, split at the first `=`.
+fn key_values(settings: &[String]) -> Result<Vec<(&str, &str)>> {
+    settings
+        .iter()
+        .map(|s| {
+            s.split_once('=').ok_or_else(|| Error::Unknown {
+                what: "--set argument",
+                name: s.clone(),
+                known: "only KEY=VALUE forms, e.g. eta=1e-3".into(),
+            })
+        })
+        .collect()
+}
+
+fn demo(args: &DemoArgs) -> Result<ExitCode> {
+    let (storage, rest) = StateStorage::split(key_values(&args.settings)?)?;
+    if let Some((key, _)) = rest.first() {
+        return Err(Error::Unknown {
+            what: "demo --set option",
+            name: key.to_string(),
+            known: StateStorage::KEYS.join(", "),
+        });
+    }
+    let storage = (!args.settings.is_empty()).then_some(storage);
+    bayesprop::demo::main(
+        args.device,
+        &args.gpu.options()?,
+        &args.out,
+        args.quick,
+        storage,
+    )?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn info(gpu: &GpuArgs) -> Result<ExitCode> {
@@ -363,17 +402,10 @@ fn read_npy<D: ndarray::Dimension>(path: &Path, expected: &str) -> Result<ndarra
 }
 
 fn replay(args: &ReplayArgs) -> Result<ExitCode> {
-    let settings = args
-        .settings
-        .iter()
-        .map(|s| {
-            s.split_once('=').ok_or_else(|| Error::Unknown {
-                what: "--set argument",
-                name: s.clone(),
-                known: "only KEY=VALUE forms, e.g. eta=1e-3".into(),
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let settings = key_values(&args.settings)?;
+    // state_format and state_seed say how the state is held (SPEC §6); the rest are the
+    // optimizer's hyperparameters.
+    let (storage, settings) = StateStorage::split(settings)?;
     let config = OptimizerConfig::from_settings(&args.optimizer, settings)?;
     // Every flag is checked before anything is read or written.
     let schedules = args
@@ -413,7 +445,7 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode> {
     let mut optimizer = args
         .device
         .open(&args.gpu.options()?)?
-        .optimizer(config, &theta0)?;
+        .optimizer_stored(config, storage, &theta0)?;
     optimizer.set_nonfinite_policy(args.nonfinite);
     let mut transform = GradTransform::default();
     if let Some(path) = &args.state_in {

@@ -9,7 +9,10 @@ use common::cli::bayesprop;
 use common::TempDir;
 
 use bayesprop::validate::{self, Oracle, Rule};
-use bayesprop::{BayesConfig, CpuOptimizer, Optimizer, OptimizerConfig, Stepper, Stored};
+use bayesprop::{
+    BayesConfig, CpuOptimizer, CpuPath, GroupId, Optimizer, OptimizerConfig, ParamGroups,
+    StateFormat, Stepper, Stored,
+};
 use ndarray::{Array1, Array2};
 use ndarray_npy::{read_npy, write_npy};
 
@@ -251,6 +254,56 @@ fn replay_honours_set_on_the_gpu() {
     }
 }
 
+#[test]
+fn replay_holds_state_as_set() {
+    // `--set state_format=… --set state_seed=…` hold the state as SPEC §6 says: the same θ
+    // as the library's reference with those options, on both CPU devices; the formats and
+    // seeds each change θ.
+    let dir = scratch("state-format");
+    let (t, n) = (20, 600);
+    let (theta0, grads) = write_inputs(&dir, t, n);
+    let held = |format: StateFormat, seed: u32| {
+        let mut groups = ParamGroups::single(
+            OptimizerConfig::default_for("bayes").unwrap(),
+            &theta0.to_vec(),
+        )
+        .unwrap();
+        groups.set_state_format(GroupId(0), format, seed).unwrap();
+        let mut optimizer = CpuOptimizer::from_groups(&groups, CpuPath::Reference);
+        let mut out = Array2::zeros(grads.dim());
+        for (grad, mut row) in grads.rows().into_iter().zip(out.rows_mut()) {
+            optimizer.step(&grad.to_vec()).unwrap();
+            row.assign(&Array1::from(optimizer.theta().unwrap()));
+        }
+        out
+    };
+    let mut seen = Vec::new();
+    for (format, seed) in [
+        (StateFormat::Bf16, 0),
+        (StateFormat::Q8, 0),
+        (StateFormat::Q8, 7),
+    ] {
+        let expected = held(format, seed);
+        let format_arg = format!("state_format={format}");
+        let seed_arg = format!("state_seed={seed}");
+        for device in ["reference", "cpu"] {
+            let got = replay_ok(&dir, device, &["--set", &format_arg, "--set", &seed_arg]);
+            assert_bits_equal(
+                &got,
+                &expected,
+                &format!("{format_arg} {seed_arg} on {device}"),
+            );
+        }
+        seen.push(expected);
+    }
+    seen.push(replay_ok(&dir, "reference", &[]));
+    for (i, a) in seen.iter().enumerate() {
+        for b in &seen[i + 1..] {
+            assert_ne!(a, b, "a format or seed changed nothing");
+        }
+    }
+}
+
 /// Runs a failing `replay` and checks exit code 2, one line on stderr naming what is wrong,
 /// no panic, and no output file.
 fn replay_fails(dir: &TempDir, args: &[&str], mentions: &[&str]) -> String {
@@ -355,6 +408,16 @@ fn replay_errors_exit_2_with_one_line() {
         &dir,
         &with(&["--set", "momentum=nan"]),
         &["momentum", "NaN"],
+    );
+    replay_fails(
+        &dir,
+        &with(&["--set", "state_format=fp8"]),
+        &["state format", "fp8", "f32, bf16, q8"],
+    );
+    replay_fails(
+        &dir,
+        &with(&["--set", "state_seed=-1"]),
+        &["state_seed", "-1", "4294967295"],
     );
 }
 

@@ -24,6 +24,7 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::config::StateStorage;
 use crate::error::Result;
 use crate::optim::{settings, OptimizerConfig, TABLE};
 use crate::GpuOptions;
@@ -58,10 +59,33 @@ pub const ABLATIONS: [Contender; 1] = [Contender {
     grid: crate::optim::ADAPTIVE_GRID,
 }];
 
+/// Rows in low-precision state (SPEC §6): `bayes`, `bayes_fp` and `adam` held in `bf16` and in
+/// `q8`, with their rows' sweeps, beside their f32 rows.
+pub const FORMATS: [Contender; 6] = [
+    Contender::held("bayes", "eta", "state_format=bf16"),
+    Contender::held("bayes", "eta", "state_format=q8"),
+    Contender::held("bayes_fp", "eta", "state_format=bf16"),
+    Contender::held("bayes_fp", "eta", "state_format=q8"),
+    Contender::held("adam", "lr", "state_format=bf16"),
+    Contender::held("adam", "lr", "state_format=q8"),
+];
+
+/// Every contender after the table's rows: the ablations, then the low-precision rows.
+const EXTRAS: [Contender; ABLATIONS.len() + FORMATS.len()] = {
+    let mut extras = [ABLATIONS[0]; ABLATIONS.len() + FORMATS.len()];
+    let mut i = 0;
+    while i < FORMATS.len() {
+        extras[ABLATIONS.len() + i] = FORMATS[i];
+        i += 1;
+    }
+    extras
+};
+
 /// The comparison: one contender per row of the optimizer table, with the row's sweep (every
-/// setting but the swept one at its default; SGD with momentum 0.9), then the ablations.
-pub const CONTENDERS: [Contender; TABLE.len() + ABLATIONS.len()] = {
-    let mut contenders = [ABLATIONS[0]; TABLE.len() + ABLATIONS.len()];
+/// setting but the swept one at its default; SGD with momentum 0.9), then the ablations and the
+/// low-precision rows.
+pub const CONTENDERS: [Contender; TABLE.len() + EXTRAS.len()] = {
+    let mut contenders = [ABLATIONS[0]; TABLE.len() + EXTRAS.len()];
     let mut i = 0;
     while i < TABLE.len() {
         let row = &TABLE[i];
@@ -74,13 +98,24 @@ pub const CONTENDERS: [Contender; TABLE.len() + ABLATIONS.len()] = {
         i += 1;
     }
     while i < contenders.len() {
-        contenders[i] = ABLATIONS[i - TABLE.len()];
+        contenders[i] = EXTRAS[i - TABLE.len()];
         i += 1;
     }
     contenders
 };
 
 impl Contender {
+    /// A low-precision row: the adaptive grid of `bayes`, `bayes_fp` and `adam`, with `fixed`
+    /// naming the format.
+    const fn held(name: &'static str, knob: &'static str, fixed: &'static str) -> Self {
+        Contender {
+            name,
+            knob,
+            fixed,
+            grid: crate::optim::ADAPTIVE_GRID,
+        }
+    }
+
     /// The row's name in tables and legends: the optimizer, then its fixed settings
     /// (`bayes sigma_max=none`, `sgd momentum=0.9`).
     pub fn label(&self) -> String {
@@ -99,11 +134,25 @@ impl Contender {
         self.grid[first..first + k].to_vec()
     }
 
-    /// The validated config for one value of the sweep.
+    /// The validated config for one value of the sweep (its fixed settings but the storage
+    /// options, which [`Contender::storage`] reads).
     pub fn config(&self, value: f64) -> Result<OptimizerConfig> {
         let value = format!("{value:e}");
-        let settings = settings(self.fixed).chain(std::iter::once((self.knob, value.as_str())));
-        OptimizerConfig::from_settings(self.name, settings)
+        let (_, fixed) = StateStorage::split(settings(self.fixed))?;
+        let knob = std::iter::once((self.knob, value.as_str()));
+        OptimizerConfig::from_settings(self.name, fixed.into_iter().chain(knob))
+    }
+
+    /// How its state is held: `state_format` and `state_seed` of its fixed settings (f32 and
+    /// 0 when it names none).
+    pub fn storage(&self) -> Result<StateStorage> {
+        StateStorage::split(settings(self.fixed)).map(|(storage, _)| storage)
+    }
+
+    /// Whether it holds its state in a low-precision format (one of [`FORMATS`]).
+    pub fn is_low_precision(&self) -> bool {
+        self.storage()
+            .is_ok_and(|s| s.format != crate::StateFormat::F32)
     }
 }
 
@@ -189,6 +238,9 @@ pub struct DemoOptions {
     pub seed: u64,
     /// Draw a progress bar on stderr (when it is a terminal).
     pub progress: bool,
+    /// Hold every contender's state this way (`demo --set state_format=…`), instead of each
+    /// contender's own (f32 but for the [`FORMATS`] rows).
+    pub storage: Option<StateStorage>,
 }
 
 /// The sweep of one optimizer on one model.
@@ -253,6 +305,8 @@ pub struct Report {
     pub entries: Vec<Entry>,
     pub regimes: Result<Regimes, String>,
     pub wall_s: f64,
+    /// How every optimizer's state was held, when the run forced it (`demo --set`).
+    pub storage: Option<StateStorage>,
 }
 
 fn progress_bar(enabled: bool, total: u64) -> ProgressBar {
@@ -299,16 +353,29 @@ pub fn run(device: &OpenStepDevice, options: &DemoOptions) -> Result<Report> {
         };
         for &contender in &budget.contenders {
             let values = contender.sweep(budget.sweep);
-            // An optimizer missing from the table is skipped as a whole, with the reason.
-            if let Err(e) = OptimizerConfig::default_for(contender.name) {
-                progress.inc((values.len() * budget.steps) as u64);
-                entries.push(Entry {
-                    model,
-                    contender,
-                    outcome: Outcome::Skipped(e.to_string()),
-                });
-                continue;
-            }
+            // An optimizer missing from the table, or a state format the device does not
+            // hold, is skipped as a whole, with the reason.
+            let storage = match options.storage {
+                Some(forced) => Ok(forced),
+                None => contender.storage(),
+            };
+            let supported = OptimizerConfig::default_for(contender.name).and_then(|config| {
+                let storage = storage?;
+                device.optimizer_stored(config, storage, &theta0[..1])?;
+                Ok(storage)
+            });
+            let storage = match supported {
+                Ok(storage) => storage,
+                Err(e) => {
+                    progress.inc((values.len() * budget.steps) as u64);
+                    entries.push(Entry {
+                        model,
+                        contender,
+                        outcome: Outcome::Skipped(e.to_string()),
+                    });
+                    continue;
+                }
+            };
             let mut runs = Vec::new();
             for value in values {
                 progress.set_message(format!(
@@ -318,7 +385,7 @@ pub fn run(device: &OpenStepDevice, options: &DemoOptions) -> Result<Report> {
                 ));
                 let result = contender
                     .config(value)
-                    .and_then(|config| train::train(&task, &config, value, &progress));
+                    .and_then(|config| train::train(&task, &config, storage, value, &progress));
                 if result.is_err() {
                     progress.inc(budget.steps as u64);
                 }
@@ -348,6 +415,7 @@ pub fn run(device: &OpenStepDevice, options: &DemoOptions) -> Result<Report> {
         entries,
         regimes,
         wall_s: start.elapsed().as_secs_f64(),
+        storage: options.storage,
     })
 }
 
@@ -374,8 +442,15 @@ fn choose(model: Model, runs: Vec<(f64, Result<Run, String>)>, data: &data::Spli
 }
 
 /// `bayesprop demo`: runs on the chosen device, prints the results table and writes the
-/// figures and `results.md` into `out`. The GPU is opened with `gpu`.
-pub fn main(device: crate::StepDevice, gpu: &GpuOptions, out: &Path, quick: bool) -> Result<()> {
+/// figures and `results.md` into `out`. The GPU is opened with `gpu`; `storage`, when given,
+/// holds every contender's state that way.
+pub fn main(
+    device: crate::StepDevice,
+    gpu: &GpuOptions,
+    out: &Path,
+    quick: bool,
+    storage: Option<StateStorage>,
+) -> Result<()> {
     let device = device.open(gpu)?;
     let options = DemoOptions {
         budget: if quick {
@@ -385,9 +460,11 @@ pub fn main(device: crate::StepDevice, gpu: &GpuOptions, out: &Path, quick: bool
         },
         seed: 0,
         progress: true,
+        storage,
     };
+    let held = storage.map_or(String::new(), |s| format!(", every state held as {s}"));
     eprintln!(
-        "bayesprop demo ({} budget) on {}",
+        "bayesprop demo ({} budget) on {}{held}",
         options.budget.name,
         device.describe()
     );

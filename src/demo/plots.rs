@@ -67,7 +67,8 @@ fn empty_panel(area: &DrawingArea<SVGBackend<'_>, Shift>, caption: &str, why: &s
     Ok(())
 }
 
-/// `loss.svg`: training loss against step for every optimizer's chosen run, one panel per model.
+/// `loss.svg`: training loss against step for every optimizer's chosen run, one panel per model;
+/// the low-precision rows are left to the table, where they sit beside their f32 rows.
 pub fn loss(path: &Path, report: &Report) -> Result<()> {
     save(path, |path| {
         let models = &report.budget.models;
@@ -87,7 +88,7 @@ fn chosen_runs(report: &Report, model: Model) -> Vec<(&Entry, &Run)> {
     report
         .entries
         .iter()
-        .filter(|e| e.model == model)
+        .filter(|e| e.model == model && !e.contender.is_low_precision())
         .filter_map(|e| e.chosen().map(|r| (e, r)))
         .collect()
 }

@@ -178,6 +178,12 @@ impl Report {
             b.sweep,
             knobs.concat()
         );
+        if let Some(storage) = self.storage {
+            let _ = writeln!(
+                md,
+                "- State: every optimizer's state held as {storage} (SPEC §6), θ and gradients in f32."
+            );
+        }
         let _ = writeln!(
             md,
             "- Final train loss: on the whole training split after the last step. Wall: seconds in the training loop of the chosen run (gradients, steps, read-backs, loss curve); sweep wall: all its values.\n"

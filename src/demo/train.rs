@@ -7,6 +7,7 @@ use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
+use crate::config::StateStorage;
 use crate::demo::data::{Samples, Split};
 use crate::demo::model::Model;
 use crate::demo::OpenStepDevice;
@@ -115,11 +116,12 @@ pub struct Task<'a> {
 
 // `if let` on the table: irrefutable while `bayes` is its only row.
 #[allow(irrefutable_let_patterns)]
-/// Trains the task's model from its θ₀ with `config` stepping on the task's device; `value` is
-/// the swept hyperparameter, recorded in the run.
+/// Trains the task's model from its θ₀ with `config` stepping on the task's device, its state
+/// held as `storage` says; `value` is the swept hyperparameter, recorded in the run.
 pub fn train(
     task: &Task<'_>,
     config: &OptimizerConfig,
+    storage: StateStorage,
     value: f64,
     progress: &ProgressBar,
 ) -> Result<Run> {
@@ -131,7 +133,7 @@ pub fn train(
         schedule,
     } = *task;
     let train = &data.train;
-    let mut optimizer = device.optimizer(config.clone(), theta0)?;
+    let mut optimizer = device.optimizer_stored(config.clone(), storage, theta0)?;
     let mut batches = Batches::new(train.len(), schedule.batch, schedule.seed);
     let mut theta = theta0.to_vec();
     let mut grad = vec![0.0f32; theta.len()];
