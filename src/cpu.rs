@@ -523,19 +523,6 @@ impl CpuOptimizer {
         self.groups.iter().map(CpuGroup::state_bytes).sum()
     }
 
-    /// The error of a checkpoint of a group whose state is not `f32`, if there is one.
-    fn refuse_held_checkpoint(&self, what: &str) -> Result<()> {
-        let held = self.groups.iter().zip(self.layout.groups());
-        match held.into_iter().find(|(g, _)| g.held.is_some()) {
-            None => Ok(()),
-            Some((_, spec)) => Err(Error::Unsupported(format!(
-                "{what} of a {} optimizer state (group `{}`) is not yet supported; only f32 \
-                 state is checkpointed",
-                spec.state_format, spec.name
-            ))),
-        }
-    }
-
     /// Each group's applied step count.
     pub fn group_steps(&self) -> Vec<u64> {
         self.groups.iter().map(|g| g.t).collect()
@@ -693,38 +680,70 @@ impl Stepper for CpuOptimizer {
     }
 
     fn checkpoint(&self) -> Result<Checkpoint> {
-        // Never write decoded bf16/q8 state as if it were f32 (SPEC §6: as held, or refused).
-        self.refuse_held_checkpoint("saving a checkpoint")?;
+        // θ and f32 state as f32; bf16 and q8 state as held, never decoded (SPEC §6).
         let arenas: Vec<Vec<(String, Vec<f32>)>> = self
             .groups
             .iter()
             .zip(self.layout.groups())
             .map(|(group, spec)| {
-                spec.vectors()
+                spec.f32_vectors()
                     .into_iter()
                     .map(|(name, which)| (name.to_string(), group.vector(which).clone()))
                     .collect()
             })
             .collect();
-        Ok(Checkpoint::from_arenas(
-            &self.layout,
-            &self.group_steps(),
-            &arenas,
-        ))
+        let mut checkpoint = Checkpoint::from_arenas(&self.layout, &self.group_steps(), &arenas);
+        for (tensor, (g, piece)) in checkpoint.tensors.iter_mut().zip(self.pieces()) {
+            if let Some(held) = &self.groups[g].held {
+                tensor.held = held.export(piece, &self.slot_names(g));
+            }
+        }
+        Ok(checkpoint)
     }
 
     fn restore(&mut self, checkpoint: &Checkpoint) -> Result<()> {
-        self.refuse_held_checkpoint("restoring a checkpoint")?;
         let arenas = checkpoint.to_arenas(&self.layout)?;
         self.consecutive_skips = 0;
         let live = self.groups.iter_mut().zip(self.layout.groups());
         for ((group, spec), (steps, vectors)) in live.zip(arenas) {
             group.t = steps;
-            for ((_, which), values) in spec.vectors().into_iter().zip(vectors) {
+            for ((_, which), values) in spec.f32_vectors().into_iter().zip(vectors) {
                 *group.vector_mut(which) = values;
             }
         }
+        for (saved, (g, piece)) in checkpoint.tensors.iter().zip(self.pieces()) {
+            if let Some(held) = &mut self.groups[g].held {
+                held.import(piece, &saved.held);
+            }
+        }
         Ok(())
+    }
+}
+
+impl CpuOptimizer {
+    /// Each tensor's group and its index among the group's tensors, in registration order.
+    fn pieces(&self) -> Vec<(usize, usize)> {
+        let mut seen = vec![0; self.groups.len()];
+        self.layout
+            .tensors()
+            .iter()
+            .map(|t| {
+                let g = t.group.0;
+                seen[g] += 1;
+                (g, seen[g] - 1)
+            })
+            .collect()
+    }
+
+    /// The SPEC names of group `g`'s state slots, in slot order.
+    fn slot_names(&self, g: usize) -> Vec<&'static str> {
+        let config = &self.layout.groups()[g].config;
+        config
+            .as_dyn()
+            .state_slots()
+            .iter()
+            .map(|s| s.name)
+            .collect()
     }
 }
 

@@ -16,6 +16,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
+use crate::checkpoint::HeldVector;
 use crate::config::{StateFormat, STATE_Q8_BLOCK};
 use crate::layout::GroupSpec;
 use crate::reference::state_codec as codec;
@@ -245,5 +246,55 @@ fn run<T: Send>(jobs: Vec<T>, parallel: bool, job: impl Fn(T) + Sync + Send) {
         jobs.into_par_iter().for_each(job);
     } else {
         jobs.into_iter().for_each(job);
+    }
+}
+
+/// Checkpoints: a tensor's state as held, out and back in (SPEC §6: stored as held, never
+/// reinterpreted).
+impl Held {
+    /// The used slots of tensor `piece` as held, with their SPEC names (`names[k]` is slot
+    /// k's), in slot order.
+    pub fn export(&self, piece: usize, names: &[&str]) -> Vec<(String, HeldVector)> {
+        let piece = &self.pieces[piece];
+        let blocks = piece.first_block..piece.first_block + blocks(piece);
+        self.slots
+            .iter()
+            .flatten()
+            .map(|slot| {
+                let vector = match &slot.codes {
+                    Codes::Bf16(codes) => HeldVector::Bf16(codes[piece.range.clone()].to_vec()),
+                    Codes::Q8 { codes, scales } => HeldVector::Q8 {
+                        codes: codes[piece.range.clone()].to_vec(),
+                        scales: scales[blocks.clone()].to_vec(),
+                    },
+                };
+                (names[slot.k as usize].to_string(), vector)
+            })
+            .collect()
+    }
+
+    /// Puts back what [`Held::export`] gave for tensor `piece`, checked by the caller to fit
+    /// (the same format, slots and lengths).
+    pub fn import(&mut self, piece: usize, vectors: &[(String, HeldVector)]) {
+        let piece = &self.pieces[piece];
+        let blocks = piece.first_block..piece.first_block + blocks(piece);
+        for (slot, (_, vector)) in self.slots.iter_mut().flatten().zip(vectors) {
+            match (&mut slot.codes, vector) {
+                (Codes::Bf16(codes), HeldVector::Bf16(saved)) => {
+                    codes[piece.range.clone()].copy_from_slice(saved);
+                }
+                (
+                    Codes::Q8 { codes, scales },
+                    HeldVector::Q8 {
+                        codes: c,
+                        scales: a,
+                    },
+                ) => {
+                    codes[piece.range.clone()].copy_from_slice(c);
+                    scales[blocks.clone()].copy_from_slice(a);
+                }
+                _ => unreachable!("the checkpoint was checked to hold this format"),
+            }
+        }
     }
 }

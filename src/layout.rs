@@ -60,6 +60,16 @@ impl GroupSpec {
             .chain(used.map(|(k, slot)| (slot.name, Stored::State(k))))
             .collect()
     }
+
+    /// The vectors a checkpoint stores as f32: all of [`GroupSpec::vectors`] in `f32`, θ
+    /// alone in `bf16` and `q8`, whose state is stored as held (SPEC §6).
+    pub fn f32_vectors(&self) -> Vec<(&'static str, Stored)> {
+        let mut vectors = self.vectors();
+        if self.state_format != StateFormat::F32 {
+            vectors.truncate(1);
+        }
+        vectors
+    }
 }
 
 /// A fresh state arena of `len` elements per slot of `config`'s optimizer, each at its start

@@ -41,7 +41,7 @@ pub mod validate;
 /// The wgpu this crate is built against, for callers who bring their own device and buffers.
 pub use wgpu;
 
-pub use checkpoint::Checkpoint;
+pub use checkpoint::{Checkpoint, HeldVector};
 pub use config::{StateFormat, StateStorage};
 pub use cpu::{CpuOptimizer, CpuPath};
 pub use device::{OpenStepDevice, StepDevice};

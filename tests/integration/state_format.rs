@@ -1,6 +1,6 @@
 //! SPEC §6 wired into the CPU paths: `state_format` and `state_seed` per group, the state held
 //! as bf16 or q8 codes, the same bits on the reference and the fast path, q8 overflow under
-//! the group's policy, checkpoints refused, and the GPU refusing a format it cannot run.
+//! the group's policy, checkpoints as held, and the GPU refusing a format it cannot run.
 
 use crate::common;
 
@@ -340,31 +340,105 @@ fn state_bytes_per_parameter() {
 }
 
 #[test]
-fn checkpoints_of_low_precision_state_are_refused() {
-    for format in [StateFormat::Bf16, StateFormat::Q8] {
-        let mut o = CpuOptimizer::from_groups(
-            &groups(BayesConfig::default(), &[100], format, 0),
-            CpuPath::Parallel,
-        );
-        o.step(&grad(100, 0)).unwrap();
-        let e = o.checkpoint().unwrap_err().to_string();
-        assert!(
-            e.contains(format.name()) && e.contains("not yet supported"),
-            "{e}"
-        );
-        assert!(!e.contains('\n'));
-        // An f32 checkpoint is not read into it either.
-        let f32 = CpuOptimizer::from_groups(
-            &groups(BayesConfig::default(), &[100], StateFormat::F32, 0),
-            CpuPath::Parallel,
-        );
-        let before = common::snapshot(&o);
-        let e = o
-            .restore(&f32.checkpoint().unwrap())
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("restoring") && e.contains(format.name()), "{e}");
-        common::assert_same_bits(&before, &common::snapshot(&o), "nothing changed");
+fn checkpoints_hold_the_state_as_held_and_resume_bit_for_bit() {
+    // SPEC §6: the state is stored as held (BF16, or U8 codes with F32 scales), a split run
+    // resumes bit for bit on either CPU path, and nothing is converted between formats.
+    let configs: [OptimizerConfig; 3] = [
+        bayes_momentum().into(),
+        AdamConfig::adam().into(),
+        OptimizerConfig::default_for("bayes_fp").unwrap(),
+    ];
+    for config in configs {
+        for format in [StateFormat::Bf16, StateFormat::Q8] {
+            let what = format!("{} {format}", config.name());
+            let build =
+                |path| CpuOptimizer::from_groups(&groups(config.clone(), LENS, format, 9), path);
+            let n: usize = LENS.iter().sum();
+            let mut straight = build(CpuPath::Reference);
+            let mut first = build(CpuPath::Parallel);
+            for s in 0..12 {
+                straight.step(&grad(n, s)).unwrap();
+                if s < 5 {
+                    first.step(&grad(n, s)).unwrap();
+                }
+            }
+            let bytes = first.checkpoint().unwrap().to_bytes().unwrap();
+
+            // What a reader in another language sees: θ as F32, the state as held.
+            let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            let expected = match format {
+                StateFormat::Bf16 => safetensors::Dtype::BF16,
+                _ => safetensors::Dtype::U8,
+            };
+            let slot = config.used_state_names()[0];
+            assert_eq!(
+                file.tensor("g.t0.theta").unwrap().dtype(),
+                safetensors::Dtype::F32
+            );
+            let state = file.tensor(&format!("g.t0.{slot}")).unwrap();
+            assert_eq!(
+                (state.dtype(), state.shape()),
+                (expected, &[LENS[0]][..]),
+                "{what}"
+            );
+            let scales = file.tensor(&format!("g.t0.{slot}_scales"));
+            match format {
+                StateFormat::Q8 => {
+                    let scales = scales.unwrap();
+                    assert_eq!(scales.dtype(), safetensors::Dtype::F32);
+                    assert_eq!(scales.shape(), &[LENS[0].div_ceil(256)]);
+                }
+                _ => assert!(scales.is_err(), "{what}: bf16 has no scales"),
+            }
+
+            // A split run on the other path resumes as the straight one.
+            let checkpoint = bayesprop::Checkpoint::from_bytes(&bytes).unwrap();
+            let mut resumed = build(CpuPath::Reference);
+            resumed.restore(&checkpoint).unwrap();
+            for s in 5..12 {
+                resumed.step(&grad(n, s)).unwrap();
+            }
+            common::assert_same_bits(
+                &common::snapshot(&straight),
+                &common::snapshot(&resumed),
+                &format!("{what}: resumed at step 5"),
+            );
+            assert_eq!(
+                resumed.checkpoint().unwrap(),
+                straight.checkpoint().unwrap()
+            );
+
+            // Another format or seed is refused, in one line, and changes nothing.
+            for (other, seed) in [
+                (StateFormat::F32, 9),
+                (StateFormat::Bf16, 9),
+                (StateFormat::Q8, 9),
+                (format, 10),
+            ] {
+                if (other, seed) == (format, 9) {
+                    continue;
+                }
+                let mut o = CpuOptimizer::from_groups(
+                    &groups(config.clone(), LENS, other, seed),
+                    CpuPath::Parallel,
+                );
+                let before = common::snapshot(&o);
+                let e = o.restore(&checkpoint).unwrap_err().to_string();
+                assert!(
+                    e.contains(&format!("state_format={format} state_seed=9"))
+                        && e.contains(&format!("state_format={other} state_seed={seed}")),
+                    "{what} into {other} seed {seed}: {e}"
+                );
+                assert!(!e.contains('\n'));
+                common::assert_same_bits(&before, &common::snapshot(&o), "nothing changed");
+            }
+            // Nor is an f32 checkpoint read into held state.
+            let f32 = CpuOptimizer::from_groups(
+                &groups(config.clone(), LENS, StateFormat::F32, 9),
+                CpuPath::Parallel,
+            );
+            assert!(resumed.restore(&f32.checkpoint().unwrap()).is_err());
+        }
     }
 }
 
