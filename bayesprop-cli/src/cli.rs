@@ -10,7 +10,7 @@ use bayesprop::validate::{self, Rule};
 use bayesprop::StepDevice;
 use bayesprop::{
     Checkpoint, Error, GpuContext, GpuOptimizer, GradTransform, GroupId, HyperSchedule,
-    NonFinitePolicy, OptimizerConfig, Result, StateStorage,
+    NonFinitePolicy, OptimizerConfig, Result, StateFormat, StateStorage,
 };
 use clap::{Args, Parser, Subcommand};
 use ndarray::{Array1, Array2};
@@ -73,8 +73,8 @@ impl GpuArgs {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// List the adapters, the one chosen (--adapter, WGPU_BACKEND, BAYESPROP_ADAPTER), and its
-    /// key limits.
-    Info(GpuArgs),
+    /// key limits; with --params, the memory a model needs in each state format.
+    Info(InfoArgs),
     /// Run every kernel against the CPU reference over the standard battery; exit 1 if a case
     /// exceeds its ULP bound, 2 if there is no adapter.
     Validate(ValidateArgs),
@@ -94,6 +94,16 @@ fn optimizer_names() -> String {
     let presets = TABLE.iter().filter(|row| row.preset);
     let names: Vec<_> = optimizers.chain(presets).map(|row| row.name).collect();
     names.join(", ")
+}
+
+#[derive(Parser, Debug)]
+struct InfoArgs {
+    /// Instead of the adapters: the memory that N parameters need (θ, g and each optimizer's
+    /// state in f32, bf16 and q8); K, M, G are binary (7G = 7·2^30). Needs no adapter.
+    #[arg(long, value_name = "N")]
+    params: Option<String>,
+    #[command(flatten)]
+    gpu: GpuArgs,
 }
 
 #[derive(Parser, Debug)]
@@ -244,7 +254,10 @@ fn number_flag(command: &'static str, flag: &'static str, value: &str) -> Result
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Info(gpu) => info(&gpu),
+        Command::Info(args) => match &args.params {
+            Some(n) => memory(bayesprop::bench::parse_size(n)?),
+            None => info(&args.gpu),
+        },
         Command::Validate(args) => validate(&args),
         Command::Replay(args) => replay(&args),
         Command::Demo(a) => demo(&a),
@@ -283,6 +296,40 @@ fn demo(args: &DemoArgs) -> Result<ExitCode> {
         args.quick,
         storage,
     )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `info --params N`: per optimizer (defaults) the state bytes per parameter and the memory
+/// of N parameters in each format, θ and g (f32 in every format) included.
+fn memory(n: usize) -> Result<ExitCode> {
+    const GIB: f64 = (1u64 << 30) as f64;
+    println!(
+        "memory of {n} parameters: θ and g in f32 ({:.2} GiB), the state as held (SPEC §6)",
+        8.0 * n as f64 / GIB
+    );
+    println!(
+        "{:<10} {:>26} {:>38}",
+        "optimizer", "state bytes per parameter", "total GiB (θ, g, state)"
+    );
+    println!(
+        "{:<10} {:>8} {:>8} {:>8} {:>12} {:>12} {:>12}",
+        "", "f32", "bf16", "q8", "f32", "bf16", "q8"
+    );
+    for config in OptimizerConfig::all_defaults() {
+        let state = StateFormat::ALL.map(|f| config.state_bytes(f, n));
+        let per = state.map(|b| format!("{:.3}", b as f64 / n as f64));
+        let total = state.map(|b| format!("{:.2}", (8 * n + b) as f64 / GIB));
+        println!(
+            "{:<10} {:>8} {:>8} {:>8} {:>12} {:>12} {:>12}",
+            config.name(),
+            per[0],
+            per[1],
+            per[2],
+            total[0],
+            total[1],
+            total[2]
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

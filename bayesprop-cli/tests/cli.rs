@@ -445,6 +445,30 @@ fn validate_passes_and_states_its_bound() {
 }
 
 #[test]
+fn info_prints_the_memory_of_a_parameter_count_per_format() {
+    // 1G parameters: θ and g are 8 GiB; bayes holds 8, 4 and 2 + 4/256 bytes of state per
+    // parameter in f32, bf16 and q8.
+    let dir = scratch("info-params");
+    let output = bayesprop(&["info", "--params", "1G"], dir.path());
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", text(&output.stderr));
+    let bayes: Vec<&str> = stdout
+        .lines()
+        .find(|l| l.starts_with("bayes "))
+        .expect("a bayes line")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        bayes,
+        ["bayes", "8.000", "4.000", "2.031", "16.00", "12.00", "10.03"],
+        "{stdout}"
+    );
+    let bad = bayesprop(&["info", "--params", "many"], dir.path());
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(text(&bad.stderr).contains("many"));
+}
+
+#[test]
 fn info_names_the_chosen_adapter() {
     let Some(ctx) = common::gpu("info_names_the_chosen_adapter") else {
         return;

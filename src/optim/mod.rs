@@ -435,6 +435,13 @@ impl OptimizerConfig {
             .collect()
     }
 
+    /// Bytes of optimizer state for one tensor of `n` elements held in `format`: one slot of
+    /// [`StateFormat::slot_bytes`] per used state vector (what the optimizers allocate for a
+    /// single tensor, whose arena has no padding).
+    pub fn state_bytes(&self, format: crate::StateFormat, n: usize) -> usize {
+        self.used_state_names().len() * format.slot_bytes(n)
+    }
+
     /// Changing hyperparameters between steps is free, but not a change that would need a
     /// different set of state vectors (e.g. turning momentum on).
     pub(crate) fn check_same_layout(&self, new: &OptimizerConfig) -> Result<()> {

@@ -340,6 +340,26 @@ fn state_bytes_per_parameter() {
 }
 
 #[test]
+fn state_bytes_of_a_config_are_what_the_optimizer_allocates() {
+    // `info --params` plans memory with `OptimizerConfig::state_bytes`: the allocations of a
+    // one-tensor optimizer, every optimizer and format, blocks cut short included.
+    for n in [256 * 1024, 1000, 3] {
+        for config in OptimizerConfig::all_defaults() {
+            for format in StateFormat::ALL {
+                let g = groups(config.clone(), &[n], format, 0);
+                let held = CpuOptimizer::from_groups(&g, CpuPath::Parallel).state_bytes();
+                assert_eq!(
+                    held,
+                    config.state_bytes(format, n),
+                    "{} {format} n={n}",
+                    config.name()
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn checkpoints_hold_the_state_as_held_and_resume_bit_for_bit() {
     // SPEC §6: the state is stored as held (BF16, or U8 codes with F32 scales), a split run
     // resumes bit for bit on either CPU path, and nothing is converted between formats.
