@@ -158,6 +158,7 @@ impl Report {
         let mut knobs: Vec<(&str, Vec<&str>)> = Vec::new();
         for c in b.contenders.iter().filter(|c| c.knob != "lr") {
             match knobs.iter_mut().find(|(knob, _)| *knob == c.knob) {
+                Some((_, names)) if names.contains(&c.name) => {}
                 Some((_, names)) => names.push(c.name),
                 None => knobs.push((c.knob, vec![c.name])),
             }
