@@ -20,6 +20,11 @@ pub(crate) const STATUS_BYTES: u64 = 8;
 /// group's status: scale, clip norm, norm, factor.
 pub(crate) const TRANSFORM_BYTES: u64 = 16;
 
+/// How long a step's status may take to arrive once the device is idle: its map callback may
+/// be run by another thread's poll of a shared device just after ours returns. Only a step
+/// that was never submitted waits it out.
+const CALLBACK_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 struct Pending {
     call: u64,
     policies: Vec<NonFinitePolicy>,
@@ -114,6 +119,8 @@ impl StepTracker {
     }
 
     /// Collects the statuses that have arrived; with `wait`, waits for all of them first.
+    /// Under `wait`, a status still missing after the device is idle gets [`CALLBACK_GRACE`]
+    /// to arrive from a poll on another thread before the step counts as never submitted.
     pub fn resolve(&mut self, device: &wgpu::Device, wait: bool) -> Result<()> {
         if self.pending.is_empty() {
             return Ok(());
@@ -127,7 +134,19 @@ impl StepTracker {
             .poll(poll)
             .map_err(|e| Error::device_from("waiting for a step", e))?;
         while let Some(front) = self.pending.front() {
-            let mapped = match front.mapped.try_recv() {
+            let arrived = match front.mapped.try_recv() {
+                Err(mpsc::TryRecvError::Empty) if wait => {
+                    // The device has done every submission, but another thread sharing it
+                    // (burn's, say) may have collected this callback in its own poll and not
+                    // yet run it: wait for it a little before calling the step unsubmitted.
+                    front
+                        .mapped
+                        .recv_timeout(CALLBACK_GRACE)
+                        .map_err(|_| mpsc::TryRecvError::Empty)
+                }
+                other => other,
+            };
+            let mapped = match arrived {
                 Ok(result) => result,
                 Err(mpsc::TryRecvError::Empty) if !wait => break,
                 // Waited for every submission: this step's command buffer was never
