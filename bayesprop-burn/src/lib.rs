@@ -11,7 +11,8 @@
 //!   and burn-train's `Learner`: `ModuleOptimizer::from(BayespropConfig::adam().build()?)`.
 //!   The state goes into burn's optimizer records, so the Learner's checkpoints resume it.
 //! - [`BayespropConfig::init`]: [`BayespropOptimizer`], the whole module in one fused step,
-//!   with global-norm clipping and a loss scale, for a loop of your own (below).
+//!   with global-norm clipping and a loss scale, for a loop of your own (below), or inside the
+//!   `Learner` through `TrainStep::optimize` with [`FusedStep`].
 //!
 //! ```rust,no_run
 //! use burn::module::Module;
@@ -55,6 +56,7 @@ mod config;
 mod device;
 mod encode;
 mod error;
+mod fused;
 mod optimizer;
 mod tensor;
 mod view;
@@ -62,6 +64,7 @@ mod view;
 pub use config::{BayesConfig, BayespropConfig};
 pub use device::{init_device, init_device_with, register_setup, shared_context};
 pub use error::{Error, Result, StepError};
+pub use fused::FusedStep;
 pub use optimizer::BayespropOptimizer;
 pub use tensor::{BayespropTensorOptimizer, TensorState, TensorStepError};
 
