@@ -12,6 +12,8 @@
 
 #[path = "common/digits.rs"]
 mod digits;
+#[path = "common/quiet.rs"]
+mod quiet;
 
 use std::sync::Arc;
 
@@ -140,6 +142,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .num_epochs(epochs)
         .metric_train_numeric(LossMetric::new())
+        .renderer(Box::new(quiet::Quiet))
         .with_application_logger(None)
         .launch(Learner::new(init.clone(), optim, ConstantLr::new(LR)));
         let accuracy = accuracy(&result.model.mlp, &data, test_rows, &device);

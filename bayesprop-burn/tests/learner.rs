@@ -4,6 +4,8 @@
 //! fused module-level step through `TrainStep::optimize` (`FusedStep`), clipping included.
 
 mod common;
+#[path = "../examples/common/quiet.rs"]
+mod quiet;
 
 use std::sync::Arc;
 
@@ -101,6 +103,7 @@ where
         .with_metric_logger(InMemoryMetricLogger::new())
         .metric_train_numeric(LossMetric::new())
         .metric_valid_numeric(LossMetric::new())
+        .renderer(Box::new(quiet::Quiet))
         .with_application_logger(None);
     match resume {
         Some(epoch) => training.checkpoint(epoch),
