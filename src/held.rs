@@ -310,24 +310,15 @@ impl CodesRef<'_> {
     /// The codes decoded into `out` (as long as the codes).
     fn decode(self, signed: bool, out: &mut [f32]) {
         match self {
-            CodesRef::Bf16(codes) => {
-                for (o, &c) in out.iter_mut().zip(codes) {
-                    *o = codec::bf16_decode(u32::from(c));
-                }
-            }
+            CodesRef::Bf16(codes) => bf16_decode_run(codes, out),
             CodesRef::Q8 { codes, scales } => {
                 let blocks = out
                     .chunks_mut(STATE_Q8_BLOCK)
                     .zip(codes.chunks(STATE_Q8_BLOCK));
                 for ((o, c), &a) in blocks.zip(scales) {
-                    if signed {
-                        for (o, &c) in o.iter_mut().zip(c) {
-                            *o = codec::q8_decode_s(u32::from(c), a);
-                        }
-                    } else {
-                        for (o, &c) in o.iter_mut().zip(c) {
-                            *o = codec::q8_decode_u(u32::from(c), a);
-                        }
+                    match signed {
+                        true => q8_decode_block_s(c, a, o),
+                        false => q8_decode_block_u(c, a, o),
                     }
                 }
             }
@@ -405,20 +396,21 @@ impl HeldSpan<'_> {
         };
         let (key, signed) = (key.key, key.signed);
         match codes {
-            SpanCodes::Bf16(codes) => {
-                for (j, (c, &x)) in codes.iter_mut().zip(values).enumerate() {
-                    let r = codec::element_bits((flat + j) as u32, key);
-                    *c = codec::bf16_encode(x, r) as u16;
-                }
-            }
+            SpanCodes::Bf16(codes) => bf16_encode_run(values, codes, flat as u32, key),
             SpanCodes::Q8 { codes, scales } => {
                 let blocks = codes
                     .chunks_mut(STATE_Q8_BLOCK)
                     .zip(values.chunks(STATE_Q8_BLOCK));
                 for (b, ((c, v), a)) in blocks.zip(scales.iter_mut()).enumerate() {
-                    let scale = codec::q8_scale(v);
-                    *a = scale;
                     let i0 = flat + b * STATE_Q8_BLOCK;
+                    let (scale, fast) = match signed {
+                        true => q8_block_s(v, c, i0 as u32, key),
+                        false => q8_block_u(v, c, i0 as u32, key),
+                    };
+                    *a = scale;
+                    if fast {
+                        continue;
+                    }
                     for (j, (c, &x)) in c.iter_mut().zip(v).enumerate() {
                         let r = codec::element_bits((i0 + j) as u32, key);
                         *c = match signed {
@@ -441,4 +433,254 @@ fn cut_mut<T>(mut data: &mut [T], lens: impl IntoIterator<Item = usize>) -> Vec<
             head
         })
         .collect()
+}
+
+crate::reference::simd_fn! {
+    /// `codec::bf16_encode` over a run of `values` whose first flat index is `i0`,
+    /// branch-free, at the widest SIMD the CPU has.
+    fn bf16_encode_run(values: &[f32], codes: &mut [u16], i0: u32, key: u32) {
+        for (j, (c, &x)) in codes.iter_mut().zip(values).enumerate() {
+            let r = codec::element_bits(i0.wrapping_add(j as u32), key);
+            let b = x.to_bits();
+            let top = b >> 16;
+            // A NaN whose top bits alone would read as ±Inf gets its quiet bit.
+            let nan = (b & 0x007f_ffff != 0) & (top & 0x7f == 0);
+            let kept = if nan { top | 0x40 } else { top };
+            let finite = b & 0x7f80_0000 != 0x7f80_0000;
+            *c = if finite { b.wrapping_add(r >> 16) >> 16 } else { kept } as u16;
+        }
+    }
+}
+
+crate::reference::simd_fn! {
+    /// `codec::bf16_decode` over a run, at the widest SIMD the CPU has.
+    fn bf16_decode_run(codes: &[u16], out: &mut [f32]) {
+        for (o, &c) in out.iter_mut().zip(codes) {
+            *o = codec::bf16_decode(u32::from(c));
+        }
+    }
+}
+
+crate::reference::simd_fn! {
+    /// `codec::q8_decode_u` over a block, branch-free, at the widest SIMD the CPU has.
+    fn q8_decode_block_u(codes: &[u8], a: f32, out: &mut [f32]) {
+        for (o, &c) in out.iter_mut().zip(codes) {
+            *o = a * table::<{ codec::Q8_TOP_U as usize }>(u32::from(c));
+        }
+    }
+}
+
+crate::reference::simd_fn! {
+    /// `codec::q8_decode_s` over a block, branch-free, at the widest SIMD the CPU has.
+    fn q8_decode_block_s(codes: &[u8], a: f32, out: &mut [f32]) {
+        for (o, &c) in out.iter_mut().zip(codes) {
+            let v = a * table::<{ codec::Q8_TOP_S as usize }>(u32::from(c & 0x7f));
+            *o = if c & 0x80 != 0 { -v } else { v };
+        }
+    }
+}
+
+crate::reference::simd_fn! {
+    /// [`q8_block`] of an unsigned slot, at the widest SIMD the CPU has.
+    fn q8_block_u(values: &[f32], codes: &mut [u8], i0: u32, key: u32) -> (f32, bool) {
+        q8_block::<{ codec::Q8_TOP_U as usize }, false>(values, codes, i0, key)
+    }
+}
+
+crate::reference::simd_fn! {
+    /// [`q8_block`] of a signed slot, at the widest SIMD the CPU has.
+    fn q8_block_s(values: &[f32], codes: &mut [u8], i0: u32, key: u32) -> (f32, bool) {
+        q8_block::<{ codec::Q8_TOP_S as usize }, true>(values, codes, i0, key)
+    }
+}
+
+/// Whole eighths of an octave of the normal f32 with bits `b` (`8·exponent + j`, j the
+/// eighths its mantissa reaches), given `eighths`, the mantissas of 2^(k/8) for k = 1…7.
+#[inline(always)]
+fn eighths_of(b: u32, eighths: &[u32; 7]) -> i32 {
+    let m = b & 0x7f_ffff;
+    8 * (b >> 23) as i32 + eighths.iter().map(|&e| i32::from(m >= e)).sum::<i32>()
+}
+
+/// `T[q]` of the table with top code `TOP` as `codec::q8_table` makes it, and +∞ above `TOP`,
+/// branch-free (the mantissa picked by a tree of selects, as the WGSL picks it) so that loops
+/// over it vectorize.
+#[inline(always)]
+fn table<const TOP: usize>(q: u32) -> f32 {
+    let n = q as i32 - TOP as i32;
+    let e = n >> 3;
+    let j = (n & 7) as u32;
+    let m = &codec::MANTISSAS;
+    let pick = |bit: u32, one: u32, zero: u32| if j & bit != 0 { one } else { zero };
+    let low = pick(2, pick(1, m[3], m[2]), pick(1, m[1], m[0]));
+    let high = pick(2, pick(1, m[7], m[6]), pick(1, m[5], m[4]));
+    let t = f32::from_bits(((127 + e) as u32) << 23 | pick(4, high, low));
+    match (q == 0, q > TOP as u32) {
+        (true, _) => 0.0,
+        (_, true) => f32::INFINITY,
+        _ => t,
+    }
+}
+
+/// The scale A of one block of `values` (`codec::q8_scale`) and its q8 codes (its first
+/// element's flat index `i0`), branch-free so that the loop vectorizes: the same codes as
+/// `codec::q8_encode_u`/`_s` (SPEC §6). Each element's code is searched among four products
+/// A·T\[q\] around its own eighths against A's, then rounded as the codec rounds. `false`
+/// (codes unwritten or partly written) where the scale is 0 or not finite, or an element's
+/// code lay outside its four: the caller then encodes the block with the codec.
+#[inline(always)]
+fn q8_block<const TOP: usize, const SIGNED: bool>(
+    values: &[f32],
+    codes: &mut [u8],
+    i0: u32,
+    key: u32,
+) -> (f32, bool) {
+    let ab = values
+        .iter()
+        .map(|&x| codec::q8_abs_bits(x))
+        .fold(0, u32::max);
+    let a = f32::from_bits(ab);
+    if ab == 0 || ab & 0x7f80_0000 == 0x7f80_0000 {
+        return (a, false);
+    }
+    let eighths: [u32; 7] = std::array::from_fn(|k| codec::MANTISSAS[k + 1]);
+    let a_eighths = eighths_of(ab, &eighths);
+    let mut exact = true;
+    for (j, (c, &x)) in codes.iter_mut().zip(values).enumerate() {
+        let b = x.to_bits() & 0x7fff_ffff;
+        let y = f32::from_bits(b);
+        // The code lies within one of TOP + (y's eighths − A's); zero and subnormal y at the
+        // bottom.
+        let guess = TOP as i32 + eighths_of(b, &eighths) - a_eighths;
+        let k = match b < 0x0080_0000 {
+            true => 1,
+            false => guess.clamp(1, TOP as i32) as u32,
+        };
+        let s0 = a * table::<TOP>(k - 1);
+        let s1 = a * table::<TOP>(k);
+        let s2 = a * table::<TOP>(k + 1);
+        let s3 = a * table::<TOP>(k + 2);
+        let (up1, up2) = (s1 <= y, s2 <= y);
+        let q = k - 1 + u32::from(up1) + u32::from(up2);
+        let lo = if up2 {
+            s2
+        } else if up1 {
+            s1
+        } else {
+            s0
+        };
+        let hi = if up2 {
+            s3
+        } else if up1 {
+            s2
+        } else {
+            s1
+        };
+        let r = codec::element_bits(i0.wrapping_add(j as u32), key);
+        let u = (r >> 8) as f32 * f32::from_bits(0x3380_0000); // 2^-24
+        let q = q + u32::from((y - lo) > u * (hi - lo));
+        let top = y >= a;
+        let q = if top { TOP as u32 } else { q };
+        // The largest q with A·T[q] ≤ y lay in the window: A·T[k − 1] ≤ y < A·T[k + 2].
+        // (Bitwise, not short-circuit: no branch in the loop.)
+        exact &= top | ((s0 <= y) & (s3 > y));
+        *c = match SIGNED {
+            true => ((x.to_bits() >> 24) & 0x80) | q,
+            false => q,
+        } as u8;
+    }
+    (a, exact)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn i0_of(seed: u32) -> u32 {
+        seed.wrapping_mul(0x9e37_79b9)
+    }
+
+    /// Blocks over many decades, with zeros, subnormals, equal values, both signs and a
+    /// maximum that repeats.
+    fn block(seed: u32) -> Vec<f32> {
+        (0..STATE_Q8_BLOCK as u32)
+            .map(|j| {
+                let r = codec::mix32(seed.wrapping_mul(7919).wrapping_add(j));
+                let decades = [1e-30f32, 1e-6, 1.0, 3e4, 1e30][(seed % 5) as usize];
+                let x = match r % 11 {
+                    0 if seed.is_multiple_of(13) => {
+                        [f32::NAN, f32::INFINITY, f32::from_bits(0x7f80_0001)][(r % 3) as usize]
+                    }
+                    0 => 0.0,
+                    1 => f32::from_bits(r >> 10),
+                    2 => decades,
+                    _ => decades * (r >> 8) as f32 / (1 << 24) as f32,
+                };
+                if r & 1 == 1 {
+                    -x
+                } else {
+                    x
+                }
+            })
+            .collect()
+    }
+
+    /// The vectorized block encode gives the codec's codes, element for element, and takes
+    /// the fast way on ordinary blocks; the block decode gives the codec's values.
+    #[test]
+    fn q8_block_equals_the_codec() {
+        let mut fast_blocks = 0;
+        for seed in 0..2000u32 {
+            let mut v = block(seed);
+            if seed.is_multiple_of(7) {
+                v.truncate(1 + seed as usize % 255);
+            }
+            let a = codec::q8_scale(&v);
+            let key = codec::mix32(seed);
+            let mut bf16 = vec![0u16; v.len()];
+            bf16_encode_run(&v, &mut bf16, i0_of(seed), key);
+            for (j, (&c, &x)) in bf16.iter().zip(&v).enumerate() {
+                let r = codec::element_bits(i0_of(seed).wrapping_add(j as u32), key);
+                assert_eq!(u32::from(c), codec::bf16_encode(x, r), "bf16 {x:e}");
+            }
+            let i0 = i0_of(seed);
+            for signed in [false, true] {
+                let mut codes = vec![0u8; v.len()];
+                let (scale, fast) = match signed {
+                    true => q8_block_s(&v, &mut codes, i0, key),
+                    false => q8_block_u(&v, &mut codes, i0, key),
+                };
+                assert_eq!(scale.to_bits(), a.to_bits());
+                if !fast {
+                    continue;
+                }
+                fast_blocks += 1;
+                let mut decoded = vec![0.0; v.len()];
+                match signed {
+                    true => q8_decode_block_s(&codes, a, &mut decoded),
+                    false => q8_decode_block_u(&codes, a, &mut decoded),
+                }
+                for (&c, &d) in codes.iter().zip(&decoded) {
+                    let want = match signed {
+                        true => codec::q8_decode_s(u32::from(c), a),
+                        false => codec::q8_decode_u(u32::from(c), a),
+                    };
+                    assert_eq!(d.to_bits(), want.to_bits(), "decode {c} at {a:e}");
+                }
+                for (j, (&c, &x)) in codes.iter().zip(&v).enumerate() {
+                    let r = codec::element_bits(i0.wrapping_add(j as u32), key);
+                    let want = match signed {
+                        true => codec::q8_encode_s(x, a, r),
+                        false => codec::q8_encode_u(x, a, r),
+                    };
+                    assert_eq!(
+                        u32::from(c),
+                        want,
+                        "seed {seed} signed {signed} x {x:e} a {a:e}"
+                    );
+                }
+            }
+        }
+        assert!(fast_blocks > 3000, "{fast_blocks} blocks took the fast way");
+    }
 }
