@@ -771,11 +771,12 @@ impl CpuOptimizer {
         &self.groups[0].theta
     }
 
-    /// Group 0's arena in place: θ and the used state vectors in slot order, for `bench`'s
+    /// Group 0's arena in place: θ, the used f32 state vectors in slot order, and the bytes
+    /// of a held state (codes and scales; then the f32 vectors are empty), for `bench`'s
     /// roofline, which touches the optimizer's own arrays (not public: writing them would
     /// bypass every step's rules).
     #[cfg(feature = "bench")]
-    pub(crate) fn arena_mut(&mut self) -> (&mut [f32], Vec<&mut [f32]>) {
+    pub(crate) fn arena_mut(&mut self) -> (&mut [f32], Vec<&mut [f32]>, Vec<&mut [u8]>) {
         let group = &mut self.groups[0];
         let states = group
             .state
@@ -783,7 +784,8 @@ impl CpuOptimizer {
             .filter(|v| !v.is_empty())
             .map(|v| &mut v[..])
             .collect();
-        (&mut group.theta, states)
+        let held = group.held.as_mut().map_or(Vec::new(), Held::bytes_mut);
+        (&mut group.theta, states, held)
     }
 
     /// A vector (θ, or a state by name) of every tensor, flat in registration order.

@@ -124,6 +124,22 @@ impl Held {
             .sum()
     }
 
+    /// The codes and scales of every used slot, as bytes (for `bench`'s roofline).
+    #[cfg(feature = "bench")]
+    pub fn bytes_mut(&mut self) -> Vec<&mut [u8]> {
+        let mut out = Vec::new();
+        for slot in self.slots.iter_mut().flatten() {
+            match &mut slot.codes {
+                Codes::Bf16(c) => out.push(bytemuck::cast_slice_mut(&mut c[..])),
+                Codes::Q8 { codes, scales } => {
+                    out.push(&mut codes[..]);
+                    out.push(bytemuck::cast_slice_mut(&mut scales[..]));
+                }
+            }
+        }
+        out
+    }
+
     /// Every slot decoded to f32 (unused slots empty).
     pub fn decode(&self) -> Vec<Vec<f32>> {
         (0..self.slots.len()).map(|k| self.decode_slot(k)).collect()
