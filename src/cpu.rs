@@ -718,7 +718,11 @@ impl CpuOptimizer {
         let t = self.layout.tensor(id)?;
         match self.layout.state_source(t.group, name)? {
             StateSource::Slot(slot) => {
-                Ok(self.groups[t.group.0].decoded()[slot][t.range()].to_vec())
+                let group = &self.groups[t.group.0];
+                Ok(match &group.held {
+                    None => group.state[slot][t.range()].to_vec(),
+                    Some(held) => held.decode_slot_in(slot, t.range()),
+                })
             }
             StateSource::Derived => self.derived(t.group, name, t.range()),
         }

@@ -147,12 +147,23 @@ impl Held {
 
     /// Slot `k` decoded to f32 over the whole arena, in one parallel pass; empty if unused.
     pub fn decode_slot(&self, k: usize) -> Vec<f32> {
+        self.decode_slot_in(k, 0..self.len)
+    }
+
+    /// Slot `k` decoded to f32 over `range` of the arena (the whole arena, or one tensor's
+    /// range), in one parallel pass; empty if unused.
+    pub fn decode_slot_in(&self, k: usize, range: Range<usize>) -> Vec<f32> {
         let Some(slot) = &self.slots[k] else {
             return Vec::new();
         };
         // Zeroed pages cost nothing until written: each element is written once, here.
-        let mut out = vec![0.0; self.len];
-        let spans = self.spans(HELD_CHUNK);
+        let mut out = vec![0.0; range.len()];
+        let mut spans = self.spans(HELD_CHUNK);
+        spans.retain(|s| range.start <= s.range.start && s.range.end <= range.end);
+        debug_assert_eq!(
+            spans.iter().map(|s| s.range.len()).sum::<usize>(),
+            range.len()
+        );
         let outs = cut_mut(&mut out, spans.iter().map(|s| s.range.len()));
         spans.par_iter().zip(outs).for_each(|(span, out)| {
             let blocks = span.first_block..span.first_block + span.blocks();

@@ -617,3 +617,32 @@ fn fast_held_path_equals_the_reference_on_q8_overflow() {
         }
     }
 }
+
+/// A tensor's state read alone (decoding only its own blocks) is its part of the whole
+/// vector, in every format and on both paths.
+#[test]
+fn a_tensors_state_is_its_part_of_the_whole() {
+    let n: usize = HELD_LENS.iter().sum();
+    for format in StateFormat::ALL {
+        for path in [CpuPath::Reference, CpuPath::Parallel] {
+            let g = groups(bayes_momentum(), HELD_LENS, format, 2);
+            let mut o = CpuOptimizer::from_groups(&g, path);
+            for s in 0..3 {
+                o.step(&grad(n, s)).unwrap();
+            }
+            for name in ["s", "sigma", "m"] {
+                let whole = o.state(name).unwrap();
+                let mut at = 0;
+                for (k, &len) in HELD_LENS.iter().enumerate() {
+                    let part = o.tensor_state(bayesprop::TensorId(k), name).unwrap();
+                    common::assert_same_bits_flat(
+                        &part,
+                        &whole[at..at + len],
+                        &format!("{format} {path:?} {name} tensor {k}"),
+                    );
+                    at += len;
+                }
+            }
+        }
+    }
+}
