@@ -27,7 +27,7 @@ pub mod unfused;
 
 use serde::Serialize;
 
-use crate::config::{StateFormat, STATE_Q8_BLOCK};
+use crate::config::StateFormat;
 use crate::device::StepDevice;
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
@@ -101,19 +101,6 @@ pub const TRAINING_STEP: GradTransform = GradTransform {
 /// The optimizers of `--training-step` rows: the SPEC's own and the one PyTorch users run.
 pub const TRAINING_STEP_OPTIMIZERS: [&str; 2] = ["bayes", "adam"];
 
-/// Bytes of one state element as `format` holds it, scales included: 4 in `f32`, 2 in
-/// `bf16`, 1 and 4 per 256-element block in `q8` (SPEC §6).
-pub fn state_bytes_per_element(format: StateFormat) -> f64 {
-    format.slot_bytes(STATE_Q8_BLOCK) as f64 / STATE_Q8_BLOCK as f64
-}
-
-/// Bytes the update alone moves per element: g read, θ and each used state read and written,
-/// the state as `format` holds it. What the roofline's touch moves.
-pub fn update_bytes_per_element(config: &OptimizerConfig, format: StateFormat) -> f64 {
-    let states = config.used_state_names().len() as f64;
-    12.0 + 2.0 * states * state_bytes_per_element(format)
-}
-
 /// Bytes one step really moves per element, every pass included: the update's (g read, θ
 /// and each used state read and written, the state as `format` holds it), plus one more read
 /// of g for the scan, which runs under `skip-step` and `error` (the non-finite count before
@@ -129,11 +116,11 @@ pub fn bytes_per_element(
     transform: &GradTransform,
     kind: StepKind,
 ) -> f64 {
-    let update = update_bytes_per_element(config, format);
+    let update = config.as_dyn().bytes_per_element_in(format);
     let trial = format == StateFormat::Q8 && policy.counts_first();
     let passes = |transform: &GradTransform| {
         let trial_bytes = match trial {
-            true => 8.0 + config.used_state_names().len() as f64 * state_bytes_per_element(format),
+            true => 8.0 + config.used_state_names().len() as f64 * format.element_bytes(),
             false => 0.0,
         };
         let scans = policy.counts_first() || transform.clip_norm.is_some();
@@ -598,7 +585,7 @@ mod tests {
                 "{format} {policy:?} {kind:?}"
             );
         }
-        assert_eq!(state_bytes_per_element(Q8), 1.015625);
-        assert_eq!(update_bytes_per_element(&bayes, Bf16), 20.0);
+        assert_eq!(Q8.element_bytes(), 1.015625);
+        assert_eq!(bayes.as_dyn().bytes_per_element_in(Bf16), 20.0);
     }
 }

@@ -3,7 +3,6 @@
 
 use crate::bench::measure::{Measured, Samples};
 use crate::bench::plan::{format_size, Job};
-use crate::bench::update_bytes_per_element;
 use crate::bench::{Case, Report, Row, StepKind, MANY_TENSORS, MANY_TENSORS_LEN};
 use crate::config::StateFormat;
 use crate::device::StepDevice;
@@ -105,7 +104,7 @@ pub(super) fn row(job: &Job, passes: &[Measured]) -> Row {
     let touch_bytes = match job.device {
         // The CPU touches the state as held (codes and scales); the GPU holds f32 only.
         StepDevice::Reference | StepDevice::Cpu => {
-            update_bytes_per_element(&job.config, job.state_format)
+            job.config.as_dyn().bytes_per_element_in(job.state_format)
         }
         StepDevice::Gpu => job.config.as_dyn().bytes_per_element() as f64,
     };
