@@ -56,3 +56,11 @@ for round in 1 2; do
     bench --device gpu --sizes 4M --optimizer adam --matrix-only --training-step --repeat 2 $flags
   done
 done | tee "$out/gpu-training-step-4M.txt"
+# Low-precision state on the CPU (SPEC §6): each format's rows under both policies.
+for optimizer in bayes adam; do
+  for policy in skip-step skip-element; do
+    echo "## bench --optimizer $optimizer --sizes 64M --device cpu --matrix-only --steps 10 --nonfinite $policy --set state_format=f32,bf16,q8"
+    bench --optimizer "$optimizer" --sizes 64M --device cpu --matrix-only --steps 10 \
+      --nonfinite "$policy" --set state_format=f32,bf16,q8
+  done
+done | tee "$out/cpu-state-format.txt"

@@ -27,6 +27,7 @@ pub mod unfused;
 
 use serde::Serialize;
 
+use crate::config::StateFormat;
 use crate::device::StepDevice;
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
@@ -100,29 +101,39 @@ pub const TRAINING_STEP: GradTransform = GradTransform {
 /// The optimizers of `--training-step` rows: the SPEC's own and the one PyTorch users run.
 pub const TRAINING_STEP_OPTIMIZERS: [&str; 2] = ["bayes", "adam"];
 
-/// Bytes one step really moves per element, every pass included: the update's (SPEC: g read,
-/// θ and each used state vector read and written), plus one more read of g for the scan,
-/// which runs under `skip-step` and `error` (the non-finite count before any element
-/// changes; not under `skip-element` or `propagate`) and under every policy when `transform`
-/// clips (the norm); the
-/// unfused sequence adds its unscale (8), norm (4) and scale (8) passes to a plain step.
+/// Bytes one step really moves per element, every pass included: the update's (g read, θ
+/// and each used state read and written, the state as `format` holds it), plus one more read
+/// of g for the scan, which runs under `skip-step` and `error` (the non-finite count before
+/// any element changes; not under `skip-element` or `propagate`) and under every policy when
+/// `transform` clips (the norm); the unfused sequence adds its unscale (8), norm (4) and scale
+/// (8) passes to a plain step. In `q8` under `skip-step` and `error`, an overflow undoes the
+/// whole step, so the CPU first runs the update into scratch (reading g, θ and the codes),
+/// which also counts the non-finite gradient elements when there is no transform (no scan).
 pub fn bytes_per_element(
     config: &OptimizerConfig,
+    format: StateFormat,
     policy: NonFinitePolicy,
     transform: &GradTransform,
     kind: StepKind,
-) -> usize {
-    let update = config.as_dyn().bytes_per_element();
-    let scan = |transform: &GradTransform| {
-        if policy.counts_first() || transform.clip_norm.is_some() {
-            4
-        } else {
-            0
-        }
+) -> f64 {
+    let update = config.as_dyn().bytes_per_element_in(format);
+    let trial = format == StateFormat::Q8 && policy.counts_first();
+    let passes = |transform: &GradTransform| {
+        let trial_bytes = match trial {
+            true => 8.0 + config.used_state_names().len() as f64 * format.element_bytes(),
+            false => 0.0,
+        };
+        let scans = policy.counts_first() || transform.clip_norm.is_some();
+        // Without a transform the trial's read of g is the count.
+        let scan = match scans && !(trial && transform.is_identity()) {
+            true => 4.0,
+            false => 0.0,
+        };
+        scan + trial_bytes
     };
     match kind {
-        StepKind::Update | StepKind::Fused => update + scan(transform),
-        StepKind::Unfused => 8 + 4 + 8 + update + scan(&GradTransform::default()),
+        StepKind::Update | StepKind::Fused => update + passes(transform),
+        StepKind::Unfused => 8.0 + 4.0 + 8.0 + update + passes(&GradTransform::default()),
     }
 }
 
@@ -151,6 +162,12 @@ pub struct BenchOptions {
     /// The training step of those rows ([`TRAINING_STEP`] by default). The unfused
     /// sequence runs its unscale, norm and scale passes whatever it holds.
     pub transform: GradTransform,
+    /// The state formats of the matrix: its rows once per format (SPEC §6; `[F32]` by
+    /// default). The extras and the training-step rows take the first.
+    pub state_formats: Vec<StateFormat>,
+    /// Other group options of every row, as `ParamGroups::set_group_option` reads them
+    /// (e.g. `state_seed`).
+    pub group_options: Vec<(String, String)>,
 }
 
 impl Default for BenchOptions {
@@ -168,6 +185,8 @@ impl Default for BenchOptions {
             extras: true,
             training_step: false,
             transform: TRAINING_STEP,
+            state_formats: vec![StateFormat::F32],
+            group_options: Vec::new(),
         }
     }
 }
@@ -186,8 +205,9 @@ pub struct Row {
     pub step_seconds_median: f64,
     pub elements_per_second: f64,
     /// Bytes really moved per parameter per step, every pass included (see
-    /// [`bytes_per_element`]): `bayes` moves 28 under `skip-element`, 32 under `skip-step`.
-    pub bytes_per_element: usize,
+    /// [`bytes_per_element`]): `bayes` moves 28 under `skip-element`, 32 under `skip-step`;
+    /// in `q8`, 16.06 under `skip-element`.
+    pub bytes_per_element: f64,
     pub gb_per_second: f64,
     /// The touch of the optimizer's arrays (the update's SPEC bytes), measured in the same
     /// run on the same device.
@@ -227,6 +247,8 @@ pub struct Row {
     /// optimizer, size, device, policy), each relative to the touch timed beside it, so that
     /// load changing between the two rows cancels.
     pub unfused_over_fused: Option<f64>,
+    /// The state format (SPEC §6): `f32`, `bf16` or `q8`.
+    pub state_format: String,
 }
 
 /// Every row of a run, and why GPU rows are missing if they are.
@@ -235,6 +257,9 @@ pub struct Report {
     pub rows: Vec<Row>,
     /// One line saying why there are no GPU rows, when they were asked for.
     pub gpu_missing: Option<String>,
+    /// One line per row that was planned but not measured, and why (a GPU row in a state
+    /// format its kernels do not run).
+    pub skipped: Vec<String>,
     /// The matrix's non-finite policy.
     pub policy: NonFinitePolicy,
     /// The machine's load average (1, 5, 15 minutes) before and after the run, where the OS
@@ -285,20 +310,39 @@ pub fn run(
     let passes = options.repeat;
     let total = passes * jobs.len();
     let mut measured: Vec<Vec<Measured>> = jobs.iter().map(|_| Vec::new()).collect();
+    let mut skipped = Vec::new();
     for pass in 0..passes {
         for (k, job) in jobs.iter().enumerate() {
             progress(pass * jobs.len() + k, total, &job.label());
-            measured[k].push(measure(job, options.steps, ctx)?);
+            match measure(job, options.steps, ctx) {
+                Ok(m) => measured[k].push(m),
+                // The GPU kernels refuse a state format they cannot run yet: that row only
+                // is skipped, and says why.
+                Err(Error::Unsupported(why))
+                    if job.device == StepDevice::Gpu && job.state_format != StateFormat::F32 =>
+                {
+                    if pass == 0 {
+                        skipped.push(format!("{}: skipped: {why}", job.label()));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
     progress(total, total, "done");
-    let mut rows: Vec<Row> = jobs.iter().zip(&measured).map(|(j, m)| row(j, m)).collect();
+    let mut rows: Vec<Row> = jobs
+        .iter()
+        .zip(&measured)
+        .filter(|(_, m)| !m.is_empty())
+        .map(|(j, m)| row(j, m))
+        .collect();
     fill_speedups(&mut rows);
     fill_ratios(&mut rows);
     let load = load_before.zip(load_average());
     Ok(Report {
         rows,
         gpu_missing,
+        skipped,
         policy: options.policy,
         load,
     })
@@ -482,10 +526,66 @@ mod tests {
         ];
         for (name, config, policy, transform, kind, bytes) in cases {
             assert_eq!(
-                bytes_per_element(config, *policy, transform, *kind),
-                *bytes,
+                bytes_per_element(config, StateFormat::F32, *policy, transform, *kind),
+                *bytes as f64,
                 "{name}"
             );
         }
+    }
+
+    /// The state's bytes as held (SPEC §6's table for `bayes`), and the q8 trial pass under
+    /// `skip-step` and `error`: g, θ and the codes read once more, in place of the scan
+    /// without a transform, beside it with one.
+    #[test]
+    fn bytes_per_element_counts_the_state_as_held() {
+        use NonFinitePolicy::{Error, SkipElement, SkipStep};
+        use StateFormat::{Bf16, F32, Q8};
+        use StepKind::{Fused, Update};
+        let none = GradTransform::default();
+        let bayes = OptimizerConfig::default_for("bayes").unwrap();
+        let q8_state = 1.0 + 4.0 / 256.0;
+        let cases = [
+            (F32, SkipElement, none, Update, 28.0),
+            (Bf16, SkipElement, none, Update, 20.0),
+            (Bf16, SkipStep, none, Update, 24.0),
+            (Q8, SkipElement, none, Update, 12.0 + 4.0 * q8_state),
+            (
+                Q8,
+                SkipStep,
+                none,
+                Update,
+                12.0 + 4.0 * q8_state + 8.0 + 2.0 * q8_state,
+            ),
+            (
+                Q8,
+                Error,
+                none,
+                Update,
+                12.0 + 4.0 * q8_state + 8.0 + 2.0 * q8_state,
+            ),
+            (
+                Q8,
+                SkipStep,
+                TRAINING_STEP,
+                Fused,
+                4.0 + 12.0 + 4.0 * q8_state + 8.0 + 2.0 * q8_state,
+            ),
+            (
+                Q8,
+                SkipElement,
+                TRAINING_STEP,
+                Fused,
+                4.0 + 12.0 + 4.0 * q8_state,
+            ),
+        ];
+        for (format, policy, transform, kind, bytes) in cases {
+            assert_eq!(
+                bytes_per_element(&bayes, format, policy, &transform, kind),
+                bytes,
+                "{format} {policy:?} {kind:?}"
+            );
+        }
+        assert_eq!(Q8.element_bytes(), 1.015625);
+        assert_eq!(bayes.as_dyn().bytes_per_element_in(Bf16), 20.0);
     }
 }

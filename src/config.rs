@@ -247,6 +247,12 @@ impl StateFormat {
             StateFormat::Q8 => n + 4 * n.div_ceil(STATE_Q8_BLOCK),
         }
     }
+
+    /// Bytes of one state element over whole blocks, its scale's share included: 4, 2, or
+    /// 1 + 4/256 for q8.
+    pub fn element_bytes(self) -> f64 {
+        self.slot_bytes(STATE_Q8_BLOCK) as f64 / STATE_Q8_BLOCK as f64
+    }
 }
 
 impl std::fmt::Display for StateFormat {

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
-use crate::held::{Held, Piece};
+use crate::held::{Held, HeldSpan, Piece, HELD_CHUNK};
 use crate::layout::{
     initial_state, GroupId, GroupSpec, Layout, ParamGroups, StateSource, Stored, TensorId,
 };
@@ -117,6 +117,156 @@ fn count_portable(g: &[f32]) -> u64 {
             u64::from(count)
         })
         .sum()
+}
+
+thread_local! {
+    /// Each worker's buffers for the span of held state it is stepping: the decoded state
+    /// (one per slot) and a copy of θ. Grown once per thread, never shrunk.
+    static HELD_SCRATCH: std::cell::RefCell<HeldScratch> =
+        const { std::cell::RefCell::new(HeldScratch { theta: Vec::new(), state: Vec::new() }) };
+}
+
+struct HeldScratch {
+    theta: Vec<f32>,
+    state: Vec<Vec<f32>>,
+}
+
+/// One step of a held group on the fast path, span by span (see
+/// [`CpuGroup::step_held_parallel`]).
+struct SpanStep<'a> {
+    optimizer: &'a dyn crate::optim::Optimizer,
+    t: u64,
+    policy: NonFinitePolicy,
+    /// `q8` under a policy that tests: a new state that is not finite counts.
+    overflow_counts: bool,
+    xf: Option<Transformed>,
+}
+
+impl SpanStep<'_> {
+    /// Decodes the span's state into the worker's scratch and runs `job` on the span, θ (or,
+    /// for a `trial`, scratch's copy of it), the other one of the two (a copy of the old θ
+    /// when `keep_theta`), g's chunk and the decoded state.
+    fn with_state<R>(
+        span: &mut HeldSpan,
+        theta: &mut [f32],
+        trial: bool,
+        keep_theta: bool,
+        job: impl FnOnce(&mut HeldSpan, &mut [f32], &mut [f32], &mut [&mut [f32]]) -> R,
+    ) -> R {
+        HELD_SCRATCH.with_borrow_mut(|scratch| {
+            let HeldScratch {
+                theta: copy,
+                state: buffers,
+            } = scratch;
+            let n = theta.len();
+            if buffers.len() < span.slots() {
+                buffers.resize_with(span.slots(), Vec::new);
+            }
+            for v in buffers.iter_mut().chain([&mut *copy]) {
+                if v.len() < n {
+                    v.resize(n, 0.0);
+                }
+            }
+            let mut state: Vec<&mut [f32]> = buffers[..span.slots()]
+                .iter_mut()
+                .enumerate()
+                .map(|(k, v)| match span.used(k) {
+                    true => {
+                        let v = &mut v[..n];
+                        span.decode(k, v);
+                        v
+                    }
+                    false => &mut [][..],
+                })
+                .collect();
+            let copy = &mut copy[..n];
+            if trial || keep_theta {
+                copy.copy_from_slice(theta);
+            }
+            match trial {
+                true => job(span, copy, theta, &mut state),
+                false => job(span, theta, copy, &mut state),
+            }
+        })
+    }
+
+    /// The update of one chunk, as the f32 fast path runs it under the group's policy.
+    fn update(&self, theta: &mut [f32], grad: &[f32], state: &mut [&mut [f32]]) -> u64 {
+        Transformed::chunkwise(
+            self.xf,
+            theta,
+            grad,
+            state,
+            |theta, grad, state| match self.policy {
+                NonFinitePolicy::SkipElement => {
+                    CpuGroup::update_chunk(self.optimizer, self.t, theta, grad, state)
+                }
+                _ => {
+                    self.optimizer.reference_step(self.t, theta, grad, state);
+                    0
+                }
+            },
+        )
+    }
+
+    /// A span's update into scratch, changing nothing: (the non-finite gradient elements if
+    /// `count_grad`, the elements whose new state is not finite).
+    fn trial(
+        &self,
+        span: &mut HeldSpan,
+        theta: &mut [f32],
+        grad: &[f32],
+        count_grad: bool,
+    ) -> (u64, u64) {
+        let count = if count_grad { count_nonfinite(grad) } else { 0 };
+        if count > 0 {
+            return (count, 0);
+        }
+        Self::with_state(span, theta, true, false, |_, copy, _, state| {
+            self.update(copy, grad, state);
+            (0, overflowed(state).len() as u64)
+        })
+    }
+
+    /// A span's step: decode, update, and encode the new values. Under `SkipElement`, an
+    /// element whose new state is not finite (`q8`) gets its θ and state back, and counts.
+    /// Returns (non-finite gradient elements, such elements).
+    fn apply(&self, span: &mut HeldSpan, theta: &mut [f32], grad: &[f32]) -> (u64, u64) {
+        let restores = self.overflow_counts && self.policy == NonFinitePolicy::SkipElement;
+        Self::with_state(span, theta, false, restores, |span, theta, old, state| {
+            let count = self.update(theta, grad, state);
+            let bad = if restores {
+                overflowed(state)
+            } else {
+                Vec::new()
+            };
+            for &j in &bad {
+                theta[j] = old[j];
+                for (k, v) in state.iter_mut().enumerate() {
+                    if span.used(k) {
+                        v[j] = span.decode_at(k, j);
+                    }
+                }
+            }
+            for (k, v) in state.iter().enumerate() {
+                if span.used(k) {
+                    span.encode(k, v);
+                }
+            }
+            (count, bad.len() as u64)
+        })
+    }
+}
+
+/// The elements of a chunk some of whose new state values are not finite.
+fn overflowed(state: &[&mut [f32]]) -> Vec<usize> {
+    if state.iter().all(|v| count_nonfinite(v) == 0) {
+        return Vec::new();
+    }
+    let n = state.iter().map(|v| v.len()).max().unwrap_or(0);
+    (0..n)
+        .filter(|&j| state.iter().any(|v| !v.is_empty() && !v[j].is_finite()))
+        .collect()
 }
 
 /// One parameter group in host memory: its arena of θ and of each state.
@@ -310,7 +460,10 @@ impl CpuGroup {
         let Some(mut held) = self.held.take() else {
             return self.step_f32(spec, path, grad, xf);
         };
-        let count = self.step_held(&mut held, spec, path, grad, xf);
+        let count = match path {
+            CpuPath::Reference => self.step_held(&mut held, spec, path, grad, xf),
+            CpuPath::Parallel => self.step_held_parallel(&mut held, spec, grad, xf),
+        };
         self.held = Some(held);
         count
     }
@@ -368,6 +521,78 @@ impl CpuGroup {
             *v = Vec::new();
         }
         count
+    }
+
+    /// `step_held` on the fast path, with the same bits: decode, update and encode fused per
+    /// span of whole q8 blocks ([`Held::spans_mut`]) while it is in cache, on every core,
+    /// in the worker's [`HELD_SCRATCH`] (no arena-sized buffers). An overflow under
+    /// `SkipStep` or `Error` undoes the whole step, so under `q8` those policies first run
+    /// the update into scratch to count the overflows (and the non-finite gradient elements,
+    /// in the same read of g), and apply it only if there are none.
+    fn step_held_parallel(
+        &mut self,
+        held: &mut Held,
+        spec: &GroupSpec,
+        grad: &[f32],
+        xf: Option<Transformed>,
+    ) -> u64 {
+        let t = self.t + 1;
+        let config = spec.config_at(t);
+        let step = SpanStep {
+            optimizer: config.as_dyn(),
+            t,
+            policy: spec.policy,
+            overflow_counts: held.format() == crate::config::StateFormat::Q8
+                && spec.policy != NonFinitePolicy::Propagate,
+            xf,
+        };
+        if spec.policy.counts_first() {
+            let known = xf.map(|x| x.count);
+            let (count, overflow) = match (known, step.overflow_counts) {
+                (Some(count), _) if count > 0 => (count, 0),
+                (_, true) => self.for_each_span(held, t, grad, |span, theta, grad| {
+                    step.trial(span, theta, grad, known.is_none())
+                }),
+                (None, false) => (
+                    grad.par_chunks(PARALLEL_CHUNK).map(count_nonfinite).sum(),
+                    0,
+                ),
+                (Some(_), false) => (0, 0),
+            };
+            if count > 0 {
+                return count;
+            }
+            if overflow > 0 {
+                return overflow;
+            }
+        }
+        self.t = t;
+        let (count, overflow) = self.for_each_span(held, t, grad, |span, theta, grad| {
+            step.apply(span, theta, grad)
+        });
+        count + overflow
+    }
+
+    /// Runs `job` on every span of the held state (keyed at step `t`) with its θ and g, in
+    /// parallel, and sums what the jobs return.
+    fn for_each_span<F>(&mut self, held: &mut Held, t: u64, grad: &[f32], job: F) -> (u64, u64)
+    where
+        F: Fn(&mut HeldSpan, &mut [f32], &[f32]) -> (u64, u64) + Sync,
+    {
+        let spans = held.spans_mut(t, HELD_CHUNK);
+        let mut theta = &mut self.theta[..];
+        let jobs: Vec<_> = spans
+            .into_iter()
+            .map(|span| {
+                let (mine, rest) = std::mem::take(&mut theta).split_at_mut(span.range().len());
+                theta = rest;
+                let g = &grad[span.range()];
+                (span, mine, g)
+            })
+            .collect();
+        jobs.into_par_iter()
+            .map(|(mut span, theta, grad)| job(&mut span, theta, grad))
+            .reduce(|| (0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
     }
 
     /// `step` of a group whose state is `f32`, in `self.state`.
@@ -493,7 +718,11 @@ impl CpuOptimizer {
         let t = self.layout.tensor(id)?;
         match self.layout.state_source(t.group, name)? {
             StateSource::Slot(slot) => {
-                Ok(self.groups[t.group.0].decoded()[slot][t.range()].to_vec())
+                let group = &self.groups[t.group.0];
+                Ok(match &group.held {
+                    None => group.state[slot][t.range()].to_vec(),
+                    Some(held) => held.decode_slot_in(slot, t.range()),
+                })
             }
             StateSource::Derived => self.derived(t.group, name, t.range()),
         }
@@ -533,11 +762,12 @@ impl CpuOptimizer {
         &self.groups[0].theta
     }
 
-    /// Group 0's arena in place: θ and the used state vectors in slot order, for `bench`'s
+    /// Group 0's arena in place: θ, the used f32 state vectors in slot order, and the bytes
+    /// of a held state (codes and scales; then the f32 vectors are empty), for `bench`'s
     /// roofline, which touches the optimizer's own arrays (not public: writing them would
     /// bypass every step's rules).
     #[cfg(feature = "bench")]
-    pub(crate) fn arena_mut(&mut self) -> (&mut [f32], Vec<&mut [f32]>) {
+    pub(crate) fn arena_mut(&mut self) -> (&mut [f32], Vec<&mut [f32]>, Vec<&mut [u8]>) {
         let group = &mut self.groups[0];
         let states = group
             .state
@@ -545,7 +775,8 @@ impl CpuOptimizer {
             .filter(|v| !v.is_empty())
             .map(|v| &mut v[..])
             .collect();
-        (&mut group.theta, states)
+        let held = group.held.as_mut().map_or(Vec::new(), Held::bytes_mut);
+        (&mut group.theta, states, held)
     }
 
     /// A vector (θ, or a state by name) of every tensor, flat in registration order.

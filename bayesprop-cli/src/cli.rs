@@ -10,7 +10,7 @@ use bayesprop::validate::{self, Rule};
 use bayesprop::StepDevice;
 use bayesprop::{
     Checkpoint, Error, GpuContext, GpuOptimizer, GradTransform, GroupId, HyperSchedule,
-    NonFinitePolicy, OptimizerConfig, Result, StateFormat, StateStorage,
+    NonFinitePolicy, OptimizerConfig, ParamGroups, Result, StateFormat, StateStorage,
 };
 use clap::{Args, Parser, Subcommand};
 use ndarray::{Array1, Array2};
@@ -164,6 +164,11 @@ struct BenchArgs {
     /// unscaling and the norm each cost in the fused step.
     #[arg(long, value_name = "M", allow_hyphen_values = true)]
     clip_norm: Option<String>,
+    /// A group option of every row, e.g. `--set state_format=f32,bf16,q8 --set state_seed=7`:
+    /// `state_format` takes a comma-separated list, the matrix's rows once per format (SPEC
+    /// §6; the extras and training-step rows take the first).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    settings: Vec<String>,
     #[command(flatten)]
     gpu: GpuArgs,
 }
@@ -265,22 +270,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// `KEY=VALUE` arguments of `--set`, split at the first `=`.
-fn key_values(settings: &[String]) -> Result<Vec<(&str, &str)>> {
-    settings
-        .iter()
-        .map(|s| {
-            s.split_once('=').ok_or_else(|| Error::Unknown {
-                what: "--set argument",
-                name: s.clone(),
-                known: "only KEY=VALUE forms, e.g. eta=1e-3".into(),
-            })
-        })
-        .collect()
-}
-
 fn demo(args: &DemoArgs) -> Result<ExitCode> {
-    let (storage, rest) = StateStorage::split(key_values(&args.settings)?)?;
+    let (storage, rest) = StateStorage::split(key_values(&args.settings, "state_format=q8")?)?;
     if let Some((key, _)) = rest.first() {
         return Err(Error::Unknown {
             what: "demo --set option",
@@ -448,8 +439,22 @@ fn read_npy<D: ndarray::Dimension>(path: &Path, expected: &str) -> Result<ndarra
     })
 }
 
+/// `--set KEY=VALUE` arguments as pairs.
+fn key_values<'a>(settings: &'a [String], example: &str) -> Result<Vec<(&'a str, &'a str)>> {
+    settings
+        .iter()
+        .map(|s| {
+            s.split_once('=').ok_or_else(|| Error::Unknown {
+                what: "--set argument",
+                name: s.clone(),
+                known: format!("only KEY=VALUE forms, e.g. {example}"),
+            })
+        })
+        .collect()
+}
+
 fn replay(args: &ReplayArgs) -> Result<ExitCode> {
-    let settings = key_values(&args.settings)?;
+    let settings = key_values(&args.settings, "eta=1e-3")?;
     // state_format and state_seed say how the state is held (SPEC §6); the rest are the
     // optimizer's hyperparameters.
     let (storage, settings) = StateStorage::split(settings)?;
@@ -570,9 +575,29 @@ fn bench(args: &BenchArgs) -> Result<ExitCode> {
         .split(',')
         .map(bench::parse_size)
         .collect::<Result<Vec<_>>>()?;
+    let mut state_formats = vec![StateFormat::F32];
+    let mut group_options = Vec::new();
+    for (key, value) in key_values(&args.settings, "state_format=f32,q8")? {
+        match key.trim() {
+            "state_format" => {
+                state_formats = value
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<Vec<StateFormat>>>()?
+            }
+            key => group_options.push((key.to_string(), value.to_string())),
+        }
+    }
+    // Every option is checked before anything is measured.
+    let mut check = ParamGroups::single(optimizers[0].1.clone(), &[0.0])?;
+    for (key, value) in &group_options {
+        check.set_group_option(GroupId(0), key, value)?;
+    }
     let options = BenchOptions {
         optimizers,
         sizes,
+        state_formats,
+        group_options,
         devices: args.device.0.clone(),
         steps: args.steps,
         repeat: args.repeat,
@@ -608,6 +633,9 @@ fn bench(args: &BenchArgs) -> Result<ExitCode> {
         println!("{}", report.json());
         if let Some(why) = &report.gpu_missing {
             eprintln!("{why}");
+        }
+        for line in &report.skipped {
+            eprintln!("{line}");
         }
     } else {
         print!("{}", report.table());

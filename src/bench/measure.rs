@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use crate::bench::plan::Job;
-use crate::bench::roofline::{copy_cpu, synthetic, touch_cpu, GpuRoofline};
+use crate::bench::roofline::{copy_cpu, synthetic, touch_bytes_cpu, touch_cpu, GpuRoofline};
 use crate::bench::timing::PassTimer;
 use crate::bench::unfused::GpuUnfused;
 use crate::bench::{Case, StepKind, MANY_TENSORS_LEN};
@@ -12,7 +12,7 @@ use crate::cpu::{CpuOptimizer, CpuPath, PARALLEL_CHUNK};
 use crate::device::StepDevice;
 use crate::error::{Error, Result};
 use crate::gpu::{BufferRange, GpuContext, GpuOptimizer, TensorBuffers};
-use crate::layout::ParamGroups;
+use crate::layout::{GroupId, ParamGroups};
 use crate::transform::{self, GradTransform, NORM_BLOCK};
 use crate::Stepper;
 
@@ -27,19 +27,26 @@ pub(super) fn load_average() -> Option<String> {
     )
 }
 
-/// The parameters of a job: one tensor, or many of [`MANY_TENSORS_LEN`] elements.
-fn param_groups(job: &Job, theta0: &[f32]) -> Result<ParamGroups> {
-    match job.case {
-        Case::OneTensor => ParamGroups::single(job.config.clone(), theta0),
+/// The parameters of a job: one tensor, or many of [`MANY_TENSORS_LEN`] elements, in the
+/// job's state format with its group options.
+pub(super) fn param_groups(job: &Job, theta0: &[f32]) -> Result<ParamGroups> {
+    let mut groups = match job.case {
+        Case::OneTensor => ParamGroups::single(job.config.clone(), theta0)?,
         Case::ManyTensors | Case::CallerTensors => {
             let mut groups = ParamGroups::new();
             let group = groups.add_group("params", job.config.clone())?;
             for (k, values) in theta0.chunks(MANY_TENSORS_LEN).enumerate() {
                 groups.add_tensor(group, &format!("t{k}"), &[values.len()], values)?;
             }
-            Ok(groups)
+            groups
         }
+    };
+    let format = ("state_format", job.state_format.name());
+    let options = job.group_options.iter().map(|(k, v)| (&k[..], &v[..]));
+    for (key, value) in options.chain([format]) {
+        groups.set_group_option(GroupId(0), key, value)?;
     }
+    Ok(groups)
 }
 
 /// The CPU, as `bench` names it in its rows.
@@ -209,11 +216,13 @@ fn seconds(start: Instant) -> f64 {
 /// The touch and the copy of the optimizer's own arrays (group 0's arena, which is all of
 /// them in every case `bench` measures).
 fn touch_and_copy(optimizer: &mut CpuOptimizer, grad: &[f32], copy: &mut [f32]) -> (f64, f64) {
-    let (theta, mut states) = optimizer.arena_mut();
+    let (theta, mut states, mut held) = optimizer.arena_mut();
     // The gradient is the arena itself in every case bench measures (no padding).
     let grad = &grad[..theta.len()];
     let start = Instant::now();
     touch_cpu(theta, grad, &mut states);
+    // A held state's codes and scales, where the f32 state vectors are empty.
+    touch_bytes_cpu(&mut held);
     let touch = seconds(start);
     let start = Instant::now();
     copy_cpu(theta, copy);

@@ -4,6 +4,7 @@ use crate::bench::{
     bytes_per_element, BenchOptions, Case, StepKind, MANY_TENSORS, MANY_TENSORS_LEN,
     TRAINING_STEP_OPTIMIZERS,
 };
+use crate::config::StateFormat;
 use crate::device::StepDevice;
 use crate::error::{Error, Result};
 use crate::optim::{NonFinitePolicy, OptimizerConfig};
@@ -39,13 +40,17 @@ pub(super) struct Job {
     pub(super) policy: NonFinitePolicy,
     pub(super) step: StepKind,
     pub(super) transform: GradTransform,
+    pub(super) state_format: StateFormat,
+    /// Other group options (`ParamGroups::set_group_option`).
+    pub(super) group_options: Vec<(String, String)>,
 }
 
 impl Job {
     pub(super) fn label(&self) -> String {
         format!(
-            "{} n={} {} {} {} {}",
+            "{} {} n={} {} {} {} {}",
             self.name,
+            self.state_format,
             format_size(self.n),
             self.device.name(),
             self.case.name(),
@@ -55,8 +60,14 @@ impl Job {
     }
 
     /// Bytes this row's step really moves per element.
-    pub(super) fn bytes_per_element(&self) -> usize {
-        bytes_per_element(&self.config, self.policy, &self.transform, self.step)
+    pub(super) fn bytes_per_element(&self) -> f64 {
+        bytes_per_element(
+            &self.config,
+            self.state_format,
+            self.policy,
+            &self.transform,
+            self.step,
+        )
     }
 }
 
@@ -101,6 +112,11 @@ pub(super) fn plan(options: &BenchOptions, has_gpu: bool) -> Vec<Job> {
         .copied()
         .filter(|&d| d != StepDevice::Gpu || has_gpu)
         .collect();
+    let first_format = options
+        .state_formats
+        .first()
+        .copied()
+        .unwrap_or(StateFormat::F32);
     let job = |(name, config): &(String, OptimizerConfig), n, device, case, policy| Job {
         name: name.clone(),
         config: config.clone(),
@@ -110,12 +126,19 @@ pub(super) fn plan(options: &BenchOptions, has_gpu: bool) -> Vec<Job> {
         policy,
         step: StepKind::Update,
         transform: GradTransform::default(),
+        state_format: first_format,
+        group_options: options.group_options.clone(),
     };
     let mut jobs = Vec::new();
     for &n in &options.sizes {
         for optimizer in &options.optimizers {
-            for &device in &devices {
-                jobs.push(job(optimizer, n, device, Case::OneTensor, options.policy));
+            for &state_format in &options.state_formats {
+                for &device in &devices {
+                    jobs.push(Job {
+                        state_format,
+                        ..job(optimizer, n, device, Case::OneTensor, options.policy)
+                    });
+                }
             }
         }
         if let (true, Some(first)) = (options.extras, options.optimizers.first()) {

@@ -66,7 +66,7 @@ fn series(row: &Row) -> [f64; 3] {
         row.elements_per_second / 1e6,
         n / row.wall_seconds_per_step / 1e6,
         // The touch moves the optimizer's bytes, so its element rate is the roofline's.
-        row.roofline_gb_per_second * 1e9 / row.bytes_per_element as f64 / 1e6,
+        row.roofline_gb_per_second * 1e9 / row.bytes_per_element / 1e6,
     ]
 }
 

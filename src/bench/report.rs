@@ -4,6 +4,8 @@
 use crate::bench::measure::{Measured, Samples};
 use crate::bench::plan::{format_size, Job};
 use crate::bench::{Case, Report, Row, StepKind, MANY_TENSORS, MANY_TENSORS_LEN};
+use crate::config::StateFormat;
+use crate::device::StepDevice;
 use crate::optim::NonFinitePolicy;
 
 /// GPU rows: the step time of the CPU row of the same optimizer, size, case, policy and step
@@ -14,7 +16,17 @@ pub(super) fn fill_speedups(rows: &mut [Row]) {
         |r| r.step_seconds_median,
         |r| r.device == "cpu",
         |r| r.device == "gpu",
-        |r| format!("{} {} {} {} {}", r.optimizer, r.n, r.case, r.policy, r.step),
+        |r| {
+            let (o, f, n, c, p, s) = (
+                &r.optimizer,
+                &r.state_format,
+                r.n,
+                &r.case,
+                &r.policy,
+                &r.step,
+            );
+            format!("{o} {f} {n} {c} {p} {s}")
+        },
         |r, ratio| r.gpu_cpu_speedup = ratio,
     );
 }
@@ -26,10 +38,13 @@ pub(super) fn fill_speedups(rows: &mut [Row]) {
 pub(super) fn fill_ratios(rows: &mut [Row]) {
     fill_time_ratios(
         rows,
-        |r| r.bytes_per_element as f64 / r.roofline_fraction,
+        |r| r.bytes_per_element / r.roofline_fraction,
         |r| r.step == StepKind::Unfused.name(),
         |r| r.step == StepKind::Fused.name(),
-        |r| format!("{} {} {} {}", r.optimizer, r.n, r.device, r.policy),
+        |r| {
+            let (o, f, n, d, p) = (&r.optimizer, &r.state_format, r.n, &r.device, &r.policy);
+            format!("{o} {f} {n} {d} {p}")
+        },
         |r, ratio| r.unfused_over_fused = ratio,
     );
 }
@@ -86,8 +101,14 @@ pub(super) fn row(job: &Job, passes: &[Measured]) -> Row {
     // The touch moves the update's SPEC bytes; the step may move more (the scan, the
     // unfused passes), and is judged by what it really moves.
     let bytes_per_element = job.bytes_per_element();
-    let touch_bytes = job.config.as_dyn().bytes_per_element();
-    let by_bytes = bytes_per_element as f64 / touch_bytes as f64;
+    let touch_bytes = match job.device {
+        // The CPU touches the state as held (codes and scales); the GPU holds f32 only.
+        StepDevice::Reference | StepDevice::Cpu => {
+            job.config.as_dyn().bytes_per_element_in(job.state_format)
+        }
+        StepDevice::Gpu => job.config.as_dyn().bytes_per_element() as f64,
+    };
+    let by_bytes = bytes_per_element / touch_bytes;
     let mut per_pass: Vec<f64> = per_pass.iter().map(|f| f * by_bytes).collect();
     let fraction = by_bytes * median(&mut passes.iter().flat_map(ratios).collect::<Vec<_>>());
     per_pass.sort_by(f64::total_cmp);
@@ -105,8 +126,8 @@ pub(super) fn row(job: &Job, passes: &[Measured]) -> Row {
     };
     let first = &passes[0];
     let n = job.n;
-    let gb_per_second = (bytes_per_element * n) as f64 / step / 1e9;
-    let roofline_gb_per_second = (touch_bytes * n) as f64 / touch / 1e9;
+    let gb_per_second = bytes_per_element * n as f64 / step / 1e9;
+    let roofline_gb_per_second = touch_bytes * n as f64 / touch / 1e9;
     Row {
         optimizer: job.name.clone(),
         n,
@@ -131,6 +152,7 @@ pub(super) fn row(job: &Job, passes: &[Measured]) -> Row {
         vec4: first.vec4,
         step: job.step.name().to_string(),
         unfused_over_fused: None,
+        state_format: job.state_format.name().to_string(),
     }
 }
 
@@ -148,18 +170,13 @@ impl Report {
             .filter(|r| r.case == Case::OneTensor.name() && r.policy == self.policy.name())
     }
 
-    fn find(
-        &self,
-        optimizer: &str,
-        n: usize,
-        device: &str,
-        case: Case,
-        policy: &str,
-    ) -> Option<&Row> {
+    fn find(&self, like: &Row, n: usize, case: Case, policy: &str) -> Option<&Row> {
+        let (optimizer, format, device) = (&like.optimizer, &like.state_format, &like.device);
         self.rows.iter().find(|r| {
-            r.optimizer == optimizer
+            r.optimizer == *optimizer
+                && r.state_format == *format
                 && r.n == n
-                && r.device == device
+                && r.device == *device
                 && r.case == case.name()
                 && r.policy == policy
                 && r.step == StepKind::Update.name()
@@ -175,13 +192,7 @@ impl Report {
             .iter()
             .filter(|r| r.case == Case::ManyTensors.name() || r.case == Case::CallerTensors.name())
             .filter_map(|many| {
-                let one = self.find(
-                    &many.optimizer,
-                    n,
-                    &many.device,
-                    Case::OneTensor,
-                    &many.policy,
-                )?;
+                let one = self.find(many, n, Case::OneTensor, &many.policy)?;
                 let ratio = one.roofline_fraction / many.roofline_fraction;
                 Some((
                     many.optimizer.clone(),
@@ -203,15 +214,14 @@ impl Report {
             .filter(|r| r.step == StepKind::Update.name())
             .filter_map(|without| {
                 let with = self.find(
-                    &without.optimizer,
+                    without,
                     without.n,
-                    &without.device,
                     Case::OneTensor,
                     NonFinitePolicy::SkipStep.name(),
                 )?;
                 // Fractions count each row's own bytes (the scan's read of g in `with`); the
                 // time relative to the touch is the fraction per byte.
-                let per_byte = |r: &Row| r.roofline_fraction / r.bytes_per_element as f64;
+                let per_byte = |r: &Row| r.roofline_fraction / r.bytes_per_element;
                 let cost = per_byte(without) / per_byte(with) - 1.0;
                 Some((
                     without.optimizer.clone(),
@@ -231,6 +241,7 @@ impl Report {
             "optimizer",
             "n",
             "device",
+            "B/elem",
             "step ms",
             "Melem/s",
             "GB/s",
@@ -239,20 +250,25 @@ impl Report {
             "copy GB/s",
             "GPU/CPU",
         ];
-        let mut lines: Vec<[String; 10]> = vec![header.map(String::from)];
+        let mut lines: Vec<[String; 11]> = vec![header.map(String::from)];
         let mut matrix: Vec<&Row> = self.matrix().collect();
-        matrix.sort_by(|a, b| {
-            (order_of(&a.optimizer, self), a.n, &a.device).cmp(&(
-                order_of(&b.optimizer, self),
-                b.n,
-                &b.device,
-            ))
+        matrix.sort_by_key(|r| {
+            (
+                order_of(&r.optimizer, self),
+                r.n,
+                order_of_format(r),
+                &r.device,
+            )
         });
         for r in matrix {
             lines.push([
-                r.optimizer.clone(),
+                match r.state_format.as_str() {
+                    "f32" => r.optimizer.clone(),
+                    format => format!("{} {format}", r.optimizer),
+                },
                 format_size(r.n),
                 r.device.clone(),
+                format!("{:.2}", r.bytes_per_element),
                 format!("{:.3}", r.step_seconds_median * 1e3),
                 format!("{:.0}", r.elements_per_second / 1e6),
                 format!("{:.2}", r.gb_per_second),
@@ -269,7 +285,7 @@ impl Report {
                     .map_or("-".to_string(), |s| format!("{s:.2}x")),
             ]);
         }
-        let widths: Vec<usize> = (0..10)
+        let widths: Vec<usize> = (0..11)
             .map(|c| {
                 lines
                     .iter()
@@ -371,6 +387,9 @@ impl Report {
         if let Some(why) = &self.gpu_missing {
             let _ = writeln!(out, "{why}");
         }
+        for line in &self.skipped {
+            let _ = writeln!(out, "{line}");
+        }
         out
     }
 
@@ -392,6 +411,14 @@ impl Report {
         seen.dedup();
         seen
     }
+}
+
+/// State formats in SPEC order (`f32`, `bf16`, `q8`).
+fn order_of_format(row: &Row) -> usize {
+    StateFormat::ALL
+        .iter()
+        .position(|f| f.name() == row.state_format)
+        .unwrap_or(usize::MAX)
 }
 
 /// Optimizers in the order the rows first name them.

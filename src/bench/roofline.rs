@@ -126,6 +126,26 @@ pub fn touch_cpu(theta: &mut [f32], grad: &[f32], states: &mut [&mut [f32]]) {
         .for_each(|(theta, grad, mut state)| touch_chunk(theta, grad, &mut state));
 }
 
+/// Reads and writes back every byte of `arrays` (a held state's codes and scales), unchanged
+/// (an XOR with a zero the compiler cannot see), over chunks of the fast path's size.
+pub fn touch_bytes_cpu(arrays: &mut [&mut [u8]]) {
+    let zero = std::hint::black_box(0u8);
+    for bytes in arrays.iter_mut() {
+        bytes
+            .par_chunks_mut(4 * PARALLEL_CHUNK)
+            .for_each(|chunk| touch_bytes_chunk(chunk, zero));
+    }
+}
+
+crate::reference::simd_fn! {
+    /// The byte touch of one chunk, at the widest SIMD the CPU has.
+    fn touch_bytes_chunk(bytes: &mut [u8], zero: u8) {
+        for b in bytes.iter_mut() {
+            *b ^= zero;
+        }
+    }
+}
+
 /// Copies `src` to `dst` (reads and writes 4 bytes per element), in parallel chunks.
 pub fn copy_cpu(src: &[f32], dst: &mut [f32]) {
     dst.par_chunks_mut(PARALLEL_CHUNK)

@@ -370,8 +370,14 @@ pub trait Optimizer: Hyperparameters + fmt::Debug + Send + Sync {
 
     /// Bytes moved per element per step: read θ, g and each used state, write θ and each state.
     fn bytes_per_element(&self) -> usize {
-        let states = self.state_slots().iter().filter(|s| s.used).count();
-        4 * (2 + 1 + 2 * states)
+        self.bytes_per_element_in(crate::config::StateFormat::F32) as usize
+    }
+
+    /// [`Optimizer::bytes_per_element`] with the state held in `format` (SPEC §6): each used
+    /// state read and written at [`crate::config::StateFormat::element_bytes`].
+    fn bytes_per_element_in(&self, format: crate::config::StateFormat) -> f64 {
+        let states = self.state_slots().iter().filter(|s| s.used).count() as f64;
+        4.0 * (2.0 + 1.0) + 2.0 * states * format.element_bytes()
     }
 }
 

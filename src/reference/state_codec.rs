@@ -84,7 +84,7 @@ pub fn q8_scale(block: &[f32]) -> f32 {
 }
 
 /// The mantissa bits of f32(2^(j/8)), j = 0…7 (the WGSL picks one by a tree of selects).
-const MANTISSAS: [u32; 8] = [
+pub(crate) const MANTISSAS: [u32; 8] = [
     0x000000, 0x0b95c2, 0x1837f0, 0x25fed7, 0x3504f3, 0x45672a, 0x5744fd, 0x6ac0c7,
 ];
 

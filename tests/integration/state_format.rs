@@ -57,6 +57,19 @@ fn bayes_momentum() -> BayesConfig {
     }
 }
 
+/// `bayes` with momentum and `adam` with amsgrad: signed and unsigned slots, and 2 and 3 of
+/// them.
+fn signed_and_unsigned() -> [OptimizerConfig; 2] {
+    [
+        bayes_momentum().into(),
+        AdamConfig {
+            amsgrad: true,
+            ..AdamConfig::adam()
+        }
+        .into(),
+    ]
+}
+
 #[test]
 fn f32_with_any_seed_is_todays_bits() {
     let plain = ParamGroups::single(bayes_momentum().into(), &initial_theta(1000, 0)).unwrap();
@@ -72,14 +85,7 @@ fn f32_with_any_seed_is_todays_bits() {
 #[test]
 fn same_seed_same_bits_on_both_paths_and_any_thread_count() {
     for format in [StateFormat::Bf16, StateFormat::Q8] {
-        for config in [
-            OptimizerConfig::from(bayes_momentum()),
-            AdamConfig {
-                amsgrad: true,
-                ..AdamConfig::adam()
-            }
-            .into(),
-        ] {
+        for config in signed_and_unsigned() {
             let g = groups(config.clone(), LENS, format, 7);
             let reference = run(&mut CpuOptimizer::from_groups(&g, CpuPath::Reference), 6);
             let what = format!("{format} {}", config.name());
@@ -565,6 +571,172 @@ fn first_step_codes_follow_the_spec() {
                 &want,
                 &format!("{format} {slot}"),
             );
+        }
+    }
+}
+
+/// Every row of the optimizer table, with every state slot it can use switched on (and as
+/// its defaults leave them): the configs the fast held path is checked over.
+fn every_optimizer_with_every_slot() -> Vec<OptimizerConfig> {
+    let mut configs = Vec::new();
+    for row in bayesprop::optim::TABLE {
+        let full: &[(&str, &str)] = match row.name {
+            "bayes" | "bayes_adam" | "bayes_fp" | "sgd" => &[("momentum", "0.9")],
+            "rmsprop" => &[("centered", "true"), ("momentum", "0.9")],
+            "adam" | "adamw" => &[("amsgrad", "true")],
+            _ => &[],
+        };
+        configs.push((row.config)());
+        if !full.is_empty() {
+            configs.push(OptimizerConfig::from_settings(row.name, full.iter().copied()).unwrap());
+        }
+    }
+    configs
+}
+
+/// What a run does at each step call (its result and reports) and its final vectors.
+type Trace = (Vec<String>, Vec<Vec<f32>>);
+
+/// Steps `groups` on `path` through `grads` under `policy` (and `transform`, if given).
+fn trace(
+    groups: &ParamGroups,
+    path: CpuPath,
+    policy: NonFinitePolicy,
+    transform: Option<bayesprop::GradTransform>,
+    grads: &[Vec<f32>],
+) -> Trace {
+    let mut groups = groups.clone();
+    groups.set_policy(GroupId(0), policy).unwrap();
+    let mut o = CpuOptimizer::from_groups(&groups, path);
+    if let Some(transform) = transform {
+        o.set_grad_transform(transform).unwrap();
+    }
+    let calls = grads
+        .iter()
+        .map(|g| {
+            let result = o.step(g).map_err(|e| e.to_string());
+            format!("{result:?} {:?}", o.step_reports().unwrap())
+        })
+        .collect();
+    (calls, common::snapshot(&o))
+}
+
+/// The fast held path against the reference (the spec), bit for bit, step reports and
+/// errors included.
+fn assert_paths_agree(
+    groups: &ParamGroups,
+    policy: NonFinitePolicy,
+    transform: Option<bayesprop::GradTransform>,
+    grads: &[Vec<f32>],
+    what: &str,
+) -> Trace {
+    let reference = trace(groups, CpuPath::Reference, policy, transform, grads);
+    let fast = trace(groups, CpuPath::Parallel, policy, transform, grads);
+    assert_eq!(reference.0, fast.0, "{what}: step results");
+    common::assert_same_bits(&reference.1, &fast.1, what);
+    reference
+}
+
+/// Tensors whose lengths are not multiples of 256, one longer than a span of the fused step.
+const HELD_LENS: &[usize] = &[20_000, 300, 1, 257, 511];
+
+#[test]
+fn fast_held_path_equals_the_reference_for_every_optimizer() {
+    let n: usize = HELD_LENS.iter().sum();
+    let grads: Vec<Vec<f32>> = (0..8).map(|s| grad(n, s)).collect();
+    for config in every_optimizer_with_every_slot() {
+        for format in [StateFormat::Bf16, StateFormat::Q8] {
+            let g = groups(config.clone(), HELD_LENS, format, 3);
+            for steps in [1, grads.len()] {
+                let what = format!("{} {:?} {format}, {steps} steps", config.name(), config);
+                let (calls, _) =
+                    assert_paths_agree(&g, NonFinitePolicy::SkipStep, None, &grads[..steps], &what);
+                assert!(calls.iter().all(|c| c == "Ok(()) []"), "{what}: {calls:?}");
+            }
+        }
+    }
+}
+
+/// A NaN and an Inf in the gradient of the third step, under each policy, with and without
+/// the training step's transform.
+#[test]
+fn fast_held_path_equals_the_reference_on_non_finite_gradients() {
+    let n: usize = HELD_LENS.iter().sum();
+    let mut grads: Vec<Vec<f32>> = (0..5).map(|s| grad(n, s)).collect();
+    grads[2][5] = f32::NAN;
+    grads[2][20_300] = f32::INFINITY;
+    let transform = bayesprop::GradTransform {
+        grad_scale: 1024.0,
+        clip_norm: Some(1.0),
+        max_consecutive_skips: None,
+    };
+    for config in signed_and_unsigned() {
+        for format in [StateFormat::Bf16, StateFormat::Q8] {
+            let g = groups(config.clone(), HELD_LENS, format, 5);
+            for policy in NonFinitePolicy::ALL {
+                for transform in [None, Some(transform)] {
+                    let what = format!(
+                        "{} {format} {} transform {}",
+                        config.name(),
+                        policy.name(),
+                        transform.is_some()
+                    );
+                    let (calls, _) = assert_paths_agree(&g, policy, transform, &grads, &what);
+                    let seen = policy != NonFinitePolicy::Propagate;
+                    assert_eq!(calls[2].contains("nonfinite: 2"), seen, "{what}: {calls:?}");
+                }
+            }
+        }
+    }
+}
+
+/// q8 state overflowing (g² beyond f32) in two tensors, alone and beside a NaN gradient,
+/// under each policy: the fast path counts, restores and undoes as the reference does.
+#[test]
+fn fast_held_path_equals_the_reference_on_q8_overflow() {
+    let n: usize = HELD_LENS.iter().sum();
+    let mut grads: Vec<Vec<f32>> = (0..5).map(|s| grad(n, s)).collect();
+    grads[1][3] = 1e30;
+    grads[1][20_000 + 299] = -1e30;
+    grads[3][17_000] = 1e30;
+    grads[3][40] = f32::NAN;
+    for config in signed_and_unsigned() {
+        let g = groups(config.clone(), HELD_LENS, StateFormat::Q8, 8);
+        for policy in NonFinitePolicy::ALL {
+            let what = format!("{} q8 {}", config.name(), policy.name());
+            let (calls, _) = assert_paths_agree(&g, policy, None, &grads, &what);
+            if policy != NonFinitePolicy::Propagate {
+                assert!(calls[1].contains("nonfinite: 2"), "{what}: {calls:?}");
+            }
+        }
+    }
+}
+
+/// A tensor's state read alone (decoding only its own blocks) is its part of the whole
+/// vector, in every format and on both paths.
+#[test]
+fn a_tensors_state_is_its_part_of_the_whole() {
+    let n: usize = HELD_LENS.iter().sum();
+    for format in StateFormat::ALL {
+        for path in [CpuPath::Reference, CpuPath::Parallel] {
+            let g = groups(bayes_momentum(), HELD_LENS, format, 2);
+            let mut o = CpuOptimizer::from_groups(&g, path);
+            for s in 0..3 {
+                o.step(&grad(n, s)).unwrap();
+            }
+            for name in ["s", "sigma", "m"] {
+                let whole = o.state(name).unwrap();
+                let mut at = 0;
+                for (k, &len) in HELD_LENS.iter().enumerate() {
+                    let part = o.tensor_state(bayesprop::TensorId(k), name).unwrap();
+                    common::assert_same_bits_flat(
+                        &part,
+                        &whole[at..at + len],
+                        &format!("{format} {path:?} {name} tensor {k}"),
+                    );
+                    at += len;
+                }
+            }
         }
     }
 }
