@@ -620,6 +620,56 @@ fn q8_block<const TOP: usize, const SIGNED: bool>(
     (a, exact)
 }
 
+/// Checkpoints: a tensor's state as held, out and back in (SPEC §6: stored as held, never
+/// reinterpreted).
+impl Held {
+    /// The used slots of tensor `piece` as held, with their SPEC names (`names[k]` is slot
+    /// k's), in slot order.
+    pub fn export(&self, piece: usize, names: &[&str]) -> Vec<(String, HeldVector)> {
+        let piece = &self.pieces[piece];
+        let blocks = piece.first_block..piece.first_block + blocks(piece);
+        self.slots
+            .iter()
+            .flatten()
+            .map(|slot| {
+                let vector = match &slot.codes {
+                    Codes::Bf16(codes) => HeldVector::Bf16(codes[piece.range.clone()].to_vec()),
+                    Codes::Q8 { codes, scales } => HeldVector::Q8 {
+                        codes: codes[piece.range.clone()].to_vec(),
+                        scales: scales[blocks.clone()].to_vec(),
+                    },
+                };
+                (names[slot.k as usize].to_string(), vector)
+            })
+            .collect()
+    }
+
+    /// Puts back what [`Held::export`] gave for tensor `piece`, checked by the caller to fit
+    /// (the same format, slots and lengths).
+    pub fn import(&mut self, piece: usize, vectors: &[(String, HeldVector)]) {
+        let piece = &self.pieces[piece];
+        let blocks = piece.first_block..piece.first_block + blocks(piece);
+        for (slot, (_, vector)) in self.slots.iter_mut().flatten().zip(vectors) {
+            match (&mut slot.codes, vector) {
+                (Codes::Bf16(codes), HeldVector::Bf16(saved)) => {
+                    codes[piece.range.clone()].copy_from_slice(saved);
+                }
+                (
+                    Codes::Q8 { codes, scales },
+                    HeldVector::Q8 {
+                        codes: c,
+                        scales: a,
+                    },
+                ) => {
+                    codes[piece.range.clone()].copy_from_slice(c);
+                    scales[blocks.clone()].copy_from_slice(a);
+                }
+                _ => unreachable!("the checkpoint was checked to hold this format"),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -710,55 +760,5 @@ mod tests {
             }
         }
         assert!(fast_blocks > 3000, "{fast_blocks} blocks took the fast way");
-    }
-}
-
-/// Checkpoints: a tensor's state as held, out and back in (SPEC §6: stored as held, never
-/// reinterpreted).
-impl Held {
-    /// The used slots of tensor `piece` as held, with their SPEC names (`names[k]` is slot
-    /// k's), in slot order.
-    pub fn export(&self, piece: usize, names: &[&str]) -> Vec<(String, HeldVector)> {
-        let piece = &self.pieces[piece];
-        let blocks = piece.first_block..piece.first_block + blocks(piece);
-        self.slots
-            .iter()
-            .flatten()
-            .map(|slot| {
-                let vector = match &slot.codes {
-                    Codes::Bf16(codes) => HeldVector::Bf16(codes[piece.range.clone()].to_vec()),
-                    Codes::Q8 { codes, scales } => HeldVector::Q8 {
-                        codes: codes[piece.range.clone()].to_vec(),
-                        scales: scales[blocks.clone()].to_vec(),
-                    },
-                };
-                (names[slot.k as usize].to_string(), vector)
-            })
-            .collect()
-    }
-
-    /// Puts back what [`Held::export`] gave for tensor `piece`, checked by the caller to fit
-    /// (the same format, slots and lengths).
-    pub fn import(&mut self, piece: usize, vectors: &[(String, HeldVector)]) {
-        let piece = &self.pieces[piece];
-        let blocks = piece.first_block..piece.first_block + blocks(piece);
-        for (slot, (_, vector)) in self.slots.iter_mut().flatten().zip(vectors) {
-            match (&mut slot.codes, vector) {
-                (Codes::Bf16(codes), HeldVector::Bf16(saved)) => {
-                    codes[piece.range.clone()].copy_from_slice(saved);
-                }
-                (
-                    Codes::Q8 { codes, scales },
-                    HeldVector::Q8 {
-                        codes: c,
-                        scales: a,
-                    },
-                ) => {
-                    codes[piece.range.clone()].copy_from_slice(c);
-                    scales[blocks.clone()].copy_from_slice(a);
-                }
-                _ => unreachable!("the checkpoint was checked to hold this format"),
-            }
-        }
     }
 }
