@@ -461,7 +461,7 @@ impl CpuOptimizer {
                     CpuGroup::new(
                         spec,
                         groups.arena_theta0(GroupId(g)),
-                        pieces(groups.layout(), g),
+                        crate::held::pieces(groups.layout().tensors_of(g)),
                     )
                 })
                 .collect(),
@@ -521,19 +521,6 @@ impl CpuOptimizer {
     /// `q8` (SPEC §6).
     pub fn state_bytes(&self) -> usize {
         self.groups.iter().map(CpuGroup::state_bytes).sum()
-    }
-
-    /// The error of a checkpoint of a group whose state is not `f32`, if there is one.
-    fn refuse_held_checkpoint(&self, what: &str) -> Result<()> {
-        let held = self.groups.iter().zip(self.layout.groups());
-        match held.into_iter().find(|(g, _)| g.held.is_some()) {
-            None => Ok(()),
-            Some((_, spec)) => Err(Error::Unsupported(format!(
-                "{what} of a {} optimizer state (group `{}`) is not yet supported; only f32 \
-                 state is checkpointed",
-                spec.state_format, spec.name
-            ))),
-        }
     }
 
     /// Each group's applied step count.
@@ -694,7 +681,7 @@ impl Stepper for CpuOptimizer {
 
     fn checkpoint(&self) -> Result<Checkpoint> {
         // Never write decoded bf16/q8 state as if it were f32 (SPEC §6: as held, or refused).
-        self.refuse_held_checkpoint("saving a checkpoint")?;
+        crate::held::refuse_checkpoint(&self.layout, "saving a checkpoint")?;
         let arenas: Vec<Vec<(String, Vec<f32>)>> = self
             .groups
             .iter()
@@ -714,7 +701,7 @@ impl Stepper for CpuOptimizer {
     }
 
     fn restore(&mut self, checkpoint: &Checkpoint) -> Result<()> {
-        self.refuse_held_checkpoint("restoring a checkpoint")?;
+        crate::held::refuse_checkpoint(&self.layout, "restoring a checkpoint")?;
         let arenas = checkpoint.to_arenas(&self.layout)?;
         self.consecutive_skips = 0;
         let live = self.groups.iter_mut().zip(self.layout.groups());
@@ -726,25 +713,6 @@ impl Stepper for CpuOptimizer {
         }
         Ok(())
     }
-}
-
-/// The tensors of group `g` in its arena, with their flat starts in the group's order.
-fn pieces(layout: &Layout, g: usize) -> Vec<Piece> {
-    let mut flat = 0;
-    let mut first_block = 0;
-    layout
-        .tensors_of(g)
-        .map(|t| {
-            let piece = Piece {
-                range: t.range(),
-                flat,
-                first_block,
-            };
-            flat += t.len();
-            first_block += t.len().div_ceil(crate::config::STATE_Q8_BLOCK);
-            piece
-        })
-        .collect()
 }
 
 #[cfg(test)]
