@@ -149,6 +149,15 @@ impl Held {
         self.format
     }
 
+    /// Slot `k`'s bf16 codes over the whole arena (the padding's are 0); `None` for an
+    /// unused slot or another format.
+    pub fn bf16_codes(&self, k: usize) -> Option<&[u16]> {
+        match &self.slots[k].as_ref()?.codes {
+            Codes::Bf16(codes) => Some(codes),
+            Codes::Q8 { .. } => None,
+        }
+    }
+
     /// Bytes the codes and scales take.
     pub fn bytes(&self) -> usize {
         self.slots

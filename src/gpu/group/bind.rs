@@ -4,20 +4,47 @@ use super::*;
 
 impl GpuGroup {
     /// The bindings of a piece's used state slots over `range` (the placeholder for unused
-    /// ones), in slot order.
+    /// ones), in slot order. A held format binds each slot's whole buffer, then `held` (from
+    /// [`GpuGroup::held_uniform`]) and the group's tensor table.
     pub(super) fn state_bindings<'a>(
         &'a self,
         piece: &'a Piece,
         range: &Range<u64>,
+        held: Option<&'a wgpu::Buffer>,
     ) -> Vec<wgpu::BufferBinding<'a>> {
-        piece
+        let mut bindings: Vec<_> = piece
             .state
             .iter()
-            .map(|b| match b {
-                Some(b) => slice_binding_owned(b, range),
-                None => self.placeholder.as_entire_buffer_binding(),
+            .map(|b| match (b, held) {
+                (Some(b), None) => slice_binding_owned(b, range),
+                (Some(b), Some(_)) => b.as_entire_buffer_binding(),
+                (None, _) => self.placeholder.as_entire_buffer_binding(),
             })
-            .collect()
+            .collect();
+        if let (Some(uniform), Some(state)) = (held, &self.held) {
+            bindings.push(uniform.as_entire_buffer_binding());
+            bindings.push(state.tensors.as_entire_buffer_binding());
+        }
+        bindings
+    }
+
+    /// For a held format, the `Held` uniform of a dispatch whose state index 0 is element
+    /// `start` of `piece`'s state; `None` in `f32`.
+    pub(super) fn held_uniform(
+        &self,
+        device: &wgpu::Device,
+        piece: &Piece,
+        start: u64,
+    ) -> Option<wgpu::Buffer> {
+        let held = self.held.as_ref()?;
+        let values = [start as u32, piece.range.start as u32, held.seed, 0];
+        Some(
+            device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("bayesprop held"),
+                contents: bytemuck::cast_slice(&values),
+                usage: wgpu::BufferUsages::UNIFORM,
+            }),
+        )
     }
 
     /// Binds the arena's dispatches of a piece (none for tensors in the caller's buffers).
@@ -35,7 +62,8 @@ impl GpuGroup {
         piece.parts = cuts
             .into_iter()
             .map(|(range, lanes)| {
-                let state = self.state_bindings(piece, &range);
+                let held = self.held_uniform(device, piece, range.start);
+                let state = self.state_bindings(piece, &range, held.as_ref());
                 let theta = slice_binding(theta, &range);
                 let grad = slice_binding(grad, &range);
                 let update = self.pipeline.bind(
