@@ -195,10 +195,11 @@ fn declarations(
 }
 
 /// The state bindings and their accessors. In `f32` a slot is an `array<V>` and the accessors
-/// are its plain element access. In `bf16` (SPEC §6) a slot is the piece's whole buffer of
-/// words, two codes each (the element at even index in the low half), read and written
-/// through `state_codec.wgsl`; the bindings after the states give the dispatch's place in the
-/// piece and the group's tensors (see [`held_bindings`]). A store encodes with the slot's key
+/// are its plain element access. In `bf16` (SPEC §6) a slot is bound as the words of one
+/// binding chunk, two codes each (the element at even index in the low half), read and
+/// written through `state_codec.wgsl`; the bindings after the states give the dispatch's
+/// place in the chunk and the chunk's in the arena, and the group's tensors (see
+/// [`held_bindings`]). A store encodes with the slot's key
 /// at the step applied (`window.t + 1`) and the element's index in the group's flat order. At
 /// width 4 an invocation owns two whole words (the host binds vec4 parts at even elements);
 /// at width 1 it clears and sets its half of a word with atomics, as its neighbour may write
@@ -214,8 +215,8 @@ fn state_accessors(states: &[&str], lanes: Lanes, format: StateFormat) -> String
             text,
             "// Generated for state held in {format} (src/kernels.rs `state_accessors`).
 struct Held {{
-    start: u32,  // the element of the piece's state at this dispatch's state index 0
-    piece: u32,  // the piece's first element in the group's arena
+    start: u32,  // the element of the bound words at this dispatch's state index 0
+    base: u32,   // the arena element of the bound words' first
     seed: u32,   // state_seed
     pad: u32,
 }}
@@ -223,14 +224,14 @@ struct Held {{
 // Each tensor of the group: its first element in the arena, and that minus its first in the
 // group's flat order, by arena order.
 @group(0) @binding({tensors}) var<storage, read> held_tensors: array<vec2<u32>>;
-// The element of the piece's state of this invocation's first lane.
+// The element of the bound words of this invocation's first lane.
 fn held_index(at: At) -> u32 {{
     return held.start + at.state * {width}u;
 }}
 // The index in the group's flat order of this invocation's first lane (its lanes lie in one
 // tensor: tensors start at multiples of 4 in the arena).
 fn held_flat(at: At) -> u32 {{
-    let e = held.piece + held_index(at);
+    let e = held.base + held_index(at);
     var lo = 0u;
     var hi = arrayLength(&held_tensors);
     while hi - lo > 1u {{

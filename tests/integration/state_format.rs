@@ -8,8 +8,9 @@ use crate::{caller_tensors, common};
 use bayesprop::optim::AdamConfig;
 use bayesprop::validate::initial_theta;
 use bayesprop::{
-    BayesConfig, CpuOptimizer, CpuPath, Error, GpuContext, GpuOptimizer, GpuOptions, GroupId,
-    NonFinitePolicy, OptimizerConfig, ParamGroups, StateFormat, Stepper, TensorId,
+    BayesConfig, BufferRange, CpuOptimizer, CpuPath, Error, GpuContext, GpuOptimizer, GpuOptions,
+    GroupId, NonFinitePolicy, OptimizerConfig, ParamGroups, StateFormat, Stepper, TensorBuffers,
+    TensorId,
 };
 
 /// One group `g` of `config` with tensors of `lens` (so padding between them and several
@@ -507,6 +508,33 @@ fn per_tensor(o: &dyn Stepper, state: impl Fn(TensorId, &str) -> Vec<f32>) -> Ve
     out
 }
 
+/// Each group's arena in a θ buffer and a g buffer of its own, θ₀ written there.
+fn external_arenas(ctx: &GpuContext, groups: &ParamGroups) -> Vec<TensorBuffers> {
+    let usage =
+        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+    (0..groups.groups().len())
+        .map(|g| {
+            let theta0 = groups.arena_theta0(GroupId(g));
+            let bytes = theta0.len() as u64 * 4;
+            let buffer = || {
+                ctx.device().create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("caller arena"),
+                    size: bytes.max(4),
+                    usage,
+                    mapped_at_creation: false,
+                })
+            };
+            let (theta, grad) = (buffer(), buffer());
+            ctx.queue()
+                .write_buffer(&theta, 0, bytemuck::cast_slice(theta0));
+            TensorBuffers {
+                theta: BufferRange::new(theta, 0, bytes),
+                grad: BufferRange::new(grad, 0, bytes),
+            }
+        })
+        .collect()
+}
+
 /// Steps `o` from `from + 1` to `to` on the caller-tensor test's gradients (a NaN in tensor
 /// 4 at step 3, an infinity in tensor 9 at step 5), reading the reports after each step so
 /// that a GPU's `Error` surfaces at the step it belongs to, as the CPU's does.
@@ -524,9 +552,11 @@ fn step_through(o: &mut dyn Stepper, groups: &ParamGroups, from: u64, to: u64) {
 /// Every optimizer of the table (every state slot in use), each its own group of tensors
 /// whose lengths are off the multiples of 4 and 256, in bf16: the GPU's arena and the
 /// caller-tensor path equal the CPU reference bit for bit after 1 and 100 steps, under every
-/// non-finite policy (the gradients hold a NaN at step 3 and an infinity at step 5). Then
-/// under `SkipElement` on a scalar-only context (every invocation writes half a word of its
-/// neighbour's, in the arena too) and with workgroups of 64.
+/// non-finite policy (the gradients hold a NaN at step 3 and an infinity at step 5), and with
+/// each group's arena in caller buffers (its last tensor's tail at width 1). Then under
+/// `SkipElement`, 1 and 20 steps, on a scalar-only context (every invocation writes half a
+/// word of its neighbour's, in the arena too), with workgroups of 64, and with storage
+/// bindings of 4 KiB (the state cut into many chunks).
 #[test]
 fn gpu_bf16_equals_the_cpu_reference_bit_for_bit() {
     let Some(ctx) = common::gpu("gpu_bf16_equals_the_cpu_reference_bit_for_bit") else {
@@ -546,9 +576,24 @@ fn gpu_bf16_equals_the_cpu_reference_bit_for_bit() {
         .chain([
             (other(None, true), NonFinitePolicy::SkipElement),
             (other(Some(64), false), NonFinitePolicy::SkipElement),
+            (
+                GpuContext::with_options(&GpuOptions {
+                    limits: Some(wgpu::Limits {
+                        max_storage_buffer_binding_size: 4096,
+                        ..ctx.limits()
+                    }),
+                    ..GpuOptions::from_env()
+                })
+                .unwrap(),
+                NonFinitePolicy::SkipElement,
+            ),
         ]);
-    for (ctx, policy) in cases {
-        let what = format!("{policy:?}, scalar only {}", ctx.scalar_only());
+    for (case, (ctx, policy)) in cases.enumerate() {
+        let small = ctx.limits().max_storage_buffer_binding_size == 4096;
+        let what = format!(
+            "{policy:?}, scalar only {}, small bindings {small}",
+            ctx.scalar_only()
+        );
         let mut groups = caller_tensors::model(&caller_tensors::configs(), policy);
         for g in 0..groups.groups().len() {
             groups
@@ -559,11 +604,24 @@ fn gpu_bf16_equals_the_cpu_reference_bit_for_bit() {
         let mut cpu = CpuOptimizer::from_groups(&groups, CpuPath::Reference);
         let mut arena = GpuOptimizer::from_groups(&ctx, &groups).unwrap();
         let mut tensors = GpuOptimizer::from_tensors_in(&ctx, &groups, &caller.tensors).unwrap();
+        let arenas = external_arenas(&ctx, &groups);
+        let mut external = GpuOptimizer::from_groups_in(&ctx, &groups, &arenas).unwrap();
+        if small {
+            let bindings = arena.step_shape().bindings;
+            assert!(bindings > 2 * groups.groups().len(), "{bindings} bindings");
+        }
+        // The other contexts' cases, fewer steps.
+        let last = if case < NonFinitePolicy::ALL.len() {
+            100
+        } else {
+            20
+        };
         let mut from = 0;
-        for to in [1, 100] {
+        for to in [1, last] {
             step_through(&mut cpu, &groups, from, to);
             step_through(&mut arena, &groups, from, to);
             step_through(&mut tensors, &groups, from, to);
+            step_through(&mut external, &groups, from, to);
             from = to;
             let expected = per_tensor(&cpu, |id, name| cpu.tensor_state(id, name).unwrap());
             let what = format!("{what} after {to} steps");
@@ -571,6 +629,10 @@ fn gpu_bf16_equals_the_cpu_reference_bit_for_bit() {
             common::assert_same_bits(&got, &expected, &format!("arena, {what}"));
             let got = per_tensor(&tensors, |id, name| tensors.tensor_state(id, name).unwrap());
             common::assert_same_bits(&got, &expected, &format!("caller tensors, {what}"));
+            let got = per_tensor(&external, |id, name| {
+                external.tensor_state(id, name).unwrap()
+            });
+            common::assert_same_bits(&got, &expected, &format!("caller arenas, {what}"));
             assert_eq!(arena.group_steps().unwrap(), cpu.group_steps(), "{what}");
         }
         drop(caller.buffers);

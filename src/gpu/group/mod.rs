@@ -591,36 +591,27 @@ impl GpuGroup {
         self.format
     }
 
-    /// Refuses a held format where a vec4 part or run would not start at a multiple of 4
-    /// elements of its piece (its lanes would then not own whole words, nor lie in one
-    /// tensor), or where a piece's state does not fit one binding (a held slot is bound
-    /// whole).
+    /// Refuses a held format where a binding chunk would not start at a multiple of 4
+    /// elements of its piece (a vec4's lanes would then not own whole words, nor lie in one
+    /// tensor), or where its words would not start at the device's storage offset alignment.
     fn check_held(&self, pieces: &[Piece], limits: &wgpu::Limits) -> Result<()> {
         if self.held.is_none() {
             return Ok(());
         }
-        for piece in pieces {
-            let words = (piece.chunks.last().map_or(0, |c| c.end))
-                .div_ceil(2)
-                .max(1);
-            if words * 4 > limits.max_storage_buffer_binding_size {
-                return Err(Error::Unsupported(format!(
-                    "state_format {}: a piece's state of {} bytes exceeds one storage binding \
-                     ({} bytes)",
-                    self.format,
-                    words * 4,
-                    limits.max_storage_buffer_binding_size
-                )));
-            }
-            if piece.chunks.iter().any(|c| c.start % 4 != 0) {
-                return Err(Error::Unsupported(format!(
-                    "state_format {}: this device's storage offset alignment cuts the arena \
-                     off whole vec4s",
-                    self.format
-                )));
-            }
+        let align = u64::from(limits.min_storage_buffer_offset_alignment);
+        let chunks = pieces.iter().flat_map(|p| &p.chunks);
+        match chunks
+            .into_iter()
+            .find(|c| c.start % 4 != 0 || (c.start * 2) % align != 0)
+        {
+            None => Ok(()),
+            Some(chunk) => Err(Error::Unsupported(format!(
+                "state_format {}: a binding chunk at element {} does not start at whole \
+                 vec4s and aligned words on this device (min_storage_buffer_offset_alignment \
+                 {align})",
+                self.format, chunk.start
+            ))),
         }
-        Ok(())
     }
 
     /// How many storage bindings the group's vectors are split into.

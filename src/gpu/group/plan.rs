@@ -63,8 +63,8 @@ impl GpuGroup {
                         usage: wgpu::BufferUsages::STORAGE,
                     });
                     let piece = &self.pieces[*p];
-                    let held = self.held_uniform(device, piece, chunk.start);
-                    let state = self.state_bindings(piece, chunk, held.as_ref());
+                    let held = self.held_uniform(device, piece, chunk, chunk.start);
+                    let state = self.state_bindings(piece, chunk, chunk, held.as_ref());
                     let update = {
                         let theta = window_binding(&plan.theta, &plan.theta_window);
                         let grad = window_binding(&plan.grad, &plan.grad_window);
