@@ -8,8 +8,8 @@ fn update(at: At, g_in: V, ok: B, p: Scalars) {
     if decay(p) {
         g = g + p.weight_decay * th_old;
     }
-    let sum_old = sum[at.state];
+    let sum_old = load_sum(at);
     let sum_new = sum_old + g * g;
-    sum[at.state] = select(sum_old, sum_new, ok);
+    store_sum(at, select(sum_old, sum_new, ok));
     theta[at.theta] = select(th_old, th_old - p.clr * g / (sqrt(sum_new) + p.eps), ok);
 }

@@ -12,18 +12,18 @@ fn update(at: At, g_in: V, ok: B, p: Scalars) {
     } else {
         g = g + p.weight_decay * th;
     }
-    let m_old = m[at.state];
-    let v_old = v[at.state];
+    let m_old = load_m(at);
+    let v_old = load_v(at);
     let m_new = p.beta1 * m_old + p.one_minus_beta1 * g;
     let v_new = p.beta2 * v_old + p.one_minus_beta2 * (g * g);
-    m[at.state] = select(m_old, m_new, ok);
-    v[at.state] = select(v_old, v_new, ok);
+    store_m(at, select(m_old, m_new, ok));
+    store_v(at, select(v_old, v_new, ok));
     var v_used = v_new;
     if amsgrad(p) {
         // A comparison, not `max`, whose NaN result WGSL leaves to the device.
-        let v_max_old = v_max[at.state];
+        let v_max_old = load_v_max(at);
         let v_max_new = select(v_max_old, v_new, v_new > v_max_old);
-        v_max[at.state] = select(v_max_old, v_max_new, ok);
+        store_v_max(at, select(v_max_old, v_max_new, ok));
         v_used = v_max_new;
     }
     th = th - p.lr * (m_new * p.c1) / (sqrt(v_used * p.c2) + p.eps);

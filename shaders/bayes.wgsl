@@ -8,16 +8,16 @@
 // does not.)
 fn update(at: At, g: V, ok: B, p: Scalars) {
     let th = theta[at.theta];
-    let s_old = s[at.state];
-    let sig0 = sigma[at.state];
+    let s_old = load_s(at);
+    let sig0 = load_sigma(at);
 
     var m_old = V(0.0);
     if momentum(p) {
-        m_old = m[at.state];
+        m_old = load_m(at);
     }
     let c = curvature_and_direction(p, th, g, s_old, m_old);
     if momentum(p) {
-        m[at.state] = select(m_old, c.m, ok);
+        store_m(at, select(m_old, c.m, ok));
     }
     let s_new = c.s;
     let h = c.h;
@@ -34,7 +34,7 @@ fn update(at: At, g: V, ok: B, p: Scalars) {
     let th_new = select(th, th - post * d, live);
     let sig_new = select(sig1, post, live);
 
-    s[at.state] = select(s_old, s_new, ok);
-    sigma[at.state] = select(sig0, sig_new, ok);
+    store_s(at, select(s_old, s_new, ok));
+    store_sigma(at, select(sig0, sig_new, ok));
     theta[at.theta] = select(th, th_new, ok);
 }

@@ -5,17 +5,17 @@
 
 fn update(at: At, g: V, ok: B, p: Scalars) {
     let th = theta[at.theta];
-    let s_old = s[at.state];
+    let s_old = load_s(at);
     var m_old = V(0.0);
     if momentum(p) {
-        m_old = m[at.state];
+        m_old = load_m(at);
     }
     let c = curvature_and_direction(p, th, g, s_old, m_old);
     if momentum(p) {
-        m[at.state] = select(m_old, c.m, ok);
+        store_m(at, select(m_old, c.m, ok));
     }
     let sigma = sigma_star(p, c.h + p.eps_sq);
 
-    s[at.state] = select(s_old, c.s, ok);
+    store_s(at, select(s_old, c.s, ok));
     theta[at.theta] = select(th, th - sigma * c.d, ok);
 }

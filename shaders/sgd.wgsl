@@ -8,12 +8,12 @@ fn update(at: At, g_in: V, ok: B, p: Scalars) {
 
     g = g + p.weight_decay * th;
     if momentum(p) {
-        let b_old = b[at.state];
+        let b_old = load_b(at);
         var b_new = g;
         if !first_step(p) {
             b_new = p.momentum * b_old + p.one_minus_dampening * g;
         }
-        b[at.state] = select(b_old, b_new, ok);
+        store_b(at, select(b_old, b_new, ok));
         if nesterov(p) {
             g = g + p.momentum * b_new;
         } else {

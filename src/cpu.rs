@@ -686,7 +686,7 @@ impl CpuOptimizer {
                     CpuGroup::new(
                         spec,
                         groups.arena_theta0(GroupId(g)),
-                        pieces(groups.layout(), g),
+                        crate::held::pieces(groups.layout().tensors_of(g)),
                     )
                 })
                 .collect(),
@@ -976,25 +976,6 @@ impl CpuOptimizer {
             .map(|s| s.name)
             .collect()
     }
-}
-
-/// The tensors of group `g` in its arena, with their flat starts in the group's order.
-fn pieces(layout: &Layout, g: usize) -> Vec<Piece> {
-    let mut flat = 0;
-    let mut first_block = 0;
-    layout
-        .tensors_of(g)
-        .map(|t| {
-            let piece = Piece {
-                range: t.range(),
-                flat,
-                first_block,
-            };
-            flat += t.len();
-            first_block += t.len().div_ceil(crate::config::STATE_Q8_BLOCK);
-            piece
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use crate::checkpoint::HeldVector;
 use crate::config::{StateFormat, STATE_Q8_BLOCK};
-use crate::layout::GroupSpec;
+use crate::layout::{GroupSpec, TensorSpec};
 use crate::reference::state_codec as codec;
 
 /// One tensor of a group: where it lies in the arena, the flat index (in the group's order)
@@ -28,6 +28,43 @@ pub(crate) struct Piece {
     pub range: Range<usize>,
     pub flat: usize,
     pub first_block: usize,
+}
+
+/// A group's `tensors` (in its arena order), with their flat starts in the group's order and
+/// their first q8 blocks.
+pub(crate) fn pieces<'a>(tensors: impl IntoIterator<Item = &'a TensorSpec>) -> Vec<Piece> {
+    let mut flat = 0;
+    let mut first_block = 0;
+    tensors
+        .into_iter()
+        .map(|t| {
+            let piece = Piece {
+                range: t.range(),
+                flat,
+                first_block,
+            };
+            flat += t.len();
+            first_block += t.len().div_ceil(STATE_Q8_BLOCK);
+            piece
+        })
+        .collect()
+}
+
+/// The error of a checkpoint of a group whose state is not `f32`, if `layout` has one: never
+/// write decoded bf16/q8 state as if it were f32 (SPEC §6: as held, or refused).
+pub(crate) fn refuse_checkpoint(layout: &crate::layout::Layout, what: &str) -> crate::Result<()> {
+    match layout
+        .groups()
+        .iter()
+        .find(|spec| spec.state_format != StateFormat::F32)
+    {
+        None => Ok(()),
+        Some(spec) => Err(crate::Error::Unsupported(format!(
+            "{what} of a {} optimizer state (group `{}`) is not yet supported; only f32 state \
+             is checkpointed",
+            spec.state_format, spec.name
+        ))),
+    }
 }
 
 /// One slot's codes.
@@ -111,6 +148,15 @@ impl Held {
 
     pub fn format(&self) -> StateFormat {
         self.format
+    }
+
+    /// Slot `k`'s bf16 codes over the whole arena (the padding's are 0); `None` for an
+    /// unused slot or another format.
+    pub fn bf16_codes(&self, k: usize) -> Option<&[u16]> {
+        match &self.slots[k].as_ref()?.codes {
+            Codes::Bf16(codes) => Some(codes),
+            Codes::Q8 { .. } => None,
+        }
     }
 
     /// Bytes the codes and scales take.

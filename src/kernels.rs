@@ -2,6 +2,7 @@
 
 use wgpu::naga;
 
+use crate::config::StateFormat;
 use crate::error::Error;
 
 /// The lane type `V` and the non-finite test, first in every module: one of these two.
@@ -150,9 +151,16 @@ pub const fn scalars_bytes(scalars: usize) -> usize {
     (4 * scalars).next_multiple_of(16)
 }
 
-/// The WGSL of a kernel's generated declarations: its `Scalars` struct, flags and state
-/// bindings.
-fn declarations(scalars: &[&str], flags: &[Flag], states: &[&str]) -> String {
+/// The WGSL of a kernel's generated declarations: its `Scalars` struct, flags, and its state
+/// bindings with their accessors `load_NAME(at)` and `store_NAME(at, x)` for `format` at
+/// width `lanes` (see [`state_accessors`]).
+fn declarations(
+    scalars: &[&str],
+    flags: &[Flag],
+    states: &[&str],
+    lanes: Lanes,
+    format: StateFormat,
+) -> String {
     use std::fmt::Write;
     let mut text = String::new();
     if !scalars.is_empty() {
@@ -182,6 +190,93 @@ fn declarations(scalars: &[&str], flags: &[Flag], states: &[&str]) -> String {
              return {constant} == 1u || ({constant} == 2u && p.{field} {test});\n}}"
         );
     }
+    text.push_str(&state_accessors(states, lanes, format));
+    text
+}
+
+/// The state bindings and their accessors. In `f32` a slot is an `array<V>` and the accessors
+/// are its plain element access. In `bf16` (SPEC §6) a slot is bound as the words of one
+/// binding chunk, two codes each (the element at even index in the low half), read and
+/// written through `state_codec.wgsl`; the bindings after the states give the dispatch's
+/// place in the chunk and the chunk's in the arena, and the group's tensors (see
+/// [`held_bindings`]). A store encodes with the slot's key
+/// at the step applied (`window.t + 1`) and the element's index in the group's flat order. At
+/// width 4 an invocation owns two whole words (the host binds vec4 parts at even elements);
+/// at width 1 it clears and sets its half of a word with atomics, as its neighbour may write
+/// the other half at the same time.
+fn state_accessors(states: &[&str], lanes: Lanes, format: StateFormat) -> String {
+    use std::fmt::Write;
+    let mut text = String::new();
+    let held = format != StateFormat::F32 && !states.is_empty();
+    if held {
+        let (uniform, tensors) = held_bindings(states.len());
+        let width = lanes.width();
+        let _ = write!(
+            text,
+            "// Generated for state held in {format} (src/kernels.rs `state_accessors`).
+struct Held {{
+    start: u32,  // the element of the bound words at this dispatch's state index 0
+    base: u32,   // the arena element of the bound words' first
+    seed: u32,   // state_seed
+    pad: u32,
+}}
+@group(0) @binding({uniform}) var<uniform> held: Held;
+// Each tensor of the group: its first element in the arena, and that minus its first in the
+// group's flat order, by arena order.
+@group(0) @binding({tensors}) var<storage, read> held_tensors: array<vec2<u32>>;
+// The element of the bound words of this invocation's first lane.
+fn held_index(at: At) -> u32 {{
+    return held.start + at.state * {width}u;
+}}
+// The index in the group's flat order of this invocation's first lane (its lanes lie in one
+// tensor: tensors start at multiples of 4 in the arena).
+fn held_flat(at: At) -> u32 {{
+    let e = held.base + held_index(at);
+    var lo = 0u;
+    var hi = arrayLength(&held_tensors);
+    while hi - lo > 1u {{
+        let mid = (lo + hi) / 2u;
+        if held_tensors[mid].x <= e {{
+            lo = mid;
+        }} else {{
+            hi = mid;
+        }}
+    }}
+    return e - held_tensors[lo].y;
+}}
+// The random bits of each lane for slot k at the step being applied.
+fn held_bits(at: At, k: u32) -> U {{
+    let key = state_key(held.seed, k, window.t + 1u);
+    let i = held_flat(at);
+"
+        );
+        text.push_str(match lanes {
+            Lanes::Four => {
+                "    return U(element_bits(i, key), element_bits(i + 1u, key),
+        element_bits(i + 2u, key), element_bits(i + 3u, key));
+}
+fn held_decode(lo: u32, hi: u32) -> V {
+    return V(bf16_decode(lo & 0xffffu), bf16_decode(lo >> 16u), bf16_decode(hi & 0xffffu),
+        bf16_decode(hi >> 16u));
+}
+fn held_encode(x: V, r: U) -> vec2<u32> {
+    let c = U(bf16_encode(x.x, r.x), bf16_encode(x.y, r.y), bf16_encode(x.z, r.z),
+        bf16_encode(x.w, r.w));
+    return vec2<u32>(c.x | (c.y << 16u), c.z | (c.w << 16u));
+}
+"
+            }
+            Lanes::One => {
+                "    return element_bits(i, key);
+}
+// The half of word e / 2 that element e takes.
+fn held_shift(e: u32) -> u32 {
+    return (e & 1u) * 16u;
+}
+"
+            }
+        });
+    }
     if !states.is_empty() {
         text.push_str(
             "// Generated from the table row's state slots. A slot the options leave unused is \
@@ -190,12 +285,64 @@ fn declarations(scalars: &[&str], flags: &[Flag], states: &[&str]) -> String {
     }
     for (k, name) in states.iter().enumerate() {
         let binding = FIRST_STATE_BINDING + k;
+        let array = if held {
+            "array<atomic<u32>>"
+        } else {
+            "array<V>"
+        };
         let _ = writeln!(
             text,
-            "@group(0) @binding({binding}) var<storage, read_write> {name}: array<V>;"
+            "@group(0) @binding({binding}) var<storage, read_write> {name}: {array};"
+        );
+        let (load, store) = match (held, lanes) {
+            (false, _) => (
+                format!("return {name}[at.state];"),
+                format!("{name}[at.state] = x;"),
+            ),
+            (true, Lanes::Four) => (
+                format!(
+                    "let w = held_index(at) >> 1u;\n    \
+                     return held_decode(atomicLoad(&{name}[w]), atomicLoad(&{name}[w + 1u]));"
+                ),
+                format!(
+                    "let w = held_index(at) >> 1u;\n    \
+                     let c = held_encode(x, held_bits(at, {k}u));\n    \
+                     atomicStore(&{name}[w], c.x);\n    \
+                     atomicStore(&{name}[w + 1u], c.y);"
+                ),
+            ),
+            (true, Lanes::One) => (
+                format!(
+                    "let e = held_index(at);\n    \
+                     return bf16_decode((atomicLoad(&{name}[e >> 1u]) >> held_shift(e)) & 0xffffu);"
+                ),
+                format!(
+                    "let e = held_index(at);\n    \
+                     let c = bf16_encode(x, held_bits(at, {k}u));\n    \
+                     atomicAnd(&{name}[e >> 1u], ~(0xffffu << held_shift(e)));\n    \
+                     atomicOr(&{name}[e >> 1u], c << held_shift(e));"
+                ),
+            ),
+        };
+        let _ = writeln!(
+            text,
+            "fn load_{name}(at: At) -> V {{\n    {load}\n}}\nfn store_{name}(at: At, x: V) {{\n    {store}\n}}"
         );
     }
     text
+}
+
+/// The state formats the fused kernels are generated for (SPEC §6); the GPU optimizer
+/// refuses the others.
+pub const GPU_STATE_FORMATS: [StateFormat; 2] = [StateFormat::F32, StateFormat::Bf16];
+
+/// The bindings after a fused kernel's `states` state slots that a held (`bf16`) format adds:
+/// the dispatch's uniform `Held` and the group's tensor table.
+pub const fn held_bindings(states: usize) -> (usize, usize) {
+    (
+        FIRST_STATE_BINDING + states,
+        FIRST_STATE_BINDING + states + 1,
+    )
 }
 
 /// The per-group step control: entry points `scan` and `commit`.
@@ -243,14 +390,24 @@ impl Kernel {
         self.source_for(Lanes::Four)
     }
 
-    /// The complete WGSL module at `lanes` width.
+    /// The complete WGSL module at `lanes` width, with f32 state.
     pub fn source_for(&self, lanes: Lanes) -> String {
+        self.source_in(lanes, StateFormat::F32)
+    }
+
+    /// The complete WGSL module at `lanes` width with its state held in `format` (`f32` or
+    /// `bf16`; a held format adds the codec, `state_codec.wgsl`, to the preludes).
+    pub fn source_in(&self, lanes: Lanes, format: StateFormat) -> String {
         let mut source = String::from(lanes.prelude());
-        let declarations = declarations(self.scalars, self.flags, self.states);
+        let declarations = declarations(self.scalars, self.flags, self.states, lanes, format);
+        let codec = match format != StateFormat::F32 && !self.states.is_empty() {
+            true => STATE_CODEC,
+            false => "",
+        };
         for part in self
             .preludes
             .iter()
-            .chain([&declarations.as_str(), &self.body])
+            .chain([&codec, &declarations.as_str(), &self.body])
         {
             if !part.is_empty() {
                 source.push('\n');
@@ -261,11 +418,19 @@ impl Kernel {
     }
 
     /// Parses and validates the module at both widths with naga, as wgpu would, without any
-    /// adapter. Returns what it learned of the module's interface.
+    /// adapter, with f32 state and (where it has state) bf16. Returns what it learned of the
+    /// f32 module's interface.
     pub fn validate(&self) -> Result<ValidatedKernel, Error> {
         let mut checked = Vec::new();
-        for lanes in Lanes::ALL {
-            let source = self.source_for(lanes);
+        let formats = match self.states.is_empty() {
+            true => &GPU_STATE_FORMATS[..1],
+            false => &GPU_STATE_FORMATS[..],
+        };
+        let variants = formats
+            .iter()
+            .flat_map(|&format| Lanes::ALL.map(|lanes| (lanes, format)));
+        for (lanes, format) in variants {
+            let source = self.source_in(lanes, format);
             let width = lanes.width();
             let refused = |message: String| Error::Shader {
                 kernel: self.name,

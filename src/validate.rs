@@ -5,12 +5,13 @@
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use crate::config::StateFormat;
 use crate::error::{Error, Result};
-use crate::layout::{initial_state, Stored};
+use crate::layout::{initial_state, GroupId, ParamGroups, Stored};
 use crate::optim::{OptimizerConfig, Row, TABLE};
 use crate::transform::GradTransform;
 use crate::ulp::{max_ulp_distance, mean_ulps_from_exact};
-use crate::{CpuOptimizer, Stepper};
+use crate::{CpuOptimizer, CpuPath, Stepper};
 
 /// The most one rounding on a hardware adapter may exceed the reference's, as WGSL allows it:
 /// `sqrt` inherits `1.0 / inverseSqrt(x)`, 2 + 2.5 = 4.5 ULP against the reference's correctly
@@ -107,6 +108,26 @@ pub struct Case {
     pub steps: u64,
     pub seed: u64,
     pub stream: Stream,
+    /// How the state is held (SPEC §6), and its `state_seed`.
+    pub format: StateFormat,
+    pub state_seed: u32,
+}
+
+impl Case {
+    /// The case's one group of one tensor, θ₀ from the case's seed, its state in the case's
+    /// format.
+    pub fn groups(&self) -> Result<ParamGroups> {
+        let theta0 = initial_theta(self.n, self.seed);
+        let mut groups = ParamGroups::single(self.config.clone(), &theta0)?;
+        groups.set_state_format(GroupId(0), self.format, self.state_seed)?;
+        Ok(groups)
+    }
+
+    /// Whether `rule` judges this case: the oracle's error bound is for f32 state, so a case
+    /// in another format is judged only bit for bit against the reference.
+    pub fn judged_under(&self, rule: Rule) -> bool {
+        self.format == StateFormat::F32 || rule == Rule::Identical
+    }
 }
 
 /// The gradients a case steps on.
@@ -414,6 +435,7 @@ fn battery_case(row: &Row, settings: &str) -> Result<Case> {
     let mut stream = Stream::Standard;
     let mut config = (row.config)();
     let mut transform = GradTransform::default();
+    let (mut format, mut state_seed) = (StateFormat::F32, 0);
     fn number<T: std::str::FromStr>(what: &'static str, value: &str) -> Result<T> {
         value.parse().map_err(|_| Error::Unknown {
             what,
@@ -426,6 +448,8 @@ fn battery_case(row: &Row, settings: &str) -> Result<Case> {
             "n" => n = number("battery size", value)?,
             "grad_scale" => transform.grad_scale = number("battery grad_scale", value)?,
             "clip_norm" => transform.clip_norm = Some(number("battery clip_norm", value)?),
+            "state_format" => format = value.parse()?,
+            "state_seed" => state_seed = crate::config::parse_state_seed(value)?,
             "stream" => {
                 stream = match value {
                     "standard" => Stream::Standard,
@@ -458,19 +482,28 @@ fn battery_case(row: &Row, settings: &str) -> Result<Case> {
         steps: CASE_STEPS,
         seed: CASE_SEED,
         stream,
+        format,
+        state_seed,
     })
 }
 
-/// Makes the optimizer under test from a config and θ₀.
-pub type DeviceFactory<'a> = dyn FnMut(&OptimizerConfig, &[f32]) -> Result<Box<dyn Stepper>> + 'a;
+/// Makes the optimizer under test from a case's groups ([`Case::groups`]).
+pub type DeviceFactory<'a> = dyn FnMut(&ParamGroups) -> Result<Box<dyn Stepper>> + 'a;
 
 /// Runs `case` on `device`, on the single-threaded reference and, under [`Rule::Oracle`], on
 /// the f64 oracle, and compares θ and every used state vector after step 1 and after the last
-/// step.
+/// step. A case that `rule` does not judge ([`Case::judged_under`]) is refused.
 pub fn run_case(case: &Case, rule: Rule, device: &mut DeviceFactory<'_>) -> Result<Outcome> {
+    if !case.judged_under(rule) {
+        return Err(Error::Unsupported(format!(
+            "validate case `{}`: {} state is judged only bit for bit (on a software adapter)",
+            case.name, case.format
+        )));
+    }
     let theta0 = initial_theta(case.n, case.seed);
-    let mut subject = device(&case.config, &theta0)?;
-    let mut reference = CpuOptimizer::reference(case.config.clone(), &theta0)?;
+    let groups = case.groups()?;
+    let mut subject = device(&groups)?;
+    let mut reference = CpuOptimizer::from_groups(&groups, CpuPath::Reference);
     let mut oracle = (rule == Rule::Oracle).then(|| {
         let mut oracle = Oracle::new(&case.config, &theta0);
         oracle.set_transform(case.transform);
@@ -564,6 +597,23 @@ mod tests {
                 .unwrap()
                 .into()
         );
+        // Every row has a case with its state held in bf16, judged only bit for bit.
+        for row in TABLE {
+            let held = cases
+                .iter()
+                .find(|c| {
+                    c.name.starts_with(&format!("{} ", row.name)) && c.format != StateFormat::F32
+                })
+                .unwrap_or_else(|| panic!("{}: no bf16 case", row.name));
+            assert_eq!(held.format, StateFormat::Bf16);
+            assert!(held.judged_under(Rule::Identical) && !held.judged_under(Rule::Oracle));
+            assert_eq!(
+                held.groups().unwrap().groups()[0].state_format,
+                StateFormat::Bf16
+            );
+            let e = run_case(held, Rule::Oracle, &mut |_| unreachable!()).unwrap_err();
+            assert!(e.to_string().contains("bit for bit"), "{e}");
+        }
         // Names are unique, so `validate`'s output and test failures point at one case.
         let mut unique = names.clone();
         unique.sort_unstable();

@@ -35,6 +35,7 @@ pub fn pipeline(device: &wgpu::Device, states: u32, workgroup_size: u32) -> Pipe
         &[ENTRY_POINT],
         workgroup_size,
         &[("STATES", states as f64)],
+        crate::config::StateFormat::F32,
     )
 }
 

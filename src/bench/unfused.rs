@@ -50,6 +50,7 @@ pub fn pipeline(device: &wgpu::Device, workgroup_size: u32) -> Pipeline {
         &["unscale", "scale"],
         workgroup_size,
         &[],
+        crate::config::StateFormat::F32,
     )
 }
 

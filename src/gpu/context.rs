@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::config::StateFormat;
 use crate::error::{Error, Result};
 use crate::gpu::pipeline::{Addressing, ByWidth, Pipeline, Specialization};
 use crate::kernels::{Kernel, CONTROL};
@@ -121,8 +122,9 @@ impl GpuOptions {
 
 /// A device and queue, with errors captured instead of wgpu's default panicking handler.
 ///
-/// A kernel's name, its addressing, and for the control kernels whether the scan unscales.
-type PipelineKey = (&'static str, Addressing, bool);
+/// A kernel's name, its addressing, for the control kernels whether the scan unscales, and
+/// for the fused kernels the format their state is held in.
+type PipelineKey = (&'static str, Addressing, bool, StateFormat);
 
 /// Cheap to clone: clones share the device, its error sink and its pipeline cache.
 #[derive(Clone)]
@@ -424,14 +426,16 @@ impl GpuContext {
         kernel: &'static Kernel,
         states: u32,
         addressing: Addressing,
+        format: StateFormat,
     ) -> Result<Arc<Pipeline>> {
-        self.cached((kernel.name, addressing, false), || {
+        self.cached((kernel.name, addressing, false, format), || {
             Pipeline::fused(
                 &self.inner.device,
                 kernel,
                 states,
                 self.workgroup_size(),
                 addressing,
+                format,
             )
         })
     }
@@ -457,9 +461,10 @@ impl GpuContext {
         addressing: Addressing,
         unscale: bool,
     ) -> Result<Arc<Pipeline>> {
-        self.cached((CONTROL.name, addressing, unscale), || {
-            Pipeline::control(&self.inner.device, addressing, unscale)
-        })
+        self.cached(
+            (CONTROL.name, addressing, unscale, StateFormat::F32),
+            || Pipeline::control(&self.inner.device, addressing, unscale),
+        )
     }
 
     fn cached(

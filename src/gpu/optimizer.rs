@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use wgpu::util::DeviceExt;
 
 use crate::checkpoint::Checkpoint;
+use crate::config::StateFormat;
 use crate::error::{Error, Result};
 use crate::gpu::buffers::{BufferRange, TensorBuffers};
 use crate::gpu::context::GpuContext;
@@ -159,11 +160,11 @@ impl GpuOptimizer {
         if groups.groups().is_empty() {
             return Err(Error::Layout("no parameter groups".into()));
         }
-        // SPEC §6 is wired into the CPU paths only: never run a bf16 or q8 group as f32.
+        // The kernels are generated for f32 and bf16 state; never run a q8 group as f32.
         if let Some(spec) = groups
             .groups()
             .iter()
-            .find(|s| s.state_format != crate::config::StateFormat::F32)
+            .find(|s| !crate::kernels::GPU_STATE_FORMATS.contains(&s.state_format))
         {
             return Err(Error::Unsupported(format!(
                 "state_format {} (group `{}`) is not yet supported by the GPU kernels; the CPU \
@@ -494,9 +495,19 @@ impl GpuOptimizer {
         self.tensor_slice(id, Vector::Grad)
     }
 
-    /// Where a tensor's state vector lives on the device, e.g. σ, the posterior variance.
+    /// Where a tensor's state vector lives on the device, e.g. σ, the posterior variance, as
+    /// f32 values: refused for a group whose state is held in another format (its buffers
+    /// hold codes; [`GpuOptimizer::tensor_state`] decodes them).
     pub fn tensor_state_range(&self, id: TensorId, name: &str) -> Result<BufferRange> {
-        let slot = self.layout.slot(self.layout.tensor(id)?.group, name)?;
+        let group = self.layout.tensor(id)?.group;
+        let slot = self.layout.slot(group, name)?;
+        let format = self.groups[group.0].format();
+        if format != StateFormat::F32 {
+            return Err(Error::Unsupported(format!(
+                "the device range of state `{name}` held in {format}: its buffer holds codes, \
+                 not f32 values; read it with tensor_state"
+            )));
+        }
         self.tensor_slice(id, Vector::State(slot))
     }
 
@@ -504,6 +515,10 @@ impl GpuOptimizer {
     pub fn tensor_state(&self, id: TensorId, name: &str) -> Result<Vec<f32>> {
         let t = self.layout.tensor(id)?;
         match self.layout.state_source(t.group, name)? {
+            StateSource::Slot(slot) if self.groups[t.group.0].format() != StateFormat::F32 => {
+                let arena = self.groups[t.group.0].read_arena(&self.ctx, Vector::State(slot))?;
+                Ok(arena[t.range()].to_vec())
+            }
             StateSource::Slot(_) => {
                 let range = self.tensor_state_range(id, name)?;
                 self.ctx
@@ -677,6 +692,7 @@ impl Stepper for GpuOptimizer {
     }
 
     fn checkpoint(&self) -> Result<Checkpoint> {
+        crate::held::refuse_checkpoint(&self.layout, "saving a checkpoint")?;
         let steps = self.group_steps()?;
         let arenas = self
             .groups
@@ -695,6 +711,7 @@ impl Stepper for GpuOptimizer {
     }
 
     fn restore(&mut self, checkpoint: &Checkpoint) -> Result<()> {
+        crate::held::refuse_checkpoint(&self.layout, "restoring a checkpoint")?;
         let arenas = checkpoint.to_arenas(&self.layout)?;
         let mut tracker = self.tracker.lock().unwrap();
         // Let the steps in flight land first, so none overwrites what is restored.

@@ -6,7 +6,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::kernels::{Kernel, Lanes, CONTROL, ENTRY_POINT, SEGMENTS_ENTRY_POINT};
+use crate::config::StateFormat;
+use crate::kernels::{held_bindings, Kernel, Lanes, CONTROL, ENTRY_POINT, SEGMENTS_ENTRY_POINT};
 
 /// Invocations per workgroup when the context names none (the shaders' `WORKGROUP_SIZE`
 /// override); see [`crate::gpu::context::default_workgroup_size`].
@@ -232,6 +233,7 @@ impl Pipeline {
         entry_points: &[&str],
         workgroup_size: u32,
         constants: &[(&str, f64)],
+        format: StateFormat,
     ) -> Self {
         let constants: Vec<_> = [("WORKGROUP_SIZE", workgroup_size as f64)]
             .into_iter()
@@ -264,7 +266,7 @@ impl Pipeline {
         let modules = Lanes::ALL.map(|lanes| {
             device.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(kernel.name),
-                source: wgpu::ShaderSource::Wgsl(kernel.source_for(lanes).into()),
+                source: wgpu::ShaderSource::Wgsl(kernel.source_in(lanes, format).into()),
             })
         });
         let entries = entry_points
@@ -293,15 +295,18 @@ impl Pipeline {
         }
     }
 
-    /// A fused optimizer kernel with `states` state bindings, by the binding convention of
-    /// `shaders/fused.wgsl`: window at 0, status at 1, θ at 2, g at 3, state slots from 4; the
-    /// transform at group 1. Nothing is compiled until a step asks for a variant.
+    /// A fused optimizer kernel with `states` state bindings held in `format`, by the binding
+    /// convention of `shaders/fused.wgsl`: window at 0, status at 1, θ at 2, g at 3, state
+    /// slots from 4 (then, for a held format, the dispatch's `Held` uniform and the group's
+    /// tensor table: [`held_bindings`]); the transform at group 1. Nothing is compiled until
+    /// a step asks for a variant.
     pub(crate) fn fused(
         device: &wgpu::Device,
         kernel: &Kernel,
         states: u32,
         workgroup_size: u32,
         addressing: Addressing,
+        format: StateFormat,
     ) -> Self {
         let mut bindings = vec![
             uniform(0),
@@ -311,6 +316,10 @@ impl Pipeline {
             storage(3, false),
         ];
         bindings.extend((0..states).map(|k| storage(4 + k, false)));
+        if format != StateFormat::F32 {
+            let (held, tensors) = held_bindings(states as usize);
+            bindings.extend([uniform(held as u32), storage(tensors as u32, true)]);
+        }
         let entry_point = match addressing {
             Addressing::Arena => ENTRY_POINT,
             Addressing::Segments => SEGMENTS_ENTRY_POINT,
@@ -324,6 +333,7 @@ impl Pipeline {
             &[],
             workgroup_size,
             &[],
+            format,
         );
         let names = ["POLICY", "UNSCALE", "CLIP"]
             .map(String::from)
@@ -406,6 +416,7 @@ impl Pipeline {
             entries,
             NORM_LANES,
             &[("UNSCALE", f64::from(u8::from(unscale)))],
+            StateFormat::F32,
         )
     }
 

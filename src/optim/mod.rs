@@ -79,6 +79,8 @@ const ADAM_BATTERY: &[&str] = &[
     "n=257",
     // the training step around the update (SPEC §4b): unscaling and a clip that binds
     "grad_scale=65536 clip_norm=0.5",
+    // every slot held in bf16 (SPEC §6)
+    "amsgrad state_format=bf16",
 ];
 
 table::optimizer_table! {
@@ -111,10 +113,12 @@ table::optimizer_table! {
                 "n=1000003 clip_norm=10",
                 // a norm whose every addition rounds, so its order shows in the bits
                 "n=1000003 clip_norm=10 stream=flat",
+                // every slot held in bf16 (SPEC §6), over the dispatch edges
+                "momentum=0.9 state_format=bf16 state_seed=7 n=1,257,4099",
             ],
             demo "eta" over ADAPTIVE_GRID;
         #[preset] bayes_adam => BayesConfig::bayes_adam(),
-            battery &["", "stream=rising"],
+            battery &["", "stream=rising", "state_format=bf16"],
             demo "eta" over ADAPTIVE_GRID;
     }
     /// SPEC §3, torch.optim.SGD.
@@ -131,6 +135,7 @@ table::optimizer_table! {
                 "lr=10 weight_decay=0.01",
                 // SPEC §4b: a scale below 1 and a clip that does not bind
                 "momentum=0.9 grad_scale=0.125 clip_norm=1e9",
+                "momentum=0.9 state_format=bf16",
             ],
             demo "lr" over SGD_GRID, fixed "momentum=0.9";
     }
@@ -147,6 +152,7 @@ table::optimizer_table! {
                 "alpha=0.999999",
                 "lr=1e-8",
                 "lr=10 centered",
+                "centered momentum=0.9 state_format=bf16",
             ],
             demo "lr" over ADAPTIVE_GRID;
     }
@@ -172,6 +178,7 @@ table::optimizer_table! {
                 "lr=1e-8",
                 "lr=10 weight_decay=0.01",
                 "n=257",
+                "state_format=bf16",
             ],
             demo "lr" over LION_GRID;
     }
@@ -185,6 +192,7 @@ table::optimizer_table! {
                 "momentum=0.9",
                 "bias_correction=false",
                 "n=1,257",
+                "momentum=0.9 state_format=bf16",
             ],
             demo "eta" over ADAPTIVE_GRID;
     }
@@ -200,6 +208,7 @@ table::optimizer_table! {
                 "lr=1e-8",
                 "lr=10 lr_decay=0.01 weight_decay=0.01",
                 "n=257",
+                "state_format=bf16",
             ],
             demo "lr" over [3e-3, 1e-2, 3e-2, 1e-1, 3e-1];
     }

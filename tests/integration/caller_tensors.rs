@@ -14,7 +14,7 @@ use bayesprop::{
 
 /// Every name of the table with every kind of its state in use: for each, the first case of
 /// its `validate` battery whose config allocates every state slot.
-fn configs() -> Vec<OptimizerConfig> {
+pub(crate) fn configs() -> Vec<OptimizerConfig> {
     let battery = validate::standard_battery();
     TABLE
         .iter()
@@ -38,7 +38,7 @@ fn configs() -> Vec<OptimizerConfig> {
 const LENS: [usize; 12] = [1, 3, 255, 256, 257, 10, 1000, 7, 4099, 64, 33, 70_001];
 
 /// One group per config given, each with the tensors of [`LENS`].
-fn model(configs: &[OptimizerConfig], policy: NonFinitePolicy) -> ParamGroups {
+pub(crate) fn model(configs: &[OptimizerConfig], policy: NonFinitePolicy) -> ParamGroups {
     let mut groups = ParamGroups::new();
     for (c, config) in configs.iter().enumerate() {
         let group = groups.add_group(&format!("g{c}"), config.clone()).unwrap();
@@ -56,9 +56,9 @@ fn model(configs: &[OptimizerConfig], policy: NonFinitePolicy) -> ParamGroups {
 }
 
 /// The caller's side: its buffers and where each tensor is in them.
-struct Caller {
-    buffers: Vec<wgpu::Buffer>,
-    tensors: Vec<TensorBuffers>,
+pub(crate) struct Caller {
+    pub buffers: Vec<wgpu::Buffer>,
+    pub tensors: Vec<TensorBuffers>,
 }
 
 const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
@@ -69,7 +69,7 @@ const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
 /// more, after a gap; odd tensors at 4 bytes (one f32 of the caller's own) past a 16-byte
 /// boundary (stepped at width 1), even ones on it (a vec4 body and a scalar tail); every third
 /// tensor's g right after its θ in the θ buffer. θ₀ is written there.
-fn place(
+pub(crate) fn place(
     ctx: &GpuContext,
     groups: &ParamGroups,
     theta_buffers: usize,
@@ -149,7 +149,7 @@ fn runs(groups: &ParamGroups, tensors: &[TensorBuffers]) -> usize {
 
 /// Step t's gradient of every tensor, flat in registration order: signs and magnitudes from
 /// 1e-3 to 1e3, with a NaN in tensor 4 at step 3 and an infinity in tensor 9 at step 5.
-fn gradient(groups: &ParamGroups, t: u64) -> Vec<f32> {
+pub(crate) fn gradient(groups: &ParamGroups, t: u64) -> Vec<f32> {
     let mut flat = Vec::new();
     for (k, spec) in groups.layout().tensors().iter().enumerate() {
         for j in 0..spec.len() {

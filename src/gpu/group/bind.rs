@@ -3,21 +3,57 @@
 use super::*;
 
 impl GpuGroup {
-    /// The bindings of a piece's used state slots over `range` (the placeholder for unused
-    /// ones), in slot order.
+    /// The bindings of a piece's used state slots over `range`, which lies in binding chunk
+    /// `chunk` (the placeholder for unused slots), in slot order. A held format binds the
+    /// words of the whole chunk, then `held` (from [`GpuGroup::held_uniform`]) and the
+    /// group's tensor table.
     pub(super) fn state_bindings<'a>(
         &'a self,
         piece: &'a Piece,
+        chunk: &Range<u64>,
         range: &Range<u64>,
+        held: Option<&'a wgpu::Buffer>,
     ) -> Vec<wgpu::BufferBinding<'a>> {
-        piece
+        let mut bindings: Vec<_> = piece
             .state
             .iter()
-            .map(|b| match b {
-                Some(b) => slice_binding_owned(b, range),
-                None => self.placeholder.as_entire_buffer_binding(),
+            .map(|b| match (b, held) {
+                (Some(b), None) => slice_binding_owned(b, range),
+                // Two codes to a word; chunks start at multiples of 4 (`check_held`).
+                (Some(b), Some(_)) => wgpu::BufferBinding {
+                    buffer: b,
+                    offset: chunk.start * 2,
+                    size: wgpu::BufferSize::new((chunk.end - chunk.start).div_ceil(2).max(1) * 4),
+                },
+                (None, _) => self.placeholder.as_entire_buffer_binding(),
             })
-            .collect()
+            .collect();
+        if let (Some(uniform), Some(state)) = (held, &self.held) {
+            bindings.push(uniform.as_entire_buffer_binding());
+            bindings.push(state.tensors.as_entire_buffer_binding());
+        }
+        bindings
+    }
+
+    /// For a held format, the `Held` uniform of a dispatch whose state index 0 is element
+    /// `start` of `piece`'s state, which lies in binding chunk `chunk`; `None` in `f32`.
+    pub(super) fn held_uniform(
+        &self,
+        device: &wgpu::Device,
+        piece: &Piece,
+        chunk: &Range<u64>,
+        start: u64,
+    ) -> Option<wgpu::Buffer> {
+        let held = self.held.as_ref()?;
+        let base = piece.range.start as u64 + chunk.start;
+        let values = [(start - chunk.start) as u32, base as u32, held.seed, 0];
+        Some(
+            device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("bayesprop held"),
+                contents: bytemuck::cast_slice(&values),
+                usage: wgpu::BufferUsages::UNIFORM,
+            }),
+        )
     }
 
     /// Binds the arena's dispatches of a piece (none for tensors in the caller's buffers).
@@ -30,12 +66,16 @@ impl GpuGroup {
         let cuts: Vec<_> = piece
             .chunks
             .iter()
-            .flat_map(|chunk| parts_of(chunk, align, vec4))
+            .flat_map(|chunk| {
+                let parts = parts_of(chunk, align, vec4).into_iter();
+                parts.map(move |(range, lanes)| (chunk.clone(), range, lanes))
+            })
             .collect();
         piece.parts = cuts
             .into_iter()
-            .map(|(range, lanes)| {
-                let state = self.state_bindings(piece, &range);
+            .map(|(chunk, range, lanes)| {
+                let held = self.held_uniform(device, piece, &chunk, range.start);
+                let state = self.state_bindings(piece, &chunk, &range, held.as_ref());
                 let theta = slice_binding(theta, &range);
                 let grad = slice_binding(grad, &range);
                 let update = self.pipeline.bind(

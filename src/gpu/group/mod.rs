@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use wgpu::util::DeviceExt;
 
+use crate::config::StateFormat;
 use crate::error::{Error, Result};
 use crate::gpu::buffers::{BufferRange, TensorBuffers};
 use crate::gpu::context::GpuContext;
@@ -16,8 +17,10 @@ use crate::gpu::pipeline::{
 };
 use crate::gpu::segments::{self, Placed, RunPlan};
 use crate::gpu::tracker::STATUS_BYTES;
+use crate::held::{self, Held};
 use crate::kernels::{scalars_bytes, Lanes, WINDOW, WINDOW_HEADER_BYTES, WINDOW_STATUS_OFFSET};
 use crate::layout::{GroupSpec, Stored, TensorSpec};
+use crate::reference::state_codec as codec;
 use crate::transform::{NORM_BLOCK, PARTIAL_ALIGN};
 
 mod bind;
@@ -155,6 +158,17 @@ pub(crate) struct GpuGroup {
     /// A 16-byte stand-in for bindings a kernel never touches: unused state slots, the
     /// gradient of the commit and of `reduce`.
     placeholder: wgpu::Buffer,
+    /// How the state is held (SPEC §6), with what a held format's kernels read besides.
+    format: StateFormat,
+    held: Option<HeldState>,
+}
+
+/// What the kernels of a group whose state is held in `bf16` read besides the codes: the
+/// seed, and each tensor's arena start and that minus its start in the group's flat order
+/// (`held_tensors` in the generated WGSL, see [`crate::kernels`]).
+struct HeldState {
+    seed: u32,
+    tensors: wgpu::Buffer,
 }
 
 impl GpuGroup {
@@ -172,7 +186,15 @@ impl GpuGroup {
         let max_elements = (limits.max_buffer_size / 4) as usize;
         let optimizer = spec.config.as_dyn();
         let slots = optimizer.state_slots();
-        let pipeline = ctx.pipeline(optimizer.kernel(), slots.len() as u32, Addressing::Arena)?;
+        let format = spec.state_format;
+        let pipeline = ctx.pipeline(
+            optimizer.kernel(),
+            slots.len() as u32,
+            Addressing::Arena,
+            format,
+        )?;
+        // The start codes, encoded on the host as the CPU optimizer encodes them.
+        let held_codes = Held::new(spec, held::pieces(tensors.iter().copied()), spec.arena_len);
         // For the commit, the reduce and the bindings; a step's scan may be another variant.
         let control = ctx.control_pipeline(Addressing::Arena, false)?;
         let (external, caller_tensors) = match placement {
@@ -233,6 +255,17 @@ impl GpuGroup {
                         None => range.len().max(1).next_multiple_of(4).min(max_elements),
                     };
                     let size = (bound.max(1) * 4) as u64;
+                    // Two bf16 codes to a word.
+                    let held_words = |k: usize| {
+                        let codes = held_codes.as_ref()?.bf16_codes(k)?;
+                        let mut piece = codes[range.clone()].to_vec();
+                        piece.resize(bound.max(1).next_multiple_of(2), 0);
+                        let words: Vec<u32> = piece
+                            .chunks(2)
+                            .map(|c| u32::from(c[0]) | (u32::from(c[1]) << 16))
+                            .collect();
+                        Some(words)
+                    };
                     let (theta, grad) = match &external {
                         Some(ext) => (Some(ext.theta.clone()), Some(ext.grad.clone())),
                         None if caller_tensors.is_some() => (None, None),
@@ -258,7 +291,17 @@ impl GpuGroup {
                     };
                     let state = slots
                         .iter()
-                        .map(|slot| {
+                        .enumerate()
+                        .map(|(k, slot)| {
+                            if let Some(words) = slot.used.then(|| held_words(k)).flatten() {
+                                return Some(device.create_buffer_init(
+                                    &wgpu::util::BufferInitDescriptor {
+                                        label: Some(slot.name),
+                                        contents: bytemuck::cast_slice(&words),
+                                        usage: storage,
+                                    },
+                                ));
+                            }
                             slot.used.then(|| match slot.init {
                                 // New buffers are zeroed; upload only a start that is not 0.
                                 0.0 => device.create_buffer(&wgpu::BufferDescriptor {
@@ -307,6 +350,23 @@ impl GpuGroup {
             mapped_at_creation: false,
         });
 
+        let held = held_codes.map(|_| {
+            let mut table: Vec<[u32; 2]> = held::pieces(tensors.iter().copied())
+                .iter()
+                .map(|p| [p.range.start as u32, (p.range.start - p.flat) as u32])
+                .collect();
+            if table.is_empty() {
+                table.push([0, 0]);
+            }
+            HeldState {
+                seed: spec.state_seed,
+                tensors: device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("bayesprop held tensors"),
+                    contents: bytemuck::cast_slice(&table),
+                    usage: wgpu::BufferUsages::STORAGE,
+                }),
+            }
+        });
         let transform_update = pipeline.bind_transform(device, transform);
         let transform_control = control.bind_transform(device, transform);
         let mut group = GpuGroup {
@@ -319,7 +379,10 @@ impl GpuGroup {
             transform_update,
             transform_control,
             placeholder,
+            format,
+            held,
         };
+        group.check_held(&pieces, &limits)?;
         group.pieces = ctx.scoped("binding buffers", || {
             let mut pieces = pieces;
             let align = (limits.min_storage_buffer_offset_alignment as u64 / 4).max(1);
@@ -334,6 +397,7 @@ impl GpuGroup {
                     optimizer.kernel(),
                     slots.len() as u32,
                     Addressing::Segments,
+                    format,
                 )?,
                 scan: ctx.control_pipeline(Addressing::Segments, false)?,
                 tensors: tensors.iter().map(|t| t.range()).zip(buffers).collect(),
@@ -430,6 +494,9 @@ impl GpuGroup {
         let [piece] = &self.pieces[..] else {
             return None;
         };
+        if self.held.is_some() {
+            return None;
+        }
         let (Some(theta), Some(grad)) = (&piece.theta, &piece.grad) else {
             return None;
         };
@@ -458,6 +525,17 @@ impl GpuGroup {
         let mut arena = Vec::new();
         for piece in &self.pieces {
             let slice = self.vector(piece, vector).expect("the slot is used");
+            if let (Vector::State(_), Some(_)) = (vector, &self.held) {
+                let words = piece.range.len().div_ceil(2);
+                let words: Vec<u32> =
+                    ctx.read_back("readback", words as u64 * 4, |e, staging| {
+                        e.copy_buffer_to_buffer(&slice.buffer, 0, staging, 0, words as u64 * 4);
+                    })?;
+                let codes = words.iter().flat_map(|w| [w & 0xffff, w >> 16]);
+                let values = codes.take(piece.range.len()).map(codec::bf16_decode);
+                arena.extend(values);
+                continue;
+            }
             arena.extend(ctx.read_f32(&slice.buffer, slice.offset, piece.range.len())?);
         }
         Ok(arena)
@@ -506,6 +584,34 @@ impl GpuGroup {
     /// Sets the device's step counter (for restoring a checkpoint).
     pub fn write_step_counter(&self, queue: &wgpu::Queue, t: u64) {
         queue.write_buffer(&self.status, 0, bytemuck::cast_slice(&[t as u32, 0]));
+    }
+
+    /// How the group's state is held.
+    pub fn format(&self) -> StateFormat {
+        self.format
+    }
+
+    /// Refuses a held format where a binding chunk would not start at a multiple of 4
+    /// elements of its piece (a vec4's lanes would then not own whole words, nor lie in one
+    /// tensor), or where its words would not start at the device's storage offset alignment.
+    fn check_held(&self, pieces: &[Piece], limits: &wgpu::Limits) -> Result<()> {
+        if self.held.is_none() {
+            return Ok(());
+        }
+        let align = u64::from(limits.min_storage_buffer_offset_alignment);
+        let chunks = pieces.iter().flat_map(|p| &p.chunks);
+        match chunks
+            .into_iter()
+            .find(|c| c.start % 4 != 0 || (c.start * 2) % align != 0)
+        {
+            None => Ok(()),
+            Some(chunk) => Err(Error::Unsupported(format!(
+                "state_format {}: a binding chunk at element {} does not start at whole \
+                 vec4s and aligned words on this device (min_storage_buffer_offset_alignment \
+                 {align})",
+                self.format, chunk.start
+            ))),
+        }
     }
 
     /// How many storage bindings the group's vectors are split into.

@@ -62,7 +62,9 @@ impl GpuGroup {
                         contents: bytemuck::cast_slice(&plan.rows),
                         usage: wgpu::BufferUsages::STORAGE,
                     });
-                    let state = self.state_bindings(&self.pieces[*p], chunk);
+                    let piece = &self.pieces[*p];
+                    let held = self.held_uniform(device, piece, chunk, chunk.start);
+                    let state = self.state_bindings(piece, chunk, chunk, held.as_ref());
                     let update = {
                         let theta = window_binding(&plan.theta, &plan.theta_window);
                         let grad = window_binding(&plan.grad, &plan.grad_window);
