@@ -50,23 +50,6 @@ pub(crate) fn pieces<'a>(tensors: impl IntoIterator<Item = &'a TensorSpec>) -> V
         .collect()
 }
 
-/// The error of a checkpoint of a group whose state is not `f32`, if `layout` has one: never
-/// write decoded bf16/q8 state as if it were f32 (SPEC §6: as held, or refused).
-pub(crate) fn refuse_checkpoint(layout: &crate::layout::Layout, what: &str) -> crate::Result<()> {
-    match layout
-        .groups()
-        .iter()
-        .find(|spec| spec.state_format != StateFormat::F32)
-    {
-        None => Ok(()),
-        Some(spec) => Err(crate::Error::Unsupported(format!(
-            "{what} of a {} optimizer state (group `{}`) is not yet supported; only f32 state \
-             is checkpointed",
-            spec.state_format, spec.name
-        ))),
-    }
-}
-
 /// One slot's codes.
 #[derive(Clone, Debug)]
 enum Codes {

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use wgpu::util::DeviceExt;
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, HeldVector};
 use crate::config::StateFormat;
 use crate::error::{Error, Result};
 use crate::gpu::buffers::{BufferRange, TensorBuffers};
@@ -15,7 +15,7 @@ use crate::gpu::group::WholeArena;
 use crate::gpu::group::{GpuGroup, Placement, Vector};
 use crate::gpu::segments;
 use crate::gpu::tracker::{StepTracker, STATUS_BYTES, TRANSFORM_BYTES};
-use crate::layout::{GroupId, Layout, ParamGroups, StateSource, TensorId, TensorSpec};
+use crate::layout::{GroupId, Layout, ParamGroups, StateSource, Stored, TensorId, TensorSpec};
 use crate::optim::{NonFinitePolicy, OptimizerConfig, StepReport};
 use crate::transform::{GradTransform, NormReport, PARTIAL_ALIGN};
 use crate::Stepper;
@@ -692,14 +692,13 @@ impl Stepper for GpuOptimizer {
     }
 
     fn checkpoint(&self) -> Result<Checkpoint> {
-        crate::held::refuse_checkpoint(&self.layout, "saving a checkpoint")?;
         let steps = self.group_steps()?;
         let arenas = self
             .groups
             .iter()
             .zip(self.layout.groups())
             .map(|(group, spec)| {
-                spec.vectors()
+                spec.f32_vectors()
                     .into_iter()
                     .map(|(name, which)| {
                         Ok((name.to_string(), group.read_arena(&self.ctx, which.into())?))
@@ -707,11 +706,26 @@ impl Stepper for GpuOptimizer {
                     .collect::<Result<Vec<_>>>()
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Checkpoint::from_arenas(&self.layout, &steps, &arenas))
+        let mut checkpoint = Checkpoint::from_arenas(&self.layout, &steps, &arenas);
+        // bf16 state as held, never decoded (SPEC §6).
+        for (g, (group, spec)) in self.groups.iter().zip(self.layout.groups()).enumerate() {
+            if spec.state_format == StateFormat::F32 {
+                continue;
+            }
+            for (name, which) in spec.vectors().into_iter().skip(1) {
+                let Stored::State(k) = which else { continue };
+                let codes = group.read_codes(&self.ctx, k)?;
+                let tensors = self.layout.tensors().iter().zip(&mut checkpoint.tensors);
+                for (t, saved) in tensors.filter(|(t, _)| t.group.0 == g) {
+                    let held = HeldVector::Bf16(codes[t.range()].to_vec());
+                    saved.held.push((name.to_string(), held));
+                }
+            }
+        }
+        Ok(checkpoint)
     }
 
     fn restore(&mut self, checkpoint: &Checkpoint) -> Result<()> {
-        crate::held::refuse_checkpoint(&self.layout, "restoring a checkpoint")?;
         let arenas = checkpoint.to_arenas(&self.layout)?;
         let mut tracker = self.tracker.lock().unwrap();
         // Let the steps in flight land first, so none overwrites what is restored.
@@ -721,10 +735,28 @@ impl Stepper for GpuOptimizer {
             for ((group, spec), (steps, vectors)) in
                 self.groups.iter().zip(self.layout.groups()).zip(&arenas)
             {
-                for ((_, which), values) in spec.vectors().into_iter().zip(vectors) {
+                for ((_, which), values) in spec.f32_vectors().into_iter().zip(vectors) {
                     group.write_arena(queue, which.into(), values);
                 }
                 group.write_step_counter(queue, *steps);
+            }
+            // bf16 state as held: to_arenas checked each tensor's codes fit its group.
+            for (g, (group, spec)) in self.groups.iter().zip(self.layout.groups()).enumerate() {
+                if spec.state_format == StateFormat::F32 {
+                    continue;
+                }
+                for (name, which) in spec.vectors().into_iter().skip(1) {
+                    let Stored::State(k) = which else { continue };
+                    let mut codes = vec![0u16; spec.arena_len];
+                    let tensors = self.layout.tensors().iter().zip(&checkpoint.tensors);
+                    for (t, saved) in tensors.filter(|(t, _)| t.group.0 == g) {
+                        let held = saved.held.iter().find(|(n, _)| n == name);
+                        if let Some((_, HeldVector::Bf16(saved))) = held {
+                            codes[t.range()].copy_from_slice(saved);
+                        }
+                    }
+                    group.write_codes(queue, k, &codes);
+                }
             }
         })?;
         tracker.restored(arenas.iter().map(|(steps, _)| *steps).collect());

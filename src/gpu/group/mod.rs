@@ -541,6 +541,40 @@ impl GpuGroup {
         Ok(arena)
     }
 
+    /// The bf16 codes of state slot `k` over the whole arena (two to a word on the device,
+    /// per piece): what a checkpoint stores of a group held in `bf16`.
+    pub fn read_codes(&self, ctx: &GpuContext, k: usize) -> Result<Vec<u16>> {
+        let mut codes = Vec::new();
+        for piece in &self.pieces {
+            let slice = self
+                .vector(piece, Vector::State(k))
+                .expect("the slot is used");
+            let bytes = piece.range.len().div_ceil(2) as u64 * 4;
+            let words: Vec<u32> = ctx.read_back("reading state codes", bytes, |e, staging| {
+                e.copy_buffer_to_buffer(&slice.buffer, 0, staging, 0, bytes);
+            })?;
+            let piece_codes = words.iter().flat_map(|w| [*w as u16, (w >> 16) as u16]);
+            codes.extend(piece_codes.take(piece.range.len()));
+        }
+        Ok(codes)
+    }
+
+    /// Overwrites the bf16 codes of state slot `k` over the whole arena (from a checkpoint).
+    pub fn write_codes(&self, queue: &wgpu::Queue, k: usize, codes: &[u16]) {
+        for piece in &self.pieces {
+            let slice = self
+                .vector(piece, Vector::State(k))
+                .expect("the slot is used");
+            let words: Vec<u32> = codes[piece.range.clone()]
+                .chunks(2)
+                .map(|pair| u32::from(pair[0]) | pair.get(1).map_or(0, |&hi| u32::from(hi) << 16))
+                .collect();
+            if !words.is_empty() {
+                queue.write_buffer(&slice.buffer, 0, bytemuck::cast_slice(&words));
+            }
+        }
+    }
+
     /// Overwrites a whole vector of the arena from the host.
     pub fn write_arena(&self, queue: &wgpu::Queue, vector: Vector, arena: &[f32]) {
         if let Some(tensors) = self.caller_tensors(vector) {
