@@ -1,6 +1,6 @@
 //! Configs: every optimizer of bayesprop's table, built the way burn builds its own.
 
-use bayesprop::{GradTransform, NonFinitePolicy, OptimizerConfig};
+use bayesprop::{GradTransform, NonFinitePolicy, OptimizerConfig, StateFormat, StateStorage};
 
 use crate::error::{Error, Result};
 use crate::optimizer::BayespropOptimizer;
@@ -14,6 +14,7 @@ pub struct BayespropConfig {
     pub(crate) policy: NonFinitePolicy,
     pub(crate) lr_as: LrTarget,
     pub(crate) transform: GradTransform,
+    pub(crate) storage: StateStorage,
 }
 
 /// Which hyperparameter burn's per-step learning rate sets.
@@ -36,6 +37,7 @@ impl BayespropConfig {
             policy: NonFinitePolicy::default(),
             lr_as: LrTarget::Lr,
             transform: GradTransform::default(),
+            storage: StateStorage::default(),
         }
     }
 
@@ -70,6 +72,15 @@ impl BayespropConfig {
     /// Divides every gradient by `scale` first: the loss scale of mixed-precision training.
     pub fn with_grad_scale(mut self, scale: f32) -> Self {
         self.transform.grad_scale = scale;
+        self
+    }
+
+    /// Holds the optimizer state in `format` (`Bf16`: 2 bytes per element, `Q8`: 1 byte and
+    /// a scale per 256 elements; θ and the gradients stay f32), stochastically rounded with
+    /// `seed` (bayesprop's rules, §6). The device must hold that format: today the GPU
+    /// kernels hold `f32` and `bf16`, and a step with another is an error.
+    pub fn with_state_format(mut self, format: StateFormat, seed: u32) -> Self {
+        self.storage = StateStorage { format, seed };
         self
     }
 

@@ -369,6 +369,7 @@ fn build(config: &BayespropConfig, specs: &[Spec], entries: &[Entry]) -> Result<
     let mut groups = ParamGroups::new();
     let group = groups.add_group("burn", config.config.clone())?;
     groups.set_policy(group, config.policy)?;
+    groups.set_state_format(group, config.storage.format, config.storage.seed)?;
     let mut tensors = HashMap::new();
     for spec in specs {
         // θ₀ is never used: θ is wherever burn keeps it.

@@ -4,9 +4,11 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bayesprop::wgpu;
-use bayesprop::{Checkpoint, GpuOptimizer, OptimizerConfig, ParamGroups, Stepper, TensorBuffers};
+use bayesprop::{
+    Checkpoint, GpuOptimizer, HeldVector, OptimizerConfig, ParamGroups, Stepper, TensorBuffers,
+};
 use burn::optim::{LearningRate, Optimizer, RecordState, StateSink, StateSource};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData};
 use burn_pack::Scalar;
 
 use crate::config::BayespropConfig;
@@ -51,12 +53,14 @@ enum Held {
     Saved(Saved),
 }
 
-/// A tensor's state off the device: steps applied and each state vector by its SPEC name.
+/// A tensor's state off the device: steps applied and each state vector by its SPEC name, in
+/// f32 or, for a `bf16` or `q8` state format, as held.
 #[derive(Clone)]
 struct Saved {
     steps: u64,
     shape: Vec<usize>,
     vectors: Vec<(String, Vec<f32>)>,
+    held: Vec<(String, HeldVector)>,
 }
 
 /// A failed per-tensor step: the error, with θ and the state as they came (in `module`).
@@ -168,12 +172,14 @@ impl BayespropTensorOptimizer {
         let mut groups = ParamGroups::new();
         let group = groups.add_group("burn", self.config.config.clone())?;
         groups.set_policy(group, self.config.policy)?;
+        let storage = self.config.storage;
+        groups.set_state_format(group, storage.format, storage.seed)?;
         // θ₀ is never used: θ is wherever burn keeps it.
         let len = shape.iter().product();
         groups.add_tensor(group, "param", shape, &vec![0.0; len])?;
         let mut gpu = GpuOptimizer::from_tensors_in(&ctx, &groups, std::slice::from_ref(place))?;
         gpu.set_grad_transform(self.config.transform)?;
-        if saved.steps > 0 || !saved.vectors.is_empty() {
+        if saved.steps > 0 || !saved.vectors.is_empty() || !saved.held.is_empty() {
             let checkpoint = saved.checkpoint_for(&gpu, shape)?;
             gpu.restore(&checkpoint)?;
         }
@@ -186,7 +192,7 @@ impl Saved {
     /// buffer, every state vector the optimizer uses must be here, by name and length.
     fn checkpoint_for(&self, gpu: &GpuOptimizer, shape: &[usize]) -> Result<Checkpoint> {
         // A state without vectors (sgd without momentum) has no shape to check.
-        if !self.vectors.is_empty() && self.shape != shape {
+        if (!self.vectors.is_empty() || !self.held.is_empty()) && self.shape != shape {
             return Err(Error::Parameters(format!(
                 "a saved optimizer state of shape {:?} for a parameter of shape {shape:?}",
                 self.shape
@@ -194,22 +200,24 @@ impl Saved {
         }
         let mut checkpoint = gpu.checkpoint()?;
         checkpoint.groups[0].steps = self.steps;
-        for (name, values) in &mut checkpoint.tensors[0].vectors {
-            if name == "theta" {
-                continue;
-            }
+        let missing = |name: &str| {
+            Error::Parameters(format!(
+                "the saved optimizer state has no `{name}` as {} uses it: it was saved by \
+                 another optimizer, config or state format",
+                gpu.config().name()
+            ))
+        };
+        let tensor = &mut checkpoint.tensors[0];
+        for (name, values) in tensor.vectors.iter_mut().filter(|(n, _)| n != "theta") {
+            let saved = self.vectors.iter().find(|(n, _)| n == name);
+            *values = saved.ok_or_else(|| missing(name))?.1.clone();
+        }
+        for (name, held) in &mut tensor.held {
             let saved = self
-                .vectors
+                .held
                 .iter()
-                .find(|(n, _)| n == name)
-                .ok_or_else(|| {
-                    Error::Parameters(format!(
-                        "the saved optimizer state has no `{name}`, which {} uses: it was saved \
-                     by another optimizer or config",
-                        gpu.config().name()
-                    ))
-                })?;
-            *values = saved.1.clone();
+                .find(|(n, h)| n == name && h.format() == held.format());
+            *held = saved.ok_or_else(|| missing(name))?.1.clone();
         }
         Ok(checkpoint)
     }
@@ -221,6 +229,7 @@ impl<const D: usize> TensorState<D> {
             steps: 0,
             shape: Vec::new(),
             vectors: Vec::new(),
+            held: Vec::new(),
         })
     }
 
@@ -246,6 +255,7 @@ impl<const D: usize> TensorState<D> {
                         .filter(|(name, _)| name != "theta")
                         .cloned()
                         .collect(),
+                    held: tensor.held.clone(),
                 })
             }
         }
@@ -256,7 +266,8 @@ impl<const D: usize> TensorState<D> {
         Ok(self.to_saved()?.steps)
     }
 
-    /// The state vector `name` (`sigma`, `s`, `m`, `v`, … by SPEC name), read back.
+    /// The state vector `name` (`sigma`, `s`, `m`, `v`, … by SPEC name), read back (f32
+    /// state; a `bf16` or `q8` state is read through bayesprop's `GpuOptimizer::state`).
     pub fn vector(&self, name: &str) -> Result<Vec<f32>> {
         let saved = self.to_saved()?;
         saved
@@ -281,9 +292,13 @@ fn state_names() -> Vec<&'static str> {
 
 const STEPS: &str = "steps";
 
+/// The suffix of a q8 vector's scales in a record: `{prefix}.{SPEC name}_scales`.
+const SCALES: &str = "_scales";
+
 impl<const D: usize> RecordState for TensorState<D> {
-    /// `{prefix}.steps`, and one f32 tensor of the parameter's shape per state vector, named
-    /// `{prefix}.{SPEC name}`.
+    /// `{prefix}.steps`, and one tensor of the parameter's shape per state vector, named
+    /// `{prefix}.{SPEC name}`: f32, or as held in `bf16` (u16 codes) and `q8` (u8 codes, with
+    /// f32 scales in `{prefix}.{SPEC name}_scales`).
     ///
     /// # Panics
     /// When the state cannot be read back from the device (a device error): burn's trait has
@@ -296,23 +311,49 @@ impl<const D: usize> RecordState for TensorState<D> {
         for (name, values) in saved.vectors {
             out.push_tensor(prefix, &name, TensorData::new(values, saved.shape.clone()));
         }
+        for (name, held) in saved.held {
+            let codes = match held {
+                HeldVector::Bf16(codes) => TensorData::new(codes, saved.shape.clone()),
+                HeldVector::Q8 { codes, scales } => {
+                    let blocks = vec![scales.len()];
+                    let scales_name = format!("{name}{SCALES}");
+                    out.push_tensor(prefix, &scales_name, TensorData::new(scales, blocks));
+                    TensorData::new(codes, saved.shape.clone())
+                }
+            };
+            out.push_tensor(prefix, &name, codes);
+        }
     }
 
     fn state_unflatten(prefix: &str, src: &mut StateSource, _device: &Device) -> Option<Self> {
         let steps = u64::try_from(src.take_scalar(prefix, STEPS)?).ok()?;
         let mut shape = None;
-        let mut vectors = Vec::new();
+        let (mut vectors, mut held) = (Vec::new(), Vec::new());
         for name in state_names() {
             let Some(data) = src.take_tensor(prefix, name) else {
                 continue;
             };
             shape = Some(data.shape().to_vec());
-            vectors.push((name.to_string(), data.as_slice::<f32>().ok()?.to_vec()));
+            let name = name.to_string();
+            match data.dtype() {
+                DType::U16 => {
+                    let codes = data.as_slice::<u16>().ok()?.to_vec();
+                    held.push((name, HeldVector::Bf16(codes)));
+                }
+                DType::U8 => {
+                    let scales = src.take_tensor(prefix, &format!("{name}{SCALES}"))?;
+                    let codes = data.as_slice::<u8>().ok()?.to_vec();
+                    let scales = scales.as_slice::<f32>().ok()?.to_vec();
+                    held.push((name, HeldVector::Q8 { codes, scales }));
+                }
+                _ => vectors.push((name, data.as_slice::<f32>().ok()?.to_vec())),
+            }
         }
         Some(Self::from_saved(Saved {
             steps,
             shape: shape.unwrap_or_default(),
             vectors,
+            held,
         }))
     }
 }

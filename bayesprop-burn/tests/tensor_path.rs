@@ -108,24 +108,10 @@ fn a_run_resumed_from_burns_record_goes_on_bit_for_bit() {
     for config in configs() {
         let name = config.name();
         let build = || ModuleOptimizer::from(BayespropConfig::new(config.clone()).build().unwrap());
-        let mut model = Mlp::new(&device);
-        let mut optim = build();
-        for t in 0..3 {
-            let g = grads(&model, &device, t);
-            model = optim.step(LR, model, g);
-        }
-        let bytes = optim.into_bytes().unwrap();
-        let mut resumed_model = model.clone();
-        let mut resumed = build().from_bytes(bytes).unwrap();
-        for t in 3..6 {
-            let g = grads(&model, &device, t);
-            model = optim.step(LR, model, g);
-            let g = grads(&resumed_model, &device, t);
-            resumed_model = resumed.step(LR, resumed_model, g);
-        }
+        let (straight, resumed) = common::straight_and_resumed(&device, LR, build);
         assert_eq!(
-            bits(&flat(&resumed_model)),
-            bits(&flat(&model)),
+            bits(&resumed),
+            bits(&straight),
             "{name}: θ after resuming from burn's record"
         );
     }

@@ -236,3 +236,29 @@ pub fn check_clones_held(device: &Device, make: impl Fn(bayesprop::OptimizerConf
         }
     }
 }
+
+/// θ after 6 steps of an Mlp with the optimizers `build` makes: straight, and resumed after 3
+/// steps from the optimizer's record through its bytes (burnpack, as the Learner's
+/// checkpointer writes it). Equal when a record resumes bit for bit.
+pub fn straight_and_resumed(
+    device: &Device,
+    lr: f64,
+    build: impl Fn() -> burn::optim::ModuleOptimizer,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut model = Mlp::new(device);
+    let mut optim = build();
+    for t in 0..3 {
+        let g = grads(&model, device, t);
+        model = optim.step(lr, model, g);
+    }
+    let bytes = optim.into_bytes().unwrap();
+    let mut resumed_model = model.clone();
+    let mut resumed = build().from_bytes(bytes).unwrap();
+    for t in 3..6 {
+        let g = grads(&model, device, t);
+        model = optim.step(lr, model, g);
+        let g = grads(&resumed_model, device, t);
+        resumed_model = resumed.step(lr, resumed_model, g);
+    }
+    (flat(&model), flat(&resumed_model))
+}
