@@ -8,6 +8,7 @@ use crate::bench::roofline::{copy_cpu, synthetic, touch_bytes_cpu, touch_cpu, Gp
 use crate::bench::timing::PassTimer;
 use crate::bench::unfused::GpuUnfused;
 use crate::bench::{Case, StepKind, MANY_TENSORS_LEN};
+use crate::config::StateFormat;
 use crate::cpu::{CpuOptimizer, CpuPath, PARALLEL_CHUNK};
 use crate::device::StepDevice;
 use crate::error::{Error, Result};
@@ -116,6 +117,17 @@ pub(super) fn measure(job: &Job, steps: usize, gpu: Option<&GpuContext>) -> Resu
         StepDevice::Gpu => {
             let ctx = gpu.expect("GPU jobs are planned only with a context");
             let owned = GpuOptimizer::from_groups(ctx, &groups)?;
+            // A held format's buffers hold codes, which the touch kernel cannot stream as
+            // f32: its roofline touches the arrays of the same optimizer in f32 instead (a
+            // bandwidth; the row is judged by the bytes it really moves).
+            let f32_twin = match job.state_format {
+                StateFormat::F32 => None,
+                _ => {
+                    let mut f32_groups = groups.clone();
+                    f32_groups.set_group_option(GroupId(0), "state_format", "f32")?;
+                    Some(GpuOptimizer::from_groups(ctx, &f32_groups)?)
+                }
+            };
             // The roofline touches the owned arena: the same arrays, in buffers of its own.
             let (mut optimizer, owned) = match job.case {
                 Case::CallerTensors => {
@@ -137,7 +149,8 @@ pub(super) fn measure(job: &Job, steps: usize, gpu: Option<&GpuContext>) -> Resu
                     Some(GpuUnfused::over(ctx, &optimizer, &grad, &job.transform)?)
                 }
             };
-            let mut roofline = GpuRoofline::over(ctx, owned.as_ref().unwrap_or(&optimizer))?;
+            let touched = f32_twin.as_ref().or(owned.as_ref()).unwrap_or(&optimizer);
+            let mut roofline = GpuRoofline::over(ctx, touched)?;
             let mut step = GpuStep {
                 optimizer: &mut optimizer,
                 unfused: unfused.as_ref(),
