@@ -451,7 +451,7 @@ impl OptimizerConfig {
     }
 
     /// Bytes of optimizer state for one tensor of `n` elements held in `format`: one slot of
-    /// [`StateFormat::slot_bytes`] per used state vector (what the optimizers allocate for a
+    /// [`crate::StateFormat::slot_bytes`] per used state vector (what the optimizers allocate for a
     /// single tensor, whose arena has no padding).
     pub fn state_bytes(&self, format: crate::StateFormat, n: usize) -> usize {
         self.used_state_names().len() * format.slot_bytes(n)
