@@ -19,17 +19,38 @@ use crate::optimizer::BayespropOptimizer;
 /// bayesprop's module-level optimizer for burn-train's `Learner`. Keep a clone in the model,
 /// in a field marked `#[module(skip)]`, and step it from `TrainStep::optimize`:
 ///
-/// ```rust,ignore
+/// ```rust,no_run
+/// use bayesprop_burn::FusedStep;
+/// use burn::module::Module;
+/// use burn::nn::Linear;
+/// use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
+/// use burn::optim::{GradientsParams, ModuleOptimizer};
+/// use burn::tensor::Tensor;
+/// use burn_train::{RegressionOutput, TrainOutput, TrainStep};
+///
 /// #[derive(Module, Debug)]
 /// struct Model {
-///     mlp: Mlp,
+///     linear: Linear,
 ///     #[module(skip)]
-///     fused: bayesprop_burn::FusedStep,
+///     fused: FusedStep, // FusedStep::new(&BayespropConfig::bayes().with_clip_norm(1.0))
 /// }
 ///
 /// impl TrainStep for Model {
-///     // type Input, type Output and step as usual, then:
-///     fn optimize(self, _: &mut ModuleOptimizer, lr: ModuleLearningRate, grads: GradientsParams) -> Self {
+///     type Input = (Tensor<2>, Tensor<2>);
+///     type Output = RegressionOutput;
+///
+///     fn step(&self, (x, y): Self::Input) -> TrainOutput<RegressionOutput> {
+///         let out = self.linear.forward(x);
+///         let loss = (out.clone() - y.clone()).powi_scalar(2).mean();
+///         TrainOutput::new(self, loss.backward(), RegressionOutput::new(loss, out, y))
+///     }
+///
+///     fn optimize(
+///         self,
+///         _: &mut ModuleOptimizer,
+///         lr: ModuleLearningRate,
+///         grads: GradientsParams,
+///     ) -> Self {
 ///         let fused = self.fused.clone();
 ///         fused.optimize(self, lr, grads)
 ///     }
