@@ -72,17 +72,27 @@ fn scan_segments(
 
 // `scan` and `scan_segments` without the norm (no clipping): the count alone. Without a
 // barrier, which software adapters honour by running the whole kernel as coroutines (figures
-// in docs/performance.md).
+// in docs/performance.md). Each invocation of `count` checks COUNT_SPAN lane groups, a
+// workgroup's width apart, and each workgroup of `count_segments` COUNT_SPAN rows, then adds
+// its count with one atomic: llvmpipe pays per invocation, and a lane group each made the
+// count cost more than reading g does (docs/performance.md).
+override COUNT_SPAN: u32;
+
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn count(
     @builtin(workgroup_id) workgroup: vec3<u32>,
     @builtin(num_workgroups) workgroups: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    let i = element_index(workgroup, workgroups, local);
-    if i < arrayLength(&grad) {
-        count_and_square(grad[i]);
+    let first = block_index(workgroup, workgroups) * WORKGROUP_SIZE * COUNT_SPAN + local;
+    var bad = 0u;
+    for (var k = 0u; k < COUNT_SPAN; k++) {
+        let i = first + k * WORKGROUP_SIZE;
+        if i < arrayLength(&grad) {
+            bad += nonfinite_lanes(unscaled(grad[i]));
+        }
     }
+    add_count(bad);
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -91,25 +101,37 @@ fn count_segments(
     @builtin(num_workgroups) workgroups: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    let b = block_index(workgroup, workgroups);
-    if b < arrayLength(&blocks) && local < blocks[b].count {
-        count_and_square(grad[blocks[b].grad + local]);
+    let first = block_index(workgroup, workgroups) * COUNT_SPAN;
+    var bad = 0u;
+    for (var k = 0u; k < COUNT_SPAN; k++) {
+        let b = first + k;
+        if b < arrayLength(&blocks) && local < blocks[b].count {
+            bad += nonfinite_lanes(unscaled(grad[blocks[b].grad + local]));
+        }
+    }
+    add_count(bad);
+}
+
+// g / scale, or g where the scale is 1 (which leaves g's bits as they are).
+fn unscaled(raw: V) -> V {
+    if UNSCALE {
+        return raw / transform.scale;
+    }
+    return raw;
+}
+
+// Adds an invocation's non-finite lanes to the group's count, under SkipStep and Error
+// (SkipElement's update counts its own, Propagate counts none).
+fn add_count(bad: u32) {
+    if (header.policy == POLICY_SKIP_STEP || header.policy == POLICY_ERROR) && bad > 0u {
+        atomicAdd(&status.nonfinite, bad);
     }
 }
 
-// Counts the non-finite lanes of g / scale (under SkipStep and Error: SkipElement's update
-// counts its own, Propagate counts none) and returns the squares of its finite lanes.
+// Counts the non-finite lanes of g / scale and returns the squares of its finite lanes.
 fn count_and_square(raw: V) -> V {
-    var u = raw;
-    if UNSCALE {
-        u = raw / transform.scale;
-    }
-    if header.policy == POLICY_SKIP_STEP || header.policy == POLICY_ERROR {
-        let bad = nonfinite_lanes(u);
-        if bad > 0u {
-            atomicAdd(&status.nonfinite, bad);
-        }
-    }
+    let u = unscaled(raw);
+    add_count(nonfinite_lanes(u));
     return select(V(0.0), u * u, finite(u));
 }
 

@@ -28,26 +28,45 @@ impl Shape {
         }
     }
 
-    /// The 2-D grid that covers `invocations`: as few rows as the per-dimension limit allows,
+    /// The 2-D grid of `groups` workgroups: as few rows as the per-dimension limit allows,
     /// then rows as short as covers them, so that fewer than y workgroups are empty (x at the
     /// limit and y = ⌈groups / x⌉ launched nearly twice the work just past the limit).
-    fn grid(&self, invocations: u32) -> (u32, u32) {
-        let groups = invocations.div_ceil(self.workgroup_size).max(1);
+    fn grid(&self, groups: u32) -> (u32, u32) {
+        let groups = groups.max(1);
         let y = groups.div_ceil(self.max_workgroups_per_dimension);
         (groups.div_ceil(y), y)
     }
 
-    /// Records `pipelines` at width `lanes` over `n` elements (one invocation per lane group),
-    /// with `bind_groups` at groups 0, 1, ….
+    /// Records `pipelines` at width `lanes` over `n` elements, `span` lane groups per
+    /// invocation, with `bind_groups` at groups 0, 1, ….
     fn dispatch(
         &self,
         pass: &mut wgpu::ComputePass<'_>,
         pipelines: &ByWidth,
-        lanes: Lanes,
+        (lanes, span): (Lanes, u32),
         bind_groups: &[&wgpu::BindGroup],
         n: u32,
     ) {
-        let (x, y) = self.grid(n / lanes.width());
+        let invocations = (n / lanes.width()).div_ceil(span);
+        let (x, y) = self.grid(invocations.div_ceil(self.workgroup_size));
+        pass.set_pipeline(pipelines.get(lanes));
+        set_bind_groups(pass, bind_groups);
+        pass.dispatch_workgroups(x, y, 1);
+    }
+
+    /// Records `pipelines` at width `lanes` over a segment table of `rows` rows, `span` rows
+    /// per workgroup, or several workgroups per row where they are narrower than a row
+    /// (`segments` in shaders/fused.wgsl).
+    fn dispatch_rows(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        pipelines: &ByWidth,
+        (lanes, span): (Lanes, u32),
+        bind_groups: &[&wgpu::BindGroup],
+        rows: u32,
+    ) {
+        let per_row = ROW_LANES.div_ceil(self.workgroup_size);
+        let (x, y) = self.grid(rows.div_ceil(span) * per_row);
         pass.set_pipeline(pipelines.get(lanes));
         set_bind_groups(pass, bind_groups);
         pass.dispatch_workgroups(x, y, 1);
@@ -129,6 +148,12 @@ pub(crate) const COUNT: usize = 3;
 const CONTROL_SEGMENTS_ENTRIES: [&str; 2] = ["scan_segments", "count_segments"];
 pub(crate) const SCAN_SEGMENTS: usize = 0;
 pub(crate) const COUNT_SEGMENTS: usize = 1;
+
+/// Lane groups that one invocation of [`COUNT`] checks, and segment-table rows that one
+/// workgroup of [`COUNT_SEGMENTS`] checks (`COUNT_SPAN` in shaders/control.wgsl): on llvmpipe
+/// a count of one lane group per invocation cost more than its read of g
+/// (docs/performance.md).
+pub(crate) const COUNT_SPAN: u32 = 8;
 
 /// The scan's entry point: with the norm (`scan`: workgroups halve their squares in shared
 /// memory) or with the non-finite count alone (`count`: no barrier, see
@@ -415,7 +440,10 @@ impl Pipeline {
             addressing,
             entries,
             NORM_LANES,
-            &[("UNSCALE", f64::from(u8::from(unscale)))],
+            &[
+                ("UNSCALE", f64::from(u8::from(unscale))),
+                ("COUNT_SPAN", f64::from(COUNT_SPAN)),
+            ],
             StateFormat::F32,
         )
     }
@@ -445,20 +473,8 @@ impl Pipeline {
         bind_whole(device, "bayesprop segment table", layout, table)
     }
 
-    /// Records entry point `entry` at width `lanes` over a segment table of `rows` rows, one
-    /// workgroup per row (or several, when narrower), with `bind_groups` at groups 0, 1, 2.
-    pub(crate) fn dispatch_rows(
-        &self,
-        pass: &mut wgpu::ComputePass<'_>,
-        entry: usize,
-        bind_groups: &[&wgpu::BindGroup],
-        lanes: Lanes,
-        rows: u32,
-    ) {
-        self.dispatch_rows_of(pass, &self.entries[entry], bind_groups, lanes, rows);
-    }
-
-    /// [`Pipeline::dispatch_rows`] of a fused kernel's variant.
+    /// Records a fused kernel's variant at width `lanes` over a segment table of `rows` rows,
+    /// one workgroup per row (or several, when narrower), with `bind_groups` at groups 0, 1, 2.
     pub(crate) fn dispatch_rows_of(
         &self,
         pass: &mut wgpu::ComputePass<'_>,
@@ -467,13 +483,8 @@ impl Pipeline {
         lanes: Lanes,
         rows: u32,
     ) {
-        // Workgroups narrower than a row share it (`segments` in shaders/fused.wgsl).
-        let per_row = ROW_LANES.div_ceil(self.shape.workgroup_size);
-        let groups = rows * per_row;
-        let x = groups.clamp(1, self.shape.max_workgroups_per_dimension);
-        pass.set_pipeline(pipelines.get(lanes));
-        set_bind_groups(pass, bind_groups);
-        pass.dispatch_workgroups(x, groups.div_ceil(x).max(1), 1);
+        self.shape
+            .dispatch_rows(pass, pipelines, (lanes, 1), bind_groups, rows);
     }
 
     /// A bind group of `buffers` at their bindings (see [`in_order`]).
@@ -489,7 +500,8 @@ impl Pipeline {
     /// Records entry point `entry` over one bound range of `n` elements into the caller's
     /// pass, at width `lanes` (with [`Lanes::Four`], `n` is a multiple of 4), with
     /// `bind_groups` at groups 0, 1, … (the transform's second, for the fused and control
-    /// kernels).
+    /// kernels). The bench's rooflines and unfused step record with it.
+    #[cfg(feature = "bench")]
     pub fn dispatch(
         &self,
         pass: &mut wgpu::ComputePass<'_>,
@@ -499,7 +511,33 @@ impl Pipeline {
         n: u32,
     ) {
         self.shape
-            .dispatch(pass, &self.entries[entry], lanes, bind_groups, n);
+            .dispatch(pass, &self.entries[entry], (lanes, 1), bind_groups, n);
+    }
+
+    /// Records a group's scan ([`scan_entry`]) at width `lanes`, with `bind_groups` at groups
+    /// 0, 1 (and the segment table at 2): over `n` elements of the arena, or over a segment
+    /// table of `n` rows. A count covers [`COUNT_SPAN`] lane groups (rows) per invocation
+    /// (workgroup).
+    pub(crate) fn dispatch_scan(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        (addressing, norm): (Addressing, bool),
+        bind_groups: &[&wgpu::BindGroup],
+        lanes: Lanes,
+        n: u32,
+    ) {
+        let pipelines = &self.entries[scan_entry(addressing, norm)];
+        let span = if norm { 1 } else { COUNT_SPAN };
+        match addressing {
+            Addressing::Arena => {
+                self.shape
+                    .dispatch(pass, pipelines, (lanes, span), bind_groups, n)
+            }
+            Addressing::Segments => {
+                self.shape
+                    .dispatch_rows(pass, pipelines, (lanes, span), bind_groups, n)
+            }
+        }
     }
 
     /// [`Pipeline::dispatch`] of a fused kernel's variant.
@@ -511,7 +549,8 @@ impl Pipeline {
         lanes: Lanes,
         n: u32,
     ) {
-        self.shape.dispatch(pass, pipelines, lanes, bind_groups, n);
+        self.shape
+            .dispatch(pass, pipelines, (lanes, 1), bind_groups, n);
     }
 
     /// Records one workgroup of entry point `entry` (the norm's reduce, the commit of a
@@ -565,7 +604,7 @@ mod tests {
         for groups in [
             1u32, 2, 65_534, 65_535, 65_536, 65_537, 131_070, 131_071, 262_144,
         ] {
-            let (x, y) = shape.grid(groups * 256);
+            let (x, y) = shape.grid(groups);
             assert!(x <= 65_535 && y <= 65_535, "{groups}: {x} × {y}");
             assert!(x * y >= groups, "{groups}: {x} × {y} does not cover it");
             assert!(
@@ -574,6 +613,6 @@ mod tests {
             );
         }
         // Just past the limit: 2 rows of 32,768, not 2 rows of 65,535.
-        assert_eq!(shape.grid(65_536 * 256), (32_768, 2));
+        assert_eq!(shape.grid(65_536), (32_768, 2));
     }
 }

@@ -119,9 +119,9 @@ impl GpuGroup {
         let scan = variants.scan.as_ref().expect("compiled with the scan");
         for part in self.parts() {
             let control = part.control.as_ref().expect("bound by bind_control");
-            scan.dispatch(
+            scan.dispatch_scan(
                 pass,
-                scan_entry(Addressing::Arena, norm),
+                (Addressing::Arena, norm),
                 &[control, &self.transform_control],
                 part.lanes,
                 part_len(part),
@@ -134,9 +134,9 @@ impl GpuGroup {
                 .expect("compiled with the scan");
             for run in &segments.runs {
                 let control = run.control.as_ref().expect("bound by bind_control");
-                scan.dispatch_rows(
+                scan.dispatch_scan(
                     pass,
-                    scan_entry(Addressing::Segments, norm),
+                    (Addressing::Segments, norm),
                     &[control, &self.transform_control, &run.table_scan],
                     run.plan.lanes,
                     run.rows(),

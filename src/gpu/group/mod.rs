@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::gpu::buffers::{BufferRange, TensorBuffers};
 use crate::gpu::context::GpuContext;
 use crate::gpu::pipeline::{
-    in_order, scan_entry, Addressing, ByWidth, Pipeline, Specialization, COMMIT, NORM_LANES, REDUCE,
+    in_order, Addressing, ByWidth, Pipeline, Specialization, COMMIT, NORM_LANES, REDUCE,
 };
 use crate::gpu::segments::{self, Placed, RunPlan};
 use crate::gpu::tracker::STATUS_BYTES;
