@@ -183,6 +183,9 @@ fn compare<M: Module + Clone>(
     let grads = Grads::of(&model, inner);
     let elements: usize = model.num_params();
     for (optimizer, adamw) in [("adam", false), ("adamw", true)] {
+        if !wanted("BAYESPROP_BENCH_OPTIMIZER", optimizer) {
+            continue;
+        }
         let burn_optim = || match adamw {
             false => AdamConfig::new().with_epsilon(EPS as f32).init(),
             true => AdamWConfig::new()
@@ -191,6 +194,9 @@ fn compare<M: Module + Clone>(
                 .init(),
         };
         for path in ["module", "learner"] {
+            if !wanted("BAYESPROP_BENCH_PATH", path) {
+                continue;
+            }
             let mut burn = burn_optim();
             let burn_step = |m, g| burn.step(LR, m, g);
             let [burn_s, ours_s, ratio, low, high] = match path {
@@ -240,8 +246,17 @@ fn compare<M: Module + Clone>(
     }
 }
 
+/// Whether the row's `value` is wanted: the environment variable `var` (a comma-separated
+/// list) names it, or is unset. `cargo bench` passes its own arguments, so filters are
+/// variables, e.g. `BAYESPROP_BENCH_MODEL=large BAYESPROP_BENCH_POLICY=skip-step`.
+fn wanted(var: &str, value: &str) -> bool {
+    match std::env::var(var) {
+        Ok(list) => list.split(',').any(|v| v.trim() == value),
+        Err(_) => true,
+    }
+}
+
 fn main() {
-    // `cargo bench` passes --bench; a filter argument is not supported.
     let device = bayesprop_burn::init_device().expect("burn's wgpu device");
     let ctx = bayesprop_burn::shared_context(&device).expect("shared");
     let info = ctx.adapter_info();
@@ -268,10 +283,17 @@ fn main() {
     };
     let devices = (&device, &inner);
     for policy in [NonFinitePolicy::SkipStep, NonFinitePolicy::Propagate] {
-        let name = "64 × Linear(32, 32)";
-        compare(name, many.clone(), devices, (3, 20), policy, &mut rows);
-        let name = "Linear(4096, 4096)";
-        compare(name, large.clone(), devices, (2, 5), policy, &mut rows);
+        if !wanted("BAYESPROP_BENCH_POLICY", policy.name()) {
+            continue;
+        }
+        if wanted("BAYESPROP_BENCH_MODEL", "many") {
+            let name = "64 × Linear(32, 32)";
+            compare(name, many.clone(), devices, (3, 20), policy, &mut rows);
+        }
+        if wanted("BAYESPROP_BENCH_MODEL", "large") {
+            let name = "Linear(4096, 4096)";
+            compare(name, large.clone(), devices, (2, 5), policy, &mut rows);
+        }
     }
     println!(
         "\n{}",
