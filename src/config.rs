@@ -313,6 +313,18 @@ impl StateStorage {
         Ok(true)
     }
 
+    /// [`StateStorage::set`], refusing in one line a key that is not a storage option.
+    pub fn set_option(&mut self, key: &str, value: &str) -> Result<()> {
+        match self.set(key, value)? {
+            true => Ok(()),
+            false => Err(Error::Unknown {
+                what: "group option",
+                name: key.to_string(),
+                known: Self::KEYS.join(", "),
+            }),
+        }
+    }
+
     /// Splits `KEY=VALUE` settings into the storage options, read into a `StateStorage`, and
     /// the rest (the optimizer's hyperparameters), in their order.
     pub fn split<'a>(

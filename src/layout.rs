@@ -450,13 +450,7 @@ impl ParamGroups {
             format: spec.state_format,
             seed: spec.state_seed,
         };
-        if !storage.set(key, value)? {
-            return Err(Error::Unknown {
-                what: "group option",
-                name: key.to_string(),
-                known: StateStorage::KEYS.join(", "),
-            });
-        }
+        storage.set_option(key, value)?;
         spec.state_format = storage.format;
         spec.state_seed = storage.seed;
         Ok(())

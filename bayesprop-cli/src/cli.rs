@@ -10,7 +10,7 @@ use bayesprop::validate::{self, Rule};
 use bayesprop::StepDevice;
 use bayesprop::{
     Checkpoint, Error, GpuContext, GpuOptimizer, GradTransform, GroupId, HyperSchedule,
-    NonFinitePolicy, OptimizerConfig, ParamGroups, Result, StateFormat, StateStorage,
+    NonFinitePolicy, OptimizerConfig, Result, StateFormat, StateStorage,
 };
 use clap::{Args, Parser, Subcommand};
 use ndarray::{Array1, Array2};
@@ -597,9 +597,9 @@ fn bench(args: &BenchArgs) -> Result<ExitCode> {
         }
     }
     // Every option is checked before anything is measured.
-    let mut check = ParamGroups::single(optimizers[0].1.clone(), &[0.0])?;
+    let mut check = StateStorage::default();
     for (key, value) in &group_options {
-        check.set_group_option(GroupId(0), key, value)?;
+        check.set_option(key, value)?;
     }
     let options = BenchOptions {
         optimizers,
