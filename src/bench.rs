@@ -588,4 +588,48 @@ mod tests {
         assert_eq!(Q8.element_bytes(), 1.015625);
         assert_eq!(bayes.as_dyn().bytes_per_element_in(Bf16), 20.0);
     }
+
+    /// The host memory a row needs counts the state as held on the fast path, decoded beside
+    /// it on the reference, and none on the GPU.
+    #[test]
+    fn host_bytes_count_the_state_as_held() {
+        let n = 1 << 20;
+        let job = |device, state_format| plan::Job {
+            name: "bayes".into(),
+            config: OptimizerConfig::default_for("bayes").unwrap(),
+            n,
+            device,
+            case: Case::OneTensor,
+            policy: NonFinitePolicy::SkipStep,
+            step: StepKind::Update,
+            transform: GradTransform::default(),
+            state_format,
+            group_options: Vec::new(),
+        };
+        let n = n as u64;
+        let q8 = n + 4 * n / 256;
+        let cases = [
+            (StepDevice::Gpu, StateFormat::Q8, 12 * n),
+            (StepDevice::Cpu, StateFormat::F32, 12 * n + 8 * n),
+            (StepDevice::Cpu, StateFormat::Bf16, 12 * n + 4 * n),
+            (StepDevice::Cpu, StateFormat::Q8, 12 * n + 2 * q8),
+            (
+                StepDevice::Reference,
+                StateFormat::Bf16,
+                12 * n + 4 * n + 8 * n,
+            ),
+            (
+                StepDevice::Reference,
+                StateFormat::Q8,
+                12 * n + 2 * q8 + 20 * n,
+            ),
+        ];
+        for (device, format, bytes) in cases {
+            assert_eq!(
+                host_bytes(&job(device, format)),
+                bytes,
+                "{device:?} {format}"
+            );
+        }
+    }
 }

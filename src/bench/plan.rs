@@ -20,13 +20,22 @@ pub(super) fn memory_available() -> Option<u64> {
 }
 
 /// Host bytes a row holds at its peak (see `measure`): the gradient and θ₀'s copy in the
-/// groups, then on the CPU the optimizer's θ and state and the roofline's copy target.
+/// groups, then on the CPU the optimizer's θ and state and the roofline's copy target. State
+/// in `bf16` or `q8` is held as such; the reference decodes it to f32 arenas during a step
+/// (and under `q8` with a testing policy keeps a copy of θ and those arenas to restore).
 pub(super) fn host_bytes(job: &Job) -> u64 {
-    let vectors = match job.device {
-        StepDevice::Reference | StepDevice::Cpu => 3 + job.config.used_state_names().len(),
-        StepDevice::Gpu => 3,
-    } + usize::from(job.step == StepKind::Unfused);
-    4 * job.n as u64 * vectors as u64
+    let n = job.n as u64;
+    let vectors = 3 + usize::from(job.step == StepKind::Unfused) as u64;
+    let slots = job.config.used_state_names().len() as u64;
+    let held = slots * job.state_format.slot_bytes(job.n) as u64;
+    let state = match (job.device, job.state_format) {
+        (StepDevice::Gpu, _) => 0,
+        (_, StateFormat::F32) => 4 * n * slots,
+        (StepDevice::Cpu, _) => held,
+        (StepDevice::Reference, StateFormat::Bf16) => held + 4 * n * slots,
+        (StepDevice::Reference, StateFormat::Q8) => held + 8 * n * slots + 4 * n,
+    };
+    4 * n * vectors + state
 }
 
 /// One row to measure.
