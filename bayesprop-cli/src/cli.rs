@@ -10,7 +10,7 @@ use bayesprop::validate::{self, Rule};
 use bayesprop::StepDevice;
 use bayesprop::{
     Checkpoint, Error, GpuContext, GpuOptimizer, GradTransform, GroupId, HyperSchedule,
-    NonFinitePolicy, OptimizerConfig, Result, StateFormat, StateStorage,
+    NonFinitePolicy, OptimizerConfig, ParamGroups, Result, StateFormat, StateStorage,
 };
 use clap::{Args, Parser, Subcommand};
 use ndarray::{Array1, Array2};
@@ -102,6 +102,11 @@ struct InfoArgs {
     /// state in f32, bf16 and q8); K, M, G are binary (7G = 7·2^30). Needs no adapter.
     #[arg(long, value_name = "N")]
     params: Option<String>,
+    /// With --params: also build each optimizer over N parameters on the adapter, step it
+    /// once, and print what its allocations beyond θ and g really take, read from the
+    /// device's memory allocator.
+    #[arg(long, requires = "params")]
+    measure: bool,
     #[command(flatten)]
     gpu: GpuArgs,
 }
@@ -260,7 +265,10 @@ fn number_flag(command: &'static str, flag: &'static str, value: &str) -> Result
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Info(args) => match &args.params {
-            Some(n) => memory(bayesprop::bench::parse_size(n)?),
+            Some(n) => memory(
+                bayesprop::bench::parse_size(n)?,
+                args.measure.then_some(&args.gpu),
+            ),
             None => info(&args.gpu),
         },
         Command::Validate(args) => validate(&args),
@@ -292,7 +300,7 @@ fn demo(args: &DemoArgs) -> Result<ExitCode> {
 
 /// `info --params N`: per optimizer (defaults) the state bytes per parameter and the memory
 /// of N parameters in each format, θ and g (f32 in every format) included.
-fn memory(n: usize) -> Result<ExitCode> {
+fn memory(n: usize, measure: Option<&GpuArgs>) -> Result<ExitCode> {
     const GIB: f64 = (1u64 << 30) as f64;
     println!(
         "memory of {n} parameters: θ and g in f32 ({:.2} GiB), the state as held (SPEC §6)",
@@ -319,6 +327,42 @@ fn memory(n: usize) -> Result<ExitCode> {
             total[0],
             total[1],
             total[2]
+        );
+    }
+    if let Some(gpu) = measure {
+        measured_memory(n, gpu)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `info --params N --measure`: each optimizer (defaults) over N parameters on the adapter,
+/// its device allocations beyond θ and g per parameter, by the allocator's report.
+fn measured_memory(n: usize, gpu: &GpuArgs) -> Result<ExitCode> {
+    let ctx = GpuContext::with_options(&gpu.options()?)?;
+    println!(
+        "\nmeasured on {}: the optimizer's device allocations beyond θ and g (state, scales, \
+         tables, window, status), bytes per parameter",
+        ctx.adapter_info().name
+    );
+    println!("{:<10} {:>8} {:>8} {:>8}", "optimizer", "f32", "bf16", "q8");
+    for config in OptimizerConfig::all_defaults() {
+        let mut cells = Vec::new();
+        for format in StateFormat::ALL {
+            let mut groups = ParamGroups::single(config.clone(), &vec![0.0; n])?;
+            groups.set_group_option(GroupId(0), "state_format", format.name())?;
+            cells.push(match bayesprop::gpu::measure_allocations(&ctx, &groups) {
+                Ok(Some(allocated)) => format!("{:.3}", allocated.optimizer as f64 / n as f64),
+                Ok(None) => "no report".to_string(),
+                Err(Error::Unsupported(_)) => "refused".to_string(),
+                Err(e) => return Err(e),
+            });
+        }
+        println!(
+            "{:<10} {:>8} {:>8} {:>8}",
+            config.name(),
+            cells[0],
+            cells[1],
+            cells[2]
         );
     }
     Ok(ExitCode::SUCCESS)

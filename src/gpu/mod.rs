@@ -4,6 +4,7 @@
 mod buffers;
 pub mod context;
 mod group;
+pub mod memory;
 pub mod optimizer;
 pub(crate) mod pipeline;
 mod segments;
@@ -16,4 +17,5 @@ pub use context::{
 };
 #[cfg(feature = "bench")]
 pub(crate) use group::{arena_parts, partial_slots};
+pub use memory::{measure_allocations, Allocated};
 pub use optimizer::{GpuOptimizer, StepShape};
