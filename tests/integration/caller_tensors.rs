@@ -310,14 +310,7 @@ fn many_buffers_and_small_bindings_cut_runs_and_still_agree() {
 
     // Bindings of 4 KiB: the state is split into many bindings and long tensors into many
     // windows of the caller's buffers.
-    let small = GpuContext::with_options(&GpuOptions {
-        limits: Some(wgpu::Limits {
-            max_storage_buffer_binding_size: 4096,
-            ..ctx.limits()
-        }),
-        ..GpuOptions::from_env()
-    })
-    .unwrap();
+    let small = small_bindings(&ctx);
     let caller = place(&small, &groups, 2, 2);
     let mut split = GpuOptimizer::from_tensors_in(&small, &groups, &caller.tensors).unwrap();
     assert!(
@@ -551,4 +544,16 @@ fn a_checkpoint_moves_between_the_caller_path_and_the_arena_bit_for_bit() {
         &expected,
         "arena, then caller",
     );
+}
+
+/// A context like `ctx` whose storage bindings hold 4 KiB: vectors split into many bindings.
+pub fn small_bindings(ctx: &GpuContext) -> GpuContext {
+    GpuContext::with_options(&GpuOptions {
+        limits: Some(wgpu::Limits {
+            max_storage_buffer_binding_size: 4096,
+            ..ctx.limits()
+        }),
+        ..GpuOptions::from_env()
+    })
+    .unwrap()
 }

@@ -71,9 +71,19 @@ impl GpuGroup {
                 parts.map(move |(range, lanes)| (chunk.clone(), range, lanes))
             })
             .collect();
+        let q8 = piece.q8.is_some();
         piece.parts = cuts
             .into_iter()
             .map(|(chunk, range, lanes)| {
+                if q8 {
+                    // Scanned by parts; updated by blocks (below).
+                    return Part {
+                        range,
+                        lanes,
+                        update: None,
+                        control: None,
+                    };
+                }
                 let held = self.held_uniform(device, piece, &chunk, range.start);
                 let state = self.state_bindings(piece, &chunk, &range, held.as_ref());
                 let theta = slice_binding(theta, &range);
@@ -86,11 +96,74 @@ impl GpuGroup {
                 Part {
                     range,
                     lanes,
-                    update,
+                    update: Some(update),
                     control: None,
                 }
             })
             .collect();
+        let dispatches = self.bind_q8(device, piece, theta, grad);
+        if let Some(q8) = &mut piece.q8 {
+            q8.dispatches = dispatches;
+        }
+    }
+
+    /// The bind groups of a `q8` piece's dispatches of whole blocks (none in another
+    /// format): θ, g and each used slot's codes from the window's first element, its `Q8`
+    /// uniform and block table, and the piece's scales.
+    fn bind_q8(
+        &self,
+        device: &wgpu::Device,
+        piece: &Piece,
+        theta: &BufferRange,
+        grad: &BufferRange,
+    ) -> Vec<(u32, wgpu::BindGroup)> {
+        let (Some(q8), Some(held)) = (&piece.q8, &self.held) else {
+            return Vec::new();
+        };
+        let used = (0..).zip(&held.slots).filter(|(_, s)| s.is_some());
+        let used_bits = used.fold(0u32, |bits, (k, _)| bits | 1 << k);
+        let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("bayesprop q8"),
+            contents: bytemuck::cast_slice(&[held.seed, used_bits, q8.blocks, 0]),
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        q8.windows
+            .iter()
+            .map(|(window, rows)| {
+                let table = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("bayesprop q8 blocks"),
+                    contents: bytemuck::cast_slice(rows),
+                    usage: wgpu::BufferUsages::STORAGE,
+                });
+                // Four codes to a word; windows start at multiples of 4 (and of the
+                // storage offset alignment, in bytes).
+                let codes = piece.state.iter().map(|b| match b {
+                    Some(b) => wgpu::BufferBinding {
+                        buffer: b,
+                        offset: window.start,
+                        size: wgpu::BufferSize::new((window.end - window.start).div_ceil(4) * 4),
+                    },
+                    None => self.placeholder.as_entire_buffer_binding(),
+                });
+                let bindings = [
+                    self.window.as_entire_buffer_binding(),
+                    self.status.as_entire_buffer_binding(),
+                    slice_binding(theta, window),
+                    slice_binding(grad, window),
+                ]
+                .into_iter()
+                .chain(codes)
+                .chain([
+                    uniform.as_entire_buffer_binding(),
+                    table.as_entire_buffer_binding(),
+                    q8.scales.as_entire_buffer_binding(),
+                ]);
+                let update = self
+                    .pipeline
+                    .bind(device, "bayesprop q8 step", in_order(bindings));
+                (rows.len() as u32, update)
+            })
+            .collect()
     }
 
     /// Binds the scan of every part to its region of `partials`, from slot `base` on, and

@@ -149,17 +149,19 @@ impl GpuGroup {
     /// [`GpuGroup::variants`]), and the commit of the step counter.
     pub fn encode_update(&self, pass: &mut wgpu::ComputePass<'_>, variants: &Variants) {
         for part in self.parts() {
+            let Some(update) = &part.update else { continue };
             self.pipeline.dispatch_of(
                 pass,
                 variants
                     .arena
                     .as_ref()
                     .expect("compiled where there are parts"),
-                &[&part.update, &self.transform_update],
+                &[update, &self.transform_update],
                 part.lanes,
                 part_len(part),
             );
         }
+        self.encode_q8(pass, variants, false);
         if let Some(segments) = &self.segments {
             for run in &segments.runs {
                 segments.pipeline.dispatch_rows_of(
@@ -174,6 +176,36 @@ impl GpuGroup {
         if let Some(commit) = self.pieces.first().and_then(|p| p.commit.as_ref()) {
             self.control
                 .dispatch_one(pass, COMMIT, &[commit, &self.transform_control]);
+        }
+    }
+}
+
+impl GpuGroup {
+    /// Whether a step of the group first counts the elements whose new `q8` state would not
+    /// be finite ([`GpuGroup::encode_q8_count`]): `q8` under SkipStep or Error.
+    pub fn counts_q8_overflow(&self, spec: &GroupSpec) -> bool {
+        self.format == StateFormat::Q8 && spec.policy.counts_first()
+    }
+
+    /// Records the count of the elements whose new `q8` state would not be finite, into the
+    /// status (after the scan's count is in the window; the status goes into the window
+    /// again before the update).
+    pub fn encode_q8_count(&self, pass: &mut wgpu::ComputePass<'_>, variants: &Variants) {
+        self.encode_q8(pass, variants, true);
+    }
+
+    /// Records every `q8` dispatch of whole blocks: the step, or with `count` the count.
+    fn encode_q8(&self, pass: &mut wgpu::ComputePass<'_>, variants: &Variants, count: bool) {
+        for q8 in self.pieces.iter().flat_map(|p| &p.q8) {
+            let variant = variants
+                .arena
+                .as_ref()
+                .expect("compiled where there are parts");
+            for (blocks, update) in &q8.dispatches {
+                let groups = [update, &self.transform_update];
+                self.pipeline
+                    .dispatch_q8(pass, variant, count, &groups, *blocks);
+            }
         }
     }
 }
