@@ -678,22 +678,24 @@ fn gpu_q8_equals_the_cpu_reference_bit_for_bit() {
     }
 }
 
-/// A GPU optimizer with bf16 state refuses checkpoints as the CPU one does, and hands out no
-/// device range of its codes as if they were f32; `tensor_state` decodes them.
-/// A bf16 checkpoint moves between devices as held: the GPU's checkpoint equals the CPU's at
-/// the same step (the same codes), and a run split across devices, either way, resumes as
-/// the straight run, bit for bit. The device range of bf16 state is refused (it holds codes).
+/// A bf16 or q8 checkpoint moves between devices as held: the GPU's checkpoint equals the
+/// CPU's at the same step (the same codes, and q8's scales), and a run split across devices,
+/// either way, resumes as the straight run, bit for bit. The device range of held state is
+/// refused (it holds codes).
 #[test]
-fn gpu_bf16_checkpoints_resume_on_either_device() {
-    let Some(ctx) = common::gpu("gpu_bf16_checkpoints_resume_on_either_device") else {
+fn gpu_held_checkpoints_resume_on_either_device() {
+    let Some(ctx) = common::gpu("gpu_held_checkpoints_resume_on_either_device") else {
         return;
     };
     let lens = [100, 7, 4099];
     let n: usize = lens.iter().sum();
     let configs: [OptimizerConfig; 2] = [bayes_momentum().into(), AdamConfig::adamw().into()];
-    for config in configs {
-        let name = config.name();
-        let g = groups(config.clone(), &lens, StateFormat::Bf16, 5);
+    let cases = configs
+        .into_iter()
+        .flat_map(|c| [StateFormat::Bf16, StateFormat::Q8].map(|f| (c.clone(), f)));
+    for (config, format) in cases {
+        let name = format!("{} {format}", config.name());
+        let g = groups(config.clone(), &lens, format, 5);
         let mut straight = CpuOptimizer::from_groups(&g, CpuPath::Reference);
         let mut gpu = GpuOptimizer::from_groups(&ctx, &g).unwrap();
         for s in 0..4 {
@@ -732,7 +734,10 @@ fn gpu_bf16_checkpoints_resume_on_either_device() {
             .tensor_state_range(TensorId(1), "m")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("bf16") && e.contains("tensor_state"), "{e}");
+        assert!(
+            e.contains(&format.to_string()) && e.contains("tensor_state"),
+            "{e}"
+        );
     }
 }
 
