@@ -678,6 +678,54 @@ fn gpu_q8_equals_the_cpu_reference_bit_for_bit() {
     }
 }
 
+/// q8 groups cut into several buffers (a device's `max_buffer_size` of 32 KiB: 8192 elements
+/// a buffer, cut at tensor starts): each piece's blocks, scales and checkpoints line up with
+/// the CPU's, under every policy, where g² overflows.
+#[test]
+fn gpu_q8_across_buffers_equals_the_cpu_reference() {
+    let Some(ctx) = common::gpu("gpu_q8_across_buffers_equals_the_cpu_reference") else {
+        return;
+    };
+    let small = GpuContext::with_options(&GpuOptions {
+        limits: Some(wgpu::Limits {
+            max_buffer_size: 1 << 15,
+            max_storage_buffer_binding_size: 4096,
+            ..ctx.limits()
+        }),
+        ..GpuOptions::from_env()
+    })
+    .unwrap();
+    let lens = [257, 4099, 3, 4099, 255, 4099, 1];
+    let n: usize = lens.iter().sum();
+    let grads = q8_gradients(n, 10);
+    for config in signed_and_unsigned() {
+        for policy in NonFinitePolicy::ALL {
+            let what = format!("{} {policy:?}", config.name());
+            let mut g = groups(config.clone(), &lens, StateFormat::Q8, 3);
+            g.set_policy(GroupId(0), policy).unwrap();
+            let mut cpu = CpuOptimizer::from_groups(&g, CpuPath::Reference);
+            let mut gpu = GpuOptimizer::from_groups(&small, &g).unwrap();
+            assert!(gpu.step_shape().buffers > 2, "{what}: one buffer");
+            let expected = q8_trace(&mut cpu, &grads);
+            assert_eq!(q8_trace(&mut gpu, &grads), expected, "{what}");
+            let any_nan = policy == NonFinitePolicy::Propagate;
+            let saved = cpu.checkpoint().unwrap();
+            q8_same_checkpoints(&gpu.checkpoint().unwrap(), &saved, any_nan, &what);
+            // And back: the CPU's checkpoint restored on the GPU steps on as the CPU does.
+            let mut resumed = GpuOptimizer::from_groups(&small, &g).unwrap();
+            resumed.restore(&saved).unwrap();
+            let more = q8_gradients(n, 12);
+            assert_eq!(
+                q8_trace(&mut resumed, &more[10..]),
+                q8_trace(&mut cpu, &more[10..]),
+                "{what}, resumed"
+            );
+            let saved = cpu.checkpoint().unwrap();
+            q8_same_checkpoints(&resumed.checkpoint().unwrap(), &saved, any_nan, &what);
+        }
+    }
+}
+
 /// A bf16 or q8 checkpoint moves between devices as held: the GPU's checkpoint equals the
 /// CPU's at the same step (the same codes, and q8's scales), and a run split across devices,
 /// either way, resumes as the straight run, bit for bit. The device range of held state is
