@@ -481,8 +481,9 @@ pub const fn q8_scales_binding(states: usize) -> usize {
 pub const Q8_ENTRY_POINT: &str = "q8_main";
 pub const Q8_COUNT_ENTRY_POINT: &str = "q8_count";
 
-/// The bindings after a fused kernel's `states` state slots that a held (`bf16`) format adds:
-/// the dispatch's uniform `Held` and the group's tensor table.
+/// The bindings after a fused kernel's `states` state slots that a held format adds: in
+/// `bf16` the dispatch's uniform `Held` and the group's tensor table, in `q8` the uniform `Q8`
+/// and the dispatch's block table (then its scales, [`q8_scales_binding`]).
 pub const fn held_bindings(states: usize) -> (usize, usize) {
     (
         FIRST_STATE_BINDING + states,
@@ -540,8 +541,8 @@ impl Kernel {
         self.source_in(lanes, StateFormat::F32)
     }
 
-    /// The complete WGSL module at `lanes` width with its state held in `format` (`f32` or
-    /// `bf16`; a held format adds the codec, `state_codec.wgsl`, to the preludes).
+    /// The complete WGSL module at `lanes` width with its state held in `format` (`f32`,
+    /// `bf16` or `q8`; a held format adds the codec, `state_codec.wgsl`, to the preludes).
     /// A `q8` module is generated at width 1 whatever `lanes` says: one invocation steps one
     /// q8 block (`shaders/q8_blocks.wgsl`, appended after the body).
     pub fn source_in(&self, lanes: Lanes, format: StateFormat) -> String {

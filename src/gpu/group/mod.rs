@@ -181,9 +181,10 @@ pub(crate) struct GpuGroup {
     held: Option<HeldState>,
 }
 
-/// What the kernels of a group whose state is held in `bf16` read besides the codes: the
-/// seed, and each tensor's arena start and that minus its start in the group's flat order
-/// (`held_tensors` in the generated WGSL, see [`crate::kernels`]).
+/// What the kernels of a group whose state is held in `bf16` or `q8` read besides the codes:
+/// the seed, and (bf16) each tensor's arena start and that minus its start in the group's
+/// flat order (`held_tensors` in the generated WGSL, see [`crate::kernels`]); the slots and
+/// tensors, to decode q8 codes read back.
 struct HeldState {
     seed: u32,
     tensors: wgpu::Buffer,
