@@ -63,25 +63,25 @@ fn q8_skipped() -> bool {
 
 // Block b of the table with its old scales and keys loaded; a length of 0 past the table's
 // end or in a step that writes nothing.
-fn q8_start(b: u32) -> vec4<u32> {
+fn q8_start(b: u32) -> Q8Block {
     if b >= arrayLength(&q8_blocks) || q8_skipped() {
-        return vec4<u32>(0u);
+        return Q8Block(0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u);
     }
     let row = q8_blocks[b];
-    q8_begin(row.w);
+    q8_begin(row.scale);
     return row;
 }
 
 // One pass over a block: each element's update into the captures, folded into the block's
 // maxima, or with `commit` encoded and written with θ. Returns the elements that count.
-fn q8_pass(row: vec4<u32>, p: Scalars, commit: bool) -> u32 {
+fn q8_pass(row: Q8Block, p: Scalars, commit: bool) -> u32 {
     var bad = 0u;
-    for (var j = 0u; j < row.y; j++) {
-        let e = row.x + j;
-        bad += q8_element(At(e, e), grad[e], p);
+    for (var j = 0u; j < row.len; j++) {
+        let at = At(row.theta + j, row.state + j);
+        bad += q8_element(at, grad[row.grad + j], p);
         if commit {
-            q8_put(e, row.z + j, j + 1u == row.y);
-            theta[e] = q8_theta;
+            q8_put(at.state, row.flat + j, j + 1u == row.len);
+            theta[at.theta] = q8_theta;
         } else {
             q8_fold();
         }
@@ -97,13 +97,13 @@ fn q8_main(
     @builtin(local_invocation_index) local: u32,
 ) {
     let row = q8_start(element_index(workgroup, workgroups, local));
-    if row.y == 0u {
+    if row.len == 0u {
         return;
     }
     let p = step_scalars();
     q8_pass(row, p, false);
     let bad = q8_pass(row, p, true);
-    q8_end(row.w);
+    q8_end(row.scale);
     if POLICY == POLICY_SKIP_ELEMENT && bad > 0u {
         atomicAdd(&status.nonfinite, bad);
     }

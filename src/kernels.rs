@@ -363,7 +363,17 @@ struct Q8 {{
 // Per block of the dispatch: its first element in the bound θ, g and codes, its length
 // (at most 256), the index of its first element in the group's flat order, and its scale's
 // index among the piece's blocks.
-@group(0) @binding({table}) var<storage, read> q8_blocks: array<vec4<u32>>;
+struct Q8Block {{
+    theta: u32,
+    grad: u32,
+    state: u32,
+    len: u32,
+    flat: u32,
+    scale: u32,
+    pad0: u32,
+    pad1: u32,
+}}
+@group(0) @binding({table}) var<storage, read> q8_blocks: array<Q8Block>;
 @group(0) @binding({scales}) var<storage, read_write> q8_scales: array<f32>;
 var<private> q8_theta: f32;
 fn store_theta(at: At, x: V) {{

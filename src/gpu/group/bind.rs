@@ -101,21 +101,31 @@ impl GpuGroup {
                 }
             })
             .collect();
-        let dispatches = self.bind_q8(device, piece, theta, grad);
+        let Some(q8) = &piece.q8 else { return };
+        // The piece's blocks at the same places in θ, g and the state.
+        let at = |r: &BufferRange, p: u64| r.offset / 4 + p;
+        let blocks: Vec<[u64; 6]> = q8
+            .block_list
+            .iter()
+            .map(|&[p, len, flat, index]| [at(theta, p), at(grad, p), p, len, flat, index])
+            .collect();
+        let dispatches = self.bind_q8(device, piece, &theta.buffer, &grad.buffer, &blocks);
         if let Some(q8) = &mut piece.q8 {
             q8.dispatches = dispatches;
         }
     }
 
-    /// The bind groups of a `q8` piece's dispatches of whole blocks (none in another
-    /// format): θ, g and each used slot's codes from the window's first element, its `Q8`
-    /// uniform and block table, and the piece's scales.
-    fn bind_q8(
+    /// The bind groups of `q8` dispatches over `blocks` of `piece` (see [`q8_windows`]; none
+    /// in another format), θ and g in `theta` and `grad`: θ, g and each used slot's codes
+    /// from the window's first element, its `Q8` uniform and block table, and the piece's
+    /// scales. With each dispatch's block count.
+    pub(super) fn bind_q8(
         &self,
         device: &wgpu::Device,
         piece: &Piece,
-        theta: &BufferRange,
-        grad: &BufferRange,
+        theta: &wgpu::Buffer,
+        grad: &wgpu::Buffer,
+        blocks: &[[u64; 6]],
     ) -> Vec<(u32, wgpu::BindGroup)> {
         let (Some(q8), Some(held)) = (&piece.q8, &self.held) else {
             return Vec::new();
@@ -127,12 +137,20 @@ impl GpuGroup {
             contents: bytemuck::cast_slice(&[held.seed, used_bits, q8.blocks, 0]),
             usage: wgpu::BufferUsages::UNIFORM,
         });
-        q8.windows
+        let limits = device.limits();
+        let align = u64::from(limits.min_storage_buffer_offset_alignment).max(4);
+        let windows = q8_windows(blocks, align, limits.max_storage_buffer_binding_size);
+        let f32s = |buffer, r: &Range<u64>| wgpu::BufferBinding {
+            buffer,
+            offset: r.start * 4,
+            size: wgpu::BufferSize::new((r.end - r.start) * 4),
+        };
+        windows
             .iter()
-            .map(|(window, rows)| {
+            .map(|w| {
                 let table = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                     label: Some("bayesprop q8 blocks"),
-                    contents: bytemuck::cast_slice(rows),
+                    contents: bytemuck::cast_slice(&w.rows),
                     usage: wgpu::BufferUsages::STORAGE,
                 });
                 // Four codes to a word; windows start at multiples of 4 (and of the
@@ -140,16 +158,16 @@ impl GpuGroup {
                 let codes = piece.state.iter().map(|b| match b {
                     Some(b) => wgpu::BufferBinding {
                         buffer: b,
-                        offset: window.start,
-                        size: wgpu::BufferSize::new((window.end - window.start).div_ceil(4) * 4),
+                        offset: w.state.start,
+                        size: wgpu::BufferSize::new((w.state.end - w.state.start).div_ceil(4) * 4),
                     },
                     None => self.placeholder.as_entire_buffer_binding(),
                 });
                 let bindings = [
                     self.window.as_entire_buffer_binding(),
                     self.status.as_entire_buffer_binding(),
-                    slice_binding(theta, window),
-                    slice_binding(grad, window),
+                    f32s(theta, &w.theta),
+                    f32s(grad, &w.grad),
                 ]
                 .into_iter()
                 .chain(codes)
@@ -161,7 +179,7 @@ impl GpuGroup {
                 let update = self
                     .pipeline
                     .bind(device, "bayesprop q8 step", in_order(bindings));
-                (rows.len() as u32, update)
+                (w.rows.len() as u32, update)
             })
             .collect()
     }

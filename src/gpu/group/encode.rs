@@ -87,13 +87,15 @@ impl GpuGroup {
                 .chain(kernel.flag_values(entries))
                 .collect(),
         );
-        let arena = match self.parts().next() {
-            Some(_) => Some(ctx.variant(&self.pipeline, &values)?),
-            None => None,
+        // q8 steps caller tensors with the arena's pipeline (`q8_over_tensors`).
+        let q8 = self.format == StateFormat::Q8;
+        let arena = match self.parts().next().is_some() || q8 {
+            true => Some(ctx.variant(&self.pipeline, &values)?),
+            false => None,
         };
         let segments = match &self.segments {
-            Some(segments) => Some(ctx.variant(&segments.pipeline, &values)?),
-            None => None,
+            Some(segments) if !q8 => Some(ctx.variant(&segments.pipeline, &values)?),
+            _ => None,
         };
         // The dividing scan is another control pipeline; the bind groups made with the
         // default one's layout fit it, as wgpu makes one layout of identical entries.
@@ -164,10 +166,11 @@ impl GpuGroup {
         self.encode_q8(pass, variants, false);
         if let Some(segments) = &self.segments {
             for run in &segments.runs {
+                let Some(update) = &run.update else { continue };
                 segments.pipeline.dispatch_rows_of(
                     pass,
                     variants.segments.as_ref().expect("compiled with segments"),
-                    &[&run.update, &self.transform_update, &run.table_update],
+                    &[update, &self.transform_update, &run.table_update],
                     run.plan.lanes,
                     run.rows(),
                 );
@@ -194,18 +197,21 @@ impl GpuGroup {
         self.encode_q8(pass, variants, true);
     }
 
+    /// Every `q8` dispatch of whole blocks, over the arena's pieces and over caller tensors,
+    /// with its block count.
+    pub(super) fn q8_dispatches(&self) -> impl Iterator<Item = &(u32, wgpu::BindGroup)> {
+        let pieces = self.pieces.iter().flat_map(|p| &p.q8);
+        let tensors = self.segments.iter().flat_map(|s| &s.q8);
+        pieces.flat_map(|q8| &q8.dispatches).chain(tensors)
+    }
+
     /// Records every `q8` dispatch of whole blocks: the step, or with `count` the count.
     fn encode_q8(&self, pass: &mut wgpu::ComputePass<'_>, variants: &Variants, count: bool) {
-        for q8 in self.pieces.iter().flat_map(|p| &p.q8) {
-            let variant = variants
-                .arena
-                .as_ref()
-                .expect("compiled where there are parts");
-            for (blocks, update) in &q8.dispatches {
-                let groups = [update, &self.transform_update];
-                self.pipeline
-                    .dispatch_q8(pass, variant, count, &groups, *blocks);
-            }
+        for (blocks, update) in self.q8_dispatches() {
+            let variant = variants.arena.as_ref().expect("compiled in q8");
+            let groups = [update, &self.transform_update];
+            self.pipeline
+                .dispatch_q8(pass, variant, count, &groups, *blocks);
         }
     }
 }

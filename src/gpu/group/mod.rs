@@ -122,8 +122,9 @@ struct Q8Piece {
     blocks: u32,
     /// The group's index of the piece's first block (its scales' place in a checkpoint's).
     first_block: usize,
-    /// The dispatches' bound elements of the piece and block tables (planned in `new`).
-    windows: Vec<(Range<u64>, Vec<[u32; 4]>)>,
+    /// Each block: its first element of the piece, length, flat index, and index among the
+    /// piece's blocks (its scale's).
+    block_list: Vec<[u64; 4]>,
     /// Bound by [`GpuGroup::bind`]: one per window, with its block count.
     dispatches: Vec<(u32, wgpu::BindGroup)>,
 }
@@ -137,12 +138,15 @@ struct Segments {
     /// Each tensor's arena range and where its θ and g are, in the group's tensor order.
     tensors: Vec<(Range<usize>, TensorBuffers)>,
     runs: Vec<Run>,
+    /// In `q8`: the dispatches of whole blocks over the tensors (the runs are only scanned).
+    q8: Vec<(u32, wgpu::BindGroup)>,
 }
 
 /// One dispatch of the update (and one of the scan) over a run's segment table.
 struct Run {
     plan: RunPlan<wgpu::Buffer>,
-    update: wgpu::BindGroup,
+    /// `None` in `q8`, whose update runs per block ([`Segments::q8`]).
+    update: Option<wgpu::BindGroup>,
     table_update: wgpu::BindGroup,
     table_scan: wgpu::BindGroup,
     /// Bound by [`GpuGroup::bind_control`].
@@ -220,14 +224,6 @@ impl GpuGroup {
         let held_codes = Held::new(spec, held::pieces(tensors.iter().copied()), spec.arena_len);
         // For the commit, the reduce and the bindings; a step's scan may be another variant.
         let control = ctx.control_pipeline(Addressing::Arena, false)?;
-        if format == StateFormat::Q8 && matches!(placement, Placement::Tensors(_)) {
-            return Err(Error::Unsupported(format!(
-                "state_format q8 (group `{}`) with tensors in the caller's buffers is not yet \
-                 supported by the GPU kernels; the optimizer's own arena or a caller's arena \
-                 buffers are, and the CPU paths support it",
-                spec.name
-            )));
-        }
         let held_pieces = held::pieces(tensors.iter().copied());
         let (external, caller_tensors) = match placement {
             Placement::Owned => (None, None),
@@ -462,8 +458,10 @@ impl GpuGroup {
                 scan: ctx.control_pipeline(Addressing::Segments, false)?,
                 tensors: tensors.iter().map(|t| t.range()).zip(buffers).collect(),
                 runs: Vec::new(),
+                q8: Vec::new(),
             };
             segments.runs = group.runs_for(ctx, &segments, &segments.tensors)?;
+            segments.q8 = group.q8_over_tensors(ctx, &segments.tensors)?;
             group.segments = Some(segments);
         }
         Ok(group)
@@ -496,8 +494,9 @@ impl GpuGroup {
             .collect();
         // Planned before anything is replaced: on a device error the old places and runs stay.
         let runs = self.runs_for(ctx, segments, &tensors)?;
+        let q8 = self.q8_over_tensors(ctx, &tensors)?;
         let segments = self.segments.as_mut().expect("checked above");
-        (segments.tensors, segments.runs) = (tensors, runs);
+        (segments.tensors, segments.runs, segments.q8) = (tensors, runs, q8);
         Ok(true)
     }
 
@@ -797,8 +796,8 @@ impl GpuGroup {
     /// the caller's tensors).
     pub fn dispatch_count(&self) -> usize {
         let parts = self.parts().filter(|p| p.update.is_some()).count();
-        let blocks = self.pieces.iter().flat_map(|p| &p.q8);
-        parts + blocks.map(|q| q.dispatches.len()).sum::<usize>() + self.runs().count()
+        let runs = self.runs().filter(|r| r.update.is_some()).count();
+        parts + runs + self.q8_dispatches().count()
     }
 
     /// How many buffers each of the group's vectors is split into.
@@ -855,32 +854,15 @@ fn q8_piece(
             blocks.push([(start - range.start) as u64, len as u64, flat as u64, index]);
         }
     }
-    // Bindings start where both θ's (4 bytes an element) and the codes' (1 byte) offsets
-    // are aligned, at or before a dispatch's first block.
+    // A dispatch's bindings start at the storage offset alignment at or before its first
+    // block, and must hold at least that block.
     let align = u64::from(limits.min_storage_buffer_offset_alignment).max(4);
-    let max = limits.max_storage_buffer_binding_size / 4;
-    let mut windows: Vec<(Range<u64>, Vec<[u32; 4]>)> = Vec::new();
-    for &[start, len, flat, index] in &blocks {
-        let end = start + len;
-        if !matches!(windows.last(), Some((w, _)) if end - w.start <= max) {
-            let w = start / align * align..end;
-            if end - w.start > max {
-                return Err(Error::Unsupported(format!(
-                    "state_format q8: a binding of {} bytes cannot hold a q8 block at its \
-                     aligned offset (min_storage_buffer_offset_alignment {align})",
-                    limits.max_storage_buffer_binding_size
-                )));
-            }
-            windows.push((w, Vec::new()));
-        }
-        let (w, rows) = windows.last_mut().expect("one window at least");
-        w.end = end;
-        rows.push([
-            (start - w.start) as u32,
-            len as u32,
-            flat as u32,
-            index as u32,
-        ]);
+    if 4 * STATE_Q8_BLOCK as u64 + align > limits.max_storage_buffer_binding_size {
+        return Err(Error::Unsupported(format!(
+            "state_format q8: a binding of {} bytes cannot hold a q8 block at its aligned \
+             offset (min_storage_buffer_offset_alignment {align})",
+            limits.max_storage_buffer_binding_size
+        )));
     }
     let piece_blocks = blocks.len();
     let slots = codes.slots();
@@ -902,7 +884,48 @@ fn q8_piece(
         }),
         blocks: piece_blocks as u32,
         first_block,
-        windows,
+        block_list: blocks,
         dispatches: Vec::new(),
     })
+}
+
+/// One q8 dispatch's bindings, in elements of θ's and g's buffers and of the piece's state,
+/// and its block table (`Q8Block` in the generated WGSL: θ, g and state index of the block's
+/// first element in the bindings, length, flat index, scale index, two pads).
+pub(super) struct Q8Window {
+    pub theta: Range<u64>,
+    pub grad: Range<u64>,
+    pub state: Range<u64>,
+    pub rows: Vec<[u32; 8]>,
+}
+
+/// Cuts `blocks` (θ's and g's first element in their buffers, the state's in the piece,
+/// length, flat index, scale index) into dispatches whose bindings start at the storage
+/// offset alignment (`align` bytes) and hold at most `max` bytes each: θ and g 4 bytes an
+/// element, the codes one. `q8_piece` checked that one block fits.
+pub(super) fn q8_windows(blocks: &[[u64; 6]], align: u64, max: u64) -> Vec<Q8Window> {
+    let down = |bytes: u64| bytes / align * align;
+    let mut windows: Vec<Q8Window> = Vec::new();
+    for &[theta, grad, state, len, flat, index] in blocks {
+        let fits = |w: &Q8Window| {
+            4 * (theta + len - w.theta.start) <= max
+                && 4 * (grad + len - w.grad.start) <= max
+                && state + len - w.state.start <= max
+        };
+        if !windows.last().is_some_and(fits) {
+            windows.push(Q8Window {
+                theta: down(4 * theta) / 4..theta,
+                grad: down(4 * grad) / 4..grad,
+                state: down(state)..state,
+                rows: Vec::new(),
+            });
+        }
+        let w = windows.last_mut().expect("one window at least");
+        (w.theta.end, w.grad.end, w.state.end) = (theta + len, grad + len, state + len);
+        let at = |p: u64, r: &Range<u64>| (p - r.start) as u32;
+        let (t, g, s) = (at(theta, &w.theta), at(grad, &w.grad), at(state, &w.state));
+        w.rows
+            .push([t, g, s, len as u32, flat as u32, index as u32, 0, 0]);
+    }
+    windows
 }
