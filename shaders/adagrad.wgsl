@@ -11,5 +11,5 @@ fn update(at: At, g_in: V, ok: B, p: Scalars) {
     let sum_old = load_sum(at);
     let sum_new = sum_old + g * g;
     store_sum(at, select(sum_old, sum_new, ok));
-    theta[at.theta] = select(th_old, th_old - p.clr * g / (sqrt(sum_new) + p.eps), ok);
+    store_theta(at, select(th_old, th_old - p.clr * g / (sqrt(sum_new) + p.eps), ok));
 }

@@ -27,5 +27,5 @@ fn update(at: At, g_in: V, ok: B, p: Scalars) {
         v_used = v_max_new;
     }
     th = th - p.lr * (m_new * p.c1) / (sqrt(v_used * p.c2) + p.eps);
-    theta[at.theta] = select(th_old, th, ok);
+    store_theta(at, select(th_old, th, ok));
 }

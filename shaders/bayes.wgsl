@@ -36,5 +36,5 @@ fn update(at: At, g: V, ok: B, p: Scalars) {
 
     store_s(at, select(s_old, s_new, ok));
     store_sigma(at, select(sig0, sig_new, ok));
-    theta[at.theta] = select(th, th_new, ok);
+    store_theta(at, select(th, th_new, ok));
 }

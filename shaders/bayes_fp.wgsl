@@ -17,5 +17,5 @@ fn update(at: At, g: V, ok: B, p: Scalars) {
     let sigma = sigma_star(p, c.h + p.eps_sq);
 
     store_s(at, select(s_old, c.s, ok));
-    theta[at.theta] = select(th, th - sigma * c.d, ok);
+    store_theta(at, select(th, th - sigma * c.d, ok));
 }

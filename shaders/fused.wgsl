@@ -82,7 +82,7 @@ fn admit(g: V) -> B {
 
 // The arena's entry point: this invocation's element and its admitted lanes, then the
 // optimizer's own `update(at, g, ok, p)`, which reads θ and its state where `at` says and
-// stores `select(old, new, ok)` into θ and every state.
+// stores `select(old, new, ok)` into θ (through `store_theta`) and every state.
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(
     @builtin(workgroup_id) workgroup: vec3<u32>,

@@ -12,5 +12,5 @@ fn update(at: At, g: V, ok: B, p: Scalars) {
     let step = select(select(V(0.0), V(-p.lr), c < V(0.0)), V(p.lr), c > V(0.0));
     let m_new = p.beta2 * m_old + p.one_minus_beta2 * g;
     store_m(at, select(m_old, m_new, ok));
-    theta[at.theta] = select(th_old, th - step, ok);
+    store_theta(at, select(th_old, th - step, ok));
 }

@@ -25,5 +25,5 @@ fn update(at: At, g_in: V, ok: B, p: Scalars) {
     } else {
         th = th - p.lr * g / (sqrt(v_bar) + p.eps);
     }
-    theta[at.theta] = select(th_old, th, ok);
+    store_theta(at, select(th_old, th, ok));
 }

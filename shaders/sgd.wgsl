@@ -21,5 +21,5 @@ fn update(at: At, g_in: V, ok: B, p: Scalars) {
         }
     }
     th = th - p.lr * g;
-    theta[at.theta] = select(th_old, th, ok);
+    store_theta(at, select(th_old, th, ok));
 }

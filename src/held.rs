@@ -80,7 +80,7 @@ pub(crate) struct Held {
 }
 
 /// The slots of SPEC §2–§3 whose values carry a sign.
-fn is_signed(name: &str) -> bool {
+pub(crate) fn is_signed(name: &str) -> bool {
     matches!(name, "m" | "b" | "a")
 }
 
@@ -133,12 +133,26 @@ impl Held {
         self.format
     }
 
+    /// Slots of the optimizer's row, used or not.
+    pub fn slots(&self) -> usize {
+        self.slots.len()
+    }
+
     /// Slot `k`'s bf16 codes over the whole arena (the padding's are 0); `None` for an
     /// unused slot or another format.
     pub fn bf16_codes(&self, k: usize) -> Option<&[u16]> {
         match &self.slots[k].as_ref()?.codes {
             Codes::Bf16(codes) => Some(codes),
             Codes::Q8 { .. } => None,
+        }
+    }
+
+    /// Slot `k`'s q8 codes over the whole arena (the padding's are 0) and its scales, block
+    /// after block in the pieces' order; `None` for an unused slot or another format.
+    pub fn q8_codes(&self, k: usize) -> Option<(&[u8], &[f32])> {
+        match &self.slots[k].as_ref()?.codes {
+            Codes::Q8 { codes, scales } => Some((codes, scales)),
+            Codes::Bf16(_) => None,
         }
     }
 

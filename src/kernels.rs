@@ -206,7 +206,14 @@ fn declarations(
 /// the other half at the same time.
 fn state_accessors(states: &[&str], lanes: Lanes, format: StateFormat) -> String {
     use std::fmt::Write;
+    if format == StateFormat::Q8 && !states.is_empty() {
+        return q8_accessors(states);
+    }
     let mut text = String::new();
+    if !states.is_empty() {
+        // θ's store, which the q8 kernels capture (see `q8_accessors`): a plain write here.
+        text.push_str("fn store_theta(at: At, x: V) {\n    theta[at.theta] = x;\n}\n");
+    }
     let held = format != StateFormat::F32 && !states.is_empty();
     if held {
         let (uniform, tensors) = held_bindings(states.len());
@@ -332,12 +339,161 @@ fn held_shift(e: u32) -> u32 {
     text
 }
 
-/// The state formats the fused kernels are generated for (SPEC §6); the GPU optimizer
-/// refuses the others.
-pub const GPU_STATE_FORMATS: [StateFormat; 2] = [StateFormat::F32, StateFormat::Bf16];
+/// The declarations of a fused kernel whose state is held in `q8` (SPEC §6), at lane width 1,
+/// for `shaders/q8_blocks.wgsl` (one invocation per q8 block, in two passes): each slot's codes
+/// as words of 4 (the element at index 4w + j in byte j of word w), bound from the dispatch's
+/// first element (a multiple of 4); the dispatch's uniform `Q8` (the seed, the used slots
+/// as bits, the piece's blocks: the stride of one slot's scales), its block table, and the
+/// piece's scales, slot k's at `k * q8.blocks`. `load_NAME` decodes an old code with the
+/// block's old scale; `store_NAME` and `store_theta` capture the new value in a private
+/// variable, which the block's passes then fold into the block's maximum or encode.
+fn q8_accessors(states: &[&str]) -> String {
+    use std::fmt::Write;
+    let (uniform, table) = held_bindings(states.len());
+    let scales = q8_scales_binding(states.len());
+    let mut text = format!(
+        "// Generated for state held in q8 (src/kernels.rs `q8_accessors`).
+struct Q8 {{
+    seed: u32,    // state_seed
+    used: u32,    // bit k: slot k is used
+    blocks: u32,  // q8 blocks of the piece: the stride of one slot's scales
+    pad: u32,
+}}
+@group(0) @binding({uniform}) var<uniform> q8: Q8;
+// Per block of the dispatch: its first element in the bound θ, g and codes, its length
+// (at most 256), the index of its first element in the group's flat order, and its scale's
+// index among the piece's blocks.
+struct Q8Block {{
+    theta: u32,
+    grad: u32,
+    state: u32,
+    len: u32,
+    flat: u32,
+    scale: u32,
+    pad0: u32,
+    pad1: u32,
+}}
+@group(0) @binding({table}) var<storage, read> q8_blocks: array<Q8Block>;
+@group(0) @binding({scales}) var<storage, read_write> q8_scales: array<f32>;
+var<private> q8_theta: f32;
+fn store_theta(at: At, x: V) {{
+    q8_theta = x;
+}}
+fn q8_used(k: u32) -> bool {{
+    return (q8.used & (1u << k)) != 0u;
+}}
+"
+    );
+    let [mut begin, mut capture, mut overflowed, mut fold, mut put, mut end]: [String; 6] =
+        Default::default();
+    for (k, name) in states.iter().enumerate() {
+        let binding = FIRST_STATE_BINDING + k;
+        let sign = if crate::held::is_signed(name) {
+            "s"
+        } else {
+            "u"
+        };
+        let _ = write!(
+            text,
+            "@group(0) @binding({binding}) var<storage, read_write> {name}: array<u32>;
+var<private> q8_old_{name}: f32;  // the block's old scale
+var<private> q8_new_{name}: f32;  // the element's new value
+var<private> q8_max_{name}: u32;  // the largest |new value| of the block, as bits
+var<private> q8_key_{name}: u32;
+var<private> q8_word_{name}: u32;
+fn load_{name}(at: At) -> V {{
+    return q8_decode_{sign}(({name}[at.state >> 2u] >> ((at.state & 3u) * 8u)) & 0xffu, q8_old_{name});
+}}
+fn store_{name}(at: At, x: V) {{
+    q8_new_{name} = x;
+}}
+"
+        );
+        let scale = format!("q8_scales[{k}u * q8.blocks + b]");
+        let encode = format!(
+            "let c = q8_encode_{sign}(q8_new_{name}, bitcast<f32>(q8_max_{name}), \
+             element_bits(i, q8_key_{name}));
+        q8_word_{name} |= c << ((e & 3u) * 8u);
+        if (e & 3u) == 3u || last {{
+            {name}[e >> 2u] = q8_word_{name};
+            q8_word_{name} = 0u;
+        }}"
+        );
+        let parts: [(&mut String, String); 5] = [
+            (
+                &mut begin,
+                format!(
+                    "q8_old_{name} = {scale};
+        q8_max_{name} = 0u;
+        q8_key_{name} = state_key(q8.seed, {k}u, window.t + 1u);
+        q8_word_{name} = 0u;"
+                ),
+            ),
+            (&mut capture, format!("q8_new_{name} = load_{name}(at);")),
+            (
+                &mut fold,
+                format!("q8_max_{name} = max(q8_max_{name}, q8_abs_bits(q8_new_{name}));"),
+            ),
+            (&mut put, encode),
+            (&mut end, format!("{scale} = bitcast<f32>(q8_max_{name});")),
+        ];
+        for (part, body) in parts {
+            let _ = writeln!(part, "    if q8_used({k}u) {{\n        {body}\n    }}");
+        }
+        let _ = writeln!(
+            overflowed,
+            "    bad = bad || (q8_used({k}u) && !finite(q8_new_{name}));"
+        );
+    }
+    let _ = write!(
+        text,
+        "// Block b's old scales and keys at the step applied, before its first pass.
+fn q8_begin(b: u32) {{
+{begin}}}
+// Every used slot's old value into its capture.
+fn q8_capture_old(at: At) {{
+{capture}}}
+// Whether a captured new state value is not finite.
+fn q8_overflowed() -> bool {{
+    var bad = false;
+{overflowed}    return bad;
+}}
+// The captures into the block's maxima (the first pass).
+fn q8_fold() {{
+{fold}}}
+// The captures of element e of the binding (i in the group's flat order) encoded with the
+// block's new scales; a word is written once its 4 codes are in, or at the block's end.
+fn q8_put(e: u32, i: u32, last: bool) {{
+{put}}}
+// The block's new scales.
+fn q8_end(b: u32) {{
+{end}}}
+"
+    );
+    text
+}
 
-/// The bindings after a fused kernel's `states` state slots that a held (`bf16`) format adds:
-/// the dispatch's uniform `Held` and the group's tensor table.
+/// The state formats the fused kernels are generated for (SPEC §6).
+pub const GPU_STATE_FORMATS: [StateFormat; 3] =
+    [StateFormat::F32, StateFormat::Bf16, StateFormat::Q8];
+
+/// The q8 driver, appended to a fused kernel held in `q8` (see [`q8_accessors`]).
+const Q8_BLOCKS: &str = include_str!("../shaders/q8_blocks.wgsl");
+
+/// The binding of a q8 kernel's scales, after [`held_bindings`] (whose table is its block
+/// table).
+pub const fn q8_scales_binding(states: usize) -> usize {
+    FIRST_STATE_BINDING + states + 2
+}
+
+/// The entry points of a fused kernel held in `q8` (`shaders/q8_blocks.wgsl`): the step of
+/// one block per invocation, and the count of overflowing elements before it.
+pub const Q8_ENTRY_POINT: &str = "q8_main";
+pub const Q8_COUNT_ENTRY_POINT: &str = "q8_count";
+
+/// The bindings after a fused kernel's `states` state slots that a held format adds: in
+/// `bf16` the dispatch's uniform `Held` and the group's tensor table, in `q8` the uniform `Q8`
+/// and the dispatch's block table (then its scales, [`q8_scales_binding`]).
 pub const fn held_bindings(states: usize) -> (usize, usize) {
     (
         FIRST_STATE_BINDING + states,
@@ -395,9 +551,13 @@ impl Kernel {
         self.source_in(lanes, StateFormat::F32)
     }
 
-    /// The complete WGSL module at `lanes` width with its state held in `format` (`f32` or
-    /// `bf16`; a held format adds the codec, `state_codec.wgsl`, to the preludes).
+    /// The complete WGSL module at `lanes` width with its state held in `format` (`f32`,
+    /// `bf16` or `q8`; a held format adds the codec, `state_codec.wgsl`, to the preludes).
+    /// A `q8` module is generated at width 1 whatever `lanes` says: one invocation steps one
+    /// q8 block (`shaders/q8_blocks.wgsl`, appended after the body).
     pub fn source_in(&self, lanes: Lanes, format: StateFormat) -> String {
+        let q8 = format == StateFormat::Q8 && !self.states.is_empty();
+        let lanes = if q8 { Lanes::One } else { lanes };
         let mut source = String::from(lanes.prelude());
         let declarations = declarations(self.scalars, self.flags, self.states, lanes, format);
         let codec = match format != StateFormat::F32 && !self.states.is_empty() {
@@ -408,6 +568,7 @@ impl Kernel {
             .preludes
             .iter()
             .chain([&codec, &declarations.as_str(), &self.body])
+            .chain(q8.then_some(&Q8_BLOCKS))
         {
             if !part.is_empty() {
                 source.push('\n');
@@ -418,7 +579,7 @@ impl Kernel {
     }
 
     /// Parses and validates the module at both widths with naga, as wgpu would, without any
-    /// adapter, with f32 state and (where it has state) bf16. Returns what it learned of the
+    /// adapter, with f32 state and (where it has state) bf16 and q8. Returns what it learned of the
     /// f32 module's interface.
     pub fn validate(&self) -> Result<ValidatedKernel, Error> {
         let mut checked = Vec::new();

@@ -597,7 +597,8 @@ mod tests {
                 .unwrap()
                 .into()
         );
-        // Every row has a case with its state held in bf16, judged only bit for bit.
+        // Every row has a case with its state held in bf16, then one in q8, judged only bit
+        // for bit.
         for row in TABLE {
             let held = cases
                 .iter()
@@ -613,6 +614,14 @@ mod tests {
             );
             let e = run_case(held, Rule::Oracle, &mut |_| unreachable!()).unwrap_err();
             assert!(e.to_string().contains("bit for bit"), "{e}");
+            // And one in q8, which the GPU kernels step by blocks.
+            let q8 = cases
+                .iter()
+                .find(|c| {
+                    c.name.starts_with(&format!("{} ", row.name)) && c.format == StateFormat::Q8
+                })
+                .unwrap_or_else(|| panic!("{}: no q8 case", row.name));
+            assert!(q8.judged_under(Rule::Identical) && !q8.judged_under(Rule::Oracle));
         }
         // Names are unique, so `validate`'s output and test failures point at one case.
         let mut unique = names.clone();

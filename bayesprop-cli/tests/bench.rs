@@ -519,9 +519,7 @@ fn bench_rows_per_state_format() {
     }
 }
 
-/// GPU rows per state format: bf16's is measured, by the bytes it really moves; a format the
-/// GPU kernels refuse (q8, for now) is skipped with a line saying why, and the other rows
-/// still run.
+/// GPU rows per state format: bf16's and q8's are measured, by the bytes they really move.
 #[test]
 fn bench_gpu_rows_per_state_format() {
     let Some(_ctx) = common::gpu("bench_gpu_rows_per_state_format") else {
@@ -538,10 +536,10 @@ fn bench_gpu_rows_per_state_format() {
         row("adam ").is_some_and(|l| l.contains("32.00")),
         "{stdout}"
     );
-    // Until the GPU kernels hold q8, its row says so; once they do, it is measured.
-    let skipped = stdout.contains("adam q8 n=4K gpu") && stdout.contains("not yet supported");
-    let measured = stdout
-        .lines()
-        .any(|l| l.starts_with("adam q8") && !l.contains("skipped"));
-    assert!(skipped != measured, "{stdout}");
+    // q8 is measured by the codes and scales it moves (1 + 4/256 bytes per element and
+    // slot): the update 8 + 4 + 2·2·1.015625, the q8 count before it (g, θ and the codes
+    // read) 8 + 2·1.015625, and the scan's read of g.
+    let q8 = row("adam q8").unwrap_or_else(|| panic!("no q8 row: {stdout}"));
+    assert!(!q8.contains("skipped"), "{q8}");
+    assert!(q8.split_whitespace().any(|f| f == "30.09"), "{q8}");
 }

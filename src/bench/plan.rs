@@ -68,15 +68,25 @@ impl Job {
         )
     }
 
-    /// Bytes this row's step really moves per element.
+    /// Bytes this row's step really moves per element. On the GPU, q8 under `skip-step` and
+    /// `error` reads g once more than on the CPU: the scan counts the non-finite gradient
+    /// elements before the q8 count (the trial), where the CPU's trial counts them in its own
+    /// read of g. (Each block's second pass re-reads its θ, g and codes from cache: 1.3 KiB
+    /// per block in f32 θ and g, not counted.)
     pub(super) fn bytes_per_element(&self) -> f64 {
-        bytes_per_element(
+        let bytes = bytes_per_element(
             &self.config,
             self.state_format,
             self.policy,
             &self.transform,
             self.step,
-        )
+        );
+        let identity = self.step == StepKind::Unfused || self.transform.is_identity();
+        let gpu_scan = self.device == StepDevice::Gpu
+            && self.state_format == StateFormat::Q8
+            && self.policy.counts_first()
+            && identity;
+        bytes + if gpu_scan { 4.0 } else { 0.0 }
     }
 }
 

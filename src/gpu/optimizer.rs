@@ -408,6 +408,27 @@ impl GpuOptimizer {
             for group in &self.groups {
                 group.copy_status(encoder);
             }
+            // q8 under SkipStep and Error: a new state that would not be finite counts before
+            // anything is written (SPEC §6), where the scan found every g finite; then the
+            // status goes into the window again.
+            let q8_counts: Vec<_> = (self.groups.iter().zip(self.layout.groups()))
+                .zip(&variants)
+                .filter(|((group, spec), _)| group.counts_q8_overflow(spec))
+                .collect();
+            if !q8_counts.is_empty() {
+                {
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some("bayesprop q8 count"),
+                        timestamp_writes: None,
+                    });
+                    for ((group, _), variants) in &q8_counts {
+                        group.encode_q8_count(&mut pass, variants);
+                    }
+                }
+                for ((group, _), _) in &q8_counts {
+                    group.copy_status(encoder);
+                }
+            }
             {
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some("bayesprop step"),
@@ -707,17 +728,34 @@ impl Stepper for GpuOptimizer {
             })
             .collect::<Result<Vec<_>>>()?;
         let mut checkpoint = Checkpoint::from_arenas(&self.layout, &steps, &arenas);
-        // bf16 state as held, never decoded (SPEC §6).
+        // bf16 and q8 state as held, never decoded (SPEC §6).
         for (g, (group, spec)) in self.groups.iter().zip(self.layout.groups()).enumerate() {
             if spec.state_format == StateFormat::F32 {
                 continue;
             }
+            let pieces = crate::held::pieces(self.layout.tensors_of(g));
             for (name, which) in spec.vectors().into_iter().skip(1) {
                 let Stored::State(k) = which else { continue };
-                let codes = group.read_codes(&self.ctx, k)?;
+                let q8 = match spec.state_format {
+                    StateFormat::Q8 => Some(group.read_q8(&self.ctx, k)?),
+                    _ => None,
+                };
+                let codes = match q8 {
+                    Some(_) => Vec::new(),
+                    None => group.read_codes(&self.ctx, k)?,
+                };
                 let tensors = self.layout.tensors().iter().zip(&mut checkpoint.tensors);
                 for (t, saved) in tensors.filter(|(t, _)| t.group.0 == g) {
-                    let held = HeldVector::Bf16(codes[t.range()].to_vec());
+                    let held = match &q8 {
+                        Some((codes, scales)) => {
+                            let blocks = q8_blocks_of(&pieces, &t.range());
+                            HeldVector::Q8 {
+                                codes: codes[t.range()].to_vec(),
+                                scales: scales[blocks].to_vec(),
+                            }
+                        }
+                        None => HeldVector::Bf16(codes[t.range()].to_vec()),
+                    };
                     saved.held.push((name.to_string(), held));
                 }
             }
@@ -740,22 +778,39 @@ impl Stepper for GpuOptimizer {
                 }
                 group.write_step_counter(queue, *steps);
             }
-            // bf16 state as held: to_arenas checked each tensor's codes fit its group.
+            // bf16 and q8 state as held: to_arenas checked each tensor's codes fit its group.
             for (g, (group, spec)) in self.groups.iter().zip(self.layout.groups()).enumerate() {
                 if spec.state_format == StateFormat::F32 {
                     continue;
                 }
+                let pieces = crate::held::pieces(self.layout.tensors_of(g));
+                let blocks = pieces.last().map_or(0, |p| {
+                    p.first_block + p.range.len().div_ceil(crate::config::STATE_Q8_BLOCK)
+                });
                 for (name, which) in spec.vectors().into_iter().skip(1) {
                     let Stored::State(k) = which else { continue };
                     let mut codes = vec![0u16; spec.arena_len];
+                    let (mut q8_codes, mut q8_scales) =
+                        (vec![0u8; spec.arena_len], vec![0.0; blocks]);
                     let tensors = self.layout.tensors().iter().zip(&checkpoint.tensors);
                     for (t, saved) in tensors.filter(|(t, _)| t.group.0 == g) {
                         let held = saved.held.iter().find(|(n, _)| n == name);
-                        if let Some((_, HeldVector::Bf16(saved))) = held {
-                            codes[t.range()].copy_from_slice(saved);
+                        match held {
+                            Some((_, HeldVector::Bf16(saved))) => {
+                                codes[t.range()].copy_from_slice(saved);
+                            }
+                            Some((_, HeldVector::Q8 { codes, scales })) => {
+                                q8_codes[t.range()].copy_from_slice(codes);
+                                q8_scales[q8_blocks_of(&pieces, &t.range())]
+                                    .copy_from_slice(scales);
+                            }
+                            None => {}
                         }
                     }
-                    group.write_codes(queue, k, &codes);
+                    match spec.state_format {
+                        StateFormat::Q8 => group.write_q8(queue, k, &q8_codes, &q8_scales),
+                        _ => group.write_codes(queue, k, &codes),
+                    }
                 }
             }
         })?;
@@ -763,4 +818,17 @@ impl Stepper for GpuOptimizer {
         tracker.consecutive_skips = 0;
         Ok(())
     }
+}
+
+/// The q8 blocks (indices of a slot's scales) of the tensor at `range` among a group's
+/// `pieces`.
+fn q8_blocks_of(
+    pieces: &[crate::held::Piece],
+    range: &std::ops::Range<usize>,
+) -> std::ops::Range<usize> {
+    let piece = pieces
+        .iter()
+        .find(|p| p.range.start == range.start)
+        .expect("a tensor of the group");
+    piece.first_block..piece.first_block + range.len().div_ceil(crate::config::STATE_Q8_BLOCK)
 }

@@ -7,7 +7,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::config::StateFormat;
-use crate::kernels::{held_bindings, Kernel, Lanes, CONTROL, ENTRY_POINT, SEGMENTS_ENTRY_POINT};
+use crate::kernels::{
+    held_bindings, q8_scales_binding, Kernel, Lanes, CONTROL, ENTRY_POINT, Q8_COUNT_ENTRY_POINT,
+    Q8_ENTRY_POINT, SEGMENTS_ENTRY_POINT,
+};
 
 /// Invocations per workgroup when the context names none (the shaders' `WORKGROUP_SIZE`
 /// override); see [`crate::gpu::context::default_workgroup_size`].
@@ -84,6 +87,12 @@ fn set_bind_groups(pass: &mut wgpu::ComputePass<'_>, bind_groups: &[&wgpu::BindG
 pub(crate) struct ByWidth([wgpu::ComputePipeline; 2]);
 
 impl ByWidth {
+    /// A `q8` variant's entry points: the count before the step (`count`), or the step, one
+    /// invocation per q8 block.
+    fn q8(&self, count: bool) -> &wgpu::ComputePipeline {
+        &self.0[usize::from(!count)]
+    }
+
     fn get(&self, lanes: Lanes) -> &wgpu::ComputePipeline {
         &self.0[match lanes {
             Lanes::Four => 0,
@@ -115,6 +124,8 @@ pub struct Pipeline {
 /// What a fused kernel's variants are compiled from, and those compiled so far.
 #[derive(Debug)]
 struct Specialized {
+    /// Held in `q8`: a variant is [`ByWidth::q8`]'s pair of entry points at width 1.
+    q8: bool,
     entry_point: &'static str,
     workgroup_size: u32,
     /// The overrides a [`Specialization`] gives values to, in its order.
@@ -345,6 +356,9 @@ impl Pipeline {
             let (held, tensors) = held_bindings(states as usize);
             bindings.extend([uniform(held as u32), storage(tensors as u32, true)]);
         }
+        if format == StateFormat::Q8 {
+            bindings.push(storage(q8_scales_binding(states as usize) as u32, false));
+        }
         let entry_point = match addressing {
             Addressing::Arena => ENTRY_POINT,
             Addressing::Segments => SEGMENTS_ENTRY_POINT,
@@ -366,6 +380,7 @@ impl Pipeline {
             .chain(kernel.flags.iter().map(|f| f.constant()))
             .collect();
         pipeline.specialized = Some(Specialized {
+            q8: format == StateFormat::Q8,
             entry_point,
             workgroup_size,
             names,
@@ -400,14 +415,28 @@ impl Pipeline {
             )
             .map(|(name, value)| (name, f64::from(value)))
             .collect();
-        let variant = Arc::new(compile(
-            device,
-            self.name,
-            &self.modules,
-            &self.pipeline_layout,
-            specialized.entry_point,
-            &constants,
-        ));
+        let variant = Arc::new(match specialized.q8 {
+            // The module is width 1 either way (`Kernel::source_in`); compile it once per
+            // entry point.
+            true => ByWidth([Q8_COUNT_ENTRY_POINT, Q8_ENTRY_POINT].map(|entry_point| {
+                compile_one(
+                    device,
+                    self.name,
+                    &self.modules[1],
+                    &self.pipeline_layout,
+                    entry_point,
+                    &constants,
+                )
+            })),
+            false => compile(
+                device,
+                self.name,
+                &self.modules,
+                &self.pipeline_layout,
+                specialized.entry_point,
+                &constants,
+            ),
+        });
         specialized
             .variants
             .lock()
@@ -541,6 +570,22 @@ impl Pipeline {
     }
 
     /// [`Pipeline::dispatch`] of a fused kernel's variant.
+    /// Records a `q8` variant's step (or, with `count`, its count) over `blocks` q8 blocks,
+    /// one invocation each.
+    pub(crate) fn dispatch_q8(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        variant: &ByWidth,
+        count: bool,
+        bind_groups: &[&wgpu::BindGroup],
+        blocks: u32,
+    ) {
+        let (x, y) = self.shape.grid(blocks);
+        pass.set_pipeline(variant.q8(count));
+        set_bind_groups(pass, bind_groups);
+        pass.dispatch_workgroups(x, y, 1);
+    }
+
     pub(crate) fn dispatch_of(
         &self,
         pass: &mut wgpu::ComputePass<'_>,
@@ -576,19 +621,33 @@ fn compile(
     entry_point: &str,
     constants: &[(&str, f64)],
 ) -> ByWidth {
-    ByWidth(modules.each_ref().map(|module| {
-        device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(label),
-            layout: Some(layout),
-            module,
-            entry_point: Some(entry_point),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                constants,
-                ..Default::default()
-            },
-            cache: None,
-        })
-    }))
+    ByWidth(
+        modules
+            .each_ref()
+            .map(|module| compile_one(device, label, module, layout, entry_point, constants)),
+    )
+}
+
+/// One entry point of one module.
+fn compile_one(
+    device: &wgpu::Device,
+    label: &str,
+    module: &wgpu::ShaderModule,
+    layout: &wgpu::PipelineLayout,
+    entry_point: &str,
+    constants: &[(&str, f64)],
+) -> wgpu::ComputePipeline {
+    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(label),
+        layout: Some(layout),
+        module,
+        entry_point: Some(entry_point),
+        compilation_options: wgpu::PipelineCompilationOptions {
+            constants,
+            ..Default::default()
+        },
+        cache: None,
+    })
 }
 
 #[cfg(test)]

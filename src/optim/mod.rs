@@ -81,6 +81,8 @@ const ADAM_BATTERY: &[&str] = &[
     "grad_scale=65536 clip_norm=0.5",
     // every slot held in bf16 (SPEC §6)
     "amsgrad state_format=bf16",
+    // every slot held in q8 (SPEC §6), blocks cut by the tensor's end
+    "amsgrad state_format=q8 n=1,257,4099",
 ];
 
 table::optimizer_table! {
@@ -115,10 +117,12 @@ table::optimizer_table! {
                 "n=1000003 clip_norm=10 stream=flat",
                 // every slot held in bf16 (SPEC §6), over the dispatch edges
                 "momentum=0.9 state_format=bf16 state_seed=7 n=1,257,4099",
+                // and in q8, one invocation per block over the same edges
+                "momentum=0.9 state_format=q8 state_seed=7 n=1,257,4099",
             ],
             demo "eta" over ADAPTIVE_GRID;
         #[preset] bayes_adam => BayesConfig::bayes_adam(),
-            battery &["", "stream=rising", "state_format=bf16"],
+            battery &["", "stream=rising", "state_format=bf16", "state_format=q8"],
             demo "eta" over ADAPTIVE_GRID;
     }
     /// SPEC §3, torch.optim.SGD.
@@ -136,6 +140,7 @@ table::optimizer_table! {
                 // SPEC §4b: a scale below 1 and a clip that does not bind
                 "momentum=0.9 grad_scale=0.125 clip_norm=1e9",
                 "momentum=0.9 state_format=bf16",
+                "momentum=0.9 state_format=q8",
             ],
             demo "lr" over SGD_GRID, fixed "momentum=0.9";
     }
@@ -153,6 +158,7 @@ table::optimizer_table! {
                 "lr=1e-8",
                 "lr=10 centered",
                 "centered momentum=0.9 state_format=bf16",
+                "centered momentum=0.9 state_format=q8",
             ],
             demo "lr" over ADAPTIVE_GRID;
     }
@@ -179,6 +185,7 @@ table::optimizer_table! {
                 "lr=10 weight_decay=0.01",
                 "n=257",
                 "state_format=bf16",
+                "state_format=q8",
             ],
             demo "lr" over LION_GRID;
     }
@@ -193,6 +200,7 @@ table::optimizer_table! {
                 "bias_correction=false",
                 "n=1,257",
                 "momentum=0.9 state_format=bf16",
+                "momentum=0.9 state_format=q8",
             ],
             demo "eta" over ADAPTIVE_GRID;
     }
@@ -209,6 +217,7 @@ table::optimizer_table! {
                 "lr=10 lr_decay=0.01 weight_decay=0.01",
                 "n=257",
                 "state_format=bf16",
+                "state_format=q8",
             ],
             demo "lr" over [3e-3, 1e-2, 3e-2, 1e-1, 3e-1];
     }

@@ -241,17 +241,28 @@ fn gradients_written_on_the_device_and_moved_between_steps() {
     let Some(ctx) = common::gpu("gradients_written_on_the_device_and_moved_between_steps") else {
         return;
     };
+    for format in [bayesprop::StateFormat::F32, bayesprop::StateFormat::Q8] {
+        moved_gradients_agree(&ctx, format);
+    }
+}
+
+/// The body of the test above, with the state in `format` (q8's dispatches of whole blocks
+/// bind the caller's θ and g too, and are planned again when the tensors move).
+fn moved_gradients_agree(ctx: &GpuContext, format: bayesprop::StateFormat) {
     let config = OptimizerConfig::default_for("adam").unwrap();
-    let groups = model(&[config], NonFinitePolicy::SkipElement);
-    let mut arena = GpuOptimizer::from_groups(&ctx, &groups).unwrap();
-    let first = place(&ctx, &groups, 2, 2);
-    let mut tensors = GpuOptimizer::from_tensors_in(&ctx, &groups, &first.tensors).unwrap();
+    let mut groups = model(&[config], NonFinitePolicy::SkipElement);
+    groups
+        .set_state_format(bayesprop::GroupId(0), format, 3)
+        .unwrap();
+    let mut arena = GpuOptimizer::from_groups(ctx, &groups).unwrap();
+    let first = place(ctx, &groups, 2, 2);
+    let mut tensors = GpuOptimizer::from_tensors_in(ctx, &groups, &first.tensors).unwrap();
     for t in 1..=6u64 {
         let grad = gradient(&groups, t);
         arena.step(&grad).unwrap();
         // As burn's allocator does: this step's gradients are somewhere new, written there by
         // the caller's own commands, and θ stays.
-        let moved = place(&ctx, &groups, 1, 1 + t as usize % 3);
+        let moved = place(ctx, &groups, 1, 1 + t as usize % 3);
         let places: Vec<TensorBuffers> = first
             .tensors
             .iter()
@@ -272,7 +283,7 @@ fn gradients_written_on_the_device_and_moved_between_steps() {
     common::assert_same_bits(
         &everything(&tensors, &groups),
         &everything(&arena, &groups),
-        "moved gradients",
+        &format!("moved gradients, {format}"),
     );
 }
 
@@ -310,14 +321,7 @@ fn many_buffers_and_small_bindings_cut_runs_and_still_agree() {
 
     // Bindings of 4 KiB: the state is split into many bindings and long tensors into many
     // windows of the caller's buffers.
-    let small = GpuContext::with_options(&GpuOptions {
-        limits: Some(wgpu::Limits {
-            max_storage_buffer_binding_size: 4096,
-            ..ctx.limits()
-        }),
-        ..GpuOptions::from_env()
-    })
-    .unwrap();
+    let small = small_bindings(&ctx);
     let caller = place(&small, &groups, 2, 2);
     let mut split = GpuOptimizer::from_tensors_in(&small, &groups, &caller.tensors).unwrap();
     assert!(
@@ -551,4 +555,16 @@ fn a_checkpoint_moves_between_the_caller_path_and_the_arena_bit_for_bit() {
         &expected,
         "arena, then caller",
     );
+}
+
+/// A context like `ctx` whose storage bindings hold 4 KiB: vectors split into many bindings.
+pub fn small_bindings(ctx: &GpuContext) -> GpuContext {
+    GpuContext::with_options(&GpuOptions {
+        limits: Some(wgpu::Limits {
+            max_storage_buffer_binding_size: 4096,
+            ..ctx.limits()
+        }),
+        ..GpuOptions::from_env()
+    })
+    .unwrap()
 }

@@ -139,7 +139,7 @@ fn check_report(report: &Report, dir: &std::path::Path) {
         let in_table = OptimizerConfig::default_for(name).is_ok();
         match &entry.outcome {
             Outcome::Skipped(why) => {
-                // The GPU kernels do not hold q8 state yet: those rows say so.
+                // A format the GPU kernels refuse (none today) says so on its rows.
                 let refused_format = entry.contender.is_low_precision()
                     && report.device_short == "gpu"
                     && why.contains("not yet supported by the GPU kernels");

@@ -1,7 +1,7 @@
 //! SPEC §6: `state_format` and `state_seed` per group, the state held as bf16 or q8 codes, the
 //! same bits on the reference and the fast path, q8 overflow under the group's policy,
 //! checkpoints as held (on the CPU); on the GPU, bf16 bit-identical to the CPU reference on
-//! both entry points, and q8 refused.
+//! both entry points, and q8 bit-identical on the arena paths (refused with caller tensors).
 
 use crate::{caller_tensors, common};
 
@@ -501,42 +501,222 @@ fn group_options_parse_with_one_line_errors() {
     assert_eq!(g.groups()[0].state_seed, u32::MAX);
 }
 
-#[test]
-fn gpu_refuses_q8_state() {
-    let Some(ctx) = common::gpu("gpu_refuses_q8_state") else {
-        return;
+/// Tensors cut at odd sizes: blocks of 256 cut by tensor ends, one element alone, and
+/// padding between tensors.
+const Q8_LENS: &[usize] = &[1, 3, 255, 257, 4099, 70_001];
+
+/// Gradients for q8 on the GPU: g² beyond f32 in two tensors at step 2 (a new state that
+/// is not finite), beside a NaN at step 4 and alone again at step 7.
+fn q8_gradients(n: usize, steps: usize) -> Vec<Vec<f32>> {
+    let mut grads: Vec<Vec<f32>> = (0..steps).map(|s| grad(n, s)).collect();
+    grads[1][2] = 1e30;
+    grads[1][n - 5] = -1e30;
+    grads[3][600] = 1e30;
+    grads[3][700] = f32::NAN;
+    grads[6][4000] = -3e25;
+    grads
+}
+
+/// Two checkpoints of q8 state are the same bits (NaN included): group states, transform,
+/// θ and every tensor's codes and scales; panics with where they first differ. With
+/// `any_nan` (under Propagate, where an overflow poisons blocks) a NaN equals any NaN, and
+/// the codes of a block whose scale is not finite are not compared (they decode as NaN or
+/// ±Inf either way; the sign of a NaN is the device's).
+fn q8_same_checkpoints(
+    got: &bayesprop::Checkpoint,
+    want: &bayesprop::Checkpoint,
+    any_nan: bool,
+    what: &str,
+) {
+    assert_eq!(got.groups, want.groups, "{what}: group states");
+    assert_eq!(got.transform, want.transform, "{what}: transform");
+    assert_eq!(got.tensors.len(), want.tensors.len(), "{what}: tensors");
+    let canonical = |v: &[f32]| -> Vec<f32> {
+        let nan = |x: f32| if any_nan && x.is_nan() { f32::NAN } else { x };
+        v.iter().map(|&x| nan(x)).collect()
     };
-    let g = groups(BayesConfig::default(), &[100], StateFormat::Q8, 0);
-    let Err(e) = GpuOptimizer::from_groups(&ctx, &g) else {
-        panic!("the GPU optimizer took q8, which it cannot run");
-    };
-    assert_eq!(
-        e.to_string(),
-        "state_format q8 (group `g`) is not yet supported by the GPU kernels; the CPU paths \
-         support it"
-    );
-    for format in [StateFormat::F32, StateFormat::Bf16] {
-        let g = groups(BayesConfig::default(), &[100], format, 5);
-        GpuOptimizer::from_groups(&ctx, &g).unwrap();
+    for (k, (a, b)) in got.tensors.iter().zip(&want.tensors).enumerate() {
+        let names = |t: &bayesprop::checkpoint::TensorState| {
+            let held = t.held.iter().map(|(n, _)| n.clone());
+            t.vectors
+                .iter()
+                .map(|(n, _)| n.clone())
+                .chain(held)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(a), names(b), "{what}: tensor {k}'s vectors");
+        for ((name, x), (_, y)) in a.vectors.iter().zip(&b.vectors) {
+            let what = format!("{what}: tensor {k} {name}");
+            common::assert_same_bits_flat(&canonical(x), &canonical(y), &what);
+        }
+        for ((name, x), (_, y)) in a.held.iter().zip(&b.held) {
+            let (
+                bayesprop::HeldVector::Q8 {
+                    codes: c,
+                    scales: s,
+                },
+                bayesprop::HeldVector::Q8 {
+                    codes: d,
+                    scales: t,
+                },
+            ) = (x, y)
+            else {
+                panic!("{what}: not q8");
+            };
+            let scales = format!("{what}: tensor {k} {name} scales");
+            common::assert_same_bits_flat(&canonical(s), &canonical(t), &scales);
+            let compared = |i: usize| !any_nan || t[i / 256].is_finite();
+            if let Some(i) = (0..c.len()).find(|&i| c[i] != d[i] && compared(i)) {
+                panic!("{what}: tensor {k} {name} code {i}: {} vs {}", c[i], d[i]);
+            }
+        }
     }
 }
 
-/// A GPU optimizer with bf16 state refuses checkpoints as the CPU one does, and hands out no
-/// device range of its codes as if they were f32; `tensor_state` decodes them.
-/// A bf16 checkpoint moves between devices as held: the GPU's checkpoint equals the CPU's at
-/// the same step (the same codes), and a run split across devices, either way, resumes as
-/// the straight run, bit for bit. The device range of bf16 state is refused (it holds codes).
+/// Steps `o` through `grads`, with each call's error and reports. A GPU's `Error` surfaces
+/// from the reports after the step (the CPU's from the step): then the reports are read again.
+fn q8_trace(o: &mut dyn Stepper, grads: &[Vec<f32>]) -> Vec<String> {
+    grads
+        .iter()
+        .map(|g| {
+            let mut error = o.step(g).err().map(|e| e.to_string());
+            let mut reports = o.step_reports();
+            if let Err(e) = &reports {
+                error = Some(e.to_string());
+                reports = o.step_reports();
+            }
+            format!("{error:?} {:?}", reports.map_err(|e| e.to_string()))
+        })
+        .collect()
+}
+
+/// Every optimizer of the table (every state slot in use) in q8 on the GPU, in its own arena
+/// and in a caller's arena buffers, against the CPU reference: θ, codes and scales (the
+/// checkpoints, bit for bit), step counts, results and reports, after 1 and 100 steps,
+/// under every non-finite policy, where g² overflows f32 (and beside a NaN); under Propagate,
+/// whose overflows poison blocks, a NaN equals any NaN. Then the same
+/// under SkipElement with workgroups of 64 and with storage bindings of 4 KiB (the blocks
+/// cut into many dispatches).
 #[test]
-fn gpu_bf16_checkpoints_resume_on_either_device() {
-    let Some(ctx) = common::gpu("gpu_bf16_checkpoints_resume_on_either_device") else {
+fn gpu_q8_equals_the_cpu_reference_bit_for_bit() {
+    let Some(ctx) = common::gpu("gpu_q8_equals_the_cpu_reference_bit_for_bit") else {
+        return;
+    };
+    let n: usize = Q8_LENS.iter().sum();
+    let grads = q8_gradients(n, 100);
+    let small = caller_tensors::small_bindings(&ctx);
+    let wg64 = GpuContext::with_options(&GpuOptions {
+        workgroup_size: Some(64),
+        ..GpuOptions::from_env()
+    })
+    .unwrap();
+    let cases = NonFinitePolicy::ALL
+        .into_iter()
+        .map(|policy| (&ctx, policy, 100))
+        .chain([
+            (&small, NonFinitePolicy::SkipElement, 10),
+            (&wg64, NonFinitePolicy::SkipElement, 10),
+        ]);
+    for (ctx, policy, last) in cases {
+        let small = ctx.limits().max_storage_buffer_binding_size == 4096;
+        for config in every_optimizer_with_every_slot() {
+            let what = format!("{config:?} {policy:?} small bindings {small}");
+            let mut g = groups(config.clone(), Q8_LENS, StateFormat::Q8, 77);
+            g.set_policy(GroupId(0), policy).unwrap();
+            let mut cpu = CpuOptimizer::from_groups(&g, CpuPath::Reference);
+            let mut arena = GpuOptimizer::from_groups(ctx, &g).unwrap();
+            let arenas = external_arenas(ctx, &g);
+            let mut external = GpuOptimizer::from_groups_in(ctx, &g, &arenas).unwrap();
+            if small {
+                let bindings = arena.step_shape().update_dispatches;
+                assert!(bindings > 4, "{what}: {bindings} dispatches");
+            }
+            let mut from = 0;
+            for to in [1, last] {
+                let steps = &grads[from..to];
+                let expected = q8_trace(&mut cpu, steps);
+                let saved = cpu.checkpoint().unwrap();
+                for (o, place) in [
+                    (&mut arena as &mut dyn Stepper, "arena"),
+                    (&mut external, "caller arena"),
+                ] {
+                    let what = format!("{place}, {what}, after {to} steps");
+                    assert_eq!(q8_trace(o, steps), expected, "{what}");
+                    let any_nan = policy == NonFinitePolicy::Propagate;
+                    q8_same_checkpoints(&o.checkpoint().unwrap(), &saved, any_nan, &what);
+                }
+                from = to;
+            }
+        }
+    }
+}
+
+/// q8 groups cut into several buffers (a device's `max_buffer_size` of 32 KiB: 8192 elements
+/// a buffer, cut at tensor starts): each piece's blocks, scales and checkpoints line up with
+/// the CPU's, under every policy, where g² overflows.
+#[test]
+fn gpu_q8_across_buffers_equals_the_cpu_reference() {
+    let Some(ctx) = common::gpu("gpu_q8_across_buffers_equals_the_cpu_reference") else {
+        return;
+    };
+    let small = GpuContext::with_options(&GpuOptions {
+        limits: Some(wgpu::Limits {
+            max_buffer_size: 1 << 15,
+            max_storage_buffer_binding_size: 4096,
+            ..ctx.limits()
+        }),
+        ..GpuOptions::from_env()
+    })
+    .unwrap();
+    let lens = [257, 4099, 3, 4099, 255, 4099, 1];
+    let n: usize = lens.iter().sum();
+    let grads = q8_gradients(n, 10);
+    for config in signed_and_unsigned() {
+        for policy in NonFinitePolicy::ALL {
+            let what = format!("{} {policy:?}", config.name());
+            let mut g = groups(config.clone(), &lens, StateFormat::Q8, 3);
+            g.set_policy(GroupId(0), policy).unwrap();
+            let mut cpu = CpuOptimizer::from_groups(&g, CpuPath::Reference);
+            let mut gpu = GpuOptimizer::from_groups(&small, &g).unwrap();
+            assert!(gpu.step_shape().buffers > 2, "{what}: one buffer");
+            let expected = q8_trace(&mut cpu, &grads);
+            assert_eq!(q8_trace(&mut gpu, &grads), expected, "{what}");
+            let any_nan = policy == NonFinitePolicy::Propagate;
+            let saved = cpu.checkpoint().unwrap();
+            q8_same_checkpoints(&gpu.checkpoint().unwrap(), &saved, any_nan, &what);
+            // And back: the CPU's checkpoint restored on the GPU steps on as the CPU does.
+            let mut resumed = GpuOptimizer::from_groups(&small, &g).unwrap();
+            resumed.restore(&saved).unwrap();
+            let more = q8_gradients(n, 12);
+            assert_eq!(
+                q8_trace(&mut resumed, &more[10..]),
+                q8_trace(&mut cpu, &more[10..]),
+                "{what}, resumed"
+            );
+            let saved = cpu.checkpoint().unwrap();
+            q8_same_checkpoints(&resumed.checkpoint().unwrap(), &saved, any_nan, &what);
+        }
+    }
+}
+
+/// A bf16 or q8 checkpoint moves between devices as held: the GPU's checkpoint equals the
+/// CPU's at the same step (the same codes, and q8's scales), and a run split across devices,
+/// either way, resumes as the straight run, bit for bit. The device range of held state is
+/// refused (it holds codes).
+#[test]
+fn gpu_held_checkpoints_resume_on_either_device() {
+    let Some(ctx) = common::gpu("gpu_held_checkpoints_resume_on_either_device") else {
         return;
     };
     let lens = [100, 7, 4099];
     let n: usize = lens.iter().sum();
     let configs: [OptimizerConfig; 2] = [bayes_momentum().into(), AdamConfig::adamw().into()];
-    for config in configs {
-        let name = config.name();
-        let g = groups(config.clone(), &lens, StateFormat::Bf16, 5);
+    let cases = configs
+        .into_iter()
+        .flat_map(|c| [StateFormat::Bf16, StateFormat::Q8].map(|f| (c.clone(), f)));
+    for (config, format) in cases {
+        let name = format!("{} {format}", config.name());
+        let g = groups(config.clone(), &lens, format, 5);
         let mut straight = CpuOptimizer::from_groups(&g, CpuPath::Reference);
         let mut gpu = GpuOptimizer::from_groups(&ctx, &g).unwrap();
         for s in 0..4 {
@@ -575,7 +755,10 @@ fn gpu_bf16_checkpoints_resume_on_either_device() {
             .tensor_state_range(TensorId(1), "m")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("bf16") && e.contains("tensor_state"), "{e}");
+        assert!(
+            e.contains(&format.to_string()) && e.contains("tensor_state"),
+            "{e}"
+        );
     }
 }
 
@@ -866,6 +1049,23 @@ fn gpu_bf16_equals_the_cpu_reference_bit_for_bit() {
     let Some(ctx) = common::gpu("gpu_bf16_equals_the_cpu_reference_bit_for_bit") else {
         return;
     };
+    held_equals_the_cpu_reference(&ctx, StateFormat::Bf16);
+}
+
+/// As the bf16 test above, in q8: every optimizer on the GPU's arena, in caller tensors (the
+/// blocks of each tensor where the caller keeps its θ and g, at odd offsets) and in caller
+/// arenas, under every policy, then on a scalar-only context, with workgroups of 64 and with
+/// 4 KiB bindings.
+#[test]
+fn gpu_q8_in_caller_tensors_equals_the_cpu_reference() {
+    let Some(ctx) = common::gpu("gpu_q8_in_caller_tensors_equals_the_cpu_reference") else {
+        return;
+    };
+    held_equals_the_cpu_reference(&ctx, StateFormat::Q8);
+}
+
+/// The body of the two tests above, for `format`.
+fn held_equals_the_cpu_reference(ctx: &GpuContext, format: StateFormat) {
     let other = |workgroup_size, scalar_only| {
         GpuContext::with_options(&GpuOptions {
             workgroup_size,
@@ -881,27 +1081,20 @@ fn gpu_bf16_equals_the_cpu_reference_bit_for_bit() {
             (other(None, true), NonFinitePolicy::SkipElement),
             (other(Some(64), false), NonFinitePolicy::SkipElement),
             (
-                GpuContext::with_options(&GpuOptions {
-                    limits: Some(wgpu::Limits {
-                        max_storage_buffer_binding_size: 4096,
-                        ..ctx.limits()
-                    }),
-                    ..GpuOptions::from_env()
-                })
-                .unwrap(),
+                caller_tensors::small_bindings(ctx),
                 NonFinitePolicy::SkipElement,
             ),
         ]);
     for (case, (ctx, policy)) in cases.enumerate() {
         let small = ctx.limits().max_storage_buffer_binding_size == 4096;
         let what = format!(
-            "{policy:?}, scalar only {}, small bindings {small}",
+            "{format} {policy:?}, scalar only {}, small bindings {small}",
             ctx.scalar_only()
         );
         let mut groups = caller_tensors::model(&caller_tensors::configs(), policy);
         for g in 0..groups.groups().len() {
             groups
-                .set_state_format(GroupId(g), StateFormat::Bf16, 1000 + g as u32)
+                .set_state_format(GroupId(g), format, 1000 + g as u32)
                 .unwrap();
         }
         let caller = caller_tensors::place(&ctx, &groups, 2, 2);
@@ -927,15 +1120,25 @@ fn gpu_bf16_equals_the_cpu_reference_bit_for_bit() {
             step_through(&mut tensors, &groups, from, to);
             step_through(&mut external, &groups, from, to);
             from = to;
-            let expected = per_tensor(&cpu, |id, name| cpu.tensor_state(id, name).unwrap());
+            // q8 under Propagate: poisoned blocks, where a NaN equals any NaN (the sign of a
+            // NaN is the device's).
+            let any_nan = format == StateFormat::Q8 && policy == NonFinitePolicy::Propagate;
+            let canonical = |mut v: Vec<Vec<f32>>| {
+                let nan = |x: &mut f32| *x = if any_nan && x.is_nan() { f32::NAN } else { *x };
+                v.iter_mut().flatten().for_each(nan);
+                v
+            };
+            let gpu = |o: &GpuOptimizer| {
+                canonical(per_tensor(o, |id, name| o.tensor_state(id, name).unwrap()))
+            };
+            let expected = canonical(per_tensor(&cpu, |id, name| {
+                cpu.tensor_state(id, name).unwrap()
+            }));
             let what = format!("{what} after {to} steps");
-            let got = per_tensor(&arena, |id, name| arena.tensor_state(id, name).unwrap());
-            common::assert_same_bits(&got, &expected, &format!("arena, {what}"));
-            let got = per_tensor(&tensors, |id, name| tensors.tensor_state(id, name).unwrap());
+            common::assert_same_bits(&gpu(&arena), &expected, &format!("arena, {what}"));
+            let got = gpu(&tensors);
             common::assert_same_bits(&got, &expected, &format!("caller tensors, {what}"));
-            let got = per_tensor(&external, |id, name| {
-                external.tensor_state(id, name).unwrap()
-            });
+            let got = gpu(&external);
             common::assert_same_bits(&got, &expected, &format!("caller arenas, {what}"));
             assert_eq!(arena.group_steps().unwrap(), cpu.group_steps(), "{what}");
         }

@@ -71,9 +71,19 @@ impl GpuGroup {
                 parts.map(move |(range, lanes)| (chunk.clone(), range, lanes))
             })
             .collect();
+        let q8 = piece.q8.is_some();
         piece.parts = cuts
             .into_iter()
             .map(|(chunk, range, lanes)| {
+                if q8 {
+                    // Scanned by parts; updated by blocks (below).
+                    return Part {
+                        range,
+                        lanes,
+                        update: None,
+                        control: None,
+                    };
+                }
                 let held = self.held_uniform(device, piece, &chunk, range.start);
                 let state = self.state_bindings(piece, &chunk, &range, held.as_ref());
                 let theta = slice_binding(theta, &range);
@@ -86,11 +96,92 @@ impl GpuGroup {
                 Part {
                     range,
                     lanes,
-                    update,
+                    update: Some(update),
                     control: None,
                 }
             })
             .collect();
+        let Some(q8) = &piece.q8 else { return };
+        // The piece's blocks at the same places in θ, g and the state.
+        let at = |r: &BufferRange, p: u64| r.offset / 4 + p;
+        let blocks: Vec<[u64; 6]> = q8
+            .block_list
+            .iter()
+            .map(|&[p, len, flat, index]| [at(theta, p), at(grad, p), p, len, flat, index])
+            .collect();
+        let dispatches = self.bind_q8(device, piece, &theta.buffer, &grad.buffer, &blocks);
+        if let Some(q8) = &mut piece.q8 {
+            q8.dispatches = dispatches;
+        }
+    }
+
+    /// The bind groups of `q8` dispatches over `blocks` of `piece` (see [`q8_windows`]; none
+    /// in another format), θ and g in `theta` and `grad`: θ, g and each used slot's codes
+    /// from the window's first element, its `Q8` uniform and block table, and the piece's
+    /// scales. With each dispatch's block count.
+    pub(super) fn bind_q8(
+        &self,
+        device: &wgpu::Device,
+        piece: &Piece,
+        theta: &wgpu::Buffer,
+        grad: &wgpu::Buffer,
+        blocks: &[[u64; 6]],
+    ) -> Vec<(u32, wgpu::BindGroup)> {
+        let (Some(q8), Some(held)) = (&piece.q8, &self.held) else {
+            return Vec::new();
+        };
+        let used = (0..).zip(&held.slots).filter(|(_, s)| s.is_some());
+        let used_bits = used.fold(0u32, |bits, (k, _)| bits | 1 << k);
+        let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("bayesprop q8"),
+            contents: bytemuck::cast_slice(&[held.seed, used_bits, q8.blocks, 0]),
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let limits = device.limits();
+        let align = u64::from(limits.min_storage_buffer_offset_alignment).max(4);
+        let windows = q8_windows(blocks, align, limits.max_storage_buffer_binding_size);
+        let f32s = |buffer, r: &Range<u64>| wgpu::BufferBinding {
+            buffer,
+            offset: r.start * 4,
+            size: wgpu::BufferSize::new((r.end - r.start) * 4),
+        };
+        windows
+            .iter()
+            .map(|w| {
+                let table = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("bayesprop q8 blocks"),
+                    contents: bytemuck::cast_slice(&w.rows),
+                    usage: wgpu::BufferUsages::STORAGE,
+                });
+                // Four codes to a word; windows start at multiples of 4 (and of the
+                // storage offset alignment, in bytes).
+                let codes = piece.state.iter().map(|b| match b {
+                    Some(b) => wgpu::BufferBinding {
+                        buffer: b,
+                        offset: w.state.start,
+                        size: wgpu::BufferSize::new((w.state.end - w.state.start).div_ceil(4) * 4),
+                    },
+                    None => self.placeholder.as_entire_buffer_binding(),
+                });
+                let bindings = [
+                    self.window.as_entire_buffer_binding(),
+                    self.status.as_entire_buffer_binding(),
+                    f32s(theta, &w.theta),
+                    f32s(grad, &w.grad),
+                ]
+                .into_iter()
+                .chain(codes)
+                .chain([
+                    uniform.as_entire_buffer_binding(),
+                    table.as_entire_buffer_binding(),
+                    q8.scales.as_entire_buffer_binding(),
+                ]);
+                let update = self
+                    .pipeline
+                    .bind(device, "bayesprop q8 step", in_order(bindings));
+                (w.rows.len() as u32, update)
+            })
+            .collect()
     }
 
     /// Binds the scan of every part to its region of `partials`, from slot `base` on, and

@@ -87,13 +87,15 @@ impl GpuGroup {
                 .chain(kernel.flag_values(entries))
                 .collect(),
         );
-        let arena = match self.parts().next() {
-            Some(_) => Some(ctx.variant(&self.pipeline, &values)?),
-            None => None,
+        // q8 steps caller tensors with the arena's pipeline (`q8_over_tensors`).
+        let q8 = self.format == StateFormat::Q8;
+        let arena = match self.parts().next().is_some() || q8 {
+            true => Some(ctx.variant(&self.pipeline, &values)?),
+            false => None,
         };
         let segments = match &self.segments {
-            Some(segments) => Some(ctx.variant(&segments.pipeline, &values)?),
-            None => None,
+            Some(segments) if !q8 => Some(ctx.variant(&segments.pipeline, &values)?),
+            _ => None,
         };
         // The dividing scan is another control pipeline; the bind groups made with the
         // default one's layout fit it, as wgpu makes one layout of identical entries.
@@ -149,23 +151,26 @@ impl GpuGroup {
     /// [`GpuGroup::variants`]), and the commit of the step counter.
     pub fn encode_update(&self, pass: &mut wgpu::ComputePass<'_>, variants: &Variants) {
         for part in self.parts() {
+            let Some(update) = &part.update else { continue };
             self.pipeline.dispatch_of(
                 pass,
                 variants
                     .arena
                     .as_ref()
                     .expect("compiled where there are parts"),
-                &[&part.update, &self.transform_update],
+                &[update, &self.transform_update],
                 part.lanes,
                 part_len(part),
             );
         }
+        self.encode_q8(pass, variants, false);
         if let Some(segments) = &self.segments {
             for run in &segments.runs {
+                let Some(update) = &run.update else { continue };
                 segments.pipeline.dispatch_rows_of(
                     pass,
                     variants.segments.as_ref().expect("compiled with segments"),
-                    &[&run.update, &self.transform_update, &run.table_update],
+                    &[update, &self.transform_update, &run.table_update],
                     run.plan.lanes,
                     run.rows(),
                 );
@@ -174,6 +179,39 @@ impl GpuGroup {
         if let Some(commit) = self.pieces.first().and_then(|p| p.commit.as_ref()) {
             self.control
                 .dispatch_one(pass, COMMIT, &[commit, &self.transform_control]);
+        }
+    }
+}
+
+impl GpuGroup {
+    /// Whether a step of the group first counts the elements whose new `q8` state would not
+    /// be finite ([`GpuGroup::encode_q8_count`]): `q8` under SkipStep or Error.
+    pub fn counts_q8_overflow(&self, spec: &GroupSpec) -> bool {
+        self.format == StateFormat::Q8 && spec.policy.counts_first()
+    }
+
+    /// Records the count of the elements whose new `q8` state would not be finite, into the
+    /// status (after the scan's count is in the window; the status goes into the window
+    /// again before the update).
+    pub fn encode_q8_count(&self, pass: &mut wgpu::ComputePass<'_>, variants: &Variants) {
+        self.encode_q8(pass, variants, true);
+    }
+
+    /// Every `q8` dispatch of whole blocks, over the arena's pieces and over caller tensors,
+    /// with its block count.
+    pub(super) fn q8_dispatches(&self) -> impl Iterator<Item = &(u32, wgpu::BindGroup)> {
+        let pieces = self.pieces.iter().flat_map(|p| &p.q8);
+        let tensors = self.segments.iter().flat_map(|s| &s.q8);
+        pieces.flat_map(|q8| &q8.dispatches).chain(tensors)
+    }
+
+    /// Records every `q8` dispatch of whole blocks: the step, or with `count` the count.
+    fn encode_q8(&self, pass: &mut wgpu::ComputePass<'_>, variants: &Variants, count: bool) {
+        for (blocks, update) in self.q8_dispatches() {
+            let variant = variants.arena.as_ref().expect("compiled in q8");
+            let groups = [update, &self.transform_update];
+            self.pipeline
+                .dispatch_q8(pass, variant, count, &groups, *blocks);
         }
     }
 }

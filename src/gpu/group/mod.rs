@@ -67,7 +67,8 @@ struct Part {
     /// Elements of the piece.
     range: Range<u64>,
     lanes: Lanes,
-    update: wgpu::BindGroup,
+    /// `None` in `q8`, whose update runs per block ([`Q8Piece`]); the part is still scanned.
+    update: Option<wgpu::BindGroup>,
     /// Bound by [`GpuGroup::bind_control`], once the partials are allocated.
     control: Option<wgpu::BindGroup>,
 }
@@ -108,6 +109,24 @@ struct Piece {
     parts: Vec<Part>,
     /// The control bind group that commits the step (its gradient binding is unused).
     commit: Option<wgpu::BindGroup>,
+    /// In `q8`: the piece's scales and its dispatches of whole blocks.
+    q8: Option<Q8Piece>,
+}
+
+/// A piece's state held in `q8` (see [`crate::kernels`] `q8_accessors`): the scales of every
+/// slot (slot k's from `k * blocks`), and the piece's blocks cut into dispatches whose θ, g
+/// and codes each fit one binding.
+struct Q8Piece {
+    scales: wgpu::Buffer,
+    /// The piece's q8 blocks, over its tensors in order.
+    blocks: u32,
+    /// The group's index of the piece's first block (its scales' place in a checkpoint's).
+    first_block: usize,
+    /// Each block: its first element of the piece, length, flat index, and index among the
+    /// piece's blocks (its scale's).
+    block_list: Vec<[u64; 4]>,
+    /// Bound by [`GpuGroup::bind`]: one per window, with its block count.
+    dispatches: Vec<(u32, wgpu::BindGroup)>,
 }
 
 /// The tensors of a group in the caller's buffers, and the runs that step them (see
@@ -119,12 +138,15 @@ struct Segments {
     /// Each tensor's arena range and where its θ and g are, in the group's tensor order.
     tensors: Vec<(Range<usize>, TensorBuffers)>,
     runs: Vec<Run>,
+    /// In `q8`: the dispatches of whole blocks over the tensors (the runs are only scanned).
+    q8: Vec<(u32, wgpu::BindGroup)>,
 }
 
 /// One dispatch of the update (and one of the scan) over a run's segment table.
 struct Run {
     plan: RunPlan<wgpu::Buffer>,
-    update: wgpu::BindGroup,
+    /// `None` in `q8`, whose update runs per block ([`Segments::q8`]).
+    update: Option<wgpu::BindGroup>,
     table_update: wgpu::BindGroup,
     table_scan: wgpu::BindGroup,
     /// Bound by [`GpuGroup::bind_control`].
@@ -163,12 +185,17 @@ pub(crate) struct GpuGroup {
     held: Option<HeldState>,
 }
 
-/// What the kernels of a group whose state is held in `bf16` read besides the codes: the
-/// seed, and each tensor's arena start and that minus its start in the group's flat order
-/// (`held_tensors` in the generated WGSL, see [`crate::kernels`]).
+/// What the kernels of a group whose state is held in `bf16` or `q8` read besides the codes:
+/// the seed, and (bf16) each tensor's arena start and that minus its start in the group's
+/// flat order (`held_tensors` in the generated WGSL, see [`crate::kernels`]); the slots and
+/// tensors, to decode q8 codes read back.
 struct HeldState {
     seed: u32,
     tensors: wgpu::Buffer,
+    /// Per slot of the row, where used: whether it is signed and its start value.
+    slots: Vec<Option<(bool, f32)>>,
+    /// The group's tensors with their flat starts and first q8 blocks.
+    pieces: Vec<held::Piece>,
 }
 
 impl GpuGroup {
@@ -197,6 +224,7 @@ impl GpuGroup {
         let held_codes = Held::new(spec, held::pieces(tensors.iter().copied()), spec.arena_len);
         // For the commit, the reduce and the bindings; a step's scan may be another variant.
         let control = ctx.control_pipeline(Addressing::Arena, false)?;
+        let held_pieces = held::pieces(tensors.iter().copied());
         let (external, caller_tensors) = match placement {
             Placement::Owned => (None, None),
             Placement::Arena(ext) => (Some(ext), None),
@@ -266,6 +294,13 @@ impl GpuGroup {
                             .collect();
                         Some(words)
                     };
+                    // Four q8 codes to a word, as the bytes are (little-endian).
+                    let q8_words = |k: usize| {
+                        let (codes, _) = held_codes.as_ref()?.q8_codes(k)?;
+                        let mut piece = codes[range.clone()].to_vec();
+                        piece.resize(bound.max(1).next_multiple_of(4), 0);
+                        Some(piece)
+                    };
                     let (theta, grad) = match &external {
                         Some(ext) => (Some(ext.theta.clone()), Some(ext.grad.clone())),
                         None if caller_tensors.is_some() => (None, None),
@@ -302,6 +337,15 @@ impl GpuGroup {
                                     },
                                 ));
                             }
+                            if let Some(bytes) = slot.used.then(|| q8_words(k)).flatten() {
+                                return Some(device.create_buffer_init(
+                                    &wgpu::util::BufferInitDescriptor {
+                                        label: Some(slot.name),
+                                        contents: &bytes,
+                                        usage: storage,
+                                    },
+                                ));
+                            }
                             slot.used.then(|| match slot.init {
                                 // New buffers are zeroed; upload only a start that is not 0.
                                 0.0 => device.create_buffer(&wgpu::BufferDescriptor {
@@ -320,7 +364,13 @@ impl GpuGroup {
                             })
                         })
                         .collect();
-                    Piece {
+                    let q8 = match (&held_codes, format) {
+                        (Some(codes), StateFormat::Q8) => {
+                            Some(q8_piece(device, codes, &held_pieces, range, &limits)?)
+                        }
+                        _ => None,
+                    };
+                    Ok(Piece {
                         range: range.clone(),
                         theta,
                         grad,
@@ -328,12 +378,13 @@ impl GpuGroup {
                         chunks: binding_chunks(bound as u64, &limits),
                         parts: Vec::new(),
                         commit: None,
-                    }
+                        q8,
+                    })
                 })
-                .collect();
-            (window, status, pieces)
+                .collect::<Result<Vec<_>>>()?;
+            Ok((window, status, pieces))
         };
-        let (window, status, pieces) = ctx.scoped("allocating buffers", allocate).map_err(|e| match e {
+        let (window, status, pieces) = ctx.scoped("allocating buffers", allocate).and_then(|r| r).map_err(|e| match e {
             Error::Device { what, source } if is_out_of_memory(&what, &source) => Error::Device {
                 what: format!(
                     "group `{}` needs {needed} bytes of device memory, which the device refused ({what})",
@@ -359,7 +410,12 @@ impl GpuGroup {
                 table.push([0, 0]);
             }
             HeldState {
+                slots: slots
+                    .iter()
+                    .map(|slot| slot.used.then(|| (held::is_signed(slot.name), slot.init)))
+                    .collect(),
                 seed: spec.state_seed,
+                pieces: held_pieces.clone(),
                 tensors: device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                     label: Some("bayesprop held tensors"),
                     contents: bytemuck::cast_slice(&table),
@@ -402,8 +458,10 @@ impl GpuGroup {
                 scan: ctx.control_pipeline(Addressing::Segments, false)?,
                 tensors: tensors.iter().map(|t| t.range()).zip(buffers).collect(),
                 runs: Vec::new(),
+                q8: Vec::new(),
             };
             segments.runs = group.runs_for(ctx, &segments, &segments.tensors)?;
+            segments.q8 = group.q8_over_tensors(ctx, &segments.tensors)?;
             group.segments = Some(segments);
         }
         Ok(group)
@@ -436,8 +494,9 @@ impl GpuGroup {
             .collect();
         // Planned before anything is replaced: on a device error the old places and runs stay.
         let runs = self.runs_for(ctx, segments, &tensors)?;
+        let q8 = self.q8_over_tensors(ctx, &tensors)?;
         let segments = self.segments.as_mut().expect("checked above");
-        (segments.tensors, segments.runs) = (tensors, runs);
+        (segments.tensors, segments.runs, segments.q8) = (tensors, runs, q8);
         Ok(true)
     }
 
@@ -525,7 +584,10 @@ impl GpuGroup {
         let mut arena = Vec::new();
         for piece in &self.pieces {
             let slice = self.vector(piece, vector).expect("the slot is used");
-            if let (Vector::State(_), Some(_)) = (vector, &self.held) {
+            if let (Vector::State(k), Some(held)) = (vector, &self.held) {
+                if self.format == StateFormat::Q8 {
+                    return self.read_q8_decoded(ctx, k, held);
+                }
                 let words = piece.range.len().div_ceil(2);
                 let words: Vec<u32> =
                     ctx.read_back("readback", words as u64 * 4, |e, staging| {
@@ -541,22 +603,99 @@ impl GpuGroup {
         Ok(arena)
     }
 
+    /// The words holding state slot `k`'s codes over `piece`, `per_word` codes to a word.
+    fn read_code_words(
+        &self,
+        ctx: &GpuContext,
+        piece: &Piece,
+        k: usize,
+        per_word: usize,
+    ) -> Result<Vec<u32>> {
+        let slice = self
+            .vector(piece, Vector::State(k))
+            .expect("the slot is used");
+        let bytes = piece.range.len().div_ceil(per_word) as u64 * 4;
+        ctx.read_back("reading state codes", bytes, |e, staging| {
+            e.copy_buffer_to_buffer(&slice.buffer, 0, staging, 0, bytes);
+        })
+    }
+
     /// The bf16 codes of state slot `k` over the whole arena (two to a word on the device,
     /// per piece): what a checkpoint stores of a group held in `bf16`.
     pub fn read_codes(&self, ctx: &GpuContext, k: usize) -> Result<Vec<u16>> {
         let mut codes = Vec::new();
         for piece in &self.pieces {
-            let slice = self
-                .vector(piece, Vector::State(k))
-                .expect("the slot is used");
-            let bytes = piece.range.len().div_ceil(2) as u64 * 4;
-            let words: Vec<u32> = ctx.read_back("reading state codes", bytes, |e, staging| {
-                e.copy_buffer_to_buffer(&slice.buffer, 0, staging, 0, bytes);
-            })?;
+            let words = self.read_code_words(ctx, piece, k, 2)?;
             let piece_codes = words.iter().flat_map(|w| [*w as u16, (w >> 16) as u16]);
             codes.extend(piece_codes.take(piece.range.len()));
         }
         Ok(codes)
+    }
+
+    /// State slot `k` of a group held in `q8`, decoded over the whole arena (the padding as
+    /// the slot's start value, as the CPU's `Held` decodes it).
+    fn read_q8_decoded(&self, ctx: &GpuContext, k: usize, held: &HeldState) -> Result<Vec<f32>> {
+        let (codes, scales) = self.read_q8(ctx, k)?;
+        let (signed, init) = held.slots[k].expect("the slot is used");
+        let len = self.pieces.last().map_or(0, |p| p.range.end);
+        let mut arena = vec![init; len];
+        for piece in &held.pieces {
+            for i in piece.range.clone() {
+                let offset = i - piece.range.start;
+                let a = scales[piece.first_block + offset / crate::config::STATE_Q8_BLOCK];
+                let c = u32::from(codes[i]);
+                arena[i] = match signed {
+                    true => codec::q8_decode_s(c, a),
+                    false => codec::q8_decode_u(c, a),
+                };
+            }
+        }
+        Ok(arena)
+    }
+
+    /// The q8 codes of state slot `k` over the whole arena (four to a word on the device, per
+    /// piece) and its scales, block after block over the group's tensors: what a checkpoint
+    /// stores of a group held in `q8`.
+    pub fn read_q8(&self, ctx: &GpuContext, k: usize) -> Result<(Vec<u8>, Vec<f32>)> {
+        let (mut codes, mut scales) = (Vec::new(), Vec::new());
+        for piece in &self.pieces {
+            let q8 = piece.q8.as_ref().expect("held in q8");
+            let words = self.read_code_words(ctx, piece, k, 4)?;
+            codes.extend(
+                bytemuck::cast_slice::<u32, u8>(&words)
+                    .iter()
+                    .take(piece.range.len()),
+            );
+            let from = (k * q8.blocks as usize * 4) as u64;
+            let bytes = u64::from(q8.blocks) * 4;
+            let piece_scales: Vec<f32> =
+                ctx.read_back("reading q8 scales", bytes, |e, staging| {
+                    e.copy_buffer_to_buffer(&q8.scales, from, staging, 0, bytes);
+                })?;
+            scales.extend(piece_scales);
+        }
+        Ok((codes, scales))
+    }
+
+    /// Overwrites the q8 codes and scales of state slot `k` (as [`GpuGroup::read_q8`] gives
+    /// them, from a checkpoint).
+    pub fn write_q8(&self, queue: &wgpu::Queue, k: usize, codes: &[u8], scales: &[f32]) {
+        for piece in &self.pieces {
+            let q8 = piece.q8.as_ref().expect("held in q8");
+            let slice = self
+                .vector(piece, Vector::State(k))
+                .expect("the slot is used");
+            let mut bytes = codes[piece.range.clone()].to_vec();
+            bytes.resize(bytes.len().next_multiple_of(4), 0);
+            if !bytes.is_empty() {
+                queue.write_buffer(&slice.buffer, 0, &bytes);
+            }
+            let blocks = q8.first_block..q8.first_block + q8.blocks as usize;
+            if !blocks.is_empty() {
+                let from = (k * q8.blocks as usize * 4) as u64;
+                queue.write_buffer(&q8.scales, from, bytemuck::cast_slice(&scales[blocks]));
+            }
+        }
     }
 
     /// Overwrites the bf16 codes of state slot `k` over the whole arena (from a checkpoint).
@@ -656,7 +795,9 @@ impl GpuGroup {
     /// How many update dispatches a step records (vec4 bodies and scalar tails, or runs of
     /// the caller's tensors).
     pub fn dispatch_count(&self) -> usize {
-        self.pieces.iter().map(|p| p.parts.len()).sum::<usize>() + self.runs().count()
+        let parts = self.parts().filter(|p| p.update.is_some()).count();
+        let runs = self.runs().filter(|r| r.update.is_some()).count();
+        parts + runs + self.q8_dispatches().count()
     }
 
     /// How many buffers each of the group's vectors is split into.
@@ -677,4 +818,114 @@ fn is_out_of_memory(what: &str, source: &Option<crate::error::DeviceErrorSource>
         None => what.to_string(),
     };
     text.to_lowercase().contains("memory")
+}
+
+/// A piece's `q8` state on the device: the scales of every slot (from the host's start
+/// codes) and its blocks planned into dispatches (see [`Q8Piece`]). Refuses a tensor that
+/// does not start at a multiple of 4 elements (its codes would share a word with another's),
+/// and a device whose bindings cannot hold a block.
+fn q8_piece(
+    device: &wgpu::Device,
+    codes: &Held,
+    held_pieces: &[held::Piece],
+    range: &Range<usize>,
+    limits: &wgpu::Limits,
+) -> Result<Q8Piece> {
+    use crate::config::STATE_Q8_BLOCK;
+    let tensors: Vec<&held::Piece> = held_pieces
+        .iter()
+        .filter(|p| range.start <= p.range.start && p.range.end <= range.end)
+        .collect();
+    let first_block = tensors.first().map_or(0, |t| t.first_block);
+    // (first element of the piece, length, flat index, the piece's block index)
+    let mut blocks: Vec<[u64; 4]> = Vec::new();
+    for t in &tensors {
+        if t.range.start % 4 != 0 {
+            return Err(Error::Unsupported(format!(
+                "state_format q8: a tensor at arena element {} does not start at a multiple \
+                 of 4 elements",
+                t.range.start
+            )));
+        }
+        for start in t.range.clone().step_by(STATE_Q8_BLOCK) {
+            let len = (t.range.end - start).min(STATE_Q8_BLOCK);
+            let flat = t.flat + (start - t.range.start);
+            let index = blocks.len() as u64;
+            blocks.push([(start - range.start) as u64, len as u64, flat as u64, index]);
+        }
+    }
+    // A dispatch's bindings start at the storage offset alignment at or before its first
+    // block, and must hold at least that block.
+    let align = u64::from(limits.min_storage_buffer_offset_alignment).max(4);
+    if 4 * STATE_Q8_BLOCK as u64 + align > limits.max_storage_buffer_binding_size {
+        return Err(Error::Unsupported(format!(
+            "state_format q8: a binding of {} bytes cannot hold a q8 block at its aligned \
+             offset (min_storage_buffer_offset_alignment {align})",
+            limits.max_storage_buffer_binding_size
+        )));
+    }
+    let piece_blocks = blocks.len();
+    let slots = codes.slots();
+    let mut scales = Vec::with_capacity(slots * piece_blocks.max(1));
+    for k in 0..slots {
+        match codes.q8_codes(k) {
+            Some((_, s)) => scales.extend_from_slice(&s[first_block..first_block + piece_blocks]),
+            None => scales.resize(scales.len() + piece_blocks, 0.0),
+        }
+    }
+    scales.resize(scales.len().max(1), 0.0);
+    Ok(Q8Piece {
+        scales: device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("bayesprop q8 scales"),
+            contents: bytemuck::cast_slice(&scales),
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+        }),
+        blocks: piece_blocks as u32,
+        first_block,
+        block_list: blocks,
+        dispatches: Vec::new(),
+    })
+}
+
+/// One q8 dispatch's bindings, in elements of θ's and g's buffers and of the piece's state,
+/// and its block table (`Q8Block` in the generated WGSL: θ, g and state index of the block's
+/// first element in the bindings, length, flat index, scale index, two pads).
+pub(super) struct Q8Window {
+    pub theta: Range<u64>,
+    pub grad: Range<u64>,
+    pub state: Range<u64>,
+    pub rows: Vec<[u32; 8]>,
+}
+
+/// Cuts `blocks` (θ's and g's first element in their buffers, the state's in the piece,
+/// length, flat index, scale index) into dispatches whose bindings start at the storage
+/// offset alignment (`align` bytes) and hold at most `max` bytes each: θ and g 4 bytes an
+/// element, the codes one. `q8_piece` checked that one block fits.
+pub(super) fn q8_windows(blocks: &[[u64; 6]], align: u64, max: u64) -> Vec<Q8Window> {
+    let down = |bytes: u64| bytes / align * align;
+    let mut windows: Vec<Q8Window> = Vec::new();
+    for &[theta, grad, state, len, flat, index] in blocks {
+        let fits = |w: &Q8Window| {
+            4 * (theta + len - w.theta.start) <= max
+                && 4 * (grad + len - w.grad.start) <= max
+                && state + len - w.state.start <= max
+        };
+        if !windows.last().is_some_and(fits) {
+            windows.push(Q8Window {
+                theta: down(4 * theta) / 4..theta,
+                grad: down(4 * grad) / 4..grad,
+                state: down(state)..state,
+                rows: Vec::new(),
+            });
+        }
+        let w = windows.last_mut().expect("one window at least");
+        (w.theta.end, w.grad.end, w.state.end) = (theta + len, grad + len, state + len);
+        let at = |p: u64, r: &Range<u64>| (p - r.start) as u32;
+        let (t, g, s) = (at(theta, &w.theta), at(grad, &w.grad), at(state, &w.state));
+        w.rows
+            .push([t, g, s, len as u32, flat as u32, index as u32, 0, 0]);
+    }
+    windows
 }

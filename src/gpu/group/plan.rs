@@ -65,7 +65,8 @@ impl GpuGroup {
                     let piece = &self.pieces[*p];
                     let held = self.held_uniform(device, piece, chunk, chunk.start);
                     let state = self.state_bindings(piece, chunk, chunk, held.as_ref());
-                    let update = {
+                    // q8 steps the tensors by blocks (`q8_over_tensors`); the run is scanned.
+                    let update = piece.q8.is_none().then(|| {
                         let theta = window_binding(&plan.theta, &plan.theta_window);
                         let grad = window_binding(&plan.grad, &plan.grad_window);
                         segments.pipeline.bind(
@@ -82,7 +83,7 @@ impl GpuGroup {
                                 .chain(state),
                             ),
                         )
-                    };
+                    });
                     Run {
                         table_update: segments.pipeline.bind_table(device, &table),
                         table_scan: segments.scan.bind_table(device, &table),
@@ -92,6 +93,52 @@ impl GpuGroup {
                     }
                 })
                 .collect::<Vec<_>>()
+        })
+    }
+}
+
+impl GpuGroup {
+    /// In `q8`, the dispatches of whole blocks over `tensors` (each one's arena range and
+    /// places in the caller's buffers): per tensor, its piece's blocks with θ and g where the
+    /// caller keeps them. None in another format.
+    pub(super) fn q8_over_tensors(
+        &self,
+        ctx: &GpuContext,
+        tensors: &[(Range<usize>, TensorBuffers)],
+    ) -> Result<Vec<(u32, wgpu::BindGroup)>> {
+        if self.format != StateFormat::Q8 {
+            return Ok(Vec::new());
+        }
+        let device = ctx.device();
+        ctx.scoped("binding the caller's tensors in q8", || {
+            let mut dispatches = Vec::new();
+            for (range, buffers) in tensors {
+                let piece = self
+                    .pieces
+                    .iter()
+                    .find(|p| p.range.start <= range.start && range.end <= p.range.end)
+                    .expect("a tensor lies in one piece");
+                let q8 = piece.q8.as_ref().expect("held in q8");
+                let local = (range.start - piece.range.start) as u64;
+                let end = local + range.len() as u64;
+                let blocks: Vec<[u64; 6]> = q8
+                    .block_list
+                    .iter()
+                    .filter(|b| local <= b[0] && b[0] < end)
+                    .map(|&[p, len, flat, index]| {
+                        let at = |r: &BufferRange| r.offset / 4 + (p - local);
+                        [at(&buffers.theta), at(&buffers.grad), p, len, flat, index]
+                    })
+                    .collect();
+                dispatches.extend(self.bind_q8(
+                    device,
+                    piece,
+                    &buffers.theta.buffer,
+                    &buffers.grad.buffer,
+                    &blocks,
+                ));
+            }
+            dispatches
         })
     }
 }
