@@ -18,6 +18,7 @@ mod groups;
 mod hardware_rule;
 mod lanes;
 mod lion;
+mod memory;
 mod nonfinite;
 mod shaders;
 mod sigma_max;
