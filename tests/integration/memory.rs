@@ -41,8 +41,7 @@ fn allocations_hold_the_computed_state() {
                 _ => 0,
             };
             assert!(
-                measured.optimizer >= computed
-                    && measured.optimizer <= computed + overhead + 8192,
+                measured.optimizer >= computed && measured.optimizer <= computed + overhead + 8192,
                 "{name}: measured {} bytes, computed {computed}, allowed overhead {overhead}",
                 measured.optimizer
             );
