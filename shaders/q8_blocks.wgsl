@@ -61,13 +61,31 @@ fn q8_skipped() -> bool {
     return (POLICY == POLICY_SKIP_STEP || POLICY == POLICY_ERROR) && window.nonfinite != 0u;
 }
 
-// Block b of the table with its old scales and keys loaded; a length of 0 past the table's
-// end or in a step that writes nothing.
+// Block b of the dispatch, found in its stretch of the table (the last whose first block is
+// at or before b), with its old scales and keys loaded; a length of 0 past the last block or
+// in a step that writes nothing.
 fn q8_start(b: u32) -> Q8Block {
-    if b >= arrayLength(&q8_blocks) || q8_skipped() {
+    if q8_skipped() {
         return Q8Block(0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u);
     }
-    let row = q8_blocks[b];
+    var lo = 0u;
+    var hi = arrayLength(&q8_blocks);
+    while hi - lo > 1u {
+        let mid = (lo + hi) / 2u;
+        if q8_blocks[mid].first <= b {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    let stretch = q8_blocks[lo];
+    let j = b - stretch.first;
+    let skip = j * Q8_BLOCK;
+    if j >= (stretch.len + Q8_BLOCK - 1u) / Q8_BLOCK {
+        return Q8Block(0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u);
+    }
+    let row = Q8Block(stretch.theta + skip, stretch.grad + skip, stretch.state + skip,
+        min(Q8_BLOCK, stretch.len - skip), stretch.flat + skip, stretch.scale + j, b, 0u);
     q8_begin(row.scale);
     return row;
 }

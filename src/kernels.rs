@@ -360,9 +360,10 @@ struct Q8 {{
     pad: u32,
 }}
 @group(0) @binding({uniform}) var<uniform> q8: Q8;
-// Per block of the dispatch: its first element in the bound θ, g and codes, its length
-// (at most 256), the index of its first element in the group's flat order, and its scale's
-// index among the piece's blocks.
+// One block, or (in the table) a stretch of consecutive whole blocks of one tensor and the
+// block after them: its first element in the bound θ, g and codes, its length (a block's at
+// most 256), the index of its first element in the group's flat order, its first scale's
+// index among the piece's blocks, and (in the table) its first block among the dispatch's.
 struct Q8Block {{
     theta: u32,
     grad: u32,
@@ -370,8 +371,8 @@ struct Q8Block {{
     len: u32,
     flat: u32,
     scale: u32,
-    pad0: u32,
-    pad1: u32,
+    first: u32,
+    pad: u32,
 }}
 @group(0) @binding({table}) var<storage, read> q8_blocks: array<Q8Block>;
 @group(0) @binding({scales}) var<storage, read_write> q8_scales: array<f32>;

@@ -179,7 +179,7 @@ impl GpuGroup {
                 let update = self
                     .pipeline
                     .bind(device, "bayesprop q8 step", in_order(bindings));
-                (w.rows.len() as u32, update)
+                (w.blocks, update)
             })
             .collect()
     }

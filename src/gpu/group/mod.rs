@@ -890,20 +890,26 @@ fn q8_piece(
 }
 
 /// One q8 dispatch's bindings, in elements of θ's and g's buffers and of the piece's state,
-/// and its block table (`Q8Block` in the generated WGSL: θ, g and state index of the block's
-/// first element in the bindings, length, flat index, scale index, two pads).
+/// its block table (`Q8Stretch` in the generated WGSL: per stretch of consecutive blocks of
+/// one tensor, θ, g and state index of its first element in the bindings, its length, flat
+/// index, first scale index, and its first block among the dispatch's), and its block count.
+/// A row per stretch, not per block: 32 bytes per 256-element block were 0.125 bytes of
+/// device memory per parameter.
 pub(super) struct Q8Window {
     pub theta: Range<u64>,
     pub grad: Range<u64>,
     pub state: Range<u64>,
     pub rows: Vec<[u32; 8]>,
+    pub blocks: u32,
 }
 
 /// Cuts `blocks` (θ's and g's first element in their buffers, the state's in the piece,
 /// length, flat index, scale index) into dispatches whose bindings start at the storage
 /// offset alignment (`align` bytes) and hold at most `max` bytes each: θ and g 4 bytes an
-/// element, the codes one. `q8_piece` checked that one block fits.
+/// element, the codes one. `q8_piece` checked that one block fits. A block that continues
+/// the row before it (whole blocks of one tensor, contiguous everywhere) lengthens that row.
 pub(super) fn q8_windows(blocks: &[[u64; 6]], align: u64, max: u64) -> Vec<Q8Window> {
+    use crate::config::STATE_Q8_BLOCK;
     let down = |bytes: u64| bytes / align * align;
     let mut windows: Vec<Q8Window> = Vec::new();
     for &[theta, grad, state, len, flat, index] in blocks {
@@ -918,14 +924,27 @@ pub(super) fn q8_windows(blocks: &[[u64; 6]], align: u64, max: u64) -> Vec<Q8Win
                 grad: down(4 * grad) / 4..grad,
                 state: down(state)..state,
                 rows: Vec::new(),
+                blocks: 0,
             });
         }
         let w = windows.last_mut().expect("one window at least");
         (w.theta.end, w.grad.end, w.state.end) = (theta + len, grad + len, state + len);
         let at = |p: u64, r: &Range<u64>| (p - r.start) as u32;
         let (t, g, s) = (at(theta, &w.theta), at(grad, &w.grad), at(state, &w.state));
-        w.rows
-            .push([t, g, s, len as u32, flat as u32, index as u32, 0, 0]);
+        let block = STATE_Q8_BLOCK as u32;
+        let continues = |r: &[u32; 8]| {
+            let n = r[3];
+            n.is_multiple_of(block)
+                && [r[0] + n, r[1] + n, r[2] + n, r[4] + n, r[5] + n / block]
+                    == [t, g, s, flat as u32, index as u32]
+        };
+        match w.rows.last_mut() {
+            Some(row) if continues(row) => row[3] += len as u32,
+            _ => w
+                .rows
+                .push([t, g, s, len as u32, flat as u32, index as u32, w.blocks, 0]),
+        }
+        w.blocks += 1;
     }
     windows
 }
