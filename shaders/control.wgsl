@@ -72,10 +72,11 @@ fn scan_segments(
 
 // `scan` and `scan_segments` without the norm (no clipping): the count alone. Without a
 // barrier, which software adapters honour by running the whole kernel as coroutines (figures
-// in docs/performance.md). Each invocation of `count` checks COUNT_SPAN lane groups, a
-// workgroup's width apart, and each workgroup of `count_segments` COUNT_SPAN rows, then adds
-// its count with one atomic: llvmpipe pays per invocation, and a lane group each made the
-// count cost more than reading g does (docs/performance.md).
+// in docs/performance.md). Each invocation checks COUNT_SPAN lane groups, a workgroup's
+// width apart (`count_segments` in one row of its own table, where the host merged up to
+// COUNT_SPAN rows whose gradients follow one another), then adds its count with one atomic:
+// llvmpipe pays per invocation, and a lane group each made the count cost more than reading
+// g does (docs/performance.md).
 override COUNT_SPAN: u32;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -101,12 +102,16 @@ fn count_segments(
     @builtin(num_workgroups) workgroups: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    let first = block_index(workgroup, workgroups) * COUNT_SPAN;
+    let b = block_index(workgroup, workgroups);
+    if b >= arrayLength(&blocks) {
+        return;
+    }
+    let row = blocks[b];
     var bad = 0u;
     for (var k = 0u; k < COUNT_SPAN; k++) {
-        let b = first + k;
-        if b < arrayLength(&blocks) && local < blocks[b].count {
-            bad += nonfinite_lanes(unscaled(grad[blocks[b].grad + local]));
+        let lane = k * WORKGROUP_SIZE + local;
+        if lane < row.count {
+            bad += nonfinite_lanes(unscaled(grad[row.grad + lane]));
         }
     }
     add_count(bad);

@@ -57,19 +57,19 @@ impl Shape {
         pass.dispatch_workgroups(x, y, 1);
     }
 
-    /// Records `pipelines` at width `lanes` over a segment table of `rows` rows, `span` rows
-    /// per workgroup, or several workgroups per row where they are narrower than a row
-    /// (`segments` in shaders/fused.wgsl).
+    /// Records `pipelines` at width `lanes` over a segment table of `rows` rows, a workgroup
+    /// per row, or several where they are narrower than a row (`segments` in
+    /// shaders/fused.wgsl).
     fn dispatch_rows(
         &self,
         pass: &mut wgpu::ComputePass<'_>,
         pipelines: &ByWidth,
-        (lanes, span): (Lanes, u32),
+        lanes: Lanes,
         bind_groups: &[&wgpu::BindGroup],
         rows: u32,
     ) {
         let per_row = ROW_LANES.div_ceil(self.workgroup_size);
-        let (x, y) = self.grid(rows.div_ceil(span) * per_row);
+        let (x, y) = self.grid(rows * per_row);
         pass.set_pipeline(pipelines.get(lanes));
         set_bind_groups(pass, bind_groups);
         pass.dispatch_workgroups(x, y, 1);
@@ -160,8 +160,8 @@ const CONTROL_SEGMENTS_ENTRIES: [&str; 2] = ["scan_segments", "count_segments"];
 pub(crate) const SCAN_SEGMENTS: usize = 0;
 pub(crate) const COUNT_SEGMENTS: usize = 1;
 
-/// Lane groups that one invocation of [`COUNT`] checks, and segment-table rows that one
-/// workgroup of [`COUNT_SEGMENTS`] checks (`COUNT_SPAN` in shaders/control.wgsl): on llvmpipe
+/// Lane groups that one invocation of [`COUNT`] and of [`COUNT_SEGMENTS`] checks (rows of
+/// the latter's table are merged to hold as many; `COUNT_SPAN` in shaders/control.wgsl): on llvmpipe
 /// a count of one lane group per invocation cost more than its read of g
 /// (docs/performance.md).
 pub(crate) const COUNT_SPAN: u32 = 8;
@@ -513,7 +513,7 @@ impl Pipeline {
         rows: u32,
     ) {
         self.shape
-            .dispatch_rows(pass, pipelines, (lanes, 1), bind_groups, rows);
+            .dispatch_rows(pass, pipelines, lanes, bind_groups, rows);
     }
 
     /// A bind group of `buffers` at their bindings (see [`in_order`]).
@@ -545,8 +545,9 @@ impl Pipeline {
 
     /// Records a group's scan ([`scan_entry`]) at width `lanes`, with `bind_groups` at groups
     /// 0, 1 (and the segment table at 2): over `n` elements of the arena, or over a segment
-    /// table of `n` rows. A count covers [`COUNT_SPAN`] lane groups (rows) per invocation
-    /// (workgroup).
+    /// table of `n` rows, one workgroup each. In the arena a count covers [`COUNT_SPAN`] lane
+    /// groups per invocation; a count's segment table merges up to as many rows into one
+    /// (`segments::count_rows`).
     pub(crate) fn dispatch_scan(
         &self,
         pass: &mut wgpu::ComputePass<'_>,
@@ -556,15 +557,15 @@ impl Pipeline {
         n: u32,
     ) {
         let pipelines = &self.entries[scan_entry(addressing, norm)];
-        let span = if norm { 1 } else { COUNT_SPAN };
         match addressing {
             Addressing::Arena => {
+                let span = if norm { 1 } else { COUNT_SPAN };
                 self.shape
                     .dispatch(pass, pipelines, (lanes, span), bind_groups, n)
             }
             Addressing::Segments => {
                 self.shape
-                    .dispatch_rows(pass, pipelines, (lanes, span), bind_groups, n)
+                    .dispatch_rows(pass, pipelines, lanes, bind_groups, n)
             }
         }
     }

@@ -34,6 +34,27 @@ pub struct Row {
 /// Lane groups per row: one workgroup of the norm's scan, one partial sum.
 const ROW_LEN: u64 = ROW_LANES as u64;
 
+/// The rows of a count without the norm (`count_segments` in shaders/control.wgsl): up to
+/// `span` whole rows whose gradients follow one another merged into one, so that a workgroup
+/// checks `span` lane groups per invocation and reads one row for them (llvmpipe pays per
+/// invocation; docs/performance.md). Only `grad` and `count` are meaningful.
+pub fn count_rows(rows: &[Row], span: u32) -> Vec<Row> {
+    let mut merged: Vec<Row> = Vec::new();
+    for row in rows {
+        match merged.last_mut() {
+            Some(last)
+                if last.count.is_multiple_of(ROW_LANES)
+                    && last.count < span * ROW_LANES
+                    && last.grad + last.count == row.grad =>
+            {
+                last.count += row.count
+            }
+            _ => merged.push(*row),
+        }
+    }
+    merged
+}
+
 /// A tensor as the planner sees it: its θ and g as (buffer, byte offset), where its state
 /// lies (a state binding and the element offset in it) and its length.
 #[derive(Clone, Debug)]
@@ -434,5 +455,32 @@ mod tests {
         assert_eq!(runs.iter().map(|r| r.theta).collect::<Vec<_>>(), vec![5, 1]);
         assert_eq!(runs[0].rows[1].state, 8);
         assert_eq!(elements(&runs), expected(&tensors));
+    }
+
+    /// A count's rows: whole rows whose gradients follow one another merge, up to `span`
+    /// rows; a gap, a short row or a full merge starts another. Every lane group is kept once.
+    #[test]
+    fn count_rows_merge_whole_contiguous_rows() {
+        let row = |grad, count| Row {
+            theta: 0,
+            grad,
+            state: 0,
+            count,
+        };
+        let rows = [
+            row(0, 256),
+            row(256, 256),
+            row(512, 256),
+            row(768, 10), // a tensor's last, short row
+            row(778, 256),
+            row(2000, 256), // a gap
+            row(2256, 256),
+        ];
+        let merged = count_rows(&rows, 2);
+        let spans: Vec<(u32, u32)> = merged.iter().map(|r| (r.grad, r.count)).collect();
+        assert_eq!(spans, vec![(0, 512), (512, 266), (778, 256), (2000, 512)]);
+        let total = |rows: &[Row]| rows.iter().map(|r| r.count).sum::<u32>();
+        assert_eq!(total(&merged), total(&rows));
+        assert_eq!(count_rows(&rows, 1), rows.to_vec());
     }
 }

@@ -148,10 +148,13 @@ fn runs(groups: &ParamGroups, tensors: &[TensorBuffers]) -> usize {
 }
 
 /// Step t's gradient of every tensor, flat in registration order: signs and magnitudes from
-/// 1e-3 to 1e3, with a NaN in tensor 4 at step 3 and an infinity in tensor 9 at step 5.
+/// 1e-3 to 1e3, with a NaN in tensor 4 at step 3, an infinity in tensor 9 at step 5, and a
+/// NaN deep inside the long tensor 11 at step 6 (lane group 1250: the fifth of the rows
+/// that a count merges).
 pub(crate) fn gradient(groups: &ParamGroups, t: u64) -> Vec<f32> {
     let mut flat = Vec::new();
     for (k, spec) in groups.layout().tensors().iter().enumerate() {
+        let start = flat.len();
         for j in 0..spec.len() {
             let x = ((j as f64) * 1.3 + (k as f64) * 0.7 + t as f64).sin();
             flat.push((x * 10f64.powi((j % 7) as i32 - 3)) as f32);
@@ -160,6 +163,7 @@ pub(crate) fn gradient(groups: &ParamGroups, t: u64) -> Vec<f32> {
         match (k % LENS.len(), t) {
             (4, 3) => flat[last] = f32::NAN,
             (9, 5) => flat[last] = f32::INFINITY,
+            (11, 6) => flat[start + 5000] = f32::NAN,
             _ => {}
         }
     }

@@ -136,12 +136,16 @@ impl GpuGroup {
                 .expect("compiled with the scan");
             for run in &segments.runs {
                 let control = run.control.as_ref().expect("bound by bind_control");
+                let (table, rows) = match norm {
+                    true => (&run.table_scan, run.rows()),
+                    false => (&run.table_count, run.count_rows),
+                };
                 scan.dispatch_scan(
                     pass,
                     (Addressing::Segments, norm),
-                    &[control, &self.transform_control, &run.table_scan],
+                    &[control, &self.transform_control, table],
                     run.plan.lanes,
-                    run.rows(),
+                    rows,
                 );
             }
         }

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::gpu::buffers::{BufferRange, TensorBuffers};
 use crate::gpu::context::GpuContext;
 use crate::gpu::pipeline::{
-    in_order, Addressing, ByWidth, Pipeline, Specialization, COMMIT, NORM_LANES, REDUCE,
+    in_order, Addressing, ByWidth, Pipeline, Specialization, COMMIT, COUNT_SPAN, NORM_LANES, REDUCE,
 };
 use crate::gpu::segments::{self, Placed, RunPlan};
 use crate::gpu::tracker::STATUS_BYTES;
@@ -149,6 +149,9 @@ struct Run {
     update: Option<wgpu::BindGroup>,
     table_update: wgpu::BindGroup,
     table_scan: wgpu::BindGroup,
+    /// The count's table (no norm): up to [`COUNT_SPAN`] rows merged into one, and its rows.
+    table_count: wgpu::BindGroup,
+    count_rows: u32,
     /// Bound by [`GpuGroup::bind_control`].
     control: Option<wgpu::BindGroup>,
 }

@@ -84,9 +84,18 @@ impl GpuGroup {
                             ),
                         )
                     });
+                    let count_rows = segments::count_rows(&plan.rows, COUNT_SPAN);
+                    let count_table =
+                        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                            label: Some("bayesprop segment count table"),
+                            contents: bytemuck::cast_slice(&count_rows),
+                            usage: wgpu::BufferUsages::STORAGE,
+                        });
                     Run {
                         table_update: segments.pipeline.bind_table(device, &table),
                         table_scan: segments.scan.bind_table(device, &table),
+                        table_count: segments.scan.bind_table(device, &count_table),
+                        count_rows: count_rows.len() as u32,
                         plan,
                         update,
                         control: None,
