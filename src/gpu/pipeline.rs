@@ -51,8 +51,21 @@ impl Shape {
         n: u32,
     ) {
         let invocations = (n / lanes.width()).div_ceil(span);
-        let (x, y) = self.grid(invocations.div_ceil(self.workgroup_size));
-        pass.set_pipeline(pipelines.get(lanes));
+        let workgroups = invocations.div_ceil(self.workgroup_size);
+        self.launch(pass, pipelines.get(lanes), bind_groups, workgroups);
+    }
+
+    /// Records `pipeline` with `bind_groups` at groups 0, 1, … over `workgroups` workgroups
+    /// of the balanced grid.
+    fn launch(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        pipeline: &wgpu::ComputePipeline,
+        bind_groups: &[&wgpu::BindGroup],
+        workgroups: u32,
+    ) {
+        let (x, y) = self.grid(workgroups);
+        pass.set_pipeline(pipeline);
         set_bind_groups(pass, bind_groups);
         pass.dispatch_workgroups(x, y, 1);
     }
@@ -69,10 +82,7 @@ impl Shape {
         rows: u32,
     ) {
         let per_row = ROW_LANES.div_ceil(self.workgroup_size);
-        let (x, y) = self.grid(rows * per_row);
-        pass.set_pipeline(pipelines.get(lanes));
-        set_bind_groups(pass, bind_groups);
-        pass.dispatch_workgroups(x, y, 1);
+        self.launch(pass, pipelines.get(lanes), bind_groups, rows * per_row);
     }
 }
 
@@ -570,7 +580,6 @@ impl Pipeline {
         }
     }
 
-    /// [`Pipeline::dispatch`] of a fused kernel's variant.
     /// Records a `q8` variant's step (or, with `count`, its count) over `blocks` q8 blocks,
     /// one invocation each.
     pub(crate) fn dispatch_q8(
@@ -581,12 +590,12 @@ impl Pipeline {
         bind_groups: &[&wgpu::BindGroup],
         blocks: u32,
     ) {
-        let (x, y) = self.shape.grid(blocks);
-        pass.set_pipeline(variant.q8(count));
-        set_bind_groups(pass, bind_groups);
-        pass.dispatch_workgroups(x, y, 1);
+        let workgroups = blocks.div_ceil(self.shape.workgroup_size);
+        self.shape
+            .launch(pass, variant.q8(count), bind_groups, workgroups);
     }
 
+    /// [`Pipeline::dispatch`] of a fused kernel's variant.
     pub(crate) fn dispatch_of(
         &self,
         pass: &mut wgpu::ComputePass<'_>,
